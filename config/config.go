@@ -1,0 +1,297 @@
+// Package config reads Mailferry's settings from the environment once, at
+// start, into typed values. Every bad variable is reported, not just the
+// first, each naming the variable and what is wrong with it.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config is every setting of the mailferry binary. Field comments name the
+// environment variable and its default.
+type Config struct {
+	HTTPAddr    string   // MAILFERRY_HTTP_ADDR, ":8080"
+	RedisURL    *url.URL // MAILFERRY_REDIS_URL, "redis://127.0.0.1:6379/0"
+	DatabaseURL *url.URL // MAILFERRY_DATABASE_URL, "postgres://127.0.0.1:5432/mailferry"
+	Hostname    string   // MAILFERRY_HOSTNAME, the host name
+	DNSServer   string   // MAILFERRY_DNS_SERVER, "" = system resolver
+	SMTPPort    int      // MAILFERRY_SMTP_PORT, 25
+	Smarthost   *url.URL // MAILFERRY_SMARTHOST, nil = direct MX delivery
+
+	AllowPrivateDestinations bool            // MAILFERRY_ALLOW_PRIVATE_DESTINATIONS, false
+	RetrySchedule            []time.Duration // MAILFERRY_RETRY_SCHEDULE, 1m,5m,15m,30m,1h,2h,4h
+	MaxQueueAge              time.Duration   // MAILFERRY_MAX_QUEUE_AGE, 120h
+	MaxMessageBytes          int64           // MAILFERRY_MAX_MESSAGE_BYTES, 26214400
+	MaxRecipients            int             // MAILFERRY_MAX_RECIPIENTS, 1000
+	SecretKey                []byte          // MAILFERRY_SECRET_KEY, none
+
+	SubmissionAddr  string // MAILFERRY_SUBMISSION_ADDR, ":587"
+	SubmissionsAddr string // MAILFERRY_SUBMISSIONS_ADDR, ":465"
+	TLSCert         string // MAILFERRY_TLS_CERT
+	TLSKey          string // MAILFERRY_TLS_KEY
+
+	AutoMigrate bool   // MAILFERRY_AUTO_MIGRATE, true
+	LogLevel    string // MAILFERRY_LOG_LEVEL, "info"
+	LogFormat   string // MAILFERRY_LOG_FORMAT, "json" (or "text")
+	QueueShards int    // MAILFERRY_QUEUE_SHARDS, 1
+}
+
+// Var names one environment variable with its default, for help texts.
+type Var struct{ Name, Default, Meaning string }
+
+// Vars lists every variable Load reads.
+func Vars() []Var {
+	return []Var{
+		{"MAILFERRY_HTTP_ADDR", ":8080", "API, /metrics, /healthz, /readyz"},
+		{"MAILFERRY_REDIS_URL", "redis://127.0.0.1:6379/0", "queue"},
+		{"MAILFERRY_DATABASE_URL", "postgres://127.0.0.1:5432/mailferry", "ledger"},
+		{"MAILFERRY_HOSTNAME", "host name", "EHLO name, Message-ID domain"},
+		{"MAILFERRY_DNS_SERVER", "system resolver", "host:port of the resolver for MX/A/AAAA/TXT"},
+		{"MAILFERRY_SMTP_PORT", "25", "port dialled on recipient MX hosts"},
+		{"MAILFERRY_SMARTHOST", "none", "smtp://user:pass@host:port or smtps://…: relay everything through it"},
+		{"MAILFERRY_ALLOW_PRIVATE_DESTINATIONS", "false", "permit loopback/private/link-local MX addresses (tests only)"},
+		{"MAILFERRY_RETRY_SCHEDULE", "1m,5m,15m,30m,1h,2h,4h", "delays between attempts; the last repeats"},
+		{"MAILFERRY_MAX_QUEUE_AGE", "120h", "after this a deferred recipient bounces as expired"},
+		{"MAILFERRY_MAX_MESSAGE_BYTES", "26214400", "larger messages are refused with 413"},
+		{"MAILFERRY_MAX_RECIPIENTS", "1000", "recipients per message (to+cc+bcc)"},
+		{"MAILFERRY_SECRET_KEY", "none", "encrypts DKIM private keys at rest"},
+		{"MAILFERRY_SUBMISSION_ADDR", ":587", "SMTP submission with STARTTLS (empty: off)"},
+		{"MAILFERRY_SUBMISSIONS_ADDR", ":465", "SMTP submission with implicit TLS (empty: off)"},
+		{"MAILFERRY_TLS_CERT", "none", "certificate file for submission"},
+		{"MAILFERRY_TLS_KEY", "none", "private key file for submission"},
+		{"MAILFERRY_AUTO_MIGRATE", "true", "serve applies migrations at start"},
+		{"MAILFERRY_LOG_LEVEL", "info", "debug, info, warn or error"},
+		{"MAILFERRY_LOG_FORMAT", "json", "json or text"},
+		{"MAILFERRY_QUEUE_SHARDS", "1", "Redis streams the queue is spread over (Redis Cluster)"},
+	}
+}
+
+// Load reads the configuration through lookup (os.LookupEnv in main, a map
+// in tests). It takes a lookup rather than a getenv because an empty
+// variable differs from an unset one: MAILFERRY_SUBMISSION_ADDR="" turns
+// submission off. It returns every problem found, joined.
+func Load(lookup func(string) (string, bool)) (Config, error) {
+	p := parser{lookup: lookup}
+	host, _ := os.Hostname()
+	c := Config{
+		HTTPAddr:                 p.addr("MAILFERRY_HTTP_ADDR", ":8080", false),
+		RedisURL:                 p.url("MAILFERRY_REDIS_URL", "redis://127.0.0.1:6379/0", "redis", "rediss"),
+		DatabaseURL:              p.url("MAILFERRY_DATABASE_URL", "postgres://127.0.0.1:5432/mailferry", "postgres", "postgresql"),
+		Hostname:                 p.hostname("MAILFERRY_HOSTNAME", host),
+		DNSServer:                p.addr("MAILFERRY_DNS_SERVER", "", true),
+		SMTPPort:                 p.intRange("MAILFERRY_SMTP_PORT", 25, 1, 65535),
+		Smarthost:                p.optionalURL("MAILFERRY_SMARTHOST", "smtp", "smtps"),
+		AllowPrivateDestinations: p.boolean("MAILFERRY_ALLOW_PRIVATE_DESTINATIONS", false),
+		RetrySchedule:            p.durations("MAILFERRY_RETRY_SCHEDULE", "1m,5m,15m,30m,1h,2h,4h"),
+		MaxQueueAge:              p.duration("MAILFERRY_MAX_QUEUE_AGE", 120*time.Hour),
+		MaxMessageBytes:          int64(p.intRange("MAILFERRY_MAX_MESSAGE_BYTES", 26214400, 1024, 1<<30)),
+		MaxRecipients:            p.intRange("MAILFERRY_MAX_RECIPIENTS", 1000, 1, 100000),
+		SecretKey:                p.secret("MAILFERRY_SECRET_KEY"),
+		SubmissionAddr:           p.addr("MAILFERRY_SUBMISSION_ADDR", ":587", true),
+		SubmissionsAddr:          p.addr("MAILFERRY_SUBMISSIONS_ADDR", ":465", true),
+		TLSCert:                  p.str("MAILFERRY_TLS_CERT", ""),
+		TLSKey:                   p.str("MAILFERRY_TLS_KEY", ""),
+		AutoMigrate:              p.boolean("MAILFERRY_AUTO_MIGRATE", true),
+		LogLevel:                 p.oneOf("MAILFERRY_LOG_LEVEL", "info", "debug", "info", "warn", "error"),
+		LogFormat:                p.oneOf("MAILFERRY_LOG_FORMAT", "json", "json", "text"),
+		QueueShards:              p.intRange("MAILFERRY_QUEUE_SHARDS", 1, 1, 1024),
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		p.fail("MAILFERRY_TLS_CERT", "MAILFERRY_TLS_CERT and MAILFERRY_TLS_KEY must be set together")
+	}
+	return c, errors.Join(p.errs...)
+}
+
+type parser struct {
+	lookup func(string) (string, bool)
+	errs   []error
+}
+
+func (p *parser) getenv(name string) string {
+	v, _ := p.lookup(name)
+	return v
+}
+
+func (p *parser) fail(name, format string, args ...any) {
+	p.errs = append(p.errs, fmt.Errorf("%s: %s", name, fmt.Sprintf(format, args...)))
+}
+
+func (p *parser) str(name, def string) string {
+	if v := strings.TrimSpace(p.getenv(name)); v != "" {
+		return v
+	}
+	return def
+}
+
+func (p *parser) addr(name, def string, emptyOK bool) string {
+	v, set := p.lookup(name)
+	if !set {
+		return def
+	}
+	v = strings.TrimSpace(v)
+	if v == "" && emptyOK {
+		return ""
+	}
+	if _, port, err := net.SplitHostPort(v); err != nil {
+		p.fail(name, "%q is not host:port (%v)", v, err)
+	} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		p.fail(name, "%q has an invalid port", v)
+	}
+	return v
+}
+
+func (p *parser) url(name, def string, schemes ...string) *url.URL {
+	v := p.str(name, def)
+	u, err := url.Parse(v)
+	if err != nil {
+		p.fail(name, "not a URL: %v", redactErr(err))
+		return nil
+	}
+	for _, s := range schemes {
+		if u.Scheme == s {
+			return u
+		}
+	}
+	p.fail(name, "scheme %q is not one of %s", u.Scheme, strings.Join(schemes, ", "))
+	return nil
+}
+
+func (p *parser) optionalURL(name string, schemes ...string) *url.URL {
+	if strings.TrimSpace(p.getenv(name)) == "" {
+		return nil
+	}
+	u := p.url(name, "", schemes...)
+	if u != nil && u.Hostname() == "" {
+		p.fail(name, "no host in %s", u.Redacted())
+		return nil
+	}
+	return u
+}
+
+// redactErr drops the URL from a url.Error: it may hold a password.
+func redactErr(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
+}
+
+func (p *parser) hostname(name, def string) string {
+	v := p.str(name, def)
+	if v == "" {
+		p.fail(name, "not set and the system host name is unknown")
+		return ""
+	}
+	if !validHostname(v) {
+		p.fail(name, "%q is not a host name", v)
+	}
+	return strings.ToLower(v)
+}
+
+// validHostname checks RFC 1123 2.1 labels.
+func validHostname(h string) bool {
+	if len(h) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func (p *parser) intRange(name string, def, lo, hi int) int {
+	v := strings.TrimSpace(p.getenv(name))
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		p.fail(name, "%q is not a whole number", v)
+		return def
+	}
+	if n < lo || n > hi {
+		p.fail(name, "%d is outside %d..%d", n, lo, hi)
+		return def
+	}
+	return n
+}
+
+func (p *parser) boolean(name string, def bool) bool {
+	v := strings.TrimSpace(p.getenv(name))
+	if v == "" {
+		return def
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		p.fail(name, "%q is not true or false", v)
+		return def
+	}
+	return b
+}
+
+func (p *parser) duration(name string, def time.Duration) time.Duration {
+	v := strings.TrimSpace(p.getenv(name))
+	if v == "" {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		p.fail(name, "%q is not a positive duration like 90m or 120h", v)
+		return def
+	}
+	return d
+}
+
+func (p *parser) durations(name, def string) []time.Duration {
+	v := p.str(name, def)
+	var out []time.Duration
+	for i, part := range strings.Split(v, ",") {
+		d, err := time.ParseDuration(strings.TrimSpace(part))
+		if err != nil || d <= 0 {
+			p.fail(name, "item %d %q is not a positive duration like 5m", i+1, strings.TrimSpace(part))
+			return nil
+		}
+		out = append(out, d)
+	}
+	return out
+}
+
+func (p *parser) oneOf(name, def string, allowed ...string) string {
+	v := strings.ToLower(p.str(name, def))
+	for _, a := range allowed {
+		if v == a {
+			return v
+		}
+	}
+	p.fail(name, "%q is not one of %s", v, strings.Join(allowed, ", "))
+	return def
+}
+
+// secret accepts at least 32 bytes of key material; it is hashed into an
+// AES-256 key where it is used. The value itself never reaches an error.
+func (p *parser) secret(name string) []byte {
+	v := p.getenv(name)
+	if v == "" {
+		return nil
+	}
+	if len(v) < 32 {
+		p.fail(name, "too short: use at least 32 characters (for example `openssl rand -base64 32`)")
+		return nil
+	}
+	return []byte(v)
+}

@@ -1,0 +1,111 @@
+package config
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(m map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
+}
+
+func TestLoadDefaults(t *testing.T) {
+	c, err := Load(env(map[string]string{"MAILFERRY_HOSTNAME": "mx.example.com"}))
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if c.HTTPAddr != ":8080" || c.SMTPPort != 25 || c.MaxMessageBytes != 26214400 || c.MaxRecipients != 1000 {
+		t.Errorf("defaults: %+v", c)
+	}
+	if c.RedisURL.String() != "redis://127.0.0.1:6379/0" || c.DatabaseURL.String() != "postgres://127.0.0.1:5432/mailferry" {
+		t.Errorf("urls: %v %v", c.RedisURL, c.DatabaseURL)
+	}
+	want := []time.Duration{time.Minute, 5 * time.Minute, 15 * time.Minute, 30 * time.Minute, time.Hour, 2 * time.Hour, 4 * time.Hour}
+	if len(c.RetrySchedule) != len(want) {
+		t.Fatalf("retry schedule %v", c.RetrySchedule)
+	}
+	for i := range want {
+		if c.RetrySchedule[i] != want[i] {
+			t.Errorf("retry[%d] = %v, want %v", i, c.RetrySchedule[i], want[i])
+		}
+	}
+	if c.MaxQueueAge != 120*time.Hour || !c.AutoMigrate || c.AllowPrivateDestinations || c.Smarthost != nil {
+		t.Errorf("defaults: %+v", c)
+	}
+	if c.SubmissionAddr != ":587" || c.SubmissionsAddr != ":465" {
+		t.Errorf("submission defaults: %q %q", c.SubmissionAddr, c.SubmissionsAddr)
+	}
+}
+
+func TestLoadBadValues(t *testing.T) {
+	tests := []struct {
+		name, variable, value, want string
+	}{
+		{"port not a number", "MAILFERRY_SMTP_PORT", "twenty-five", "MAILFERRY_SMTP_PORT"},
+		{"port out of range", "MAILFERRY_SMTP_PORT", "70000", "outside"},
+		{"redis scheme", "MAILFERRY_REDIS_URL", "http://x", "MAILFERRY_REDIS_URL: scheme"},
+		{"database scheme", "MAILFERRY_DATABASE_URL", "mysql://x", "MAILFERRY_DATABASE_URL"},
+		{"retry item", "MAILFERRY_RETRY_SCHEDULE", "1m,soon", "item 2"},
+		{"queue age", "MAILFERRY_MAX_QUEUE_AGE", "-5h", "MAILFERRY_MAX_QUEUE_AGE"},
+		{"bool", "MAILFERRY_ALLOW_PRIVATE_DESTINATIONS", "maybe", "MAILFERRY_ALLOW_PRIVATE_DESTINATIONS"},
+		{"http addr", "MAILFERRY_HTTP_ADDR", "8080", "MAILFERRY_HTTP_ADDR"},
+		{"smarthost scheme", "MAILFERRY_SMARTHOST", "ftp://h:25", "MAILFERRY_SMARTHOST"},
+		{"hostname", "MAILFERRY_HOSTNAME", "bad_host!", "MAILFERRY_HOSTNAME"},
+		{"short secret", "MAILFERRY_SECRET_KEY", "abc", "MAILFERRY_SECRET_KEY: too short"},
+		{"max bytes", "MAILFERRY_MAX_MESSAGE_BYTES", "12", "MAILFERRY_MAX_MESSAGE_BYTES"},
+		{"log level", "MAILFERRY_LOG_LEVEL", "loud", "MAILFERRY_LOG_LEVEL"},
+		{"cert without key", "MAILFERRY_TLS_CERT", "/tmp/c.pem", "set together"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Load(env(map[string]string{"MAILFERRY_HOSTNAME": "mx.example.com", tt.variable: tt.value}))
+			if err == nil {
+				t.Fatalf("%s=%q accepted", tt.variable, tt.value)
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("error %q does not contain %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestLoadReportsEveryBadVariable(t *testing.T) {
+	_, err := Load(env(map[string]string{
+		"MAILFERRY_HOSTNAME":  "mx.example.com",
+		"MAILFERRY_SMTP_PORT": "x",
+		"MAILFERRY_LOG_LEVEL": "x",
+	}))
+	if err == nil || !strings.Contains(err.Error(), "MAILFERRY_SMTP_PORT") || !strings.Contains(err.Error(), "MAILFERRY_LOG_LEVEL") {
+		t.Fatalf("want both variables named, got %v", err)
+	}
+}
+
+func TestSecretsNeverInErrors(t *testing.T) {
+	_, err := Load(env(map[string]string{
+		"MAILFERRY_HOSTNAME":     "mx.example.com",
+		"MAILFERRY_DATABASE_URL": "postgres://u:hunter2-secret@h:5432/db\x7f",
+		"MAILFERRY_SMARTHOST":    "ftp://u:hunter2-secret@h:25",
+		"MAILFERRY_SECRET_KEY":   "hunter2-secret",
+	}))
+	if err == nil {
+		t.Fatal("bad values accepted")
+	}
+	if strings.Contains(err.Error(), "hunter2") {
+		t.Errorf("error leaks a secret: %v", err)
+	}
+}
+
+func TestEmptyDisablesSubmission(t *testing.T) {
+	c, err := Load(env(map[string]string{
+		"MAILFERRY_HOSTNAME":         "mx.example.com",
+		"MAILFERRY_SUBMISSION_ADDR":  "",
+		"MAILFERRY_SUBMISSIONS_ADDR": "",
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.SubmissionAddr != "" || c.SubmissionsAddr != "" {
+		t.Errorf("want submission off, got %q %q", c.SubmissionAddr, c.SubmissionsAddr)
+	}
+}
