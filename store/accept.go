@@ -1,0 +1,275 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+)
+
+// NewMessage is a message to accept. The caller generates ID (uuid v7) so
+// that batches can be written with COPY and the id answered at once.
+type NewMessage struct {
+	ID         uuid.UUID
+	TenantID   string
+	APIKeyID   string // "" for mail no key sent
+	Ingress    string // "api" or "smtp"
+	MessageID  string // RFC 5322 Message-ID without <>
+	MailFrom   string // envelope sender; "" is the null sender (RFC 5321 4.5.5)
+	From       string // From header as text
+	Subject    string
+	Tags       []string
+	Metadata   map[string]string
+	Body       []byte // whole RFC 5322 message
+	Needs8Bit  bool   // body has 8-bit octets: send with BODY=8BITMIME (RFC 6152)
+	NeedsUTF8  bool   // needs SMTPUTF8 (RFC 6531)
+	CreatedAt  time.Time
+	SendAt     time.Time // zero: now
+	Recipients []NewRecipient
+}
+
+// NewRecipient is one envelope recipient. Domain is derived from Email when
+// empty, and stored lower case.
+type NewRecipient struct {
+	Email, Domain string
+}
+
+// Idempotency is the first answer to a request with an Idempotency-Key.
+type Idempotency struct {
+	Key         string
+	RequestHash []byte // lets the API tell a repeat from a different request reusing the key
+	Status      int    // HTTP status of the first answer
+	Response    []byte // JSON body of the first answer, returned byte for byte
+	CreatedAt   time.Time
+}
+
+// IdempotencyTTL is how long an Idempotency-Key holds: a repeat within it
+// gets the first answer; after it the key is free again.
+const IdempotencyTTL = 24 * time.Hour
+
+// maxRecipients is what recipients.idx (smallint) can number.
+const maxRecipients = math.MaxInt16 + 1
+
+// maxIdempotencyKey bounds the key; the API should refuse longer ones first.
+const maxIdempotencyKey = 255
+
+const (
+	deleteMessages = `DELETE FROM messages WHERE id = ANY($1)` // recipients and idempotency rows cascade
+
+	// claimIdempotency takes the key, or takes over one older than the TTL.
+	// When a live key exists it returns no row and leaves the row locked
+	// until the transaction ends.
+	claimIdempotency = `INSERT INTO idempotency_keys AS k
+	(tenant_id, key, request_hash, status, response, message_id, created_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (tenant_id, key) DO UPDATE SET
+	request_hash = excluded.request_hash, status = excluded.status, response = excluded.response,
+	message_id = excluded.message_id, created_at = excluded.created_at
+WHERE k.created_at <= $8
+RETURNING true`
+	selectIdempotency = `SELECT key, request_hash, status, response, created_at
+FROM idempotency_keys WHERE tenant_id = $1 AND key = $2`
+	purgeIdempotency = `DELETE FROM idempotency_keys WHERE created_at < $1`
+)
+
+// AcceptBatch writes messages and their recipients in one transaction with
+// COPY, so a caller can group-commit many requests in one call: either all
+// are accepted or none. Every recipient starts queued, due at SendAt (or
+// CreatedAt when SendAt is zero).
+func (s *Store) AcceptBatch(ctx context.Context, msgs []NewMessage) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	for i := range msgs {
+		if err := msgs[i].check(); err != nil {
+			return fmt.Errorf("accept batch: message %d: %w", i, err)
+		}
+	}
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		return copyMessages(ctx, tx, msgs, time.Now())
+	})
+	if err != nil {
+		return fmt.Errorf("accept batch: %w", err)
+	}
+	return nil
+}
+
+// AcceptIdempotent accepts msg under an Idempotency-Key in one transaction.
+// If the tenant used key.Key less than IdempotencyTTL before key.CreatedAt
+// it stores nothing and returns that first record; a key older than that is
+// replaced. Two concurrent calls with one key store one message: the
+// second waits for the first and then returns its record.
+func (s *Store) AcceptIdempotent(ctx context.Context, msg NewMessage, key Idempotency) (existing *Idempotency, err error) {
+	if err := msg.check(); err != nil {
+		return nil, fmt.Errorf("accept idempotent: %w", err)
+	}
+	if key.Key == "" || len(key.Key) > maxIdempotencyKey {
+		return nil, fmt.Errorf("accept idempotent: key must have 1 to %d bytes", maxIdempotencyKey)
+	}
+	now := time.Now()
+	if key.CreatedAt.IsZero() {
+		key.CreatedAt = msg.CreatedAt
+		if key.CreatedAt.IsZero() {
+			key.CreatedAt = now
+		}
+	}
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		// The key goes first so a repeat writes no body; its foreign key to
+		// the message is checked at commit.
+		var claimed bool
+		err := tx.QueryRow(ctx, claimIdempotency,
+			msg.TenantID, key.Key, nonNil(key.RequestHash), key.Status, nonNil(key.Response),
+			msg.ID, key.CreatedAt, key.CreatedAt.Add(-IdempotencyTTL)).Scan(&claimed)
+		if errors.Is(err, pgx.ErrNoRows) {
+			var e Idempotency
+			err := tx.QueryRow(ctx, selectIdempotency, msg.TenantID, key.Key).
+				Scan(&e.Key, &e.RequestHash, &e.Status, &e.Response, &e.CreatedAt)
+			if err != nil {
+				return fmt.Errorf("read key: %w", err)
+			}
+			existing = &e
+			return errRepeat // roll back: nothing new is stored
+		}
+		if err != nil {
+			return fmt.Errorf("claim key: %w", err)
+		}
+		return copyMessages(ctx, tx, []NewMessage{msg}, now)
+	})
+	if errors.Is(err, errRepeat) {
+		return existing, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("accept idempotent: %w", err)
+	}
+	return nil, nil
+}
+
+// errRepeat rolls back AcceptIdempotent's transaction; it never escapes.
+var errRepeat = errors.New("idempotent repeat")
+
+// DeleteMessages undoes accepted messages whose enqueue failed: it removes
+// them with their recipients and Idempotency-Key rows in one statement, so
+// a retry of the request is accepted afresh. Unknown ids are ignored.
+func (s *Store) DeleteMessages(ctx context.Context, ids []uuid.UUID) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	if _, err := s.pool.Exec(ctx, deleteMessages, ids); err != nil {
+		return fmt.Errorf("delete messages: %w", err)
+	}
+	return nil
+}
+
+// PurgeIdempotency deletes Idempotency-Key rows created before olderThan
+// (normally now minus IdempotencyTTL) and returns how many it deleted.
+func (s *Store) PurgeIdempotency(ctx context.Context, olderThan time.Time) (int64, error) {
+	tag, err := s.pool.Exec(ctx, purgeIdempotency, olderThan)
+	if err != nil {
+		return 0, fmt.Errorf("purge idempotency keys: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}
+
+// check refuses what the schema would refuse, with a clearer error, before
+// a transaction is opened.
+func (m *NewMessage) check() error {
+	var errs []error
+	if m.ID == uuid.Nil {
+		errs = append(errs, errors.New("id is nil"))
+	}
+	if m.TenantID == "" {
+		errs = append(errs, errors.New("tenant is empty"))
+	}
+	if m.Ingress != "api" && m.Ingress != "smtp" {
+		errs = append(errs, fmt.Errorf("ingress %q is neither api nor smtp", m.Ingress))
+	}
+	switch n := len(m.Recipients); {
+	case n == 0:
+		errs = append(errs, errors.New("no recipients"))
+	case n > maxRecipients:
+		errs = append(errs, fmt.Errorf("%d recipients, at most %d", n, maxRecipients))
+	}
+	for i, r := range m.Recipients {
+		if r.Email == "" {
+			errs = append(errs, fmt.Errorf("recipient %d: email is empty", i))
+		} else if r.Domain == "" && domainOf(r.Email) == "" {
+			errs = append(errs, fmt.Errorf("recipient %d: %q has no domain", i, r.Email))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// copyMessages writes checked messages and their recipients with two COPYs.
+func copyMessages(ctx context.Context, tx pgx.Tx, msgs []NewMessage, now time.Time) error {
+	nrcpt := 0
+	for i := range msgs {
+		nrcpt += len(msgs[i].Recipients)
+	}
+	rows := make([][]any, len(msgs))
+	rrows := make([][]any, 0, nrcpt)
+	for i := range msgs {
+		m := &msgs[i]
+		created := m.CreatedAt
+		if created.IsZero() {
+			created = now
+		}
+		due, sendAt := created, any(nil)
+		if !m.SendAt.IsZero() {
+			due, sendAt = m.SendAt, m.SendAt
+		}
+		tags := m.Tags
+		if tags == nil {
+			tags = []string{}
+		}
+		meta := m.Metadata
+		if meta == nil {
+			meta = map[string]string{}
+		}
+		rows[i] = []any{
+			m.ID, m.TenantID, nullString(m.APIKeyID), m.Ingress, m.MessageID, m.MailFrom, m.From,
+			m.Subject, tags, meta, len(m.Body), nonNil(m.Body), sendAt, created, m.Needs8Bit, m.NeedsUTF8,
+		}
+		for j, r := range m.Recipients {
+			d := r.Domain
+			if d == "" {
+				d = domainOf(r.Email)
+			}
+			rrows = append(rrows, []any{m.ID, int16(j), r.Email, strings.ToLower(d), due})
+		}
+	}
+	messageColumns := []string{
+		"id", "tenant_id", "api_key_id", "ingress", "message_id", "mail_from", "from_header",
+		"subject", "tags", "metadata", "size", "body", "send_at", "created_at", "needs_8bit", "needs_smtputf8",
+	}
+	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"messages"}, messageColumns, pgx.CopyFromRows(rows)); err != nil {
+		return fmt.Errorf("copy messages: %w", err)
+	}
+	// status, attempts and updated_at take their defaults: 'queued', 0, now().
+	recipientColumns := []string{"message_id", "idx", "email", "domain", "next_attempt_at"}
+	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"recipients"}, recipientColumns, pgx.CopyFromRows(rrows)); err != nil {
+		return fmt.Errorf("copy recipients: %w", err)
+	}
+	return nil
+}
+
+// domainOf returns the part of an address after its last "@".
+func domainOf(email string) string {
+	i := strings.LastIndexByte(email, '@')
+	if i < 0 {
+		return ""
+	}
+	return email[i+1:]
+}
+
+// nonNil maps a nil slice to an empty one, since pgx writes nil as NULL.
+func nonNil(b []byte) []byte {
+	if b == nil {
+		return []byte{}
+	}
+	return b
+}

@@ -1,0 +1,16 @@
+// Package store is Mailferry's PostgreSQL ledger: tenants, API keys,
+// messages and their recipients, delivery attempts and Idempotency-Key
+// answers. It uses pgx directly (pgxpool, CopyFrom, pgx.Batch).
+//
+// PostgreSQL is the system of record. A message is accepted once its rows
+// are committed here, before it is put on the Redis queue, and every
+// non-final recipient can be requeued from here after Redis loses its data.
+//
+// Tenants are kept apart by every read: a message of another tenant is
+// ErrNotFound, exactly like one that does not exist.
+//
+// Retention: delivery attempts live in monthly partitions that
+// EnsureAttemptPartitions creates ahead of time and DropAttemptPartitionsBefore
+// drops whole; Idempotency-Key rows are purged after IdempotencyTTL by
+// PurgeIdempotency; message bodies are cleared once every recipient is final.
+package store

@@ -1,0 +1,226 @@
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base32"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// APIKey is a key without its secret. ID is public; it shows in logs and
+// `mailferry keys list`.
+type APIKey struct {
+	ID        string
+	TenantID  string
+	Domains   []string // sender domains the key may use, lower case
+	CreatedAt time.Time
+	RevokedAt *time.Time
+}
+
+// Secret layout: "mf_" + key id + "_" + base64url(32 random bytes), for
+// example mf_kabcdefghijkl_<43 chars>. The id has a fixed length, so the
+// secret part may itself contain "_".
+const (
+	secretPrefix   = "mf_"
+	keyIDLen       = 13 // "k" + 12 base32 characters: 60 bits
+	secretBytes    = 32
+	secretTextLen  = 43 // base64url of 32 bytes, no padding
+	secretTotalLen = len(secretPrefix) + keyIDLen + 1 + secretTextLen
+)
+
+// keyIDEncoding is lower-case base32 (a–z, 2–7): readable and case-free.
+var keyIDEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
+
+const (
+	insertTenant = `INSERT INTO tenants (id) VALUES ($1) ON CONFLICT (id) DO NOTHING`
+	insertAPIKey = `INSERT INTO api_keys (id, tenant_id, secret_hash, domains)
+VALUES ($1, $2, $3, $4) RETURNING created_at`
+	selectAPIKeys = `SELECT id, tenant_id, domains, created_at, revoked_at
+FROM api_keys ORDER BY created_at, id`
+	revokeAPIKey     = `UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1`
+	selectKeyForAuth = `SELECT tenant_id, secret_hash, domains, created_at, revoked_at
+FROM api_keys WHERE id = $1`
+)
+
+// CreateAPIKey creates a key for tenant that may send from domains,
+// creating the tenant if it is new. It returns the secret, which is stored
+// only as a hash and cannot be shown again.
+func (s *Store) CreateAPIKey(ctx context.Context, tenant string, domains []string) (APIKey, string, error) {
+	tenant = strings.TrimSpace(tenant)
+	if err := checkTenant(tenant); err != nil {
+		return APIKey{}, "", fmt.Errorf("create api key: %w", err)
+	}
+	doms, err := normalizeDomains(domains)
+	if err != nil {
+		return APIKey{}, "", fmt.Errorf("create api key: %w", err)
+	}
+	id := newKeyID()
+	raw := make([]byte, secretBytes)
+	rand.Read(raw) // never fails: crypto/rand crashes the program instead
+	secret := secretPrefix + id + "_" + base64.RawURLEncoding.EncodeToString(raw)
+	hash := sha256.Sum256([]byte(secret))
+
+	key := APIKey{ID: id, TenantID: tenant, Domains: doms}
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, insertTenant, tenant); err != nil {
+			return err
+		}
+		return tx.QueryRow(ctx, insertAPIKey, id, tenant, hash[:], doms).Scan(&key.CreatedAt)
+	})
+	if err != nil {
+		return APIKey{}, "", fmt.Errorf("create api key: %w", err)
+	}
+	return key, secret, nil
+}
+
+// ListAPIKeys returns every key, revoked ones included, oldest first.
+func (s *Store) ListAPIKeys(ctx context.Context) ([]APIKey, error) {
+	rows, _ := s.pool.Query(ctx, selectAPIKeys)
+	keys, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (APIKey, error) {
+		var k APIKey
+		err := r.Scan(&k.ID, &k.TenantID, &k.Domains, &k.CreatedAt, &k.RevokedAt)
+		return k, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list api keys: %w", err)
+	}
+	return keys, nil
+}
+
+// RevokeAPIKey revokes a key at once: the next Authenticate refuses it.
+// Revoking a revoked key keeps the first revocation time.
+func (s *Store) RevokeAPIKey(ctx context.Context, id string) error {
+	tag, err := s.pool.Exec(ctx, revokeAPIKey, id)
+	if err != nil {
+		return fmt.Errorf("revoke api key %s: %w", id, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("revoke api key %s: %w", id, ErrNotFound)
+	}
+	return nil
+}
+
+// Authenticate returns the key a secret belongs to. A malformed, unknown,
+// wrong or revoked secret is ErrUnauthorized; other errors mean the
+// database could not answer. Errors never contain the secret.
+func (s *Store) Authenticate(ctx context.Context, secret string) (APIKey, error) {
+	id, ok := parseSecret(secret)
+	if !ok {
+		return APIKey{}, fmt.Errorf("authenticate: malformed key: %w", ErrUnauthorized)
+	}
+	k := APIKey{ID: id}
+	var stored []byte
+	err := s.pool.QueryRow(ctx, selectKeyForAuth, id).
+		Scan(&k.TenantID, &stored, &k.Domains, &k.CreatedAt, &k.RevokedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return APIKey{}, fmt.Errorf("authenticate key %s: unknown key: %w", id, ErrUnauthorized)
+	}
+	if err != nil {
+		return APIKey{}, fmt.Errorf("authenticate key %s: %w", id, err)
+	}
+	hash := sha256.Sum256([]byte(secret))
+	if subtle.ConstantTimeCompare(hash[:], stored) != 1 {
+		return APIKey{}, fmt.Errorf("authenticate key %s: wrong secret: %w", id, ErrUnauthorized)
+	}
+	if k.RevokedAt != nil {
+		return APIKey{}, fmt.Errorf("authenticate key %s: revoked: %w", id, ErrUnauthorized)
+	}
+	return k, nil
+}
+
+func newKeyID() string {
+	b := make([]byte, 8)
+	rand.Read(b)
+	return "k" + keyIDEncoding.EncodeToString(b)[:keyIDLen-1]
+}
+
+// parseSecret checks the secret's layout and returns its key id.
+func parseSecret(secret string) (id string, ok bool) {
+	if len(secret) != secretTotalLen || !strings.HasPrefix(secret, secretPrefix) {
+		return "", false
+	}
+	id = secret[len(secretPrefix) : len(secretPrefix)+keyIDLen]
+	rest := secret[len(secretPrefix)+keyIDLen:]
+	if id[0] != 'k' || rest[0] != '_' {
+		return "", false
+	}
+	for _, c := range id[1:] {
+		if !('a' <= c && c <= 'z' || '2' <= c && c <= '7') {
+			return "", false
+		}
+	}
+	raw, err := base64.RawURLEncoding.Strict().DecodeString(rest[1:])
+	if err != nil || len(raw) != secretBytes {
+		return "", false
+	}
+	return id, true
+}
+
+// checkTenant accepts any printable name without spaces, up to 200 bytes:
+// tenant ids come from operators, and they are shown back in listings.
+func checkTenant(t string) error {
+	switch {
+	case t == "":
+		return errors.New("tenant is empty")
+	case len(t) > 200:
+		return errors.New("tenant is longer than 200 bytes")
+	}
+	for _, r := range t {
+		if !unicode.IsPrint(r) || unicode.IsSpace(r) {
+			return fmt.Errorf("tenant %q contains a space or control character", t)
+		}
+	}
+	return nil
+}
+
+// normalizeDomains lower-cases, trims and de-duplicates sender domains and
+// checks each is a DNS name (IDNs in their A-label form, xn--…).
+func normalizeDomains(domains []string) ([]string, error) {
+	if len(domains) == 0 {
+		return nil, errors.New("no sender domain: a key must be allowed at least one")
+	}
+	seen := make(map[string]bool, len(domains))
+	out := make([]string, 0, len(domains))
+	for _, d := range domains {
+		d = strings.TrimSuffix(strings.ToLower(strings.TrimSpace(d)), ".")
+		if err := checkDomain(d); err != nil {
+			return nil, err
+		}
+		if !seen[d] {
+			seen[d] = true
+			out = append(out, d)
+		}
+	}
+	return out, nil
+}
+
+// checkDomain follows RFC 1035 2.3.1: letters, digits and hyphens, labels
+// of 1–63 octets, 253 in all.
+func checkDomain(d string) error {
+	if d == "" {
+		return errors.New("sender domain is empty")
+	}
+	if len(d) > 253 {
+		return fmt.Errorf("sender domain %q is longer than 253 characters", d)
+	}
+	for l := range strings.SplitSeq(d, ".") {
+		if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
+			return fmt.Errorf("sender domain %q: not a domain name", d)
+		}
+		for _, c := range l {
+			if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
+				return fmt.Errorf("sender domain %q: not a domain name", d)
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,178 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+)
+
+// Message statuses, derived from the recipients.
+const (
+	StatusPending            = "pending"
+	StatusDelivered          = "delivered"
+	StatusPartiallyDelivered = "partially_delivered"
+	StatusBounced            = "bounced"
+)
+
+// Recipient statuses, as stored in recipients.status.
+const (
+	RecipientQueued     = "queued"
+	RecipientDeferred   = "deferred"
+	RecipientDelivered  = "delivered"
+	RecipientBounced    = "bounced"
+	RecipientSuppressed = "suppressed"
+)
+
+// Message event types besides the attempt outcomes (delivered, deferred,
+// bounced).
+const (
+	EventAccepted  = "accepted"
+	EventScheduled = "scheduled"
+)
+
+// MessageView is a message as GET /v1/messages/{id} shows it.
+type MessageView struct {
+	ID         uuid.UUID
+	MessageID  string
+	From       string
+	Subject    string
+	Tags       []string
+	Metadata   map[string]string
+	Status     string // see messageStatus
+	CreatedAt  time.Time
+	SendAt     *time.Time
+	Recipients []RecipientView
+	Events     []Event // oldest first
+}
+
+// RecipientView is one recipient's state after its latest attempt.
+type RecipientView struct {
+	Email         string
+	Status        string
+	Attempts      int
+	LastAttemptAt *time.Time
+	NextAttemptAt *time.Time
+	SMTPCode      *int
+	EnhancedCode  *string
+	Response      *string
+	MXHost        *string
+	TLSVersion    *string
+}
+
+// Event is one thing that happened to a message: accepted, scheduled, or
+// an attempt for one recipient with its outcome as Type.
+type Event struct {
+	At           time.Time
+	Type         string
+	Recipient    string // "" for message events
+	SMTPCode     *int
+	EnhancedCode *string
+	Response     *string
+	MXHost       *string
+}
+
+// The three reads of GetMessage, each limited to the tenant so that no row
+// of another tenant's message is ever read.
+const (
+	selectMessage = `SELECT message_id, from_header, subject, tags, metadata, send_at, created_at
+FROM messages WHERE id = $1 AND tenant_id = $2`
+	selectRecipients = `SELECT r.idx, r.email, r.status, r.attempts, r.last_attempt_at, r.next_attempt_at,
+	r.smtp_code, r.enhanced_code, r.response, r.mx_host, r.tls_version
+FROM recipients r JOIN messages m ON m.id = r.message_id
+WHERE r.message_id = $1 AND m.tenant_id = $2
+ORDER BY r.idx`
+	// The lower bound on started_at prunes the monthly partitions older
+	// than the message at run time; the hour allows for clock skew between
+	// the API and worker machines.
+	selectAttemptEvents = `SELECT a.rcpt_idx, a.started_at, a.outcome, a.smtp_code, a.enhanced_code,
+	a.response, a.mx_host
+FROM attempts a
+WHERE a.message_id = $1
+	AND a.started_at >= (SELECT created_at - interval '1 hour' FROM messages WHERE id = $1 AND tenant_id = $2)
+ORDER BY a.started_at, a.rcpt_idx, a.attempt`
+)
+
+// GetMessage returns a message of tenantID with its recipients and events,
+// in one round trip. Another tenant's message is ErrNotFound.
+func (s *Store) GetMessage(ctx context.Context, tenantID string, id uuid.UUID) (*MessageView, error) {
+	v := &MessageView{ID: id}
+	var emails []string // by recipient idx, for the attempt events
+	var attempts []Event
+
+	b := &pgx.Batch{}
+	b.Queue(selectMessage, id, tenantID).QueryRow(func(row pgx.Row) error {
+		return row.Scan(&v.MessageID, &v.From, &v.Subject, &v.Tags, &v.Metadata, &v.SendAt, &v.CreatedAt)
+	})
+	b.Queue(selectRecipients, id, tenantID).Query(func(rows pgx.Rows) error {
+		var err error
+		v.Recipients, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (RecipientView, error) {
+			var r RecipientView
+			var idx int
+			err := row.Scan(&idx, &r.Email, &r.Status, &r.Attempts, &r.LastAttemptAt, &r.NextAttemptAt,
+				&r.SMTPCode, &r.EnhancedCode, &r.Response, &r.MXHost, &r.TLSVersion)
+			for len(emails) <= idx {
+				emails = append(emails, "")
+			}
+			emails[idx] = r.Email
+			return r, err
+		})
+		return err
+	})
+	b.Queue(selectAttemptEvents, id, tenantID).Query(func(rows pgx.Rows) error {
+		var err error
+		attempts, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (Event, error) {
+			var e Event
+			var idx int
+			err := row.Scan(&idx, &e.At, &e.Type, &e.SMTPCode, &e.EnhancedCode, &e.Response, &e.MXHost)
+			if err == nil && idx < len(emails) {
+				e.Recipient = emails[idx]
+			}
+			return e, err
+		})
+		return err
+	})
+	err := s.pool.SendBatch(ctx, b).Close()
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("get message %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get message %s: %w", id, err)
+	}
+
+	v.Status = messageStatus(v.Recipients)
+	v.Events = append(v.Events, Event{At: v.CreatedAt, Type: EventAccepted})
+	if v.SendAt != nil && v.SendAt.After(v.CreatedAt) {
+		v.Events = append(v.Events, Event{At: v.CreatedAt, Type: EventScheduled})
+	}
+	v.Events = append(v.Events, attempts...)
+	return v, nil
+}
+
+// messageStatus is pending while any recipient is queued or deferred;
+// then delivered if all were delivered, bounced if none was (suppressed
+// counts as not delivered), else partially_delivered.
+func messageStatus(rs []RecipientView) string {
+	delivered := 0
+	for _, r := range rs {
+		switch r.Status {
+		case RecipientQueued, RecipientDeferred:
+			return StatusPending
+		case RecipientDelivered:
+			delivered++
+		}
+	}
+	switch {
+	case len(rs) == 0:
+		return StatusPending // cannot happen: accept requires a recipient
+	case delivered == len(rs):
+		return StatusDelivered
+	case delivered == 0:
+		return StatusBounced
+	default:
+		return StatusPartiallyDelivered
+	}
+}

@@ -1,0 +1,94 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Errors callers match with errors.Is.
+var (
+	ErrNotFound     = errors.New("not found")
+	ErrUnauthorized = errors.New("unauthorized")
+)
+
+// minDefaultConns is the floor for the pool size when Options.MaxConns is
+// 0: pgxpool's default is max(4, NumCPU), too few for an API that
+// group-commits while workers record attempts on a two-core machine.
+const minDefaultConns = 8
+
+// Options configures Open.
+type Options struct {
+	URL string // postgres:// URL or key=value DSN; pgxpool's pool_* settings apply
+	// MaxConns caps the pool. 0: pool_max_conns from URL, else pgxpool's
+	// default but at least 8.
+	MaxConns int32
+}
+
+func (o Options) validate() error {
+	var errs []error
+	if strings.TrimSpace(o.URL) == "" {
+		errs = append(errs, errors.New("URL is empty"))
+	}
+	if o.MaxConns < 0 {
+		errs = append(errs, fmt.Errorf("MaxConns %d is negative", o.MaxConns))
+	}
+	return errors.Join(errs...)
+}
+
+// Store is the PostgreSQL ledger. It is safe for concurrent use.
+type Store struct {
+	pool *pgxpool.Pool
+}
+
+// Open connects to PostgreSQL and checks the connection. It does not
+// migrate: call Migrate.
+func Open(ctx context.Context, opts Options) (*Store, error) {
+	if err := opts.validate(); err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	// pgx's parse errors redact the password, so err is safe to log.
+	cfg, err := pgxpool.ParseConfig(opts.URL)
+	if err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	switch {
+	case opts.MaxConns > 0:
+		cfg.MaxConns = opts.MaxConns
+	case !strings.Contains(opts.URL, "pool_max_conns"):
+		cfg.MaxConns = max(cfg.MaxConns, minDefaultConns)
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	return &Store{pool: pool}, nil
+}
+
+// Close waits for borrowed connections to return and closes the pool.
+func (s *Store) Close() {
+	s.pool.Close()
+}
+
+// Ping checks that PostgreSQL answers, for /readyz.
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.pool.Ping(ctx); err != nil {
+		return fmt.Errorf("ping postgres: %w", err)
+	}
+	return nil
+}
+
+// nullString maps "" to SQL NULL.
+func nullString(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
+}
