@@ -1,0 +1,145 @@
+package mail
+
+import (
+	"bytes"
+	"errors"
+	"mime"
+	"slices"
+	"strings"
+	"testing"
+	"unicode/utf8"
+)
+
+// FuzzParseAddress: an accepted address prints (String) as text that parses
+// back to the same address, within the RFC 5321 limits.
+func FuzzParseAddress(f *testing.F) {
+	for _, s := range []string{
+		"alice@example.com", "Alice <alice@example.com>", `"Smith, A" <a@example.com>`,
+		"=?utf-8?q?J=C3=B6rg?= <j@bücher.de>", `"a b"@example.com`, "用户@例子.广告",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		a, err := ParseAddress(s)
+		if err != nil {
+			return
+		}
+		out := a.String()
+		b, err := ParseAddress(out)
+		if err != nil {
+			t.Fatalf("ParseAddress(%q) = %+v, whose String %q does not parse: %v", s, a, out, err)
+		}
+		if b != a {
+			t.Fatalf("ParseAddress(%q) = %+v; String %q parses to %+v", s, a, out, b)
+		}
+		local, domain := a.Addr[:strings.LastIndexByte(a.Addr, '@')], a.Domain()
+		if len(a.Addr) > maxAddrLen || len(local) > maxLocalLen || local == "" ||
+			!strings.Contains(domain, ".") || domain != strings.ToLower(domain) || !isASCII(domain) {
+			t.Fatalf("ParseAddress(%q) = %+v: outside the limits", s, a)
+		}
+		if strings.ContainsAny(a.Addr+a.Name, "\r\n\x00") || !utf8.ValidString(a.Name) {
+			t.Fatalf("ParseAddress(%q) = %+v: CR, LF, NUL or bad UTF-8", s, a)
+		}
+	})
+}
+
+// FuzzBuild: whatever the draft, an accepted one gives CRLF-only lines of at
+// most 998 octets, no Bcc header nor Bcc address, a Subject that decodes to
+// the input, and text that go-message decodes to the input.
+func FuzzBuild(f *testing.F) {
+	f.Add("Alice <alice@example.com>", "bob@example.net", "Hi", "Hello", "", "X-Campaign", "welcome", "")
+	f.Add("Jörg <j@example.de>", "Bob <bob@example.net>", "Grüße aus Köln", "Grüße\n", "<p>x</p>", "X-Tag", "Größe", "Prüfbericht.pdf")
+	f.Fuzz(func(t *testing.T, from, to, subject, text, html, hname, hvalue, filename string) {
+		d := Draft{
+			From: from, To: []string{to}, Bcc: []string{"hidden@example.org"},
+			Subject: subject, Text: text, HTML: html,
+		}
+		if hname != "" {
+			d.Headers = map[string]string{hname: hvalue}
+		}
+		if filename != "" {
+			d.Attachments = []Attachment{{Filename: filename, Content: b64(text)}}
+		}
+		m, err := Build(d, testOpts())
+		if err != nil {
+			var fe FieldErrors
+			if !errors.As(err, &fe) || len(fe) == 0 {
+				t.Fatalf("Build: %v is not FieldErrors", err)
+			}
+			return
+		}
+		if err := checkWire(m.Body); err != nil {
+			t.Fatalf("%v\n%q", err, m.Body)
+		}
+		if bytes.Contains(m.Body, []byte("hidden@example.org")) {
+			t.Fatalf("the Bcc address is in the message:\n%s", m.Body)
+		}
+		raw, _ := unfoldHeader(m.Body, "Subject")
+		if got, err := new(mime.WordDecoder).DecodeHeader(strings.TrimPrefix(raw, " ")); err != nil || got != subject {
+			t.Fatalf("Subject %q decodes to %q, %v; want %q", raw, got, err, subject)
+		}
+		p := parseMessage(t, m.Body)
+		if text != "" {
+			want := crlf(text)
+			if len(p.parts) == 0 && p.header.Get("Content-Transfer-Encoding") == "7bit" && !strings.HasSuffix(want, "\r\n") {
+				want += "\r\n" // a message ends in CRLF
+			}
+			if got := findPart(p, "text/plain"); got == nil || string(got.body) != want {
+				t.Fatalf("text decodes to %+v, want %q\n%s", got, want, m.Body)
+			}
+		}
+		if m.Needs8Bit != has8bit(m.Body) {
+			t.Fatalf("Needs8Bit %v, but has8bit says otherwise", m.Needs8Bit)
+		}
+	})
+}
+
+// FuzzParseRaw: an accepted message comes out with CRLF-only lines of at
+// most 998 octets and no Bcc header, and going through ParseRaw again
+// changes nothing.
+func FuzzParseRaw(f *testing.F) {
+	f.Add([]byte(rawBasic), "")
+	f.Add([]byte("From: a@example.com\nTo: b@example.net\nBcc: c@example.org\n\nx\n.\n"), "")
+	f.Add([]byte("From: a@example.com\rTo: G: b@example.net;\r\r.\r"), "x@example.org")
+	f.Fuzz(func(t *testing.T, raw []byte, envelopeTo string) {
+		var env []string
+		if envelopeTo != "" {
+			env = []string{envelopeTo}
+		}
+		m, err := ParseRaw(raw, env, testOpts())
+		if err != nil {
+			var fe FieldErrors
+			if !errors.As(err, &fe) || len(fe) == 0 {
+				t.Fatalf("ParseRaw: %v is not FieldErrors", err)
+			}
+			return
+		}
+		if err := checkWire(m.Body); err != nil {
+			t.Fatalf("%v\n%q", err, m.Body)
+		}
+		if len(m.Recipients) == 0 || m.Sender == "" || m.MessageID == "" || !utf8.ValidString(m.Subject) {
+			t.Fatalf("incomplete message: %+v", m)
+		}
+		// The recipients go along: a Bcc-only message has none left in it.
+		again, err := ParseRaw(m.Body, m.Recipients, testOpts())
+		if err != nil {
+			t.Fatalf("ParseRaw of its own output: %v\n%q", err, m.Body)
+		}
+		if !bytes.Equal(again.Body, m.Body) || !slices.Equal(again.Recipients, m.Recipients) || again.MessageID != m.MessageID {
+			t.Fatalf("ParseRaw is not idempotent:\n%q\n%q", m.Body, again.Body)
+		}
+	})
+}
+
+// findPart returns the first part of type mediaType, depth first.
+func findPart(p *part, mediaType string) *part {
+	if p.mediaType == mediaType {
+		return p
+	}
+	for _, c := range p.parts {
+		if f := findPart(c, mediaType); f != nil {
+			return f
+		}
+	}
+	return nil
+}

@@ -1,0 +1,133 @@
+package mail
+
+import (
+	"encoding/binary"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"golang.org/x/net/idna"
+)
+
+// Message is what the rest of the system stores and sends.
+type Message struct {
+	From         []Address // From header mailbox(es); Build gives exactly one
+	Sender       string    // envelope MAIL FROM addr-spec
+	SenderHeader string    // addr-spec of the Sender: header field; "" when there is none
+	Recipients   []string  // envelope RCPT TO addr-specs, de-duplicated, in order
+	MessageID    string    // Message-ID without angle brackets
+	Subject      string    // decoded subject, valid UTF-8
+	Body         []byte    // the RFC 5322 message: CRLF only, lines ≤ 998 octets, no Bcc
+	Needs8Bit    bool      // Body has 8-bit octets (8BITMIME, RFC 6152)
+	NeedsUTF8    bool      // an address or a header needs SMTPUTF8 (RFC 6531)
+}
+
+// SenderDomains lists, lower-case and once each, every domain the message
+// claims to come from: each From mailbox, the Sender header and the envelope
+// sender. A caller that limits who may send from which domain must check all
+// of them, or a raw Sender: header would make an open relay.
+func (m *Message) SenderDomains() []string {
+	var out []string
+	add := func(addr string) {
+		if addr == "" {
+			return
+		}
+		d := strings.ToLower(domainOf(addr))
+		for _, o := range out {
+			if o == d {
+				return
+			}
+		}
+		out = append(out, d)
+	}
+	for _, a := range m.From {
+		add(a.Addr)
+	}
+	add(m.SenderHeader)
+	add(m.Sender)
+	return out
+}
+
+// BuildOptions are what Build and ParseRaw need besides the message.
+type BuildOptions struct {
+	Hostname      string           // domain of generated Message-IDs; "" → the From domain
+	Now           func() time.Time // Date header; nil → time.Now
+	MaxRecipients int              // 0 → 1000
+	NewID         func() string    // unique left part of Message-IDs; nil → a UUIDv7
+}
+
+const defaultMaxRecipients = 1000
+
+func (o BuildOptions) withDefaults() BuildOptions {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.MaxRecipients <= 0 {
+		o.MaxRecipients = defaultMaxRecipients
+	}
+	return o
+}
+
+// messageID makes a new msg-id (RFC 5322 3.6.4) without its angle brackets.
+func (o BuildOptions) messageID(fromDomain string) (string, error) {
+	var left string
+	if o.NewID != nil {
+		left = o.NewID()
+	} else {
+		u, err := uuid.NewV7()
+		if err != nil {
+			return "", fmt.Errorf("new message id: %w", err)
+		}
+		left = u.String()
+	}
+	if !isDotAtom(left) || !isASCII(left) {
+		return "", fmt.Errorf("new message id: NewID gave %q, not a dot-atom", left)
+	}
+	host := o.Hostname
+	if host == "" {
+		host = fromDomain
+	}
+	right, err := idna.Lookup.ToASCII(host)
+	if err != nil || !isDotAtom(right) {
+		return "", fmt.Errorf("new message id: hostname %q is not a domain name", host)
+	}
+	return left + "@" + right, nil
+}
+
+// dateValue formats t as an RFC 5322 3.3 date-time.
+func dateValue(t time.Time) string { return t.Format(time.RFC1123Z) }
+
+// recipientSet gathers envelope recipients once each, in order. Addr domains
+// are already lower-case, so equal strings are equal recipients.
+type recipientSet struct {
+	list []string
+	seen map[string]struct{}
+}
+
+func (r *recipientSet) add(a Address) {
+	if r.seen == nil {
+		r.seen = make(map[string]struct{})
+	}
+	if _, ok := r.seen[a.Addr]; ok {
+		return
+	}
+	r.seen[a.Addr] = struct{}{}
+	r.list = append(r.list, a.Addr)
+}
+
+// has8bit reports whether b has an octet above 127, eight at a time.
+func has8bit(b []byte) bool {
+	for len(b) >= 8 {
+		if binary.LittleEndian.Uint64(b)&0x8080808080808080 != 0 {
+			return true
+		}
+		b = b[8:]
+	}
+	for _, c := range b {
+		if c >= 0x80 {
+			return true
+		}
+	}
+	return false
+}

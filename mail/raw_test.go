@@ -1,0 +1,271 @@
+package mail
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+)
+
+const rawBasic = "From: Alice <alice@example.com>\r\n" +
+	"To: Bob <bob@example.net>, carol@example.org\r\n" +
+	"Cc: dave@example.com\r\n" +
+	"Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?= from\r\n Alice\r\n" +
+	"Date: Wed, 04 Mar 2026 05:06:07 +0100\r\n" +
+	"Message-ID: <abc@example.com>\r\n" +
+	"\r\n" +
+	"Hello Bob.\r\n"
+
+func parseRaw(t *testing.T, raw string, envelopeTo []string) *Message {
+	t.Helper()
+	m, err := ParseRaw([]byte(raw), envelopeTo, testOpts())
+	if err != nil {
+		t.Fatalf("ParseRaw: %v", err)
+	}
+	if err := checkWire(m.Body); err != nil {
+		t.Fatalf("%v\n%q", err, m.Body)
+	}
+	return m
+}
+
+func TestParseRawKeepsTheMessage(t *testing.T) {
+	m := parseRaw(t, rawBasic, nil)
+	if string(m.Body) != rawBasic {
+		t.Fatalf("Body changed:\n%q\nwant\n%q", m.Body, rawBasic)
+	}
+	if m.MessageID != "abc@example.com" || m.Subject != "Grüße from Alice" || m.Sender != "alice@example.com" || m.SenderHeader != "" {
+		t.Fatalf("MessageID %q Subject %q Sender %q SenderHeader %q", m.MessageID, m.Subject, m.Sender, m.SenderHeader)
+	}
+	if want := []string{"bob@example.net", "carol@example.org", "dave@example.com"}; !slices.Equal(m.Recipients, want) {
+		t.Fatalf("Recipients %q, want %q", m.Recipients, want)
+	}
+	if len(m.From) != 1 || m.From[0] != (Address{"Alice", "alice@example.com"}) {
+		t.Fatalf("From %+v", m.From)
+	}
+	if m.Needs8Bit || m.NeedsUTF8 {
+		t.Fatalf("Needs8Bit %v NeedsUTF8 %v", m.Needs8Bit, m.NeedsUTF8)
+	}
+	raw := []byte(rawBasic)
+	m.Body[0] = 'X'
+	if raw[0] != 'F' {
+		t.Fatal("Body shares memory with raw")
+	}
+}
+
+func TestParseRawLineEnds(t *testing.T) {
+	head := "From: a@example.com\nTo: b@example.net\nDate: x\nMessage-ID: <i@x>\n\n"
+	for _, tc := range []struct{ name, raw, want string }{
+		{"bare LF", head + "one\ntwo\n", "one\r\ntwo\r\n"},
+		{"bare CR", strings.ReplaceAll(head, "\n", "\r") + "one\rtwo\r", "one\r\ntwo\r\n"},
+		{"mixed", head + "a\r\nb\nc\rd\r\r\ne", "a\r\nb\r\nc\r\nd\r\n\r\ne\r\n"},
+		// SMTP smuggling: every end-of-data look-alike becomes a real CRLF.CRLF,
+		// which the SMTP client then dot-stuffs.
+		{"LF dot LF", head + "a\n.\nMAIL FROM:<x@evil.test>\n", "a\r\n.\r\nMAIL FROM:<x@evil.test>\r\n"},
+		{"CR dot CR", head + "a\r.\rMAIL FROM:<x@evil.test>", "a\r\n.\r\nMAIL FROM:<x@evil.test>\r\n"},
+		{"CRLF dot LF", head + "a\r\n.\nb", "a\r\n.\r\nb\r\n"},
+		{"LF dot CRLF", head + "a\n.\r\nb", "a\r\n.\r\nb\r\n"},
+		{"no final line end", head + "last", "last\r\n"},
+		{"empty body", head, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := parseRaw(t, tc.raw, nil)
+			_, body, _ := bytes.Cut(m.Body, []byte("\r\n\r\n"))
+			if string(body) != tc.want {
+				t.Fatalf("body %q, want %q", body, tc.want)
+			}
+		})
+	}
+}
+
+func TestParseRawAddsAndStrips(t *testing.T) {
+	raw := "From: alice@example.com\r\n" +
+		"To: bob@example.net\r\n" +
+		"Bcc: secret1@example.org,\r\n secret2@example.org\r\n" +
+		"bcc: secret3@example.org\r\n" +
+		"Resent-Bcc: secret4@example.org\r\n" +
+		"Subject: hi\r\n" +
+		"\r\n" +
+		"body\r\n"
+	m := parseRaw(t, raw, nil)
+	want := "From: alice@example.com\r\n" +
+		"To: bob@example.net\r\n" +
+		"Subject: hi\r\n" +
+		"Date: Wed, 04 Mar 2026 05:06:07 +0100\r\n" +
+		"Message-ID: <id1@relay.example.com>\r\n" +
+		"\r\n" +
+		"body\r\n"
+	if string(m.Body) != want {
+		t.Fatalf("Body\n%s\nwant\n%s", m.Body, want)
+	}
+	if m.MessageID != "id1@relay.example.com" {
+		t.Fatalf("MessageID %q", m.MessageID)
+	}
+	if w := []string{"bob@example.net", "secret1@example.org", "secret2@example.org", "secret3@example.org"}; !slices.Equal(m.Recipients, w) {
+		t.Fatalf("Recipients %q, want %q", m.Recipients, w)
+	}
+	t.Run("hostname from From", func(t *testing.T) {
+		opts := testOpts()
+		opts.Hostname = ""
+		m, err := ParseRaw([]byte(raw), nil, opts)
+		if err != nil || m.MessageID != "id1@example.com" {
+			t.Fatalf("ParseRaw: %v, %v", m, err)
+		}
+	})
+}
+
+func TestParseRawRecipients(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		header     string
+		envelopeTo []string
+		want       []string
+	}{
+		{"groups", "To: Team: a@example.com, B <b@example.com>;, c@example.com\r\nCc: undisclosed-recipients:;\r\n", nil,
+			[]string{"a@example.com", "b@example.com", "c@example.com"}},
+		{"several fields", "To: a@example.com\r\nTo: b@example.com\r\nCc: A@EXAMPLE.com, a@Example.com\r\n", nil,
+			[]string{"a@example.com", "b@example.com", "A@example.com"}},
+		{"envelope wins", "To: a@example.com\r\nBcc: b@example.com\r\n", []string{"x@example.org", "Y <y@Example.org>", "x@example.org"},
+			[]string{"x@example.org", "y@example.org"}},
+		{"empty envelope means headers", "To: a@example.com\r\n", []string{}, []string{"a@example.com"}},
+		{"envelope without header recipients", "", []string{"x@example.org"}, []string{"x@example.org"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := parseRaw(t, "From: f@example.com\r\n"+tc.header+"\r\nbody\r\n", tc.envelopeTo)
+			if !slices.Equal(m.Recipients, tc.want) {
+				t.Fatalf("Recipients %q, want %q", m.Recipients, tc.want)
+			}
+		})
+	}
+}
+
+func TestParseRawSenders(t *testing.T) {
+	m := parseRaw(t, "From: a@one.example, b@two.example\r\nSender: Secretary <s@three.example>\r\nTo: x@example.net\r\n\r\n", nil)
+	if m.Sender != "s@three.example" || m.SenderHeader != "s@three.example" || len(m.From) != 2 {
+		t.Fatalf("Sender %q SenderHeader %q From %v", m.Sender, m.SenderHeader, m.From)
+	}
+	if got := m.SenderDomains(); !slices.Equal(got, []string{"one.example", "two.example", "three.example"}) {
+		t.Fatalf("SenderDomains %q", got)
+	}
+	m = parseRaw(t, "From: a@one.example\r\nSender: s@other.example\r\nTo: x@example.net\r\n\r\n", nil)
+	if got := m.SenderDomains(); !slices.Equal(got, []string{"one.example", "other.example"}) {
+		t.Fatalf("SenderDomains %q: a Sender header must be checked too", got)
+	}
+}
+
+func TestParseRawUTF8(t *testing.T) {
+	for _, tc := range []struct {
+		name, raw       string
+		utf8, eightBits bool
+	}{
+		{"ascii", "From: a@example.com\r\nTo: b@example.net\r\n\r\nhi\r\n", false, false},
+		{"8-bit body", "From: a@example.com\r\nTo: b@example.net\r\n\r\nGrüße\r\n", false, true},
+		{"UTF-8 subject", "From: a@example.com\r\nTo: b@example.net\r\nSubject: Grüße\r\n\r\nhi\r\n", true, true},
+		{"UTF-8 recipient", "From: a@example.com\r\nTo: b@example.net\r\n\r\nhi\r\n", true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var env []string
+			if tc.name == "UTF-8 recipient" {
+				env = []string{"jörg@example.de"}
+			}
+			m := parseRaw(t, tc.raw, env)
+			if m.NeedsUTF8 != tc.utf8 || m.Needs8Bit != tc.eightBits {
+				t.Fatalf("NeedsUTF8 %v Needs8Bit %v; want %v %v", m.NeedsUTF8, m.Needs8Bit, tc.utf8, tc.eightBits)
+			}
+		})
+	}
+	m := parseRaw(t, "From: a@example.com\r\nTo: b@example.net\r\nSubject: =?iso-8859-1?q?Gr=FC=DFe?= \xff =?utf-8?q?a=00b?=\r\n\r\n", nil)
+	if m.Subject != "Grüße \uFFFD a\uFFFDb" {
+		t.Fatalf("Subject %q: want valid UTF-8 without NUL", m.Subject)
+	}
+}
+
+func TestParseRawErrors(t *testing.T) {
+	long := strings.Repeat("x", 999)
+	many := strings.Repeat("X-A: b\r\n", 1000)
+	for _, tc := range []struct {
+		name, raw  string
+		envelopeTo []string
+		field      string
+		detail     string
+	}{
+		{"empty", "", nil, "raw", "empty"},
+		{"no From", "To: b@example.net\r\n\r\nx", nil, "raw", "From header field is required"},
+		{"two From fields", "From: a@example.com\r\nFrom: c@example.com\r\nTo: b@example.net\r\n\r\n", nil, "raw", "more than one From"},
+		{"two mailboxes without Sender", "From: a@example.com, c@example.com\r\nTo: b@example.net\r\n\r\n", nil, "raw", "Sender header field is required (RFC 5322 3.6.2)"},
+		{"Sender list", "From: a@example.com\r\nSender: a@example.com, c@example.com\r\nTo: b@example.net\r\n\r\n", nil, "raw", "one mailbox"},
+		{"From group", "From: G: a@example.com;\r\nTo: b@example.net\r\n\r\n", nil, "raw", "groups"},
+		{"bad From", "From: alice\r\nTo: b@example.net\r\n\r\n", nil, "raw", "From: invalid address"},
+		{"empty From", "From: \r\nTo: b@example.net\r\n\r\n", nil, "raw", "no mailbox"},
+		{"bad To", "From: a@example.com\r\nTo: b@localhost\r\n\r\n", nil, "raw", "To: invalid address"},
+		{"bad UTF-8 domain", "From: a@example.com\r\nTo: b@\xff.example\r\n\r\n", nil, "raw", "To: invalid address: not valid UTF-8"},
+		{"no recipients", "From: a@example.com\r\n\r\nx", nil, "to", "at least one recipient"},
+		{"bad envelope", "From: a@example.com\r\n\r\nx", []string{"ok@example.com", "nope"}, "to[1]", "invalid address"},
+		{"envelope injection", "From: a@example.com\r\n\r\nx", []string{"ok@example.com\r\nRCPT TO:<x@evil.test>"}, "to[0]", "CR, LF or NUL"},
+		{"no colon", "From: a@example.com\r\nTo b@example.net\r\n\r\n", nil, "raw", "line 2 is not a header field"},
+		{"mbox From line", "From alice@example.com Mon Jan  1 00:00:00 2026\r\nFrom: a@example.com\r\n\r\n", nil, "raw", "line 1"},
+		{"bad field name", "From: a@example.com\r\nX Y: z\r\n\r\n", nil, "raw", "not a header field name"},
+		{"starts with space", " From: a@example.com\r\n\r\n", nil, "raw", "line 1 starts with white space"},
+		{"header never ends", "From: a@example.com\r\nTo: b@example.net\r\n", nil, "raw", "does not end"},
+		{"header never ends without line end", "From: a@example.com", nil, "raw", "does not end"},
+		{"NUL in header", "From: a@example.com\r\nX: a\x00b\r\n\r\n", nil, "raw", "line 2: NUL"},
+		{"long header line", "From: a@example.com\r\nX: " + long + "\r\n\r\n", nil, "raw", "line 2 is 1002 octets long; the limit is 998 (RFC 5322 2.1.1)"},
+		{"long body line", "From: a@example.com\r\nTo: b@example.net\r\n\r\nok\r\n" + long + "\r\n", nil, "raw", "line 5 is 999 octets"},
+		{"long line after bare CRs", "From: a@example.com\rTo: b@example.net\r\r" + long, nil, "raw", "line 4 is 999 octets"},
+		{"long last line", "From: a@example.com\n\n" + long, nil, "raw", "line 3 is 999"},
+		{"too many fields", "From: a@example.com\r\n" + many + "\r\n", nil, "raw", "more than 1000 header fields"},
+		{"huge header section", "From: a@example.com\r\nX-Big: a\r\n" + strings.Repeat(" "+strings.Repeat("b", 900)+"\r\n", 1200) + "\r\n", nil, "raw", "larger than 1048576 octets"},
+		{"empty Message-ID", "From: a@example.com\r\nTo: b@example.net\r\nMessage-ID: <>\r\n\r\n", nil, "raw", "Message-ID: has no id"},
+		{"too many recipients", "From: a@example.com\r\nTo: " + strings.Repeat("x@example.com, ", 5) + "\r\n\r\n",
+			[]string{"a@example.com", "b@example.com", "c@example.com", "d@example.com"}, "to", "too many recipients: 4 > 3"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			opts := testOpts()
+			opts.MaxRecipients = 3
+			m, err := ParseRaw([]byte(tc.raw), tc.envelopeTo, opts)
+			if err == nil {
+				t.Fatalf("ParseRaw succeeded: %q", m.Body)
+			}
+			var fe FieldErrors
+			if !errors.As(err, &fe) {
+				t.Fatalf("error %T %v is not FieldErrors", err, err)
+			}
+			if fe[0].Field != tc.field || !strings.Contains(fe[0].Detail, tc.detail) {
+				t.Fatalf("error %v; want %s: …%s…", err, tc.field, tc.detail)
+			}
+		})
+	}
+}
+
+func TestParseRawBuildRoundTrip(t *testing.T) {
+	built, _ := build(t, draft(func(d *Draft) {
+		d.Subject = "Grüße"
+		d.HTML = "<p>x</p>"
+		d.Bcc = []string{"hidden@example.org"}
+		d.Attachments = []Attachment{{Filename: "a.pdf", Content: b64("x")}}
+	}))
+	m := parseRaw(t, string(built.Body), nil)
+	if !bytes.Equal(m.Body, built.Body) {
+		t.Fatal("ParseRaw changed a built message")
+	}
+	if m.Subject != built.Subject || m.MessageID != built.MessageID {
+		t.Fatalf("Subject %q MessageID %q", m.Subject, m.MessageID)
+	}
+	// The Bcc recipient is not in the message, so only the envelope knows it.
+	if want := []string{"bob@example.net"}; !slices.Equal(m.Recipients, want) {
+		t.Fatalf("Recipients %q", m.Recipients)
+	}
+}
+
+func TestFieldErrorsError(t *testing.T) {
+	e := FieldErrors{{"to[0]", "not an address"}, {"subject", "must not contain CR, LF or NUL"}}
+	if got := e.Error(); got != "to[0]: not an address; subject: must not contain CR, LF or NUL" {
+		t.Fatalf("Error() = %q", got)
+	}
+	wrapped := fmt.Errorf("submit: %w", e)
+	var fe FieldErrors
+	if !errors.As(wrapped, &fe) || len(fe) != 2 {
+		t.Fatalf("errors.As through a wrap: %v", fe)
+	}
+}
