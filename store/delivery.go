@@ -1,0 +1,217 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+)
+
+// Delivery is what a worker needs to carry one message to one domain.
+type Delivery struct {
+	ID         uuid.UUID
+	TenantID   string
+	MessageID  string // RFC 5322 Message-ID
+	MailFrom   string
+	Body       []byte
+	DKIMHeader string // prepended to Body on every attempt
+	Signed     bool   // false: DKIMHeader not computed yet
+	Needs8Bit  bool
+	NeedsUTF8  bool
+	CreatedAt  time.Time
+	SendAt     *time.Time
+	Recipients []PendingRecipient // queued or deferred, in this domain
+}
+
+// PendingRecipient is a recipient still to be delivered.
+type PendingRecipient struct {
+	Idx      int
+	Email    string
+	Attempts int // attempts made so far
+}
+
+const (
+	selectDelivery = `SELECT tenant_id, message_id, mail_from, body, dkim_header, needs_8bit, needs_smtputf8, created_at, send_at
+FROM messages WHERE id = $1`
+	selectPending = `SELECT idx, email, attempts FROM recipients
+WHERE message_id = $1 AND domain = $2 AND status IN ('queued', 'deferred') ORDER BY idx`
+	saveSignature = `UPDATE messages SET dkim_header = $2 WHERE id = $1 AND dkim_header IS NULL`
+	readSignature = `SELECT dkim_header FROM messages WHERE id = $1`
+	markAttempt   = `UPDATE recipients SET next_attempt_at = $3, updated_at = now()
+WHERE message_id = $1 AND idx = ANY($2) AND status IN ('queued', 'deferred')`
+	updateRecipients = `UPDATE recipients r SET
+	status = u.status, attempts = r.attempts + 1, last_attempt_at = u.started_at,
+	next_attempt_at = u.next_at, smtp_code = u.code, enhanced_code = u.enhanced,
+	response = u.response, mx_host = u.mx_host, tls_version = u.tls_version, updated_at = now()
+FROM unnest($2::smallint[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::int[], $7::text[], $8::text[], $9::text[], $10::text[])
+	AS u(idx, status, started_at, next_at, code, enhanced, response, mx_host, tls_version)
+WHERE r.message_id = $1 AND r.idx = u.idx AND r.status IN ('queued', 'deferred')`
+	// completeMessage drops the body once no recipient is left to deliver:
+	// the ledger keeps the metadata, not the mail.
+	completeMessage = `UPDATE messages SET body = NULL, completed_at = now()
+WHERE id = $1 AND completed_at IS NULL
+AND NOT EXISTS (SELECT 1 FROM recipients WHERE message_id = $1 AND status IN ('queued', 'deferred'))
+RETURNING true`
+)
+
+// LoadDelivery reads a message and its recipients still pending in domain.
+// ErrNotFound means the message is gone (an undone accept); a message with
+// nothing pending there comes back with no Recipients.
+func (s *Store) LoadDelivery(ctx context.Context, id uuid.UUID, domain string) (*Delivery, error) {
+	b := &pgx.Batch{}
+	d := &Delivery{ID: id}
+	var dkim *string
+	b.Queue(selectDelivery, id).QueryRow(func(row pgx.Row) error {
+		return row.Scan(&d.TenantID, &d.MessageID, &d.MailFrom, &d.Body, &dkim, &d.Needs8Bit, &d.NeedsUTF8, &d.CreatedAt, &d.SendAt)
+	})
+	b.Queue(selectPending, id, domain).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			var r PendingRecipient
+			var idx int16
+			if err := rows.Scan(&idx, &r.Email, &r.Attempts); err != nil {
+				return err
+			}
+			r.Idx = int(idx)
+			d.Recipients = append(d.Recipients, r)
+		}
+		return rows.Err()
+	})
+	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil, fmt.Errorf("load delivery %s: %w", id, ErrNotFound)
+		}
+		return nil, fmt.Errorf("load delivery %s: %w", id, err)
+	}
+	if dkim != nil {
+		d.DKIMHeader, d.Signed = *dkim, true
+	}
+	if len(d.Recipients) > 0 && d.Body == nil {
+		return nil, fmt.Errorf("load delivery %s: recipients pending but the body is gone", id)
+	}
+	return d, nil
+}
+
+// SaveSignature stores the message's DKIM header unless one is stored
+// already, and returns the one that counts: workers for two domains of
+// one message may sign at once, and the first write wins so every
+// transaction sends the same bytes.
+func (s *Store) SaveSignature(ctx context.Context, id uuid.UUID, header string) (string, error) {
+	tag, err := s.pool.Exec(ctx, saveSignature, id, header)
+	if err != nil {
+		return "", fmt.Errorf("save signature %s: %w", id, err)
+	}
+	if tag.RowsAffected() == 1 {
+		return header, nil
+	}
+	var stored *string
+	if err := s.pool.QueryRow(ctx, readSignature, id).Scan(&stored); err != nil {
+		if errors.Is(err, pgx.ErrNoRows) {
+			return "", fmt.Errorf("save signature %s: %w", id, ErrNotFound)
+		}
+		return "", fmt.Errorf("save signature %s: %w", id, err)
+	}
+	if stored == nil {
+		return "", fmt.Errorf("save signature %s: not stored", id)
+	}
+	return *stored, nil
+}
+
+// MarkAttempting moves the recipients' next attempt time forward before a
+// worker dials, so that a crash mid-delivery shows when the retry is due
+// and requeue does not pick them up as if never tried.
+func (s *Store) MarkAttempting(ctx context.Context, id uuid.UUID, idxs []int, next time.Time) error {
+	if _, err := s.pool.Exec(ctx, markAttempt, id, toInt16(idxs), next); err != nil {
+		return fmt.Errorf("mark attempting %s: %w", id, err)
+	}
+	return nil
+}
+
+// Outcome is the result of one attempt for one recipient.
+type Outcome struct {
+	Attempt       Attempt    // the attempt row; Attempt.Outcome is the new status
+	NextAttemptAt *time.Time // when deferred
+}
+
+// RecordOutcomes writes the attempts and the recipients' new state in one
+// transaction, and drops the body when no recipient is left pending. It
+// reports whether the message is now complete. Recording is safe to
+// repeat: recipients already final are not changed.
+func (s *Store) RecordOutcomes(ctx context.Context, id uuid.UUID, outs []Outcome) (complete bool, err error) {
+	if len(outs) == 0 {
+		return false, nil
+	}
+	attempts := make([]Attempt, len(outs))
+	n := len(outs)
+	var (
+		idx      = make([]int16, n)
+		status   = make([]string, n)
+		started  = make([]time.Time, n)
+		next     = make([]*time.Time, n)
+		code     = make([]*int32, n)
+		enhanced = make([]*string, n)
+		response = make([]*string, n)
+		mxHost   = make([]*string, n)
+		tlsVer   = make([]*string, n)
+	)
+	for i, o := range outs {
+		a := o.Attempt
+		a.MessageID = id
+		attempts[i] = a
+		idx[i] = int16(a.Recipient)
+		status[i] = a.Outcome
+		started[i] = a.StartedAt
+		if a.Outcome == RecipientDeferred {
+			next[i] = o.NextAttemptAt
+		}
+		if a.SMTPCode != 0 {
+			c := int32(a.SMTPCode)
+			code[i] = &c
+		}
+		enhanced[i], response[i], mxHost[i], tlsVer[i] = optional(a.EnhancedCode), optional(a.Response), optional(a.MXHost), optional(a.TLSVersion)
+	}
+	rows := make([][]any, n)
+	for i, a := range attempts {
+		row, err := attemptRow(a)
+		if err != nil {
+			return false, fmt.Errorf("record outcomes %s: attempt %d: %w", id, i, err)
+		}
+		rows[i] = row
+	}
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"attempts"}, attemptColumns, pgx.CopyFromRows(rows)); err != nil {
+			return fmt.Errorf("insert attempts: %w", err)
+		}
+		b := &pgx.Batch{}
+		b.Queue(updateRecipients, id, idx, status, started, next, code, enhanced, response, mxHost, tlsVer)
+		b.Queue(completeMessage, id).QueryRow(func(row pgx.Row) error {
+			err := row.Scan(&complete)
+			if errors.Is(err, pgx.ErrNoRows) {
+				return nil
+			}
+			return err
+		})
+		return tx.SendBatch(ctx, b).Close()
+	})
+	if err != nil {
+		return false, fmt.Errorf("record outcomes %s: %w", id, err)
+	}
+	return complete, nil
+}
+
+func optional(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
+
+func toInt16(xs []int) []int16 {
+	out := make([]int16, len(xs))
+	for i, x := range xs {
+		out[i] = int16(x)
+	}
+	return out
+}
