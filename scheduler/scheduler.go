@@ -1,0 +1,113 @@
+// Package scheduler runs Mailferry's periodic chores: it moves scheduled
+// jobs whose time has come (send_at, retries) into the ready queue, keeps
+// the attempts table's time partitions ahead of the clock, and purges
+// expired idempotency keys. Several instances may run at once: every chore
+// is safe to repeat.
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+)
+
+// Queue promotes due jobs and forgets departed workers.
+type Queue interface {
+	PromoteDue(ctx context.Context, now time.Time, limit int) (int, error)
+	PruneConsumers(ctx context.Context, idle time.Duration) (int, error)
+}
+
+// Ledger is the store's housekeeping.
+type Ledger interface {
+	PurgeIdempotency(ctx context.Context, olderThan time.Time) (int64, error)
+	EnsureAttemptPartitions(ctx context.Context, now time.Time, monthsAhead int) error
+}
+
+// Options configures a Scheduler.
+type Options struct {
+	Queue  Queue
+	Ledger Ledger
+	Logger *slog.Logger
+	// PromoteEvery is how often due jobs are looked for; default 250ms.
+	PromoteEvery time.Duration
+	// ChoresEvery is how often the slow chores run; default 1h.
+	ChoresEvery time.Duration
+	Now         func() time.Time
+}
+
+// Scheduler runs the chores until its context ends.
+type Scheduler struct{ opts Options }
+
+// New checks opts.
+func New(opts Options) (*Scheduler, error) {
+	if opts.Queue == nil || opts.Ledger == nil {
+		return nil, errors.New("scheduler: Queue and Ledger are required")
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.PromoteEvery <= 0 {
+		opts.PromoteEvery = 250 * time.Millisecond
+	}
+	if opts.ChoresEvery <= 0 {
+		opts.ChoresEvery = time.Hour
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	return &Scheduler{opts: opts}, nil
+}
+
+// Run loops until ctx is done, then returns nil.
+func (s *Scheduler) Run(ctx context.Context) error {
+	promote := time.NewTicker(s.opts.PromoteEvery)
+	defer promote.Stop()
+	chores := time.NewTicker(s.opts.ChoresEvery)
+	defer chores.Stop()
+	s.chores(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-promote.C:
+			s.promote(ctx)
+		case <-chores.C:
+			s.chores(ctx)
+		}
+	}
+}
+
+func (s *Scheduler) promote(ctx context.Context) {
+	for ctx.Err() == nil {
+		n, err := s.opts.Queue.PromoteDue(ctx, s.opts.Now(), 1000)
+		if err != nil {
+			if ctx.Err() == nil {
+				s.opts.Logger.LogAttrs(ctx, slog.LevelWarn, "promote due jobs", slog.Any("error", err))
+			}
+			return
+		}
+		if n < 1000 {
+			return
+		}
+	}
+}
+
+func (s *Scheduler) chores(ctx context.Context) {
+	now := s.opts.Now()
+	if err := s.opts.Ledger.EnsureAttemptPartitions(ctx, now, 2); err != nil && ctx.Err() == nil {
+		s.opts.Logger.LogAttrs(ctx, slog.LevelWarn, "create attempt partitions", slog.Any("error", err))
+	}
+	// Each serve process joins the consumer group under a new name; names
+	// of processes gone for a day (holding no jobs) are removed.
+	if _, err := s.opts.Queue.PruneConsumers(ctx, 24*time.Hour); err != nil && ctx.Err() == nil {
+		s.opts.Logger.LogAttrs(ctx, slog.LevelWarn, "prune queue consumers", slog.Any("error", err))
+	}
+	// PRODUCT: a repeat within 24 h returns the first answer.
+	n, err := s.opts.Ledger.PurgeIdempotency(ctx, now.Add(-24*time.Hour))
+	if err != nil && ctx.Err() == nil {
+		s.opts.Logger.LogAttrs(ctx, slog.LevelWarn, "purge idempotency keys", slog.Any("error", err))
+	} else if n > 0 {
+		s.opts.Logger.LogAttrs(ctx, slog.LevelInfo, "purged idempotency keys", slog.Int64("count", n))
+	}
+}

@@ -1,0 +1,79 @@
+package scheduler_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/mailferry/mailferry/internal/testenv"
+	"github.com/mailferry/mailferry/queue"
+	"github.com/mailferry/mailferry/scheduler"
+	"github.com/mailferry/mailferry/store"
+)
+
+func TestMain(m *testing.M) { testenv.Main(m) }
+
+// TestPromotesDueJobs runs the scheduler against real Redis and
+// PostgreSQL: a job whose time has come becomes ready, one in the future
+// stays scheduled, and the chores leave attempt partitions in place.
+func TestPromotesDueJobs(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st, err := store.Open(ctx, store.Options{URL: testenv.Database(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if _, err := st.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ro, _ := redis.ParseURL(testenv.RedisURL(t))
+	rdb := redis.NewClient(ro)
+	defer rdb.Close()
+	q, err := queue.New(rdb, queue.Options{Prefix: testenv.KeyPrefix(t), Consumer: "c"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	if err := q.Enqueue(ctx,
+		queue.Item{Job: queue.Job{MessageID: "m1", Domain: "a.example"}, NotBefore: now.Add(300 * time.Millisecond)},
+		queue.Item{Job: queue.Job{MessageID: "m2", Domain: "a.example"}, NotBefore: now.Add(time.Hour)},
+	); err != nil {
+		t.Fatal(err)
+	}
+	s, err := scheduler.New(scheduler.Options{Queue: q, Ledger: st, PromoteEvery: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		d, err := q.Depth(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.Ready == 1 && d.Scheduled == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("due job not promoted: %+v", d)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	got, err := q.Claim(ctx, 10, 0)
+	if err != nil || len(got) != 1 || got[0].Job.MessageID != "m1" {
+		t.Fatalf("claimed %+v %v, want m1", got, err)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return after cancel")
+	}
+}
