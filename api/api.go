@@ -1,0 +1,137 @@
+// Package api is Mailferry's HTTP interface: POST /v1/messages to send,
+// GET /v1/messages/{id} for what became of each recipient, plus /healthz,
+// /readyz and /metrics. Handlers decode and check input, hand mail to the
+// intake and read the ledger; every refusal is an RFC 9457 problem that
+// names what was wrong.
+package api
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/mailferry/mailferry/intake"
+	"github.com/mailferry/mailferry/store"
+)
+
+// Authenticator resolves a bearer secret to its key.
+type Authenticator interface {
+	Authenticate(ctx context.Context, secret string) (store.APIKey, error)
+}
+
+// Reader reads a message's state from the ledger.
+type Reader interface {
+	GetMessage(ctx context.Context, tenantID string, id uuid.UUID) (*store.MessageView, error)
+}
+
+// Intake accepts messages.
+type Intake interface {
+	NewReceipt(s intake.Submission) (intake.Receipt, error)
+	Submit(ctx context.Context, r intake.Receipt, s intake.Submission) error
+	SubmitIdempotent(ctx context.Context, r intake.Receipt, s intake.Submission, key store.Idempotency) (*store.Idempotency, error)
+}
+
+// Check is one readiness probe (Redis, PostgreSQL).
+type Check struct {
+	Name string
+	Ping func(ctx context.Context) error
+}
+
+// Options configures the HTTP handler.
+type Options struct {
+	Auth     Authenticator
+	Reader   Reader
+	Intake   Intake
+	Ready    []Check
+	Logger   *slog.Logger
+	Registry *prometheus.Registry // /metrics serves it; the HTTP metrics register in it
+
+	Hostname        string // Message-ID domain
+	MaxMessageBytes int64
+	MaxRecipients   int
+	// MaxScheduleAhead bounds send_at; default 30 days.
+	MaxScheduleAhead time.Duration
+	// Warn returns warnings for an accepted message (such as "no DKIM key
+	// for example.com: sent unsigned"); optional.
+	Warn func(ctx context.Context, fromDomain string) []string
+	Now  func() time.Time
+}
+
+type server struct {
+	opts    Options
+	metrics *httpMetrics
+}
+
+// New checks opts and returns the HTTP handler.
+func New(opts Options) (http.Handler, error) {
+	if opts.Auth == nil || opts.Reader == nil || opts.Intake == nil || opts.Registry == nil {
+		return nil, errors.New("api: Auth, Reader, Intake and Registry are required")
+	}
+	if opts.MaxMessageBytes <= 0 || opts.MaxRecipients <= 0 || opts.Hostname == "" {
+		return nil, errors.New("api: MaxMessageBytes, MaxRecipients and Hostname are required")
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.MaxScheduleAhead <= 0 {
+		opts.MaxScheduleAhead = 30 * 24 * time.Hour
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	s := &server{opts: opts, metrics: newHTTPMetrics(opts.Registry)}
+
+	r := chi.NewRouter()
+	r.Use(s.recoverer, s.measure)
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		writeProblem(w, newProblem(kindNoRoute, r.Method+" "+r.URL.Path+" is not a route of this API"))
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		writeProblem(w, newProblem(kindNoMethod, r.Method+" is not allowed on "+r.URL.Path))
+	})
+	r.Get("/healthz", s.healthz)
+	r.Get("/readyz", s.readyz)
+	r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(opts.Registry, promhttp.HandlerOpts{Registry: opts.Registry}))
+	r.Route("/v1", func(r chi.Router) {
+		r.Use(s.authenticate)
+		r.Post("/messages", s.sendMessage)
+		r.Get("/messages/{id}", s.getMessage)
+	})
+	return r, nil
+}
+
+func (s *server) healthz(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+// readyz answers 200 only when every dependency answers: a load balancer
+// then sends no mail to an instance that could only refuse it.
+func (s *server) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	checks := map[string]string{}
+	var failed []FieldProblem
+	for _, c := range s.opts.Ready {
+		if err := c.Ping(ctx); err != nil {
+			checks[c.Name] = "unavailable"
+			failed = append(failed, FieldProblem{Field: c.Name, Detail: "unreachable"})
+			s.opts.Logger.LogAttrs(ctx, slog.LevelWarn, "readiness check failed", slog.String("check", c.Name), slog.Any("error", err))
+			continue
+		}
+		checks[c.Name] = "ok"
+	}
+	if len(failed) > 0 {
+		p := newProblem(kindUnavailable, "a dependency is unreachable", failed...)
+		p.retryAfter = 5 * time.Second
+		writeProblem(w, p)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "checks": checks})
+}

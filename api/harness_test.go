@@ -1,0 +1,255 @@
+package api_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/mailferry/mailferry/api"
+	"github.com/mailferry/mailferry/intake"
+	"github.com/mailferry/mailferry/internal/testenv"
+	"github.com/mailferry/mailferry/queue"
+	"github.com/mailferry/mailferry/store"
+)
+
+func TestMain(m *testing.M) { testenv.Main(m) }
+
+// harness is a running API on real Redis and PostgreSQL.
+type harness struct {
+	t      *testing.T
+	srv    *httptest.Server
+	store  *store.Store
+	queue  *queue.Queue
+	rdb    *redis.Client
+	dbURL  string
+	db     *pgxpool.Pool // direct SQL, to check what the ledger holds
+	spec   *spec
+	key    string // secret of a key for tenant "acme", domain example.com
+	keyID  string
+	tenant string
+}
+
+type harnessOptions struct {
+	redisURL        string // "" → the shared test server
+	maxMessageBytes int64
+	maxRecipients   int
+}
+
+func newHarness(t *testing.T, opts harnessOptions) *harness {
+	t.Helper()
+	ctx := context.Background()
+	dbURL := testenv.Database(t)
+	st, err := store.Open(ctx, store.Options{URL: dbURL})
+	if err != nil {
+		t.Fatalf("open store: %v", err)
+	}
+	t.Cleanup(st.Close)
+	if _, err := st.Migrate(ctx); err != nil {
+		t.Fatalf("migrate: %v", err)
+	}
+	if opts.redisURL == "" {
+		opts.redisURL = testenv.RedisURL(t)
+	}
+	ro, err := redis.ParseURL(opts.redisURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ro.MaxRetries = -1 // a stopped Redis must fail fast in the outage tests
+	rdb := redis.NewClient(ro)
+	t.Cleanup(func() { rdb.Close() })
+	q, err := queue.New(rdb, queue.Options{Prefix: testenv.KeyPrefix(t), Consumer: "test"})
+	if err != nil {
+		t.Fatalf("queue: %v", err)
+	}
+	reg := prometheus.NewRegistry()
+	in, err := intake.New(intake.Options{Ledger: st, Queue: q, Metrics: intake.NewMetrics(reg), CommitTimeout: 3 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if opts.maxMessageBytes == 0 {
+		opts.maxMessageBytes = 1 << 20
+	}
+	if opts.maxRecipients == 0 {
+		opts.maxRecipients = 1000
+	}
+	h, err := api.New(api.Options{
+		Auth: st, Reader: st, Intake: in, Registry: reg,
+		Ready:           []api.Check{{Name: "postgres", Ping: st.Ping}, {Name: "redis", Ping: q.Ping}},
+		Hostname:        "relay.test",
+		MaxMessageBytes: opts.maxMessageBytes,
+		MaxRecipients:   opts.maxRecipients,
+	})
+	if err != nil {
+		t.Fatalf("api.New: %v", err)
+	}
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	key, secret, err := st.CreateAPIKey(ctx, "acme", []string{"example.com"})
+	if err != nil {
+		t.Fatalf("create key: %v", err)
+	}
+	db, err := pgxpool.New(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(db.Close)
+	return &harness{t: t, srv: srv, store: st, queue: q, rdb: rdb, dbURL: dbURL, db: db, spec: loadSpec(t), key: secret, keyID: key.ID, tenant: "acme"}
+}
+
+type response struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+func (r response) json(t *testing.T, v any) {
+	t.Helper()
+	if err := json.Unmarshal(r.body, v); err != nil {
+		t.Fatalf("decode %s: %v", r.body, err)
+	}
+}
+
+// problemDoc is what a refusal carries.
+type problemDoc struct {
+	Type   string `json:"type"`
+	Title  string `json:"title"`
+	Status int    `json:"status"`
+	Detail string `json:"detail"`
+	Errors []struct {
+		Field  string `json:"field"`
+		Detail string `json:"detail"`
+	} `json:"errors"`
+}
+
+func (r response) problem(t *testing.T) problemDoc {
+	t.Helper()
+	if ct := r.header.Get("Content-Type"); ct != "application/problem+json" {
+		t.Fatalf("Content-Type %q, want application/problem+json; body %s", ct, r.body)
+	}
+	var p problemDoc
+	r.json(t, &p)
+	if p.Status != r.status {
+		t.Errorf("problem status %d != HTTP status %d", p.Status, r.status)
+	}
+	return p
+}
+
+func (p problemDoc) fields() []string {
+	var out []string
+	for _, e := range p.Errors {
+		out = append(out, e.Field)
+	}
+	return out
+}
+
+// do sends a request and checks the response against openapi.yaml.
+func (h *harness) do(method, path, key string, body io.Reader, header map[string]string) response {
+	h.t.Helper()
+	req, err := http.NewRequest(method, h.srv.URL+path, body)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	resp, err := h.srv.Client().Do(req)
+	if err != nil {
+		h.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	b := readBody(h.t, resp)
+	h.spec.validate(h.t, method, path, resp, b)
+	return response{status: resp.StatusCode, header: resp.Header, body: b}
+}
+
+func (h *harness) post(body any, header map[string]string) response {
+	h.t.Helper()
+	var r io.Reader
+	switch b := body.(type) {
+	case string:
+		r = strings.NewReader(b)
+	case []byte:
+		r = bytes.NewReader(b)
+	default:
+		j, err := json.Marshal(b)
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		r = bytes.NewReader(j)
+	}
+	return h.do(http.MethodPost, "/v1/messages", h.key, r, header)
+}
+
+type sendAnswer struct {
+	ID         string `json:"id"`
+	MessageID  string `json:"message_id"`
+	Recipients []struct {
+		Email  string `json:"email"`
+		Status string `json:"status"`
+	} `json:"recipients"`
+	Warnings []string `json:"warnings"`
+}
+
+type messageAnswer struct {
+	ID         string `json:"id"`
+	MessageID  string `json:"message_id"`
+	Status     string `json:"status"`
+	Recipients []struct {
+		Email         string  `json:"email"`
+		Status        string  `json:"status"`
+		Attempts      int     `json:"attempts"`
+		NextAttemptAt *string `json:"next_attempt_at"`
+	} `json:"recipients"`
+	Events []struct {
+		Type string `json:"type"`
+	} `json:"events"`
+}
+
+func (h *harness) get(id, key string) response {
+	h.t.Helper()
+	return h.do(http.MethodGet, "/v1/messages/"+id, key, nil, nil)
+}
+
+// messageCount counts messages in the ledger, to prove a refusal stored nothing.
+func (h *harness) messageCount() int {
+	h.t.Helper()
+	var n int
+	if err := h.db.QueryRow(context.Background(), "SELECT count(*) FROM messages").Scan(&n); err != nil {
+		h.t.Fatalf("count messages: %v", err)
+	}
+	return n
+}
+
+func (h *harness) depth() queue.Depth {
+	h.t.Helper()
+	d, err := h.queue.Depth(context.Background())
+	if err != nil {
+		h.t.Fatalf("queue depth: %v", err)
+	}
+	return d
+}
+
+func mustUUID(t *testing.T, s string) uuid.UUID {
+	t.Helper()
+	id, err := uuid.Parse(s)
+	if err != nil {
+		t.Fatalf("id %q is not a UUID: %v", s, err)
+	}
+	return id
+}

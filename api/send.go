@@ -1,0 +1,502 @@
+package api
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net/http"
+	"reflect"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/mailferry/mailferry/intake"
+	"github.com/mailferry/mailferry/mail"
+	"github.com/mailferry/mailferry/store"
+)
+
+// Limits on the parts of a request that are not mail.
+const (
+	maxJSONDepth       = 32
+	maxTags            = 10
+	maxTagLen          = 64
+	maxMetadataKeys    = 50
+	maxMetadataKeyLen  = 64
+	maxMetadataValLen  = 1024
+	maxIdempotencyKey  = 255
+	requestOverheadMax = 1 << 20 // JSON around the message: field names, metadata
+)
+
+// sendRequest is the body of POST /v1/messages: a structured draft or a
+// ready message in raw.
+type sendRequest struct {
+	mail.Draft
+	Raw      string            `json:"raw"`
+	Tags     []string          `json:"tags"`
+	Metadata map[string]string `json:"metadata"`
+	SendAt   *time.Time        `json:"send_at"`
+}
+
+// sendRequestFields lists the JSON names sendRequest knows, so one answer
+// can name every unknown field rather than the first.
+func sendRequestFields() map[string]bool {
+	known := map[string]bool{}
+	var walk func(t reflect.Type)
+	walk = func(t reflect.Type) {
+		for i := 0; i < t.NumField(); i++ {
+			f := t.Field(i)
+			if f.Anonymous {
+				walk(f.Type)
+				continue
+			}
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			if name != "" && name != "-" {
+				known[name] = true
+			}
+		}
+	}
+	walk(reflect.TypeOf(sendRequest{}))
+	return known
+}
+
+type recipientReceipt struct {
+	Email  string `json:"email"`
+	Status string `json:"status"`
+}
+
+type sendResponse struct {
+	ID         string             `json:"id"`
+	MessageID  string             `json:"message_id"`
+	Recipients []recipientReceipt `json:"recipients"`
+	Warnings   []string           `json:"warnings"`
+}
+
+// maxRequestBytes allows for base64 (4/3) around a message of the maximum
+// size; the built message itself is held to MaxMessageBytes afterwards.
+func (s *server) maxRequestBytes() int64 {
+	return s.opts.MaxMessageBytes/3*4 + 4 + requestOverheadMax
+}
+
+func (s *server) sendMessage(w http.ResponseWriter, r *http.Request) {
+	key := principal(r.Context())
+	if p := checkContentType(r); p != nil {
+		writeProblem(w, p)
+		return
+	}
+	limit := s.maxRequestBytes()
+	// Refuse at once what announces itself too large, without reading it.
+	if r.ContentLength > limit {
+		writeProblem(w, tooLarge(r.ContentLength, limit))
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			writeProblem(w, tooLarge(-1, limit))
+			return
+		}
+		writeProblem(w, newProblem(kindMalformed, "could not read the request body"))
+		return
+	}
+	req, p := s.decodeSend(body)
+	if p != nil {
+		writeProblem(w, p)
+		return
+	}
+	idemKey := r.Header.Get("Idempotency-Key")
+	if len(idemKey) > maxIdempotencyKey || !printableASCII(idemKey) {
+		writeProblem(w, newProblem(kindInvalid, "Idempotency-Key must be at most 255 printable ASCII characters",
+			FieldProblem{Field: "Idempotency-Key", Detail: "not a valid key"}))
+		return
+	}
+	msg, p := s.build(req)
+	if p != nil {
+		writeProblem(w, p)
+		return
+	}
+	if p := allowedSender(key, msg); p != nil {
+		writeProblem(w, p)
+		return
+	}
+	sub := intake.Submission{
+		TenantID: key.TenantID,
+		APIKeyID: key.ID,
+		Ingress:  "api",
+		Message:  msg,
+		Tags:     req.Tags,
+		Metadata: req.Metadata,
+	}
+	if req.SendAt != nil {
+		sub.SendAt = req.SendAt.UTC()
+	}
+	receipt, err := s.opts.Intake.NewReceipt(sub)
+	if err != nil {
+		s.internal(w, r, err)
+		return
+	}
+	resp := sendResponse{ID: receipt.ID.String(), MessageID: receipt.MessageID, Warnings: []string{}}
+	for _, rc := range receipt.Recipients {
+		resp.Recipients = append(resp.Recipients, recipientReceipt{Email: rc, Status: "queued"})
+	}
+	if s.opts.Warn != nil && len(msg.From) > 0 {
+		resp.Warnings = append(resp.Warnings, s.opts.Warn(r.Context(), msg.From[0].Domain())...)
+	}
+
+	if idemKey == "" {
+		if err := s.opts.Intake.Submit(r.Context(), receipt, sub); err != nil {
+			s.unavailable(w, r, err)
+			return
+		}
+		writeJSON(w, http.StatusAccepted, resp)
+		return
+	}
+	encoded, err := json.Marshal(resp)
+	if err != nil {
+		s.internal(w, r, err)
+		return
+	}
+	sum := sha256.Sum256(body)
+	existing, err := s.opts.Intake.SubmitIdempotent(r.Context(), receipt, sub, store.Idempotency{
+		Key: idemKey, RequestHash: sum[:], Status: http.StatusAccepted, Response: encoded,
+	})
+	if err != nil {
+		s.unavailable(w, r, err)
+		return
+	}
+	if existing == nil {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusAccepted)
+		_, _ = w.Write(append(encoded, '\n'))
+		return
+	}
+	if !bytes.Equal(existing.RequestHash, sum[:]) {
+		writeProblem(w, newProblem(kindIdemReused, "this Idempotency-Key was used in the last 24 hours for a different request",
+			FieldProblem{Field: "Idempotency-Key", Detail: "reused with a different body"}))
+		return
+	}
+	// A repeat: the first answer, and nothing new sent.
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Idempotent-Replayed", "true")
+	w.WriteHeader(existing.Status)
+	_, _ = w.Write(append(bytes.TrimRight(existing.Response, "\n"), '\n'))
+}
+
+func checkContentType(r *http.Request) *problem {
+	ct := r.Header.Get("Content-Type")
+	if ct == "" {
+		return nil
+	}
+	mt, _, err := mime.ParseMediaType(ct)
+	if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
+		return newProblem(kindUnsupported, "send the message as Content-Type: application/json")
+	}
+	return nil
+}
+
+func tooLarge(got, limit int64) *problem {
+	detail := fmt.Sprintf("the request body is larger than %d bytes", limit)
+	if got > 0 {
+		detail = fmt.Sprintf("the request body of %d bytes is larger than %d bytes", got, limit)
+	}
+	return newProblem(kindTooLarge, detail)
+}
+
+// decodeSend parses the JSON body strictly: well-formed, not too deep, no
+// unknown fields, each field of its type.
+func (s *server) decodeSend(body []byte) (*sendRequest, *problem) {
+	if err := checkDepth(body, maxJSONDepth); err != nil {
+		return nil, newProblem(kindMalformed, err.Error())
+	}
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(body, &top); err != nil {
+		return nil, malformedJSON(err)
+	}
+	if top == nil {
+		return nil, newProblem(kindMalformed, "the body must be a JSON object")
+	}
+	known := sendRequestFields()
+	var unknown []FieldProblem
+	for name := range top {
+		if !known[name] {
+			unknown = append(unknown, FieldProblem{Field: name, Detail: "unknown field"})
+		}
+	}
+	if len(unknown) > 0 {
+		sort.Slice(unknown, func(i, j int) bool { return unknown[i].Field < unknown[j].Field })
+		names := make([]string, len(unknown))
+		for i, u := range unknown {
+			names[i] = fmt.Sprintf("%q", u.Field)
+		}
+		return nil, newProblem(kindUnknownField, "unknown fields: "+strings.Join(names, ", "), unknown...)
+	}
+	var req sendRequest
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return nil, malformedJSON(err)
+	}
+	if dec.More() {
+		return nil, newProblem(kindMalformed, "the body holds more than one JSON value")
+	}
+	return &req, nil
+}
+
+func malformedJSON(err error) *problem {
+	var syn *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &syn):
+		return newProblem(kindMalformed, fmt.Sprintf("invalid JSON at byte %d: %v", syn.Offset, syn))
+	case errors.As(err, &typ):
+		// The path names the embedded Draft struct; clients know only JSON names.
+		field := strings.TrimPrefix(typ.Field, "Draft.")
+		if field == "" {
+			return newProblem(kindMalformed, "the body must be a JSON object")
+		}
+		return newProblem(kindMalformed, fmt.Sprintf("field %q must be %s, not %s", field, jsonKind(typ.Type), typ.Value),
+			FieldProblem{Field: field, Detail: "must be " + jsonKind(typ.Type)})
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		name := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
+		return newProblem(kindUnknownField, fmt.Sprintf("unknown field %q", name), FieldProblem{Field: name, Detail: "unknown field"})
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return newProblem(kindMalformed, "the body is empty or truncated JSON")
+	}
+	return newProblem(kindMalformed, "invalid JSON: "+err.Error())
+}
+
+func jsonKind(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.String:
+		return "a string"
+	case reflect.Slice:
+		return "an array"
+	case reflect.Map, reflect.Struct:
+		if t == reflect.TypeOf(time.Time{}) {
+			return "an RFC 3339 time string"
+		}
+		return "an object"
+	case reflect.Ptr:
+		return jsonKind(t.Elem())
+	}
+	return t.Kind().String()
+}
+
+// checkDepth refuses JSON nested deeper than max before any decoder sees it.
+func checkDepth(b []byte, max int) error {
+	depth, inString, escaped := 0, false, false
+	for _, c := range b {
+		if inString {
+			switch {
+			case escaped:
+				escaped = false
+			case c == '\\':
+				escaped = true
+			case c == '"':
+				inString = false
+			}
+			continue
+		}
+		switch c {
+		case '"':
+			inString = true
+		case '{', '[':
+			depth++
+			if depth > max {
+				return fmt.Errorf("JSON nested deeper than %d levels", max)
+			}
+		case '}', ']':
+			depth--
+		}
+	}
+	return nil
+}
+
+// build turns the request into a message, naming every bad field.
+func (s *server) build(req *sendRequest) (*mail.Message, *problem) {
+	var fields []FieldProblem
+	now := s.opts.Now()
+	opts := mail.BuildOptions{Hostname: s.opts.Hostname, Now: s.opts.Now, MaxRecipients: s.opts.MaxRecipients}
+	fields = append(fields, checkTags(req.Tags)...)
+	fields = append(fields, checkMetadata(req.Metadata)...)
+	if req.SendAt != nil && req.SendAt.After(now.Add(s.opts.MaxScheduleAhead)) {
+		fields = append(fields, FieldProblem{Field: "send_at", Detail: fmt.Sprintf("more than %s ahead", humanDuration(s.opts.MaxScheduleAhead))})
+	}
+	var msg *mail.Message
+	var err error
+	if req.Raw != "" {
+		fields = append(fields, rawConflicts(req)...)
+		raw, derr := decodeBase64(req.Raw)
+		if derr != nil {
+			fields = append(fields, FieldProblem{Field: "raw", Detail: "not valid base64: " + derr.Error()})
+			return nil, invalid(fields)
+		}
+		if int64(len(raw)) > s.opts.MaxMessageBytes {
+			return nil, messageTooLarge(int64(len(raw)), s.opts.MaxMessageBytes)
+		}
+		var envelope []string
+		envelope = append(envelope, req.To...)
+		envelope = append(envelope, req.Cc...)
+		envelope = append(envelope, req.Bcc...)
+		if len(envelope) == 0 {
+			envelope = nil
+		}
+		msg, err = mail.ParseRaw(raw, envelope, opts)
+	} else {
+		msg, err = mail.Build(req.Draft, opts)
+	}
+	var fe mail.FieldErrors
+	if errors.As(err, &fe) {
+		for _, f := range fe {
+			fields = append(fields, FieldProblem{Field: f.Field, Detail: f.Detail})
+		}
+	} else if err != nil {
+		fields = append(fields, FieldProblem{Field: "raw", Detail: err.Error()})
+	}
+	if len(fields) > 0 {
+		return nil, invalid(fields)
+	}
+	if int64(len(msg.Body)) > s.opts.MaxMessageBytes {
+		return nil, messageTooLarge(int64(len(msg.Body)), s.opts.MaxMessageBytes)
+	}
+	return msg, nil
+}
+
+func invalid(fields []FieldProblem) *problem {
+	names := make([]string, 0, len(fields))
+	for _, f := range fields {
+		if !slices.Contains(names, f.Field) {
+			names = append(names, f.Field)
+		}
+	}
+	return newProblem(kindInvalid, "invalid: "+strings.Join(names, ", "), fields...)
+}
+
+func messageTooLarge(size, limit int64) *problem {
+	return newProblem(kindTooLarge, fmt.Sprintf("the message is %d bytes; the limit is %d (MAILFERRY_MAX_MESSAGE_BYTES)", size, limit))
+}
+
+// rawConflicts names structured fields sent alongside raw: they would be
+// silently ignored, which hides mistakes.
+func rawConflicts(req *sendRequest) []FieldProblem {
+	var out []FieldProblem
+	d := req.Draft
+	for name, set := range map[string]bool{
+		"from": d.From != "", "reply_to": d.ReplyTo != "", "subject": d.Subject != "", "text": d.Text != "",
+		"html": d.HTML != "", "headers": len(d.Headers) > 0, "attachments": len(d.Attachments) > 0,
+	} {
+		if set {
+			out = append(out, FieldProblem{Field: name, Detail: "cannot be combined with raw; put it in the raw message"})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Field < out[j].Field })
+	return out
+}
+
+func decodeBase64(s string) ([]byte, error) {
+	s = strings.Map(func(r rune) rune {
+		if r == '\r' || r == '\n' || r == ' ' || r == '\t' {
+			return -1
+		}
+		return r
+	}, s)
+	if b, err := base64.StdEncoding.DecodeString(s); err == nil {
+		return b, nil
+	}
+	b, err := base64.RawStdEncoding.DecodeString(strings.TrimRight(s, "="))
+	if err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+func checkTags(tags []string) []FieldProblem {
+	var out []FieldProblem
+	if len(tags) > maxTags {
+		out = append(out, FieldProblem{Field: "tags", Detail: fmt.Sprintf("at most %d tags", maxTags)})
+	}
+	for i, t := range tags {
+		if t == "" || len(t) > maxTagLen || !utf8.ValidString(t) || strings.ContainsFunc(t, isControl) {
+			out = append(out, FieldProblem{Field: fmt.Sprintf("tags[%d]", i), Detail: fmt.Sprintf("must be 1 to %d printable characters", maxTagLen)})
+		}
+	}
+	return out
+}
+
+func checkMetadata(md map[string]string) []FieldProblem {
+	var out []FieldProblem
+	if len(md) > maxMetadataKeys {
+		out = append(out, FieldProblem{Field: "metadata", Detail: fmt.Sprintf("at most %d keys", maxMetadataKeys)})
+	}
+	keys := make([]string, 0, len(md))
+	for k := range md {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		v := md[k]
+		if k == "" || len(k) > maxMetadataKeyLen || strings.ContainsFunc(k, isControl) {
+			out = append(out, FieldProblem{Field: "metadata." + k, Detail: fmt.Sprintf("keys must be 1 to %d printable characters", maxMetadataKeyLen)})
+		}
+		if len(v) > maxMetadataValLen || !utf8.ValidString(v) {
+			out = append(out, FieldProblem{Field: "metadata." + k, Detail: fmt.Sprintf("values must be valid UTF-8 of at most %d bytes", maxMetadataValLen)})
+		}
+	}
+	return out
+}
+
+func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
+
+func printableASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+func humanDuration(d time.Duration) string {
+	if d%(24*time.Hour) == 0 {
+		return fmt.Sprintf("%d days", d/(24*time.Hour))
+	}
+	return d.String()
+}
+
+// allowedSender refuses a message claiming a domain the key may not send
+// from, in any place a receiver would read as the sender: no open relay.
+func allowedSender(key store.APIKey, msg *mail.Message) *problem {
+	var bad []FieldProblem
+	for _, d := range msg.SenderDomains() {
+		if !slices.Contains(key.Domains, strings.ToLower(d)) {
+			bad = append(bad, FieldProblem{Field: "from", Detail: fmt.Sprintf("this key may not send from %s", d)})
+		}
+	}
+	if len(bad) == 0 {
+		return nil
+	}
+	return newProblem(kindForbidden, fmt.Sprintf("this key may send from %s only", strings.Join(key.Domains, ", ")), bad...)
+}
+
+func (s *server) unavailable(w http.ResponseWriter, r *http.Request, err error) {
+	if !errors.Is(err, intake.ErrUnavailable) {
+		s.internal(w, r, err)
+		return
+	}
+	p := newProblem(kindUnavailable, "the queue or the ledger is unavailable; nothing was accepted, try again")
+	p.retryAfter = 5 * time.Second
+	writeProblem(w, p)
+}
+
+func (s *server) internal(w http.ResponseWriter, r *http.Request, err error) {
+	s.opts.Logger.LogAttrs(r.Context(), slog.LevelError, "request failed", slog.String("route", r.URL.Path), slog.Any("error", err))
+	writeProblem(w, newProblem(kindInternal, "the server failed; the error was logged"))
+}
