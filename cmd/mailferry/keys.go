@@ -1,0 +1,123 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/mailferry/mailferry/store"
+)
+
+type stringList []string
+
+func (l *stringList) String() string     { return strings.Join(*l, ",") }
+func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
+
+func runKeys(ctx context.Context, env *environment, args []string) error {
+	const synopsis = "keys create --tenant T --domain D [--domain D2] | keys list | keys revoke ID"
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
+		fmt.Fprintln(env.stdout, "Usage: mailferry "+synopsis)
+		if len(args) == 0 {
+			return errors.New("keys: name a subcommand: create, list or revoke")
+		}
+		return nil
+	}
+	switch args[0] {
+	case "create":
+		return keysCreate(ctx, env, args[1:])
+	case "list":
+		return keysList(ctx, env, args[1:])
+	case "revoke":
+		return keysRevoke(ctx, env, args[1:])
+	}
+	return fmt.Errorf("keys: unknown subcommand %q (create, list or revoke)", args[0])
+}
+
+func openStore(ctx context.Context, env *environment) (*store.Store, error) {
+	cfg, err := env.config()
+	if err != nil {
+		return nil, err
+	}
+	st, err := store.Open(ctx, store.Options{URL: cfg.DatabaseURL.String(), MaxConns: 2})
+	if err != nil {
+		return nil, fmt.Errorf("open database %s: %w", cfg.DatabaseURL.Redacted(), err)
+	}
+	return st, nil
+}
+
+func keysCreate(ctx context.Context, env *environment, args []string) error {
+	fs := flagSet(env, "keys create", "keys create --tenant T --domain D [--domain D2]\n\nCreates an API key allowed to send from the domains; prints the secret alone on stdout.")
+	tenant := fs.String("tenant", "", "tenant the key belongs to (required)")
+	var domains stringList
+	fs.Var(&domains, "domain", "sender domain the key may use (repeatable, at least one)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *tenant == "" || len(domains) == 0 {
+		return errors.New("keys create: --tenant and at least one --domain are required")
+	}
+	st, err := openStore(ctx, env)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	key, secret, err := st.CreateAPIKey(ctx, *tenant, domains)
+	if err != nil {
+		return fmt.Errorf("create key: %w", err)
+	}
+	fmt.Fprintf(env.stderr, "created key %s for tenant %s, domains %s\n", key.ID, key.TenantID, strings.Join(key.Domains, ", "))
+	fmt.Fprintln(env.stdout, secret)
+	return nil
+}
+
+func keysList(ctx context.Context, env *environment, args []string) error {
+	fs := flagSet(env, "keys list", "keys list")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	st, err := openStore(ctx, env)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	keys, err := st.ListAPIKeys(ctx)
+	if err != nil {
+		return fmt.Errorf("list keys: %w", err)
+	}
+	tw := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tTENANT\tDOMAINS\tCREATED\tREVOKED")
+	for _, k := range keys {
+		revoked := "-"
+		if k.RevokedAt != nil {
+			revoked = k.RevokedAt.UTC().Format(time.RFC3339)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", k.ID, k.TenantID, strings.Join(k.Domains, ","), k.CreatedAt.UTC().Format(time.RFC3339), revoked)
+	}
+	return tw.Flush()
+}
+
+func keysRevoke(ctx context.Context, env *environment, args []string) error {
+	fs := flagSet(env, "keys revoke", "keys revoke ID\n\nRevokes the key at once: requests with it are refused with 401.")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return errors.New("keys revoke: give exactly one key ID (see `mailferry keys list`)")
+	}
+	st, err := openStore(ctx, env)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if err := st.RevokeAPIKey(ctx, fs.Arg(0)); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("keys revoke: no key %q (see `mailferry keys list`)", fs.Arg(0))
+		}
+		return fmt.Errorf("revoke key: %w", err)
+	}
+	fmt.Fprintf(env.stderr, "revoked key %s\n", fs.Arg(0))
+	return nil
+}

@@ -1,0 +1,240 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/mailferry/mailferry/api"
+	"github.com/mailferry/mailferry/config"
+	"github.com/mailferry/mailferry/intake"
+	"github.com/mailferry/mailferry/queue"
+	"github.com/mailferry/mailferry/scheduler"
+	"github.com/mailferry/mailferry/store"
+)
+
+var allRoles = []string{"api", "scheduler"}
+
+func runServe(ctx context.Context, env *environment, args []string) error {
+	fs := flagSet(env, "serve", "serve [--roles api,scheduler]\n\nRuns the HTTP API and the scheduler (by default all roles) until SIGINT or SIGTERM.")
+	rolesFlag := fs.String("roles", strings.Join(allRoles, ","), "comma-separated roles to run: "+strings.Join(allRoles, ", "))
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	roles, err := parseRoles(*rolesFlag)
+	if err != nil {
+		return err
+	}
+	cfg, err := env.config()
+	if err != nil {
+		return err
+	}
+	log := env.logger(cfg)
+
+	st, err := openLedger(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if cfg.AutoMigrate {
+		applied, err := st.Migrate(ctx)
+		if err != nil {
+			return fmt.Errorf("migrate (set MAILFERRY_AUTO_MIGRATE=false to skip): %w", err)
+		}
+		for _, name := range applied {
+			log.Info("applied migration", "name", name)
+		}
+	}
+
+	ropts, err := redis.ParseURL(cfg.RedisURL.String())
+	if err != nil {
+		return fmt.Errorf("MAILFERRY_REDIS_URL: %w", err)
+	}
+	redis.SetLogger(redisLogger{log})
+	rdb := redis.NewClient(ropts)
+	defer rdb.Close()
+	q, err := queue.New(rdb, queue.Options{Shards: cfg.QueueShards, Consumer: consumerName(cfg)})
+	if err != nil {
+		return fmt.Errorf("queue: %w", err)
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(newDepthCollector(q, log))
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, 4)
+
+	if roles["scheduler"] {
+		sch, err := scheduler.New(scheduler.Options{Queue: q, Ledger: st, Logger: log.With("role", "scheduler")})
+		if err != nil {
+			return err
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); errc <- sch.Run(ctx) }()
+	}
+
+	in, err := intake.New(intake.Options{Ledger: st, Queue: q, Logger: log, Metrics: intake.NewMetrics(reg)})
+	if err != nil {
+		return err
+	}
+	handler, err := api.New(api.Options{
+		Auth: st, Reader: st, Intake: in, Registry: reg, Logger: log,
+		Ready: []api.Check{
+			{Name: "postgres", Ping: st.Ping},
+			{Name: "redis", Ping: q.Ping},
+		},
+		Hostname:        cfg.Hostname,
+		MaxMessageBytes: cfg.MaxMessageBytes,
+		MaxRecipients:   cfg.MaxRecipients,
+	})
+	if err != nil {
+		return err
+	}
+	if !roles["api"] {
+		// Workers still answer probes and scrapes, never /v1.
+		handler = probesOnly(handler)
+	}
+	srv := &http.Server{
+		Handler:           handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       2 * time.Minute,
+		WriteTimeout:      2 * time.Minute,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("listen on MAILFERRY_HTTP_ADDR %s: %w", cfg.HTTPAddr, err)
+	}
+	log.Info("mailferry started", "version", version, "http", ln.Addr().String(), "roles", *rolesFlag, "hostname", cfg.Hostname)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("http: %w", err)
+		}
+	}()
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case runErr = <-errc:
+		log.Error("stopping", "error", runErr)
+	}
+	shutdownCtx, stop := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer stop()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		log.Warn("http shutdown", "error", err)
+	}
+	cancel()
+	wg.Wait()
+	log.Info("stopped")
+	return runErr
+}
+
+func parseRoles(s string) (map[string]bool, error) {
+	roles := map[string]bool{}
+	for _, r := range strings.Split(s, ",") {
+		r = strings.TrimSpace(r)
+		if r == "" {
+			continue
+		}
+		if !slices.Contains(allRoles, r) {
+			return nil, fmt.Errorf("--roles: unknown role %q (use %s)", r, strings.Join(allRoles, ", "))
+		}
+		roles[r] = true
+	}
+	if len(roles) == 0 {
+		return nil, errors.New("--roles: name at least one role")
+	}
+	return roles, nil
+}
+
+// openLedger waits a little for PostgreSQL: in a compose stack or after a
+// reboot the database may come up seconds after Mailferry.
+func openLedger(ctx context.Context, cfg config.Config, log *slog.Logger) (*store.Store, error) {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st, err := store.Open(ctx, store.Options{URL: cfg.DatabaseURL.String()})
+		if err == nil {
+			if err = st.Ping(ctx); err == nil {
+				return st, nil
+			}
+			st.Close()
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return nil, fmt.Errorf("connect to MAILFERRY_DATABASE_URL %s: %w", cfg.DatabaseURL.Redacted(), err)
+		}
+		log.Warn("waiting for PostgreSQL", "url", cfg.DatabaseURL.Redacted(), "error", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func consumerName(cfg config.Config) string {
+	return fmt.Sprintf("%s-%d", cfg.Hostname, os.Getpid())
+}
+
+func probesOnly(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/v1/") {
+			http.NotFound(w, r)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// depthCollector reads the queue depth from Redis at scrape time.
+type depthCollector struct {
+	q    *queue.Queue
+	log  *slog.Logger
+	desc *prometheus.Desc
+}
+
+func newDepthCollector(q *queue.Queue, log *slog.Logger) *depthCollector {
+	return &depthCollector{q: q, log: log, desc: prometheus.NewDesc("mailferry_queue_depth",
+		"Jobs in the Redis queue by state.", []string{"state"}, nil)}
+}
+
+func (c *depthCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *depthCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	d, err := c.q.Depth(ctx)
+	if err != nil {
+		c.log.Warn("queue depth", "error", err)
+		ch <- prometheus.NewInvalidMetric(c.desc, err)
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(d.Ready), "ready")
+	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(d.Scheduled), "scheduled")
+	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(d.Inflight), "inflight")
+}
+
+// redisLogger sends go-redis's own messages (reconnects, pool errors) to
+// the structured log instead of bare lines on stderr.
+type redisLogger struct{ log *slog.Logger }
+
+func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	l.log.WarnContext(ctx, fmt.Sprintf(format, v...), "component", "redis")
+}
