@@ -16,6 +16,7 @@ type Delivery struct {
 	TenantID   string
 	MessageID  string // RFC 5322 Message-ID
 	MailFrom   string
+	From       string // From header as text; its domain picks the DKIM keys
 	Body       []byte
 	DKIMHeader string // prepended to Body on every attempt
 	Signed     bool   // false: DKIMHeader not computed yet
@@ -34,7 +35,7 @@ type PendingRecipient struct {
 }
 
 const (
-	selectDelivery = `SELECT tenant_id, message_id, mail_from, body, dkim_header, needs_8bit, needs_smtputf8, created_at, send_at
+	selectDelivery = `SELECT tenant_id, message_id, mail_from, from_header, body, dkim_header, needs_8bit, needs_smtputf8, created_at, send_at
 FROM messages WHERE id = $1`
 	selectPending = `SELECT idx, email, attempts FROM recipients
 WHERE message_id = $1 AND domain = $2 AND status IN ('queued', 'deferred') ORDER BY idx`
@@ -65,7 +66,7 @@ func (s *Store) LoadDelivery(ctx context.Context, id uuid.UUID, domain string) (
 	d := &Delivery{ID: id}
 	var dkim *string
 	b.Queue(selectDelivery, id).QueryRow(func(row pgx.Row) error {
-		return row.Scan(&d.TenantID, &d.MessageID, &d.MailFrom, &d.Body, &dkim, &d.Needs8Bit, &d.NeedsUTF8, &d.CreatedAt, &d.SendAt)
+		return row.Scan(&d.TenantID, &d.MessageID, &d.MailFrom, &d.From, &d.Body, &dkim, &d.Needs8Bit, &d.NeedsUTF8, &d.CreatedAt, &d.SendAt)
 	})
 	b.Queue(selectPending, id, domain).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
