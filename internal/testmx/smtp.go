@@ -1,0 +1,329 @@
+package testmx
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+)
+
+// Drop is a scripted reply that closes the connection instead of answering:
+// at DATA it closes after the first bytes of the message arrive.
+const Drop = "drop"
+
+// SMTPOptions shape a test server.
+type SMTPOptions struct {
+	// Domain is the name in the greeting; "mx.test" if empty.
+	Domain string
+	// Cert is the certificate offered by STARTTLS; a self-signed one for
+	// "mx.test" if nil.
+	Cert *tls.Certificate
+	// NoTLS stops the server from offering STARTTLS.
+	NoTLS bool
+	// BrokenTLS offers STARTTLS but fails every handshake.
+	BrokenTLS bool
+	// ImplicitTLS speaks TLS from the first byte (RFC 8314 smtps).
+	ImplicitTLS bool
+	// SMTPUTF8 advertises SMTPUTF8 (RFC 6531).
+	SMTPUTF8 bool
+	// MaxSize advertises SIZE with this limit (RFC 1870) and enforces it.
+	MaxSize int64
+	// Users, if set, offers AUTH PLAIN over TLS and requires it before MAIL.
+	Users map[string]string
+}
+
+// Message is one message whose DATA the server read to the end.
+type Message struct {
+	From       string
+	To         []string // recipients the server accepted
+	Data       []byte   // as received, dot-stuffing undone
+	UTF8       bool     // MAIL carried SMTPUTF8
+	Body       string   // MAIL BODY= parameter
+	Size       int64    // MAIL SIZE= parameter
+	TLS        bool
+	TLSVersion uint16
+	Helo       string
+	User       string // AUTH identity, if any
+	Reply      string // the scripted DATA reply, "" for the default 250
+}
+
+// Hello is one EHLO/HELO the server saw.
+type Hello struct {
+	Name string
+	TLS  bool
+}
+
+// SMTP is a go-smtp server on one loopback listener.
+type SMTP struct {
+	addr netip.AddrPort
+	srv  *smtp.Server
+	ln   *connTracker
+
+	mu       sync.Mutex
+	mail     []string
+	rcpt     map[string][]string
+	data     []string
+	messages []Message
+	hellos   []Hello
+}
+
+// StartSMTP serves SMTP on ln (from Listen) until the test ends.
+func StartSMTP(t testing.TB, ln net.Listener, opts SMTPOptions) *SMTP {
+	t.Helper()
+	ap := netip.MustParseAddrPort(ln.Addr().String())
+	mustLoopback(t, ap.Addr().String())
+	s := &SMTP{addr: ap, rcpt: make(map[string][]string), ln: newConnTracker(ln)}
+	srv := smtp.NewServer(&backend{s: s, opts: opts})
+	srv.Domain = opts.Domain
+	if srv.Domain == "" {
+		srv.Domain = "mx.test"
+	}
+	srv.ReadTimeout = 30 * time.Second
+	srv.WriteTimeout = 30 * time.Second
+	srv.MaxMessageBytes = opts.MaxSize
+	srv.EnableSMTPUTF8 = opts.SMTPUTF8
+	srv.ErrorLog = log.New(io.Discard, "", 0)
+	if !opts.NoTLS || opts.ImplicitTLS {
+		cert := opts.Cert
+		if cert == nil {
+			c := SelfSigned(t, "mx.test")
+			cert = &c
+		}
+		cfg := &tls.Config{Certificates: []tls.Certificate{*cert}}
+		if opts.BrokenTLS {
+			cfg.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
+				return nil, errors.New("testmx: TLS broken on purpose")
+			}
+		}
+		srv.TLSConfig = cfg
+	}
+	var l net.Listener = s.ln
+	if opts.ImplicitTLS {
+		l = tls.NewListener(s.ln, srv.TLSConfig)
+		srv.TLSConfig = nil // no STARTTLS inside TLS
+	}
+	s.srv = srv
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.Serve(l)
+	}()
+	t.Cleanup(func() {
+		srv.Close()
+		s.ln.Close() // in case Serve had not registered it yet
+		s.ln.closeAll()
+		<-done
+	})
+	return s
+}
+
+// Addr is where the server listens.
+func (s *SMTP) Addr() netip.AddrPort { return s.addr }
+
+// OnMail scripts the replies to the next MAIL commands, one each, e.g.
+// "451 4.3.0 try later"; "250 …" accepts; Drop hangs up; once used up, MAIL
+// is accepted.
+func (s *SMTP) OnMail(replies ...string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.mail = append(s.mail, replies...)
+}
+
+// OnRcpt scripts the replies to the next RCPT commands for addr, e.g.
+// "550 5.1.1 no such user", or "451 4.7.1 greylisted" then accept.
+func (s *SMTP) OnRcpt(addr string, replies ...string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k := strings.ToLower(addr)
+	s.rcpt[k] = append(s.rcpt[k], replies...)
+}
+
+// OnData scripts the replies to the next messages, after their data.
+func (s *SMTP) OnData(replies ...string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.data = append(s.data, replies...)
+}
+
+// Messages returns the messages received so far.
+func (s *SMTP) Messages() []Message {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]Message(nil), s.messages...)
+}
+
+// Hellos returns every EHLO/HELO seen so far, in order.
+func (s *SMTP) Hellos() []Hello {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]Hello(nil), s.hellos...)
+}
+
+// Connections reports how many connections the server accepted and how
+// many are still open.
+func (s *SMTP) Connections() (accepted, open int) { return s.ln.counts() }
+
+func (s *SMTP) next(q *[]string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(*q) == 0 {
+		return ""
+	}
+	r := (*q)[0]
+	*q = (*q)[1:]
+	return r
+}
+
+func (s *SMTP) nextRcpt(addr string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k := strings.ToLower(addr)
+	q := s.rcpt[k]
+	if len(q) == 0 {
+		return ""
+	}
+	s.rcpt[k] = q[1:]
+	return q[0]
+}
+
+type backend struct {
+	s    *SMTP
+	opts SMTPOptions
+}
+
+func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	st, isTLS := c.TLSConnectionState()
+	b.s.mu.Lock()
+	b.s.hellos = append(b.s.hellos, Hello{Name: c.Hostname(), TLS: isTLS})
+	b.s.mu.Unlock()
+	return &session{b: b, c: c, tls: isTLS, tlsVersion: st.Version}, nil
+}
+
+type session struct {
+	b          *backend
+	c          *smtp.Conn
+	tls        bool
+	tlsVersion uint16
+	user       string
+
+	from string
+	opts smtp.MailOptions
+	to   []string
+}
+
+var _ smtp.AuthSession = (*session)(nil)
+
+func (s *session) AuthMechanisms() []string {
+	if len(s.b.opts.Users) == 0 {
+		return nil
+	}
+	return []string{sasl.Plain}
+}
+
+func (s *session) Auth(mech string) (sasl.Server, error) {
+	return sasl.NewPlainServer(func(identity, user, pass string) error {
+		if want, ok := s.b.opts.Users[user]; !ok || want != pass {
+			return &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "bad credentials"}
+		}
+		s.user = user
+		return nil
+	}), nil
+}
+
+func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+	if len(s.b.opts.Users) > 0 && s.user == "" {
+		return smtp.ErrAuthRequired
+	}
+	if err := s.script(s.b.s.next(&s.b.s.mail)); err != nil {
+		return err
+	}
+	s.from = from
+	if opts != nil {
+		s.opts = *opts
+	}
+	return nil
+}
+
+func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	if err := s.script(s.b.s.nextRcpt(to)); err != nil {
+		return err
+	}
+	s.to = append(s.to, to)
+	return nil
+}
+
+func (s *session) Data(r io.Reader) error {
+	reply := s.b.s.next(&s.b.s.data)
+	if reply == Drop {
+		io.ReadFull(r, make([]byte, 16))
+		s.c.Conn().Close()
+		return errors.New("dropped")
+	}
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return err
+	}
+	s.b.s.mu.Lock()
+	s.b.s.messages = append(s.b.s.messages, Message{
+		From: s.from, To: append([]string(nil), s.to...), Data: data,
+		UTF8: s.opts.UTF8, Body: string(s.opts.Body), Size: s.opts.Size,
+		TLS: s.tls, TLSVersion: s.tlsVersion, Helo: s.c.Hostname(), User: s.user, Reply: reply,
+	})
+	s.b.s.mu.Unlock()
+	return s.script(reply)
+}
+
+func (s *session) Reset() {
+	s.from, s.opts, s.to = "", smtp.MailOptions{}, nil
+}
+
+func (s *session) Logout() error { return nil }
+
+// script turns a scripted reply into what the go-smtp backend returns. 421
+// and Drop also close the connection, as a real server does.
+func (s *session) script(reply string) error {
+	if reply == "" {
+		return nil
+	}
+	if reply == Drop {
+		s.c.Conn().Close()
+		return errors.New("dropped")
+	}
+	e := parseScripted(reply)
+	if e.Code/100 == 2 {
+		return nil
+	}
+	if e.Code == 421 {
+		fmt.Fprintf(s.c.Conn(), "%s\r\n", reply)
+		s.c.Conn().Close()
+	}
+	return e
+}
+
+// parseScripted reads "550 5.1.1 text" (the enhanced code is optional).
+func parseScripted(reply string) *smtp.SMTPError {
+	code, rest, _ := strings.Cut(reply, " ")
+	n, err := strconv.Atoi(code)
+	if err != nil || n < 200 || n > 599 {
+		panic("testmx: bad scripted reply " + strconv.Quote(reply))
+	}
+	e := &smtp.SMTPError{Code: n, EnhancedCode: smtp.NoEnhancedCode, Message: rest}
+	if first, text, _ := strings.Cut(rest, " "); strings.Count(first, ".") == 2 {
+		var ec smtp.EnhancedCode
+		if _, err := fmt.Sscanf(first, "%d.%d.%d", &ec[0], &ec[1], &ec[2]); err == nil {
+			e.EnhancedCode, e.Message = ec, text
+		}
+	}
+	return e
+}

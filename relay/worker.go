@@ -1,0 +1,521 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/mailferry/mailferry/dkim"
+	"github.com/mailferry/mailferry/mail"
+	"github.com/mailferry/mailferry/queue"
+	"github.com/mailferry/mailferry/store"
+)
+
+// Ledger is what a worker reads and writes in PostgreSQL.
+type Ledger interface {
+	LoadDelivery(ctx context.Context, id uuid.UUID, domain string) (*store.Delivery, error)
+	SaveSignature(ctx context.Context, id uuid.UUID, header string) (string, error)
+	MarkAttempting(ctx context.Context, id uuid.UUID, idxs []int, next time.Time) error
+	RecordOutcomes(ctx context.Context, id uuid.UUID, outs []store.Outcome) (bool, error)
+	ActiveDKIMKeys(ctx context.Context, domain string) ([]store.DKIMKey, error)
+}
+
+// Queue is the work list a worker takes jobs from.
+type Queue interface {
+	Claim(ctx context.Context, limit int, block time.Duration) ([]queue.Claimed, error)
+	Ack(ctx context.Context, cs ...queue.Claimed) error
+	Retry(ctx context.Context, c queue.Claimed, at time.Time) error
+	Extend(ctx context.Context, cs ...queue.Claimed) error
+	PromoteDue(ctx context.Context, now time.Time, limit int) (int, error)
+}
+
+// WorkerOptions configure a Worker.
+type WorkerOptions struct {
+	Ledger Ledger
+	Queue  Queue
+	// Route gives the hosts for a destination domain: Router.Route, or a
+	// smarthost for every domain.
+	Route  func(ctx context.Context, domain string) ([]Host, error)
+	Client *Client
+	Signer *dkim.Signer
+	Sealer *dkim.Sealer // opens stored private keys
+	Logger *slog.Logger
+	// Metrics may be nil.
+	Metrics *Metrics
+
+	// Concurrency is how many deliveries run at once; default 32.
+	Concurrency int
+	// PerDomain caps concurrent transactions to one destination domain, so
+	// a slow domain cannot hold every worker; default 8.
+	PerDomain int
+	// RetrySchedule is the delay after the 1st, 2nd, … failed attempt; the
+	// last repeats (MAILFERRY_RETRY_SCHEDULE).
+	RetrySchedule []time.Duration
+	// MaxQueueAge: a recipient still deferred this long after acceptance
+	// (or send_at) bounces as expired (MAILFERRY_MAX_QUEUE_AGE).
+	MaxQueueAge time.Duration
+	// Heartbeat is how often a held job's lease is renewed; it must be well
+	// under the queue's visibility timeout. Default 1m.
+	Heartbeat time.Duration
+	// ShutdownGrace is how long deliveries in flight may finish once Run's
+	// context ends; default 30s. Unfinished ones are deferred and requeued.
+	ShutdownGrace time.Duration
+	// PromoteEvery is how often due retries are moved to the ready queue;
+	// default 250ms.
+	PromoteEvery time.Duration
+	Now          func() time.Time
+	// Jitter spreads retries: it returns d changed by up to ±10%.
+	Jitter func(d time.Duration) time.Duration
+}
+
+// Worker carries queued messages to their destinations: claim → load →
+// sign → route → SMTP → record → ack or retry. Workers keep no state
+// between jobs, so any number may run.
+type Worker struct {
+	opts    WorkerOptions
+	domains *domainSlots
+}
+
+// NewWorker checks opts.
+func NewWorker(opts WorkerOptions) (*Worker, error) {
+	var errs []error
+	if opts.Ledger == nil || opts.Queue == nil || opts.Route == nil || opts.Client == nil || opts.Signer == nil || opts.Sealer == nil {
+		errs = append(errs, errors.New("Ledger, Queue, Route, Client, Signer and Sealer are required"))
+	}
+	if len(opts.RetrySchedule) == 0 {
+		errs = append(errs, errors.New("RetrySchedule is empty"))
+	}
+	if opts.MaxQueueAge <= 0 {
+		errs = append(errs, errors.New("MaxQueueAge must be positive"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("relay worker: %w", err)
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Concurrency <= 0 {
+		opts.Concurrency = 32
+	}
+	if opts.PerDomain <= 0 {
+		opts.PerDomain = 8
+	}
+	if opts.Heartbeat <= 0 {
+		opts.Heartbeat = time.Minute
+	}
+	if opts.ShutdownGrace <= 0 {
+		opts.ShutdownGrace = 30 * time.Second
+	}
+	if opts.PromoteEvery <= 0 {
+		opts.PromoteEvery = 250 * time.Millisecond
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Jitter == nil {
+		opts.Jitter = func(d time.Duration) time.Duration {
+			return d + time.Duration((rand.Float64()*0.2-0.1)*float64(d))
+		}
+	}
+	return &Worker{opts: opts, domains: &domainSlots{limit: opts.PerDomain, held: map[string]int{}}}, nil
+}
+
+// Run claims and delivers jobs until ctx ends, then lets deliveries in
+// flight finish for up to ShutdownGrace and returns.
+func (w *Worker) Run(ctx context.Context) error {
+	// Deliveries outlive ctx by the grace period: an SMTP transaction cut
+	// off mid-DATA is a likely duplicate later.
+	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
+	stopGrace := context.AfterFunc(ctx, func() { time.AfterFunc(w.opts.ShutdownGrace, cancelWork) })
+	defer stopGrace()
+
+	slots := make(chan struct{}, w.opts.Concurrency)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	// Workers move due retries into the ready stream themselves, so a
+	// deployment of workers alone still retries (the scheduler role does
+	// the same; promotion is atomic and safe to repeat).
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		w.promoteLoop(ctx)
+	}()
+	backoff := time.Duration(0)
+	for {
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return nil
+		}
+		free := 1
+		for free < cap(slots) {
+			select {
+			case slots <- struct{}{}:
+				free++
+				continue
+			default:
+			}
+			break
+		}
+		jobs, err := w.opts.Queue.Claim(ctx, free, time.Second)
+		for range free - len(jobs) {
+			<-slots
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			backoff = min(max(2*backoff, 100*time.Millisecond), 5*time.Second)
+			w.opts.Logger.LogAttrs(ctx, slog.LevelWarn, "claim jobs", slog.Any("error", err), slog.Duration("backoff", backoff))
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(backoff):
+			}
+			continue
+		}
+		backoff = 0
+		for _, c := range jobs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() { <-slots }()
+				w.process(work, c)
+			}()
+		}
+	}
+}
+
+func (w *Worker) promoteLoop(ctx context.Context) {
+	t := time.NewTicker(w.opts.PromoteEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			for ctx.Err() == nil {
+				n, err := w.opts.Queue.PromoteDue(ctx, w.opts.Now(), 1000)
+				if err != nil {
+					if ctx.Err() == nil {
+						w.opts.Logger.LogAttrs(ctx, slog.LevelWarn, "promote due jobs", slog.Any("error", err))
+					}
+					break
+				}
+				if n < 1000 {
+					break
+				}
+			}
+		}
+	}
+}
+
+// process handles one job. It never returns an error: every path ends in
+// Ack, Retry, or (if Redis is down) a lease that expires and is reclaimed.
+func (w *Worker) process(ctx context.Context, c queue.Claimed) {
+	log := w.opts.Logger.With(slog.String("message_id", c.Job.MessageID), slog.String("rcpt_domain", c.Job.Domain))
+	id, err := uuid.Parse(c.Job.MessageID)
+	if err != nil {
+		log.Error("dropping job with an invalid message id", "error", err)
+		w.ack(ctx, log, c)
+		return
+	}
+	d, err := w.opts.Ledger.LoadDelivery(ctx, id, c.Job.Domain)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		// An accept that was undone after Redis took the job.
+		w.ack(ctx, log, c)
+		return
+	case err != nil:
+		log.Warn("load message; retrying soon", "error", err)
+		w.retry(ctx, log, c, w.opts.Now().Add(w.opts.Jitter(30*time.Second)))
+		return
+	case len(d.Recipients) == 0:
+		w.ack(ctx, log, c) // done earlier (a reclaimed or repeated job)
+		return
+	case d.SendAt != nil && d.SendAt.After(w.opts.Now()):
+		w.retry(ctx, log, c, *d.SendAt)
+		return
+	}
+	if !w.domains.acquire(c.Job.Domain) {
+		// The domain has its share of connections; come back shortly
+		// rather than hold a worker.
+		w.retry(ctx, log, c, w.opts.Now().Add(w.opts.Jitter(2*time.Second)))
+		return
+	}
+	defer w.domains.release(c.Job.Domain)
+	stopBeat := w.heartbeat(ctx, log, c)
+	defer stopBeat()
+
+	outs, next := w.deliver(ctx, log, d, c.Job.Domain)
+	if outs == nil {
+		w.retry(ctx, log, c, next)
+		return
+	}
+	if !w.record(ctx, log, id, outs) {
+		// Not recorded: keep the job; its lease lapses and another worker
+		// (or this one) tries again once the ledger is back.
+		return
+	}
+	for _, o := range outs {
+		if o.Attempt.Outcome == store.RecipientDeferred {
+			w.retry(ctx, log, c, next)
+			return
+		}
+	}
+	w.ack(ctx, log, c)
+}
+
+// deliver runs one attempt for the pending recipients of d in domain. It
+// returns their outcomes and when to retry the deferred ones; nil outcomes
+// mean nothing was attempted (retry at next).
+func (w *Worker) deliver(ctx context.Context, log *slog.Logger, d *store.Delivery, domain string) ([]store.Outcome, time.Time) {
+	now := w.opts.Now()
+	expiry := d.CreatedAt.Add(w.opts.MaxQueueAge)
+	if d.SendAt != nil && d.SendAt.After(d.CreatedAt) {
+		expiry = d.SendAt.Add(w.opts.MaxQueueAge)
+	}
+	fewest := d.Recipients[0].Attempts
+	idxs := make([]int, len(d.Recipients))
+	to := make([]string, len(d.Recipients))
+	for i, r := range d.Recipients {
+		idxs[i], to[i] = r.Idx, r.Email
+		fewest = min(fewest, r.Attempts)
+	}
+	next := w.nextAttempt(now, fewest+1, expiry)
+	// Set the retry time before dialling (a crash mid-delivery then shows
+	// when the retry is due); if the ledger is down, do not dial at all.
+	if err := w.opts.Ledger.MarkAttempting(ctx, d.ID, idxs, next); err != nil {
+		log.Warn("mark attempting; retrying soon", "error", err)
+		return nil, now.Add(w.opts.Jitter(30 * time.Second))
+	}
+
+	var att Attempt
+	header, err := w.signature(ctx, d)
+	if err != nil {
+		log.Error("dkim signing failed; deferring", "error", err)
+		att = Attempt{Started: now, Results: repeat(Result{Enhanced: "4.7.0", Err: fmt.Errorf("dkim signing: %w", err)}, len(to))}
+	} else if hosts, err := w.opts.Route(ctx, domain); err != nil {
+		att = Attempt{Started: now, Results: repeat(RouteResult(err), len(to))}
+	} else {
+		data := make([]byte, 0, len(header)+len(d.Body))
+		data = append(append(data, header...), d.Body...)
+		att = w.opts.Client.Deliver(ctx, hosts, Envelope{
+			From: d.MailFrom, To: to, Data: data, Needs8Bit: d.Needs8Bit, NeedsUTF8: d.NeedsUTF8,
+		})
+	}
+	w.opts.Metrics.attempt(att)
+
+	done := w.opts.Now()
+	outs := make([]store.Outcome, len(d.Recipients))
+	for i, r := range d.Recipients {
+		res := att.Results[i]
+		a := store.Attempt{
+			Recipient: r.Idx, Attempt: r.Attempts + 1, StartedAt: att.Started, Duration: att.Duration,
+			MXHost: att.Host, SMTPCode: res.Code, EnhancedCode: res.Enhanced, Response: responseText(res),
+			Outcome: res.Status(),
+		}
+		if att.IP.IsValid() {
+			a.MXIP = att.IP.String()
+		}
+		if att.TLS != nil {
+			a.TLSVersion, a.TLSCipher, a.TLSVerified = att.TLS.Version, att.TLS.Cipher, att.TLS.Verified
+		}
+		o := store.Outcome{Attempt: a}
+		if a.Outcome == store.RecipientDeferred {
+			if !done.Before(expiry) {
+				// RFC 5321 4.5.4.1: give up after the queue lifetime; X.4.7
+				// is "delivery time expired" (RFC 3463 3.5).
+				o.Attempt.Outcome = store.RecipientBounced
+				o.Attempt.EnhancedCode = "5.4.7"
+				o.Attempt.Response = fmt.Sprintf("expired: not delivered within %s; last error: %s", w.opts.MaxQueueAge, a.Response)
+			} else {
+				n := w.nextAttempt(done, r.Attempts+1, expiry)
+				o.NextAttemptAt = &n
+			}
+		}
+		outs[i] = o
+		w.opts.Metrics.outcome(o.Attempt.Outcome)
+	}
+	log.LogAttrs(ctx, slog.LevelInfo, "delivery attempt",
+		slog.String("mx", att.Host), slog.Int("attempt", fewest+1), slog.Int("recipients", len(outs)),
+		slog.Any("results", summarize(outs)), slog.Duration("duration", att.Duration))
+	return outs, earliestRetry(outs, next)
+}
+
+// nextAttempt is when attempt n+1 is due after attempt n fails, never past
+// the expiry (so the last attempt happens at the queue lifetime).
+func (w *Worker) nextAttempt(now time.Time, n int, expiry time.Time) time.Time {
+	s := w.opts.RetrySchedule
+	delay := s[min(n-1, len(s)-1)]
+	t := now.Add(w.opts.Jitter(delay))
+	if t.After(expiry) {
+		t = expiry
+	}
+	return t
+}
+
+func earliestRetry(outs []store.Outcome, fallback time.Time) time.Time {
+	var t time.Time
+	for _, o := range outs {
+		if o.NextAttemptAt != nil && (t.IsZero() || o.NextAttemptAt.Before(t)) {
+			t = *o.NextAttemptAt
+		}
+	}
+	if t.IsZero() {
+		return fallback
+	}
+	return t
+}
+
+// signature returns the message's DKIM header, signing once per message:
+// the first worker to sign stores it and every transaction reuses it.
+func (w *Worker) signature(ctx context.Context, d *store.Delivery) (string, error) {
+	if d.Signed {
+		return d.DKIMHeader, nil
+	}
+	from, err := mail.ParseAddress(d.From)
+	if err != nil {
+		return "", fmt.Errorf("from header %q: %w", d.From, err)
+	}
+	stored, err := w.opts.Ledger.ActiveDKIMKeys(ctx, from.Domain())
+	if err != nil {
+		return "", err
+	}
+	header := "" // no key: sent unsigned, as the 202 warned
+	if len(stored) > 0 {
+		keys := make([]dkim.Key, len(stored))
+		for i, k := range stored {
+			priv, err := w.opts.Sealer.Open(k.PrivateKey)
+			if err != nil {
+				return "", fmt.Errorf("open key %s._domainkey.%s: %w", k.Selector, k.Domain, err)
+			}
+			keys[i] = dkim.Key{Domain: k.Domain, Selector: k.Selector, Algorithm: dkim.Algorithm(k.Algorithm),
+				PrivateKey: priv, PublicKey: k.PublicKey, CreatedAt: k.CreatedAt}
+		}
+		if header, err = w.opts.Signer.Sign(ctx, keys, d.Body); err != nil {
+			return "", err
+		}
+	}
+	return w.opts.Ledger.SaveSignature(ctx, d.ID, header)
+}
+
+// record writes outcomes, retrying while the ledger is unreachable: the
+// SMTP work is done and must not be lost or repeated for want of a write.
+func (w *Worker) record(ctx context.Context, log *slog.Logger, id uuid.UUID, outs []store.Outcome) bool {
+	delay := 200 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		_, err := w.opts.Ledger.RecordOutcomes(rctx, id, outs)
+		cancel()
+		if err == nil {
+			return true
+		}
+		if ctx.Err() != nil || attempt >= 8 {
+			log.Error("record outcomes", "error", err, "tries", attempt)
+			return false
+		}
+		log.Warn("record outcomes; retrying", "error", err, "tries", attempt)
+		select {
+		case <-ctx.Done():
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 5*time.Second)
+	}
+}
+
+// heartbeat renews the job's lease while it is delivered, so a slow but
+// alive delivery is not handed to a second worker.
+func (w *Worker) heartbeat(ctx context.Context, log *slog.Logger, c queue.Claimed) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(w.opts.Heartbeat)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if err := w.opts.Queue.Extend(ctx, c); err != nil {
+					log.Warn("extend job lease", "error", err)
+				}
+			}
+		}
+	}()
+	return func() { close(done); wg.Wait() }
+}
+
+func (w *Worker) ack(ctx context.Context, log *slog.Logger, c queue.Claimed) {
+	if err := w.opts.Queue.Ack(context.WithoutCancel(ctx), c); err != nil {
+		log.Warn("ack job", "error", err)
+	}
+}
+
+func (w *Worker) retry(ctx context.Context, log *slog.Logger, c queue.Claimed, at time.Time) {
+	if err := w.opts.Queue.Retry(context.WithoutCancel(ctx), c, at); err != nil {
+		log.Warn("reschedule job", "error", err)
+	}
+}
+
+func repeat(r Result, n int) []Result {
+	out := make([]Result, n)
+	for i := range out {
+		out[i] = r
+	}
+	return out
+}
+
+func responseText(r Result) string {
+	if r.Line != "" {
+		return r.Line
+	}
+	if r.Err != nil {
+		return r.Err.Error()
+	}
+	return ""
+}
+
+func summarize(outs []store.Outcome) map[string]int {
+	m := map[string]int{}
+	for _, o := range outs {
+		m[o.Attempt.Outcome]++
+	}
+	return m
+}
+
+// domainSlots counts transactions in flight per destination domain.
+type domainSlots struct {
+	mu    sync.Mutex
+	limit int
+	held  map[string]int
+}
+
+func (s *domainSlots) acquire(domain string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.held[domain] >= s.limit {
+		return false
+	}
+	s.held[domain]++
+	return true
+}
+
+func (s *domainSlots) release(domain string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.held[domain]--; s.held[domain] <= 0 {
+		delete(s.held, domain)
+	}
+}
