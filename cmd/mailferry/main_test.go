@@ -19,6 +19,7 @@ import (
 
 	"github.com/mailferry/mailferry/internal/devstack"
 	"github.com/mailferry/mailferry/internal/testenv"
+	"github.com/mailferry/mailferry/internal/testmx"
 )
 
 func TestMain(m *testing.M) { testenv.Main(m) }
@@ -40,12 +41,17 @@ type cli struct {
 	env []string
 }
 
+// newCLI runs the binary against this test's own database and a DNS
+// server on loopback, so no test ever asks a resolver outside.
 func newCLI(t *testing.T) *cli {
 	return &cli{t: t, bin: binary(t), env: []string{
 		"PATH=" + os.Getenv("PATH"),
 		"MAILFERRY_DATABASE_URL=" + testenv.Database(t),
 		"MAILFERRY_REDIS_URL=" + testenv.RedisURL(t),
 		"MAILFERRY_HOSTNAME=relay.test",
+		"MAILFERRY_DNS_SERVER=" + testmx.StartDNS(t).Addr(),
+		"MAILFERRY_SUBMISSION_ADDR=",
+		"MAILFERRY_SUBMISSIONS_ADDR=",
 	}}
 }
 
@@ -89,7 +95,8 @@ func TestCommandLine(t *testing.T) {
 	}
 
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	srv := c.start(t, addr)
+	// No worker: this test reads the message back while it is queued.
+	srv := c.start(t, addr, "--roles", "api,scheduler")
 	base := "http://" + addr
 	body := `{"from":"Alice <alice@example.com>","to":["bob@example.net"],"subject":"Hi","text":"Hello"}`
 	status, answer := request(t, "POST", base+"/v1/messages", secret, body)
@@ -162,9 +169,9 @@ type server struct {
 	done chan error
 }
 
-func (c *cli) start(t *testing.T, addr string) *server {
+func (c *cli) start(t *testing.T, addr string, args ...string) *server {
 	t.Helper()
-	cmd := exec.Command(c.bin, "serve")
+	cmd := exec.Command(c.bin, append([]string{"serve"}, args...)...)
 	cmd.Env = append(c.env, "MAILFERRY_HTTP_ADDR="+addr)
 	var logs bytes.Buffer
 	cmd.Stderr = &logs

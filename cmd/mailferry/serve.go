@@ -25,10 +25,10 @@ import (
 	"github.com/mailferry/mailferry/store"
 )
 
-var allRoles = []string{"api", "scheduler"}
+var allRoles = []string{"api", "worker", "scheduler"}
 
 func runServe(ctx context.Context, env *environment, args []string) error {
-	fs := flagSet(env, "serve", "serve [--roles api,scheduler]\n\nRuns the HTTP API and the scheduler (by default all roles) until SIGINT or SIGTERM.")
+	fs := flagSet(env, "serve", "serve [--roles api,worker,scheduler]\n\nRuns the HTTP API, the delivery workers and the scheduler (by default all roles) until SIGINT or SIGTERM.")
 	rolesFlag := fs.String("roles", strings.Join(allRoles, ","), "comma-separated roles to run: "+strings.Join(allRoles, ", "))
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -72,7 +72,11 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	reg.MustRegister(newDepthCollector(q, log))
+	checks := []api.Check{
+		{Name: "postgres", Ping: st.Ping},
+		{Name: "redis", Ping: q.Ping},
+	}
+	reg.MustRegister(newDepthCollector(q, log), newDependencyCollector(checks))
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -88,19 +92,26 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 		go func() { defer wg.Done(); errc <- sch.Run(ctx) }()
 	}
 
+	if roles["worker"] {
+		w, err := newWorker(cfg, st, q, reg, log.With("role", "worker"))
+		if err != nil {
+			return err
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); errc <- w.Run(ctx) }()
+	}
+
 	in, err := intake.New(intake.Options{Ledger: st, Queue: q, Logger: log, Metrics: intake.NewMetrics(reg)})
 	if err != nil {
 		return err
 	}
 	handler, err := api.New(api.Options{
 		Auth: st, Reader: st, Intake: in, Registry: reg, Logger: log,
-		Ready: []api.Check{
-			{Name: "postgres", Ping: st.Ping},
-			{Name: "redis", Ping: q.Ping},
-		},
+		Ready:           checks,
 		Hostname:        cfg.Hostname,
 		MaxMessageBytes: cfg.MaxMessageBytes,
 		MaxRecipients:   cfg.MaxRecipients,
+		Warn:            newDKIMWarner(st, log).warn,
 	})
 	if err != nil {
 		return err
@@ -237,4 +248,30 @@ type redisLogger struct{ log *slog.Logger }
 
 func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
 	l.log.WarnContext(ctx, fmt.Sprintf(format, v...), "component", "redis")
+}
+
+// dependencyCollector reports whether Redis and PostgreSQL answer, at
+// scrape time, so alerts need no probe of their own.
+type dependencyCollector struct {
+	checks []api.Check
+	desc   *prometheus.Desc
+}
+
+func newDependencyCollector(checks []api.Check) *dependencyCollector {
+	return &dependencyCollector{checks: checks, desc: prometheus.NewDesc("mailferry_dependency_up",
+		"1 if the dependency answered a ping at scrape time, else 0.", []string{"dependency"}, nil)}
+}
+
+func (c *dependencyCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *dependencyCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	for _, chk := range c.checks {
+		up := 1.0
+		if err := chk.Ping(ctx); err != nil {
+			up = 0
+		}
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, up, chk.Name)
+	}
 }

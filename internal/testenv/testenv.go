@@ -28,10 +28,12 @@ const (
 // Main runs a package's tests, first starting Redis and PostgreSQL unless
 // the environment already names them. Call it from TestMain.
 func Main(m *testing.M) {
-	os.Exit(run(m))
+	os.Exit(Run(m))
 }
 
-func run(m *testing.M) int {
+// Run is Main for a TestMain that does more around the tests: it returns
+// the exit code, with the servers it started already stopped.
+func Run(m *testing.M) int {
 	if os.Getenv(redisEnv) != "" && os.Getenv(databaseEnv) != "" {
 		return m.Run()
 	}

@@ -1,0 +1,141 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/mailferry/mailferry/config"
+	"github.com/mailferry/mailferry/dkim"
+	"github.com/mailferry/mailferry/queue"
+	"github.com/mailferry/mailferry/relay"
+	"github.com/mailferry/mailferry/store"
+)
+
+func newWorker(cfg config.Config, st *store.Store, q *queue.Queue, reg prometheus.Registerer, log *slog.Logger) (*relay.Worker, error) {
+	sealer, err := dkim.NewSealer(cfg.SecretKey)
+	if err != nil {
+		return nil, fmt.Errorf("MAILFERRY_SECRET_KEY: %w", err)
+	}
+	router, err := relay.NewRouter(relay.RouterOptions{DNSServer: cfg.DNSServer, AllowPrivate: cfg.AllowPrivateDestinations})
+	if err != nil {
+		return nil, fmt.Errorf("MAILFERRY_DNS_SERVER: %w", err)
+	}
+	copts := relay.ClientOptions{Hostname: cfg.Hostname, Port: cfg.SMTPPort, AllowPrivate: cfg.AllowPrivateDestinations}
+	route := router.Route
+	if cfg.Smarthost != nil {
+		route, err = smarthostRoute(cfg, &copts)
+		if err != nil {
+			return nil, err
+		}
+		log.Info("relaying all mail through a smarthost", "smarthost", cfg.Smarthost.Redacted())
+	}
+	client, err := relay.NewClient(copts)
+	if err != nil {
+		return nil, fmt.Errorf("smtp client: %w", err)
+	}
+	return relay.NewWorker(relay.WorkerOptions{
+		Ledger: st, Queue: q, Route: route, Client: client,
+		Signer: dkim.NewSigner(dkim.SignOptions{}), Sealer: sealer,
+		Logger: log, Metrics: relay.NewMetrics(reg),
+		RetrySchedule: cfg.RetrySchedule, MaxQueueAge: cfg.MaxQueueAge,
+	})
+}
+
+// smarthostRoute sends every domain's mail to the configured relay host.
+// The operator chose that host, so the private-address guard does not
+// apply to it (a local mail catcher on 127.0.0.1 is the common case).
+func smarthostRoute(cfg config.Config, copts *relay.ClientOptions) (func(context.Context, string) ([]relay.Host, error), error) {
+	u := cfg.Smarthost
+	host := u.Hostname()
+	port := 587 // RFC 6409 submission with STARTTLS
+	if u.Scheme == "smtps" {
+		port = 465 // RFC 8314 implicit TLS
+		copts.ImplicitTLS = true
+	}
+	if p := u.Port(); p != "" {
+		n, err := strconv.Atoi(p)
+		if err != nil {
+			return nil, fmt.Errorf("MAILFERRY_SMARTHOST: bad port %q", p)
+		}
+		port = n
+	}
+	copts.Port = port
+	copts.AllowPrivate = true
+	if u.User != nil {
+		copts.Username = u.User.Username()
+		copts.Password, _ = u.User.Password()
+		if un, err := url.PathUnescape(copts.Username); err == nil {
+			copts.Username = un
+		}
+	}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		h := []relay.Host{{Name: host, Addrs: []netip.Addr{ip.Unmap()}}}
+		return func(context.Context, string) ([]relay.Host, error) { return h, nil }, nil
+	}
+	resolver, err := relay.NewRouter(relay.RouterOptions{DNSServer: cfg.DNSServer, AllowPrivate: true})
+	if err != nil {
+		return nil, fmt.Errorf("MAILFERRY_DNS_SERVER: %w", err)
+	}
+	return func(ctx context.Context, _ string) ([]relay.Host, error) {
+		if host == "localhost" {
+			return []relay.Host{{Name: host, Addrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}}}, nil
+		}
+		h, err := resolver.Resolve(ctx, host)
+		if err != nil {
+			return nil, fmt.Errorf("smarthost %s: %w", net.JoinHostPort(host, strconv.Itoa(port)), err)
+		}
+		return []relay.Host{h}, nil
+	}, nil
+}
+
+// dkimWarner tells the API whether a From domain has a signing key, so
+// the 202 can warn that mail from it goes out unsigned. Answers are kept
+// briefly: a key created with `mailferry dkim keygen` shows within a minute.
+type dkimWarner struct {
+	st  *store.Store
+	log *slog.Logger
+	mu  sync.Mutex
+	has map[string]cached
+}
+
+type cached struct {
+	has bool
+	at  time.Time
+}
+
+func newDKIMWarner(st *store.Store, log *slog.Logger) *dkimWarner {
+	return &dkimWarner{st: st, log: log, has: map[string]cached{}}
+}
+
+func (w *dkimWarner) warn(ctx context.Context, domain string) []string {
+	w.mu.Lock()
+	c, ok := w.has[domain]
+	w.mu.Unlock()
+	if !ok || time.Since(c.at) > time.Minute {
+		keys, err := w.st.ActiveDKIMKeys(ctx, domain)
+		if err != nil {
+			w.log.Warn("look up dkim keys", "domain", domain, "error", err)
+			return nil
+		}
+		c = cached{has: len(keys) > 0, at: time.Now()}
+		w.mu.Lock()
+		if len(w.has) > 10000 {
+			clear(w.has)
+		}
+		w.has[domain] = c
+		w.mu.Unlock()
+	}
+	if c.has {
+		return nil
+	}
+	return []string{fmt.Sprintf("no DKIM key for %s: the message will be sent unsigned (create one with `mailferry dkim keygen --domain %s`)", domain, domain)}
+}
