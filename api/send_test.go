@@ -284,7 +284,6 @@ func TestTooLarge(t *testing.T) {
 	}
 }
 
-
 func TestAuth(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, harnessOptions{})
