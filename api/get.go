@@ -32,6 +32,12 @@ type eventState struct {
 	EnhancedCode *string   `json:"enhanced_code"`
 	Response     *string   `json:"response"`
 	MXHost       *string   `json:"mx_host"`
+	Attempt      *int      `json:"attempt,omitempty"`
+	MXIP         *string   `json:"mx_ip,omitempty"`
+	TLSVersion   *string   `json:"tls_version,omitempty"`
+	TLSCipher    *string   `json:"tls_cipher,omitempty"`
+	TLSVerified  *bool     `json:"tls_verified,omitempty"`
+	DurationMS   *int      `json:"duration_ms,omitempty"`
 }
 
 type messageState struct {
@@ -92,7 +98,8 @@ func toState(m *store.MessageView) messageState {
 		}
 	}
 	for i, e := range m.Events {
-		ev := eventState{At: e.At.UTC(), Type: e.Type, SMTPCode: e.SMTPCode, EnhancedCode: e.EnhancedCode, Response: e.Response, MXHost: e.MXHost}
+		ev := eventState{At: e.At.UTC(), Type: e.Type, SMTPCode: e.SMTPCode, EnhancedCode: e.EnhancedCode, Response: e.Response, MXHost: e.MXHost,
+			Attempt: e.Attempt, MXIP: e.MXIP, TLSVersion: e.TLSVersion, TLSCipher: e.TLSCipher, TLSVerified: e.TLSVerified, DurationMS: e.DurationMS}
 		if e.Recipient != "" {
 			rc := e.Recipient
 			ev.Recipient = &rc

@@ -73,6 +73,13 @@ type Event struct {
 	EnhancedCode *string
 	Response     *string
 	MXHost       *string
+	// Attempt details; nil for message events.
+	Attempt     *int
+	MXIP        *string
+	TLSVersion  *string
+	TLSCipher   *string
+	TLSVerified *bool
+	DurationMS  *int
 }
 
 // The three reads of GetMessage, each limited to the tenant so that no row
@@ -89,7 +96,7 @@ ORDER BY r.idx`
 	// than the message at run time; the hour allows for clock skew between
 	// the API and worker machines.
 	selectAttemptEvents = `SELECT a.rcpt_idx, a.started_at, a.outcome, a.smtp_code, a.enhanced_code,
-	a.response, a.mx_host
+	a.response, a.mx_host, a.attempt, host(a.mx_ip), a.tls_version, a.tls_cipher, a.tls_verified, a.duration_ms
 FROM attempts a
 WHERE a.message_id = $1
 	AND a.started_at >= (SELECT created_at - interval '1 hour' FROM messages WHERE id = $1 AND tenant_id = $2)
@@ -127,7 +134,8 @@ func (s *Store) GetMessage(ctx context.Context, tenantID string, id uuid.UUID) (
 		attempts, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (Event, error) {
 			var e Event
 			var idx int
-			err := row.Scan(&idx, &e.At, &e.Type, &e.SMTPCode, &e.EnhancedCode, &e.Response, &e.MXHost)
+			err := row.Scan(&idx, &e.At, &e.Type, &e.SMTPCode, &e.EnhancedCode, &e.Response, &e.MXHost,
+				&e.Attempt, &e.MXIP, &e.TLSVersion, &e.TLSCipher, &e.TLSVerified, &e.DurationMS)
 			if err == nil && idx < len(emails) {
 				e.Recipient = emails[idx]
 			}

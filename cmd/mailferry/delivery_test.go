@@ -78,7 +78,16 @@ func TestDeliveryThroughBinary(t *testing.T) {
 		t.Errorf("warnings for a domain with keys: %v", sent.Warnings)
 	}
 	var msg struct {
-		Status     string
+		Status string
+		Events []struct {
+			Type        string
+			Attempt     int    `json:"attempt"`
+			MXIP        string `json:"mx_ip"`
+			TLSVersion  string `json:"tls_version"`
+			TLSCipher   string `json:"tls_cipher"`
+			TLSVerified *bool  `json:"tls_verified"`
+			DurationMS  *int   `json:"duration_ms"`
+		}
 		Recipients []struct {
 			Status     string
 			SMTPCode   int    `json:"smtp_code"`
@@ -98,6 +107,12 @@ func TestDeliveryThroughBinary(t *testing.T) {
 	r := msg.Recipients[0]
 	if r.SMTPCode != 250 || r.MXHost != "mx.example.net" || !strings.HasPrefix(r.TLSVersion, "TLS1.") {
 		t.Errorf("recipient %+v", r)
+	}
+	// Every attempt is on record with where it went and how.
+	last := msg.Events[len(msg.Events)-1]
+	if last.Type != "delivered" || last.Attempt != 1 || last.MXIP != "127.0.0.2" || last.TLSCipher == "" ||
+		!strings.HasPrefix(last.TLSVersion, "TLS1.") || last.TLSVerified == nil || *last.TLSVerified || last.DurationMS == nil {
+		t.Errorf("attempt event %+v", last)
 	}
 	got := mx.Messages()
 	if len(got) != 1 {
