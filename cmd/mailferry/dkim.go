@@ -15,21 +15,10 @@ import (
 )
 
 func runDKIM(ctx context.Context, env *environment, args []string) error {
-	const synopsis = "dkim keygen --domain D [--selector S] [--algorithm rsa2048|ed25519] [--json] | dkim list"
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
-		fmt.Fprintln(env.stdout, "Usage: mailferry "+synopsis)
-		if len(args) == 0 {
-			return errors.New("dkim: name a subcommand: keygen or list")
-		}
-		return nil
-	}
-	switch args[0] {
-	case "keygen":
-		return dkimKeygen(ctx, env, args[1:])
-	case "list":
-		return dkimList(ctx, env, args[1:])
-	}
-	return fmt.Errorf("dkim: unknown subcommand %q (keygen or list)", args[0])
+	return dispatch(ctx, env, "dkim", "dkim keygen --domain D [--selector S] [--algorithm rsa2048|ed25519] [--json] | dkim list", args, []command{
+		{"keygen", "create and store a signing key; print its DNS record", dkimKeygen},
+		{"list", "list signing keys", dkimList},
+	})
 }
 
 // defaultSelector is unique per algorithm and month, so an RSA and an

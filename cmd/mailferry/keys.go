@@ -17,23 +17,11 @@ func (l *stringList) String() string     { return strings.Join(*l, ",") }
 func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
 
 func runKeys(ctx context.Context, env *environment, args []string) error {
-	const synopsis = "keys create --tenant T --domain D [--domain D2] | keys list | keys revoke ID"
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
-		fmt.Fprintln(env.stdout, "Usage: mailferry "+synopsis)
-		if len(args) == 0 {
-			return errors.New("keys: name a subcommand: create, list or revoke")
-		}
-		return nil
-	}
-	switch args[0] {
-	case "create":
-		return keysCreate(ctx, env, args[1:])
-	case "list":
-		return keysList(ctx, env, args[1:])
-	case "revoke":
-		return keysRevoke(ctx, env, args[1:])
-	}
-	return fmt.Errorf("keys: unknown subcommand %q (create, list or revoke)", args[0])
+	return dispatch(ctx, env, "keys", "keys create --tenant T --domain D [--domain D2] | keys list | keys revoke ID", args, []command{
+		{"create", "create a key; prints the secret alone on stdout", keysCreate},
+		{"list", "list keys", keysList},
+		{"revoke", "revoke a key at once", keysRevoke},
+	})
 }
 
 func openStore(ctx context.Context, env *environment) (*store.Store, error) {

@@ -118,3 +118,25 @@ func flagSet(env *environment, name, synopsis string) *flag.FlagSet {
 	}
 	return fs
 }
+
+// dispatch runs the subcommand of a command group such as "keys".
+func dispatch(ctx context.Context, env *environment, group, synopsis string, args []string, subs []command) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
+		fmt.Fprintln(env.stdout, "Usage: mailferry "+synopsis+"\n\nCommands:")
+		names := make([]string, len(subs))
+		for i, c := range subs {
+			fmt.Fprintf(env.stdout, "  %-8s %s\n", c.name, c.summary)
+			names[i] = c.name
+		}
+		if len(args) == 0 {
+			return fmt.Errorf("%s: name a subcommand: %s", group, strings.Join(names, ", "))
+		}
+		return nil
+	}
+	for _, c := range subs {
+		if c.name == args[0] {
+			return c.run(ctx, env, args[1:])
+		}
+	}
+	return fmt.Errorf("%s: unknown subcommand %q; run `mailferry %s --help`", group, args[0], group)
+}
