@@ -61,7 +61,11 @@ type Options struct {
 	// Warn returns warnings for an accepted message (such as "no DKIM key
 	// for example.com: sent unsigned"); optional.
 	Warn func(ctx context.Context, fromDomain string) []string
-	Now  func() time.Time
+	// Draining reports that the process is shutting down: /readyz then
+	// answers 503 so load balancers stop sending before the listener
+	// closes. Optional.
+	Draining func() bool
+	Now      func() time.Time
 }
 
 type server struct {
@@ -114,6 +118,12 @@ func (s *server) healthz(w http.ResponseWriter, r *http.Request) {
 // readyz answers 200 only when every dependency answers: a load balancer
 // then sends no mail to an instance that could only refuse it.
 func (s *server) readyz(w http.ResponseWriter, r *http.Request) {
+	if s.opts.Draining != nil && s.opts.Draining() {
+		p := newProblem(kindUnavailable, "shutting down", FieldProblem{Field: "process", Detail: "draining"})
+		p.retryAfter = 5 * time.Second
+		writeProblem(w, p)
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
 	checks := map[string]string{}

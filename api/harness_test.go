@@ -44,6 +44,7 @@ type harnessOptions struct {
 	redisURL        string // "" → the shared test server
 	maxMessageBytes int64
 	maxRecipients   int
+	draining        func() bool
 }
 
 func newHarness(t *testing.T, opts harnessOptions) *harness {
@@ -89,6 +90,7 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 		Hostname:        "relay.test",
 		MaxMessageBytes: opts.maxMessageBytes,
 		MaxRecipients:   opts.maxRecipients,
+		Draining:        opts.draining,
 	})
 	if err != nil {
 		t.Fatalf("api.New: %v", err)

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -450,5 +451,24 @@ func TestProbes(t *testing.T) {
 	}
 	if r := h.do(http.MethodGet, "/metrics", "", nil, nil); r.status != http.StatusOK || !strings.Contains(string(r.body), "mailferry_http_requests_total") {
 		t.Errorf("metrics %d", r.status)
+	}
+}
+
+// TestDrainingNotReady: during shutdown /readyz fails first, so load
+// balancers stop sending before the listener closes.
+func TestDrainingNotReady(t *testing.T) {
+	t.Parallel()
+	var draining atomic.Bool
+	h := newHarness(t, harnessOptions{draining: draining.Load})
+	if r := h.do(http.MethodGet, "/readyz", "", nil, nil); r.status != http.StatusOK {
+		t.Fatalf("readyz before draining: %d", r.status)
+	}
+	draining.Store(true)
+	r := h.do(http.MethodGet, "/readyz", "", nil, nil)
+	if r.status != http.StatusServiceUnavailable || !strings.Contains(string(r.body), "draining") {
+		t.Errorf("readyz while draining: %d %s", r.status, r.body)
+	}
+	if r := h.do(http.MethodGet, "/healthz", "", nil, nil); r.status != http.StatusOK {
+		t.Errorf("healthz while draining: %d (the process is still alive)", r.status)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -105,7 +106,9 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	if err != nil {
 		return err
 	}
+	var draining atomic.Bool
 	handler, err := api.New(api.Options{
+		Draining: draining.Load,
 		Auth: st, Reader: st, Intake: in, Registry: reg, Logger: log,
 		Ready:           checks,
 		Hostname:        cfg.Hostname,
@@ -144,10 +147,15 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	var runErr error
 	select {
 	case <-ctx.Done():
-		log.Info("shutting down")
+		log.Info("shutting down: draining")
 	case runErr = <-errc:
 		log.Error("stopping", "error", runErr)
 	}
+	// Readiness turns false first, so a load balancer stops sending while
+	// the listener still answers; then HTTP stops accepting and finishes
+	// what it has; then workers stop claiming, finish their SMTP
+	// transactions (up to their grace) and requeue what is left.
+	draining.Store(true)
 	shutdownCtx, stop := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer stop()
 	if err := srv.Shutdown(shutdownCtx); err != nil {
