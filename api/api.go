@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"math"
 	"net/http"
 	"time"
 
@@ -65,12 +66,19 @@ type Options struct {
 	// answers 503 so load balancers stop sending before the listener
 	// closes. Optional.
 	Draining func() bool
-	Now      func() time.Time
+	// RateLimit is the requests a second each API key may make to /v1
+	// (MAILFERRY_RATE_LIMIT), in bursts of up to RateBurst (0: twice the
+	// rate, at least 1); beyond it the answer is 429 with Retry-After.
+	// 0 turns the limit off. The limit is per process (see limiter).
+	RateLimit float64
+	RateBurst int
+	Now       func() time.Time
 }
 
 type server struct {
 	opts    Options
 	metrics *httpMetrics
+	limiter *limiter // nil: no rate limit
 }
 
 // New checks opts and returns the HTTP handler.
@@ -90,7 +98,13 @@ func New(opts Options) (http.Handler, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.RateLimit < 0 || opts.RateBurst < 0 || math.IsNaN(opts.RateLimit) || math.IsInf(opts.RateLimit, 0) {
+		return nil, errors.New("api: RateLimit and RateBurst must be finite and not negative")
+	}
 	s := &server{opts: opts, metrics: newHTTPMetrics(opts.Registry)}
+	if opts.RateLimit > 0 {
+		s.limiter = newLimiter(opts.RateLimit, opts.RateBurst, opts.Now)
+	}
 
 	r := chi.NewRouter()
 	r.Use(s.recoverer, s.measure)
@@ -102,9 +116,9 @@ func New(opts Options) (http.Handler, error) {
 	})
 	r.Get("/healthz", s.healthz)
 	r.Get("/readyz", s.readyz)
-	r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(opts.Registry, promhttp.HandlerOpts{Registry: opts.Registry}))
+	r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(opts.Registry, promhttp.HandlerOpts{Registry: opts.Registry, ErrorHandling: promhttp.ContinueOnError}))
 	r.Route("/v1", func(r chi.Router) {
-		r.Use(s.authenticate)
+		r.Use(s.authenticate, s.rateLimit)
 		r.Post("/messages", s.sendMessage)
 		r.Get("/messages/{id}", s.getMessage)
 	})

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -109,7 +110,7 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	var draining atomic.Bool
 	handler, err := api.New(api.Options{
 		Draining: draining.Load,
-		Auth: st, Reader: st, Intake: in, Registry: reg, Logger: log,
+		Auth:     st, Reader: st, Intake: in, Registry: reg, Logger: log,
 		Ready:           checks,
 		Hostname:        cfg.Hostname,
 		MaxMessageBytes: cfg.MaxMessageBytes,
@@ -208,8 +209,15 @@ func openLedger(ctx context.Context, cfg config.Config, log *slog.Logger) (*stor
 	}
 }
 
+// consumerName must differ between processes: containers share
+// MAILFERRY_HOSTNAME and often pid 1, and two workers under one name
+// would renew and reclaim each other's jobs.
 func consumerName(cfg config.Config) string {
-	return fmt.Sprintf("%s-%d", cfg.Hostname, os.Getpid())
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = cfg.Hostname
+	}
+	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), rand.Text()[:8])
 }
 
 func probesOnly(h http.Handler) http.Handler {
@@ -241,8 +249,9 @@ func (c *depthCollector) Collect(ch chan<- prometheus.Metric) {
 	defer cancel()
 	d, err := c.q.Depth(ctx)
 	if err != nil {
+		// Leave the series out rather than fail the scrape: the other
+		// metrics, mailferry_dependency_up among them, must still arrive.
 		c.log.Warn("queue depth", "error", err)
-		ch <- prometheus.NewInvalidMetric(c.desc, err)
 		return
 	}
 	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(d.Ready), "ready")
