@@ -9,7 +9,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 GOBIN       := $(shell $(GO) env GOPATH)/bin
 RUN_DIR     ?= .run
 
-.PHONY: all build deps test vet fmt-check lint run stop clean vuln
+.PHONY: all build deps test vet fmt-check lint run stop clean demo-test vuln
 
 all: build
 
@@ -36,17 +36,35 @@ lint: fmt-check vet
 test: deps lint
 	$(GO) run ./internal/cmd/devstack -- $(GO) test -race -count=1 -timeout 20m ./...
 
-# run starts Redis and PostgreSQL under $(RUN_DIR) (kept between runs),
-# creates a development API key and runs mailferry in the foreground.
-run: deps build
-	$(GO) run ./internal/cmd/devstack -dir $(RUN_DIR) -persist -prefix MAILFERRY_ -- ./scripts/run.sh $(BIN) $(RUN_DIR)
+# run starts Redis and PostgreSQL under $(RUN_DIR) (kept between runs) and
+# MailDev as the smarthost, creates a development API key and a DKIM key,
+# and runs mailferry in the foreground until Ctrl-C. Ports:
+# MAILFERRY_HTTP_ADDR (127.0.0.1:8080), MAILDEV_SMTP_PORT (1025) and
+# MAILDEV_WEB_PORT (1080) in the environment move them. devstack is built,
+# not `go run`: go run exits 1 after a Ctrl-C even when its program exits 0.
+run: build
+	@./scripts/install-deps.sh node
+	@./scripts/install-maildev.sh $(RUN_DIR)/maildev
+	@$(GO) build -o bin/devstack ./internal/cmd/devstack
+	bin/devstack -dir $(RUN_DIR) -persist -prefix MAILFERRY_ -- ./scripts/run.sh $(BIN) $(RUN_DIR)
 
-# stop is for a `make run` killed without Ctrl-C: it ends servers left behind.
+# stop ends what a `make run` left behind when it was killed without Ctrl-C.
 stop:
-	-@pkill -f "$(abspath $(RUN_DIR))" 2>/dev/null; true
+	@./scripts/stop.sh $(RUN_DIR)
 
 clean: stop
 	rm -rf $(RUN_DIR) bin
+
+# demo-test proves `make run` end to end: the curl command it prints sends a
+# mail that MailDev's web UI shows in headless Chromium, DKIM-signed, and
+# Ctrl-C leaves nothing running. Screenshot, DOM and logs land in
+# $(DEMO_ARTIFACTS).
+DEMO_ARTIFACTS ?= bin/demo-test
+demo-test: build
+	@./scripts/install-deps.sh node chromium curl
+	$(GO) vet -tags demo ./internal/demo
+	@mkdir -p $(DEMO_ARTIFACTS)
+	$(GO) test -tags demo -count=1 -timeout 15m -v -artifacts -outputdir $(abspath $(DEMO_ARTIFACTS)) ./internal/demo
 
 # vuln checks dependencies against the Go vulnerability database (needs
 # network access to it).

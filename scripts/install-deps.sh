@@ -1,18 +1,53 @@
 #!/bin/sh
-# Installs the server binaries Mailferry's tests and `make run` need, when
-# missing: redis-server and the PostgreSQL server. Debian/Ubuntu only.
+# Installs what Mailferry's tests and `make run` need, when missing. Always
+# redis-server, the PostgreSQL server and swaks (an outside SMTP client the
+# submission tests use); with arguments also:
+#
+#   node      Node.js 20 or later and npm, for MailDev (`make run`)
+#   chromium  headless Chromium (`make demo-test`)
+#   curl      curl (`make demo-test` runs the curl command `make run` prints)
+#
+# Debian/Ubuntu only.
 set -eu
 need=""
 command -v redis-server >/dev/null 2>&1 || need="$need redis-server"
+command -v swaks >/dev/null 2>&1 || need="$need swaks"
 if ! command -v pg_config >/dev/null 2>&1 || [ ! -x "$(pg_config --bindir 2>/dev/null)/initdb" ]; then
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need="$need postgresql"
 fi
-[ -z "$need" ] && exit 0
-echo "installing:$need"
-SUDO=""
-[ "$(id -u)" -ne 0 ] && SUDO="sudo"
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-# The postgresql package would start a system cluster on 5432; tests run
-# their own, so only the server binaries matter.
-$SUDO apt-get install -y -qq --no-install-recommends $need >/dev/null
+for what in "$@"; do
+	case "$what" in
+	node)
+		# A Node.js from elsewhere (NodeSource) brings its own npm, and
+		# Debian's npm package conflicts with it: install only what is absent.
+		command -v node >/dev/null 2>&1 || need="$need nodejs"
+		command -v npm >/dev/null 2>&1 || need="$need npm"
+		;;
+	chromium) command -v chromium >/dev/null 2>&1 || need="$need chromium" ;;
+	curl) command -v curl >/dev/null 2>&1 || need="$need curl" ;;
+	*)
+		echo "install-deps.sh: unknown argument $what (want node, chromium or curl)" >&2
+		exit 2
+		;;
+	esac
+done
+if [ -n "$need" ]; then
+	echo "installing:$need"
+	SUDO=""
+	[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+	export DEBIAN_FRONTEND=noninteractive
+	$SUDO apt-get update -qq
+	# The postgresql package would start a system cluster on 5432; tests run
+	# their own, so only the server binaries matter.
+	# shellcheck disable=SC2086 # $need is a list of package names
+	$SUDO apt-get install -y -qq --no-install-recommends $need >/dev/null
+fi
+for what in "$@"; do
+	[ "$what" = node ] || continue
+	major="$(node -p 'process.versions.node.split(".")[0]')"
+	if [ "$major" -lt 20 ]; then
+		echo "install-deps.sh: MailDev needs Node.js 20 or later; this machine has $(node --version)." >&2
+		echo "Install a newer Node.js (Debian 13, or NodeSource's packages on Debian 12) and run make again." >&2
+		exit 1
+	fi
+done

@@ -85,7 +85,7 @@ func StartRedis(ctx context.Context, opts RedisOptions) (*Process, error) {
 		args = append(args, "--appendonly", "no")
 	}
 	cmd := exec.Command(bin, args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	cmd.SysProcAttr = serverAttr()
 	p, err := startProcess("redis", cmd)
 	if err != nil {
 		return nil, err
@@ -231,7 +231,7 @@ func serviceUser() (*user.User, error) {
 
 func command(u *user.User, name string, args ...string) *exec.Cmd {
 	cmd := exec.Command(name, args...)
-	attr := &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	attr := serverAttr()
 	if u != nil {
 		uid, _ := strconv.Atoi(u.Uid)
 		gid, _ := strconv.Atoi(u.Gid)
@@ -241,6 +241,14 @@ func command(u *user.User, name string, args ...string) *exec.Cmd {
 	}
 	cmd.SysProcAttr = attr
 	return cmd
+}
+
+// serverAttr puts a server in a process group of its own, so that a Ctrl-C
+// on the terminal reaches only the program that uses it (make run's
+// mailferry), which can then finish its work before the server is stopped;
+// and stops the server when the process that started it dies.
+func serverAttr() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 }
 
 func chown(path string, u *user.User) error {
