@@ -9,7 +9,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 GOBIN       := $(shell $(GO) env GOPATH)/bin
 RUN_DIR     ?= .run
 
-.PHONY: all build deps test vet fmt-check lint run stop clean demo-test vuln
+.PHONY: all build deps test vet fmt-check lint run stop clean demo-test vuln fuzz
 
 all: build
 
@@ -35,6 +35,14 @@ lint: fmt-check vet
 # enabled test suite against real Redis and PostgreSQL.
 test: deps lint
 	$(GO) run ./internal/cmd/devstack -- $(GO) test -race -count=1 -timeout 20m ./...
+	$(MAKE) fuzz FUZZTIME=5s
+
+# fuzz runs every fuzz target (scripts/fuzz.sh) for FUZZTIME each against
+# throwaway Redis and PostgreSQL; a failing input lands in
+# <package>/testdata/fuzz/<target>/ to be fixed and committed.
+FUZZTIME ?= 10s
+fuzz: deps
+	$(GO) run ./internal/cmd/devstack -- env GO=$(GO) FUZZTIME=$(FUZZTIME) ./scripts/fuzz.sh
 
 # run starts Redis and PostgreSQL under $(RUN_DIR) (kept between runs) and
 # MailDev as the smarthost, creates a development API key and a DKIM key,

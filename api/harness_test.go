@@ -45,6 +45,9 @@ type harnessOptions struct {
 	maxMessageBytes int64
 	maxRecipients   int
 	draining        func() bool
+	rateLimit       float64
+	rateBurst       int
+	now             func() time.Time
 }
 
 func newHarness(t *testing.T, opts harnessOptions) *harness {
@@ -91,6 +94,9 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 		MaxMessageBytes: opts.maxMessageBytes,
 		MaxRecipients:   opts.maxRecipients,
 		Draining:        opts.draining,
+		RateLimit:       opts.rateLimit,
+		RateBurst:       opts.rateBurst,
+		Now:             opts.now,
 	})
 	if err != nil {
 		t.Fatalf("api.New: %v", err)

@@ -44,6 +44,7 @@ var (
 	kindUnsupported  = kind{http.StatusUnsupportedMediaType, "unsupported-media-type", "Unsupported media type"}
 	kindInvalid      = kind{http.StatusUnprocessableEntity, "invalid-fields", "Invalid fields"}
 	kindIdemReused   = kind{http.StatusUnprocessableEntity, "idempotency-key-reused", "Idempotency key reused with a different request"}
+	kindRateLimited  = kind{http.StatusTooManyRequests, "rate-limited", "Rate limit exceeded"}
 	kindUnavailable  = kind{http.StatusServiceUnavailable, "unavailable", "Service unavailable"}
 	kindInternal     = kind{http.StatusInternalServerError, "internal", "Internal error"}
 	kindNoRoute      = kind{http.StatusNotFound, "not-found", "No such route"}

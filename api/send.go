@@ -123,7 +123,7 @@ func (s *server) sendMessage(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, p)
 		return
 	}
-	if p := allowedSender(key, msg); p != nil {
+	if p := allowedSender(key, msg, req.Raw != ""); p != nil {
 		writeProblem(w, p)
 		return
 	}
@@ -446,8 +446,10 @@ func checkMetadata(md map[string]string) []FieldProblem {
 		if k == "" || len(k) > maxMetadataKeyLen || strings.ContainsFunc(k, isControl) {
 			out = append(out, FieldProblem{Field: "metadata." + k, Detail: fmt.Sprintf("keys must be 1 to %d printable characters", maxMetadataKeyLen)})
 		}
-		if len(v) > maxMetadataValLen || !utf8.ValidString(v) {
-			out = append(out, FieldProblem{Field: "metadata." + k, Detail: fmt.Sprintf("values must be valid UTF-8 of at most %d bytes", maxMetadataValLen)})
+		// NUL: PostgreSQL's jsonb cannot hold \u0000, and a value the ledger
+		// refuses must be the client's 422, not a 503 to retry for ever.
+		if len(v) > maxMetadataValLen || !utf8.ValidString(v) || strings.IndexByte(v, 0) >= 0 {
+			out = append(out, FieldProblem{Field: "metadata." + k, Detail: fmt.Sprintf("values must be valid UTF-8 without NUL, of at most %d bytes", maxMetadataValLen)})
 		}
 	}
 	return out
@@ -473,17 +475,42 @@ func humanDuration(d time.Duration) string {
 
 // allowedSender refuses a message claiming a domain the key may not send
 // from, in any place a receiver would read as the sender: no open relay.
-func allowedSender(key store.APIKey, msg *mail.Message) *problem {
+// The problem names the field — from, or raw and the header in it.
+func allowedSender(key store.APIKey, msg *mail.Message, raw bool) *problem {
 	var bad []FieldProblem
 	for _, d := range msg.SenderDomains() {
-		if !slices.Contains(key.Domains, strings.ToLower(d)) {
-			bad = append(bad, FieldProblem{Field: "from", Detail: fmt.Sprintf("this key may not send from %s", d)})
+		if slices.Contains(key.Domains, strings.ToLower(d)) {
+			continue
 		}
+		fp := FieldProblem{Field: "from", Detail: fmt.Sprintf("this key may not send from %s", d)}
+		if raw {
+			fp = FieldProblem{Field: "raw", Detail: fmt.Sprintf("this key may not send from %s (%s)", d, senderHeader(msg, d))}
+		}
+		bad = append(bad, fp)
 	}
 	if len(bad) == 0 {
 		return nil
 	}
 	return newProblem(kindForbidden, fmt.Sprintf("this key may send from %s only", strings.Join(key.Domains, ", ")), bad...)
+}
+
+// senderHeader names where in a raw message a sender domain came from.
+func senderHeader(msg *mail.Message, domain string) string {
+	has := func(addr string) bool { return strings.EqualFold(addr[strings.LastIndexByte(addr, '@')+1:], domain) }
+	for _, a := range msg.From {
+		if has(a.Addr) {
+			return "From header"
+		}
+	}
+	if msg.SenderHeader != "" && has(msg.SenderHeader) {
+		return "Sender header"
+	}
+	for _, a := range msg.Resent {
+		if has(a) {
+			return "Resent-From or Resent-Sender header"
+		}
+	}
+	return "envelope sender"
 }
 
 func (s *server) unavailable(w http.ResponseWriter, r *http.Request, err error) {

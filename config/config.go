@@ -30,6 +30,7 @@ type Config struct {
 	MaxQueueAge              time.Duration   // MAILFERRY_MAX_QUEUE_AGE, 120h
 	MaxMessageBytes          int64           // MAILFERRY_MAX_MESSAGE_BYTES, 26214400
 	MaxRecipients            int             // MAILFERRY_MAX_RECIPIENTS, 1000
+	RateLimit                int             // MAILFERRY_RATE_LIMIT, 100 requests a second per API key (burst 2×); 0 = off
 	SecretKey                []byte          // MAILFERRY_SECRET_KEY, none
 
 	SubmissionAddr  string // MAILFERRY_SUBMISSION_ADDR, ":587"
@@ -41,6 +42,9 @@ type Config struct {
 	LogLevel    string // MAILFERRY_LOG_LEVEL, "info"
 	LogFormat   string // MAILFERRY_LOG_FORMAT, "json" (or "text")
 	QueueShards int    // MAILFERRY_QUEUE_SHARDS, 1
+
+	VisibilityTimeout time.Duration // MAILFERRY_VISIBILITY_TIMEOUT, 5m
+	ReconcileInterval time.Duration // MAILFERRY_RECONCILE_INTERVAL, 5m
 }
 
 // Var names one environment variable with its default, for help texts.
@@ -61,6 +65,7 @@ func Vars() []Var {
 		{"MAILFERRY_MAX_QUEUE_AGE", "120h", "after this a deferred recipient bounces as expired"},
 		{"MAILFERRY_MAX_MESSAGE_BYTES", "26214400", "larger messages are refused with 413"},
 		{"MAILFERRY_MAX_RECIPIENTS", "1000", "recipients per message (to+cc+bcc)"},
+		{"MAILFERRY_RATE_LIMIT", "100", "API requests a second per key, in bursts of twice that, per process (0: off); beyond it 429"},
 		{"MAILFERRY_SECRET_KEY", "none", "encrypts DKIM private keys at rest"},
 		{"MAILFERRY_SUBMISSION_ADDR", ":587", "SMTP submission with STARTTLS (empty: off)"},
 		{"MAILFERRY_SUBMISSIONS_ADDR", ":465", "SMTP submission with implicit TLS (empty: off)"},
@@ -70,6 +75,8 @@ func Vars() []Var {
 		{"MAILFERRY_LOG_LEVEL", "info", "debug, info, warn or error"},
 		{"MAILFERRY_LOG_FORMAT", "json", "json or text"},
 		{"MAILFERRY_QUEUE_SHARDS", "1", "Redis streams the queue is spread over (Redis Cluster)"},
+		{"MAILFERRY_VISIBILITY_TIMEOUT", "5m", "a job whose worker is silent this long goes to another worker"},
+		{"MAILFERRY_RECONCILE_INTERVAL", "5m", "how often the queue is checked against PostgreSQL for lost jobs"},
 	}
 }
 
@@ -93,6 +100,7 @@ func Load(lookup func(string) (string, bool)) (Config, error) {
 		MaxQueueAge:              p.duration("MAILFERRY_MAX_QUEUE_AGE", 120*time.Hour),
 		MaxMessageBytes:          int64(p.intRange("MAILFERRY_MAX_MESSAGE_BYTES", 26214400, 1024, 1<<30)),
 		MaxRecipients:            p.intRange("MAILFERRY_MAX_RECIPIENTS", 1000, 1, 100000),
+		RateLimit:                p.intRange("MAILFERRY_RATE_LIMIT", 100, 0, 1000000),
 		SecretKey:                p.secret("MAILFERRY_SECRET_KEY"),
 		SubmissionAddr:           p.addr("MAILFERRY_SUBMISSION_ADDR", ":587", true),
 		SubmissionsAddr:          p.addr("MAILFERRY_SUBMISSIONS_ADDR", ":465", true),
@@ -102,6 +110,8 @@ func Load(lookup func(string) (string, bool)) (Config, error) {
 		LogLevel:                 p.oneOf("MAILFERRY_LOG_LEVEL", "info", "debug", "info", "warn", "error"),
 		LogFormat:                p.oneOf("MAILFERRY_LOG_FORMAT", "json", "json", "text"),
 		QueueShards:              p.intRange("MAILFERRY_QUEUE_SHARDS", 1, 1, 1024),
+		VisibilityTimeout:        p.durationAtLeast("MAILFERRY_VISIBILITY_TIMEOUT", 5*time.Minute, time.Second),
+		ReconcileInterval:        p.durationAtLeast("MAILFERRY_RECONCILE_INTERVAL", 5*time.Minute, time.Second),
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		p.fail("MAILFERRY_TLS_CERT", "MAILFERRY_TLS_CERT and MAILFERRY_TLS_KEY must be set together")
@@ -252,6 +262,17 @@ func (p *parser) duration(name string, def time.Duration) time.Duration {
 	d, err := time.ParseDuration(v)
 	if err != nil || d <= 0 {
 		p.fail(name, "%q is not a positive duration like 90m or 120h", v)
+		return def
+	}
+	return d
+}
+
+// durationAtLeast is duration with a floor: below it a loop would spin or
+// a lease could not be renewed in time.
+func (p *parser) durationAtLeast(name string, def, floor time.Duration) time.Duration {
+	d := p.duration(name, def)
+	if d < floor {
+		p.fail(name, "%v is shorter than the minimum %v", d, floor)
 		return def
 	}
 	return d

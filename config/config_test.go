@@ -36,6 +36,22 @@ func TestLoadDefaults(t *testing.T) {
 	if c.SubmissionAddr != ":587" || c.SubmissionsAddr != ":465" {
 		t.Errorf("submission defaults: %q %q", c.SubmissionAddr, c.SubmissionsAddr)
 	}
+	if c.VisibilityTimeout != 5*time.Minute || c.ReconcileInterval != 5*time.Minute {
+		t.Errorf("visibility timeout %v, reconcile interval %v", c.VisibilityTimeout, c.ReconcileInterval)
+	}
+}
+
+func TestRateLimit(t *testing.T) {
+	for value, want := range map[string]int{"": 100, "0": 0, "250": 250} {
+		vars := map[string]string{"MAILFERRY_HOSTNAME": "mx.example.com"}
+		if value != "" {
+			vars["MAILFERRY_RATE_LIMIT"] = value
+		}
+		c, err := Load(env(vars))
+		if err != nil || c.RateLimit != want {
+			t.Errorf("MAILFERRY_RATE_LIMIT=%q: %d, %v; want %d", value, c.RateLimit, err, want)
+		}
+	}
 }
 
 func TestLoadBadValues(t *testing.T) {
@@ -56,6 +72,10 @@ func TestLoadBadValues(t *testing.T) {
 		{"max bytes", "MAILFERRY_MAX_MESSAGE_BYTES", "12", "MAILFERRY_MAX_MESSAGE_BYTES"},
 		{"log level", "MAILFERRY_LOG_LEVEL", "loud", "MAILFERRY_LOG_LEVEL"},
 		{"cert without key", "MAILFERRY_TLS_CERT", "/tmp/c.pem", "set together"},
+		{"visibility timeout too short", "MAILFERRY_VISIBILITY_TIMEOUT", "10ms", "MAILFERRY_VISIBILITY_TIMEOUT: 10ms is shorter than the minimum 1s"},
+		{"reconcile interval", "MAILFERRY_RECONCILE_INTERVAL", "often", "MAILFERRY_RECONCILE_INTERVAL"},
+		{"rate limit negative", "MAILFERRY_RATE_LIMIT", "-1", "MAILFERRY_RATE_LIMIT: -1 is outside 0..1000000"},
+		{"rate limit not a number", "MAILFERRY_RATE_LIMIT", "fast", "MAILFERRY_RATE_LIMIT"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -638,6 +638,8 @@ func TestSenderDomains(t *testing.T) {
 		{"all differ", Message{From: []Address{{"", "a@one.example"}, {"", "b@Two.example"}}, SenderHeader: "s@three.example", Sender: "bounce@four.example"},
 			[]string{"one.example", "two.example", "three.example", "four.example"}},
 		{"repeats", Message{From: []Address{{"", "a@x.example"}, {"", "b@x.example"}}, SenderHeader: "s@x.example", Sender: "s@X.example"}, []string{"x.example"}},
+		{"resent", Message{From: []Address{{"", "a@one.example"}}, Resent: []string{"r@Two.example", "s@one.example", "t@three.example"}, Sender: "a@one.example"},
+			[]string{"one.example", "two.example", "three.example"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := tc.m.SenderDomains(); !slices.Equal(got, tc.want) {

@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"errors"
 	"mime"
+	netmail "net/mail"
 	"slices"
 	"strings"
 	"testing"
 	"unicode/utf8"
+
+	"golang.org/x/net/idna"
 )
 
 // FuzzParseAddress: an accepted address prints (String) as text that parses
@@ -95,8 +98,9 @@ func FuzzBuild(f *testing.F) {
 }
 
 // FuzzParseRaw: an accepted message comes out with CRLF-only lines of at
-// most 998 octets and no Bcc header, and going through ParseRaw again
-// changes nothing.
+// most 998 octets and no Bcc header, every sender another parser reads in
+// it is one SenderDomains names, and going through ParseRaw again changes
+// nothing.
 func FuzzParseRaw(f *testing.F) {
 	f.Add([]byte(rawBasic), "")
 	f.Add([]byte("From: a@example.com\nTo: b@example.net\nBcc: c@example.org\n\nx\n.\n"), "")
@@ -120,6 +124,7 @@ func FuzzParseRaw(f *testing.F) {
 		if len(m.Recipients) == 0 || m.Sender == "" || m.MessageID == "" || !utf8.ValidString(m.Subject) {
 			t.Fatalf("incomplete message: %+v", m)
 		}
+		checkSenderOracle(t, m)
 		// The recipients go along: a Bcc-only message has none left in it.
 		again, err := ParseRaw(m.Body, m.Recipients, testOpts())
 		if err != nil {
@@ -142,4 +147,33 @@ func findPart(p *part, mediaType string) *part {
 		}
 	}
 	return nil
+}
+
+// checkSenderOracle reads the originator fields of m's header with the
+// standard library's parser, as a receiver might, and fails if it finds a
+// domain SenderDomains does not list: that sender would go unchecked.
+func checkSenderOracle(t *testing.T, m *Message) {
+	t.Helper()
+	msg, err := netmail.ReadMessage(bytes.NewReader(m.Body))
+	if err != nil {
+		return // not a parse it can do; ours is the stricter one
+	}
+	domains := m.SenderDomains()
+	for _, name := range []string{"From", "Sender", "Resent-From", "Resent-Sender"} {
+		for _, v := range msg.Header[name] {
+			list, err := netmail.ParseAddressList(v)
+			if err != nil {
+				continue
+			}
+			for _, a := range list {
+				d := strings.ToLower(a.Address[strings.LastIndexByte(a.Address, '@')+1:])
+				if ascii, err := idna.Lookup.ToASCII(d); err == nil {
+					d = ascii
+				}
+				if !slices.Contains(domains, d) {
+					t.Fatalf("%s: %q has domain %q, which SenderDomains %q misses\n%q", name, v, d, domains, m.Body)
+				}
+			}
+		}
+	}
 }

@@ -15,6 +15,7 @@ type Message struct {
 	From         []Address // From header mailbox(es); Build gives exactly one
 	Sender       string    // envelope MAIL FROM addr-spec
 	SenderHeader string    // addr-spec of the Sender: header field; "" when there is none
+	Resent       []string  // addr-specs of every Resent-From and Resent-Sender mailbox (RFC 5322 3.6.6)
 	Recipients   []string  // envelope RCPT TO addr-specs, de-duplicated, in order
 	MessageID    string    // Message-ID without angle brackets
 	Subject      string    // decoded subject, valid UTF-8
@@ -24,9 +25,17 @@ type Message struct {
 }
 
 // SenderDomains lists, lower-case and once each, every domain the message
-// claims to come from: each From mailbox, the Sender header and the envelope
-// sender. A caller that limits who may send from which domain must check all
-// of them, or a raw Sender: header would make an open relay.
+// claims to come from: each From mailbox, the Sender header, each
+// Resent-From and Resent-Sender mailbox, and the envelope sender. A caller
+// that limits who may send from which domain must check all of them, or a
+// raw Sender: or Resent-From: header would make an open relay.
+//
+// These are the originator fields of RFC 5322 3.6.2 and 3.6.6 that name
+// who wrote or sent the message, which mail readers show as its sender.
+// Reply-To is left out on purpose: it names where answers go, not who
+// sent (3.6.2), receivers authenticate nothing against it (DMARC aligns
+// From, SPF the envelope), and replying to a help desk or a customer on
+// another domain is its everyday use.
 func (m *Message) SenderDomains() []string {
 	var out []string
 	add := func(addr string) {
@@ -45,6 +54,9 @@ func (m *Message) SenderDomains() []string {
 		add(a.Addr)
 	}
 	add(m.SenderHeader)
+	for _, a := range m.Resent {
+		add(a)
+	}
 	add(m.Sender)
 	return out
 }

@@ -24,7 +24,11 @@ const (
 // down the line reads a line end the others do not (SMTP smuggling); lines
 // over 998 octets are refused (RFC 5322 2.1.1). A From field is required,
 // and with more than one mailbox in it a Sender field too (RFC 5322 3.6.2).
-// Bcc fields are removed (RFC 5322 3.6.3) and Date and Message-ID added when
+// Bcc and Resent-Bcc fields are removed (RFC 5322 3.6.3, 3.6.6), and so is
+// Return-Path: the final server adds it from our envelope (RFC 5321 4.4: "A
+// message-originating SMTP system SHOULD NOT send a message that already
+// contains a Return-path header field"), so one written by the client could
+// only show a reader a sender nobody checked. Date and Message-ID are added when
 // missing (RFC 6409 8.2, 8.3). Everything else is kept as it was, and a
 // missing final line break is added, since SMTP adds one anyway.
 //
@@ -50,6 +54,7 @@ func ParseRaw(raw []byte, envelopeTo []string, opts BuildOptions) (*Message, err
 	var (
 		errs                  FieldErrors
 		from, sender, headRcp []Address
+		resent                []string
 		fromFields, senders   int
 		subject, msgID        string
 		hasSubject, hasID     bool
@@ -75,6 +80,20 @@ func ParseRaw(raw []byte, envelopeTo []string, opts BuildOptions) (*Message, err
 				errs.add("raw", "Sender: must be one mailbox (RFC 5322 3.6.2)")
 			}
 			sender = append(sender, list...)
+		case "resent-from", "resent-sender":
+			// RFC 5322 3.6.6: who resent the message. Readers show these as
+			// its sender, so their domains are checked like From's; one
+			// that does not parse cannot be checked and is refused.
+			list, err := parseAddressList(v, false)
+			switch {
+			case err != nil:
+				errs.add("raw", f.name+": "+err.Error())
+			case len(list) == 0:
+				errs.add("raw", f.name+": has no mailbox")
+			}
+			for _, a := range list {
+				resent = append(resent, a.Addr)
+			}
 		case "to", "cc", "bcc":
 			list, err := parseAddressList(v, true)
 			if err != nil {
@@ -145,8 +164,8 @@ func ParseRaw(raw []byte, envelopeTo []string, opts BuildOptions) (*Message, err
 	out := make([]byte, 0, len(src)+len(msgID)+80)
 	for _, f := range fields {
 		// RFC 5322 3.6.3: Bcc recipients must not see each other, nor the
-		// others them; Resent-Bcc likewise (3.6.6).
-		if strings.EqualFold(f.name, "bcc") || strings.EqualFold(f.name, "resent-bcc") {
+		// others them; Resent-Bcc likewise (3.6.6). Return-Path: see above.
+		if strings.EqualFold(f.name, "bcc") || strings.EqualFold(f.name, "resent-bcc") || strings.EqualFold(f.name, "return-path") {
 			continue
 		}
 		out = append(out, src[f.start:f.end]...)
@@ -173,6 +192,7 @@ func ParseRaw(raw []byte, envelopeTo []string, opts BuildOptions) (*Message, err
 		From:         from,
 		Sender:       envSender.Addr,
 		SenderHeader: senderHeader,
+		Resent:       resent,
 		Recipients:   rcpts.list,
 		MessageID:    msgID,
 		Subject:      subject,

@@ -154,6 +154,57 @@ func TestParseRawSenders(t *testing.T) {
 	}
 }
 
+// TestParseRawResentSenders: the originators of RFC 5322 3.6.6, of every
+// resent block, count as senders; Reply-To does not (see SenderDomains).
+func TestParseRawResentSenders(t *testing.T) {
+	for _, tc := range []struct {
+		name, header string
+		resent       []string
+		domains      []string
+	}{
+		{"Resent-From", "Resent-From: Mallory <m@evil.example>\r\n",
+			[]string{"m@evil.example"}, []string{"one.example", "evil.example"}},
+		{"Resent-Sender", "Resent-From: r@one.example\r\nResent-Sender: s@Evil.Example\r\n",
+			[]string{"r@one.example", "s@evil.example"}, []string{"one.example", "evil.example"}},
+		{"lower-case names, folded list", "resent-from: a@two.example,\r\n b@three.example\r\nRESENT-SENDER: c@four.example\r\n",
+			[]string{"a@two.example", "b@three.example", "c@four.example"}, []string{"one.example", "two.example", "three.example", "four.example"}},
+		{"two resent blocks", "Resent-From: a@two.example\r\nResent-Date: Wed, 04 Mar 2026 05:06:07 +0100\r\nResent-From: b@three.example\r\n",
+			[]string{"a@two.example", "b@three.example"}, []string{"one.example", "two.example", "three.example"}},
+		{"Reply-To is not a sender", "Reply-To: help@desk.example\r\n", nil, []string{"one.example"}},
+		{"Resent-To is not a sender", "Resent-To: x@else.example\r\n", nil, []string{"one.example"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := parseRaw(t, "From: a@one.example\r\n"+tc.header+"To: x@example.net\r\n\r\nbody\r\n", nil)
+			if !slices.Equal(m.Resent, tc.resent) {
+				t.Errorf("Resent %q, want %q", m.Resent, tc.resent)
+			}
+			if got := m.SenderDomains(); !slices.Equal(got, tc.domains) {
+				t.Errorf("SenderDomains %q, want %q", got, tc.domains)
+			}
+			if m.Sender != "a@one.example" {
+				t.Errorf("envelope sender %q changed", m.Sender)
+			}
+		})
+	}
+}
+
+// TestParseRawStripsReturnPath: a Return-Path written by the client would
+// show readers a sender nobody checked; the final server adds the real
+// one from the envelope (RFC 5321 4.4).
+func TestParseRawStripsReturnPath(t *testing.T) {
+	m := parseRaw(t, "Return-Path: <bounce@evil.example>\r\nFrom: a@one.example\r\nreturn-path:\r\n <x@evil.example>\r\nTo: x@example.net\r\n\r\nReturn-Path: <in-body@evil.example>\r\n", nil)
+	head, body, _ := strings.Cut(string(m.Body), "\r\n\r\n")
+	if strings.Contains(strings.ToLower(head), "return-path") || strings.Contains(head, "evil.example") {
+		t.Fatalf("Return-Path kept:\n%s", m.Body)
+	}
+	if body != "Return-Path: <in-body@evil.example>\r\n" {
+		t.Fatalf("body changed: %q", body)
+	}
+	if got := m.SenderDomains(); !slices.Equal(got, []string{"one.example"}) {
+		t.Fatalf("SenderDomains %q", got)
+	}
+}
+
 func TestParseRawUTF8(t *testing.T) {
 	for _, tc := range []struct {
 		name, raw       string
@@ -198,6 +249,12 @@ func TestParseRawErrors(t *testing.T) {
 		{"From group", "From: G: a@example.com;\r\nTo: b@example.net\r\n\r\n", nil, "raw", "groups"},
 		{"bad From", "From: alice\r\nTo: b@example.net\r\n\r\n", nil, "raw", "From: invalid address"},
 		{"empty From", "From: \r\nTo: b@example.net\r\n\r\n", nil, "raw", "no mailbox"},
+		// A Resent-From the parser cannot read is one whose domain nobody
+		// checked, though a lenient reader may still show it.
+		{"bad Resent-From", "From: a@example.com\r\nResent-From: mallory@evil.example (unclosed\r\nTo: b@example.net\r\n\r\n", nil, "raw", "Resent-From: invalid address"},
+		{"empty Resent-From", "From: a@example.com\r\nResent-From:\r\nTo: b@example.net\r\n\r\n", nil, "raw", "Resent-From: has no mailbox"},
+		{"Resent-Sender group", "From: a@example.com\r\nResent-Sender: G: m@evil.example;\r\nTo: b@example.net\r\n\r\n", nil, "raw", "Resent-Sender: "},
+		{"Resent-From literal", "From: a@example.com\r\nResent-From: m@[127.0.0.1]\r\nTo: b@example.net\r\n\r\n", nil, "raw", "address literals"},
 		{"bad To", "From: a@example.com\r\nTo: b@localhost\r\n\r\n", nil, "raw", "To: invalid address"},
 		{"bad UTF-8 domain", "From: a@example.com\r\nTo: b@\xff.example\r\n\r\n", nil, "raw", "To: invalid address: not valid UTF-8"},
 		{"no recipients", "From: a@example.com\r\n\r\nx", nil, "to", "at least one recipient"},
