@@ -107,6 +107,12 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	if err != nil {
 		return err
 	}
+	stopSubmission := func(context.Context) error { return nil }
+	if roles["api"] {
+		if stopSubmission, err = startSubmission(ctx, cfg, in, st, reg, log.With("role", "submission")); err != nil {
+			return err
+		}
+	}
 	var draining atomic.Bool
 	handler, err := api.New(api.Options{
 		Draining: draining.Load,
@@ -115,6 +121,7 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 		Hostname:        cfg.Hostname,
 		MaxMessageBytes: cfg.MaxMessageBytes,
 		MaxRecipients:   cfg.MaxRecipients,
+		RateLimit:       float64(cfg.RateLimit), // bursts of twice the rate
 		Warn:            newDKIMWarner(st, log).warn,
 	})
 	if err != nil {
@@ -161,6 +168,9 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	defer stop()
 	if err := srv.Shutdown(shutdownCtx); err != nil {
 		log.Warn("http shutdown", "error", err)
+	}
+	if err := stopSubmission(shutdownCtx); err != nil {
+		log.Warn("smtp submission shutdown", "error", err)
 	}
 	cancel()
 	wg.Wait()

@@ -1,0 +1,305 @@
+package submission
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"github.com/mailferry/mailferry/intake"
+	"github.com/mailferry/mailferry/mail"
+	"github.com/mailferry/mailferry/store"
+)
+
+// session is one client from EHLO on. go-smtp starts a new one after
+// STARTTLS, so nothing learnt before TLS survives it (RFC 3207 4.2).
+type session struct {
+	srv  *Server
+	conn *smtp.Conn
+	tc   *trackedConn
+	ip   netip.Addr
+	tls  bool
+
+	// With CHUNKING, go-smtp runs Data in its own goroutine while the
+	// connection's goroutine may call Reset: mu guards what both touch.
+	mu    sync.Mutex
+	key   *store.APIKey // set by a successful AUTH
+	from  string        // MAIL FROM, normalised
+	rcpts []string      // RCPT TO, normalised
+	size  int64         // SIZE parameter of MAIL, 0 if none
+}
+
+var _ smtp.AuthSession = (*session)(nil)
+
+func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
+	tc := unwrap(c.Conn())
+	if tc == nil {
+		return nil, errors.New("connection not accepted through this server's listener")
+	}
+	_, isTLS := c.TLSConnectionState()
+	return &session{srv: s, conn: c, tc: tc, ip: tc.remoteIP(), tls: isTLS}, nil
+}
+
+// log is the server's logger with the client and, once known, its key.
+func (s *session) log(key *store.APIKey) *slog.Logger {
+	l := s.srv.opts.Logger.With(slog.String("client_ip", s.ip.String()))
+	if key != nil {
+		l = l.With(slog.String("tenant", key.TenantID), slog.String("api_key_id", key.ID))
+	}
+	return l
+}
+
+// AuthMechanisms lists what EHLO offers: nothing before TLS (RFC 4954 4:
+// no plaintext password mechanism over an unprotected channel).
+func (s *session) AuthMechanisms() []string {
+	if !s.tls {
+		return nil
+	}
+	return []string{sasl.Plain, sasl.Login}
+}
+
+// Auth starts a SASL exchange. go-smtp has already refused a second AUTH
+// with 503 (RFC 4954 4).
+func (s *session) Auth(mech string) (sasl.Server, error) {
+	if !s.tls {
+		s.srv.opts.Metrics.authFailure(authFailPlaintext)
+		return nil, errEncryptionRequired()
+	}
+	if wait := s.srv.limiter.wait(s.ip); wait > 0 {
+		s.srv.opts.Metrics.authFailure(authFailRateLimited)
+		return nil, errAuthBlocked(wait)
+	}
+	switch mech {
+	case sasl.Plain:
+		return sasl.NewPlainServer(func(identity, username, password string) error {
+			// RFC 4616 2: an authorization identity other than the user's
+			// own would mean acting as someone else; there is no such right.
+			if identity != "" && identity != username {
+				return s.failed(username, "authorization identity differs from the user name")
+			}
+			return s.login(username, password)
+		}), nil
+	case sasl.Login:
+		return newLoginServer(s.login), nil
+	}
+	return nil, smtp.ErrAuthUnknownMechanism // 504 5.7.4, RFC 4954 6
+}
+
+// login checks the API key and that it belongs to the tenant named as the
+// user. The password never reaches a log line or an error.
+func (s *session) login(tenant, secret string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), s.srv.opts.OpTimeout)
+	defer cancel()
+	key, err := s.srv.opts.Auth.Authenticate(ctx, secret)
+	switch {
+	case errors.Is(err, store.ErrUnauthorized):
+		return s.failed(tenant, "unknown, wrong or revoked API key")
+	case err != nil:
+		s.log(nil).LogAttrs(ctx, slog.LevelError, "smtp auth: key store unavailable", slog.Any("error", err))
+		return errAuthUnavailable()
+	case key.TenantID != tenant:
+		return s.failed(tenant, "the API key belongs to another tenant")
+	}
+	s.mu.Lock()
+	s.key = &key
+	s.mu.Unlock()
+	s.log(&key).LogAttrs(ctx, slog.LevelDebug, "smtp auth succeeded")
+	return nil
+}
+
+func (s *session) failed(user, why string) error {
+	s.srv.opts.Metrics.authFailure(authFailCredentials)
+	blocked := s.srv.limiter.fail(s.ip)
+	level := slog.LevelInfo
+	if blocked {
+		level = slog.LevelWarn
+		why += "; too many failures, AUTH from this address refused for " + s.srv.opts.AuthBlock.String()
+	}
+	s.log(nil).LogAttrs(context.Background(), level, "smtp auth failed", slog.String("user", user), slog.String("reason", why))
+	return errAuthInvalid()
+}
+
+// Mail starts a transaction. RFC 6409 4.3 and RFC 4954 6: 530 without AUTH.
+// The envelope sender's domain must be one of the key's, as From's is.
+func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.key == nil {
+		s.srv.opts.Metrics.refused(refusedAuthRequired)
+		return errAuthRequired()
+	}
+	if s.from != "" {
+		return errBadSequence("MAIL", "a transaction is already open: RSET first") // RFC 5321 4.1.4
+	}
+	if from == "" {
+		// The relay needs a return path for bounces, and the key's
+		// domains cannot be checked against none.
+		s.srv.opts.Metrics.refused(refusedSenderDomain)
+		return errNullSender()
+	}
+	addr, err := mail.ParseAddress(from)
+	if err != nil {
+		s.srv.opts.Metrics.refused(refusedBadAddress)
+		return errBadSender(err)
+	}
+	if d := addr.Domain(); !slices.Contains(s.key.Domains, d) {
+		s.srv.opts.Metrics.refused(refusedSenderDomain)
+		s.log(s.key).Info("smtp sender refused", slog.String("mail_from_domain", d))
+		return errSenderNotAllowed("MAIL FROM", d, s.key.Domains)
+	}
+	s.from, s.rcpts, s.size = addr.Addr, nil, 0
+	if opts != nil {
+		s.size = opts.Size
+	}
+	s.tc.busy.Store(true)
+	return nil
+}
+
+// Rcpt adds a recipient; go-smtp has counted them against MaxRecipients.
+// Any destination is fine: the client is authenticated (RFC 6409 4.3).
+func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	addr, err := mail.ParseAddress(to)
+	if err != nil {
+		s.srv.opts.Metrics.refused(refusedBadAddress)
+		return errBadRecipient(err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.rcpts = append(s.rcpts, addr.Addr)
+	return nil
+}
+
+// Data reads the message and hands it to intake. go-smtp has undone
+// dot-stuffing and holds the message to MaxMessageBytes (552 5.3.4).
+func (s *session) Data(r io.Reader) error {
+	// RFC 5321 4.5.3.2.6: the whole message within DataTimeout, rather
+	// than the one command read's deadline go-smtp left in place.
+	_ = s.conn.Conn().SetReadDeadline(time.Now().Add(s.srv.opts.DataTimeout))
+	s.mu.Lock()
+	key, from, rcpts, size := s.key, s.from, slices.Clone(s.rcpts), s.size
+	s.mu.Unlock()
+
+	var buf bytes.Buffer
+	if size > 0 {
+		buf.Grow(int(min(size, s.srv.opts.MaxMessageBytes)))
+	}
+	if _, err := buf.ReadFrom(r); err != nil {
+		if errors.Is(err, smtp.ErrDataTooLarge) {
+			s.srv.opts.Metrics.refused(refusedTooLarge)
+			return errTooLarge(s.srv.opts.MaxMessageBytes)
+		}
+		s.log(key).Info("smtp message not read", slog.Any("error", err))
+		return errReadAborted()
+	}
+	if key == nil || from == "" || len(rcpts) == 0 {
+		// go-smtp allows DATA only after MAIL and RCPT, and MAIL needs AUTH.
+		return errBadSequence("DATA", "MAIL and RCPT must come first")
+	}
+
+	// TODO(RFC 5321 4.4): prepend a Received field ("with ESMTPSA", RFC
+	// 3848), without the client's address, as most MSAs keep it private.
+	msg, err := mail.ParseRaw(buf.Bytes(), rcpts, mail.BuildOptions{
+		Hostname:      s.srv.opts.Hostname,
+		MaxRecipients: s.srv.opts.MaxRecipients,
+	})
+	var fe mail.FieldErrors
+	switch {
+	case errors.As(err, &fe) && len(fe) > 0:
+		s.srv.opts.Metrics.refused(refusedInvalidMessage)
+		return errInvalidMessage(fe[0].Detail)
+	case err != nil:
+		s.log(key).Error("smtp message: prepare", slog.Any("error", err))
+		return errUnavailable()
+	}
+	// The envelope sender is MAIL FROM, not the From or Sender header
+	// ParseRaw chose: bounces go where the client said (RFC 5321 4.1.1.2).
+	msg.Sender = from
+	msg.NeedsUTF8 = msg.NeedsUTF8 || !isASCII(from)
+	if err := s.checkSenders(key, msg); err != nil {
+		return err
+	}
+
+	sub := intake.Submission{TenantID: key.TenantID, APIKeyID: key.ID, Ingress: "smtp", Message: msg}
+	receipt, err := s.srv.opts.Intake.NewReceipt(sub)
+	if err != nil {
+		s.log(key).Error("smtp message: new receipt", slog.Any("error", err))
+		return errUnavailable()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.srv.opts.OpTimeout)
+	defer cancel()
+	if err := s.srv.opts.Intake.Submit(ctx, receipt, sub); err != nil {
+		s.srv.opts.Metrics.refused(refusedUnavailable)
+		level := slog.LevelWarn
+		if !errors.Is(err, intake.ErrUnavailable) {
+			level = slog.LevelError
+		}
+		s.log(key).LogAttrs(ctx, level, "smtp message not accepted", slog.String("message_id", receipt.ID.String()), slog.Any("error", err))
+		return errUnavailable()
+	}
+	return errQueued(receipt.ID.String())
+}
+
+// checkSenders applies the API's rule: every domain the message claims to
+// come from (From, Sender, Resent-From, Resent-Sender, MAIL FROM) must be
+// one of the key's, or Mailferry would relay for other people's domains.
+func (s *session) checkSenders(key *store.APIKey, msg *mail.Message) error {
+	for _, d := range msg.SenderDomains() {
+		if slices.Contains(key.Domains, d) {
+			continue
+		}
+		s.srv.opts.Metrics.refused(refusedSenderDomain)
+		s.log(key).Info("smtp sender refused", slog.String("header_domain", d))
+		return errSenderNotAllowed(senderField(msg, d), d, key.Domains)
+	}
+	return nil
+}
+
+// senderField names the header a refused sender domain came from, for the
+// reply. MAIL FROM was checked at MAIL, so it is none of those.
+func senderField(msg *mail.Message, domain string) string {
+	for _, a := range msg.From {
+		if strings.EqualFold(a.Domain(), domain) {
+			return "From header"
+		}
+	}
+	if msg.SenderHeader != "" && strings.EqualFold(domainOf(msg.SenderHeader), domain) {
+		return "Sender header"
+	}
+	return "Resent-From or Resent-Sender header"
+}
+
+// Reset ends the transaction (RSET, after DATA, a new EHLO); the login
+// stays.
+func (s *session) Reset() {
+	s.mu.Lock()
+	s.from, s.rcpts, s.size = "", nil, 0
+	s.mu.Unlock()
+	s.tc.busy.Store(false)
+}
+
+// Logout is called when the connection closes or STARTTLS replaces the
+// session.
+func (s *session) Logout() error {
+	s.tc.busy.Store(false)
+	return nil
+}
+
+func domainOf(addr string) string { return addr[strings.LastIndexByte(addr, '@')+1:] }
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
