@@ -9,7 +9,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 GOBIN       := $(shell $(GO) env GOPATH)/bin
 RUN_DIR     ?= .run
 
-.PHONY: all build deps test vet fmt-check lint run stop clean demo-test vuln fuzz
+.PHONY: all build deps test vet fmt-check lint run stop clean demo-test vuln fuzz reliability
 
 all: build
 
@@ -36,6 +36,12 @@ lint: fmt-check vet
 test: deps lint
 	$(GO) run ./internal/cmd/devstack -- $(GO) test -race -count=1 -timeout 20m ./...
 	$(MAKE) fuzz FUZZTIME=5s
+
+# reliability runs the fault tests (kill -9, SIGTERM, Redis data loss, a
+# PostgreSQL restart) at full size: thousands of messages and a 60-second
+# outage, about five minutes. `make test` runs them small.
+reliability: deps
+	MAILFERRY_RELIABILITY=1 $(GO) test -race -count=1 -v -timeout 40m ./reliability
 
 # fuzz runs every fuzz target (scripts/fuzz.sh) for FUZZTIME each against
 # throwaway Redis and PostgreSQL; a failing input lands in

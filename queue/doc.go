@@ -5,9 +5,12 @@
 // PostgreSQL is the system of record. Redis holds only Jobs — a message ID,
 // a recipient domain and an attempt number — never message content,
 // recipients or delivery results. Losing Redis therefore loses no mail:
-// `mailferry requeue` rebuilds the work list from PostgreSQL, and a Queue
-// recreates its consumer group when it finds it gone, so workers carry on
-// after a flush or a failover to an empty replica.
+// `mailferry requeue` and the scheduler's reconciler rebuild the work list
+// from PostgreSQL (Intact tells them when; Jobs lets them see what is
+// already there), and a Queue recreates its consumer group when it finds
+// it gone, so workers carry on after a flush or a failover to an empty
+// replica. Run Redis with maxmemory-policy noeviction: an evicted job is a
+// late delivery, an evicted marker a needless full requeue.
 //
 // Keys, per shard N (0 ≤ N < Options.Shards):
 //
@@ -15,6 +18,9 @@
 //	                         holding the encoded Job; consumer group Options.Group
 //	<Prefix>:{qN}:scheduled  sorted set: jobs due later; member the encoded Job,
 //	                         score its not-before time in unix milliseconds
+//	<Prefix>:{qN}:intact     string: set by MarkIntact once the queue was
+//	                         rebuilt from PostgreSQL; its absence (Intact) says
+//	                         Redis lost data since
 //
 // A Job is encoded as "<attempt> <domain> <message id>", e.g.
 // "0 example.net 0193c7e0-…": a queued job costs about 75 bytes of Redis

@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"errors"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -53,6 +54,7 @@ func dialog(hangAt string, at func(c *testmx.PeerConn)) func(c *testmx.PeerConn)
 // configured timeout — never a hang, a crash or unbounded memory.
 func TestOddPeers(t *testing.T) {
 	const step = 300 * time.Millisecond
+	goroutines, heap := baseline()
 	endless := func(prefix string) func(c *testmx.PeerConn) {
 		return func(c *testmx.PeerConn) {
 			line := prefix + strings.Repeat("x", 70)
@@ -123,6 +125,28 @@ func TestOddPeers(t *testing.T) {
 			waitClosed(t, peer.Connections)
 		})
 	}
+	// Hostile peers leave nothing behind: goroutines and live heap return
+	// to where they were (an endless reply must not have been buffered).
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		g, h := baseline()
+		if g <= goroutines && h <= heap+4<<20 {
+			t.Logf("after the hostile peers: goroutines %d (baseline %d), heap %d KiB (baseline %d KiB)", g, goroutines, h>>10, heap>>10)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("goroutines %d (baseline %d), heap %d KiB (baseline %d KiB)", g, goroutines, h>>10, heap>>10)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// baseline is the goroutine count and the live heap after a collection.
+func baseline() (int, uint64) {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return runtime.NumGoroutine(), m.HeapAlloc
 }
 
 // TestDeliverCancel: cancelling the context stops a session stuck on a

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 
@@ -21,7 +22,8 @@ import (
 type Ledger interface {
 	LoadDelivery(ctx context.Context, id uuid.UUID, domain string) (*store.Delivery, error)
 	SaveSignature(ctx context.Context, id uuid.UUID, header string) (string, error)
-	MarkAttempting(ctx context.Context, id uuid.UUID, idxs []int, next time.Time) error
+	TakeLease(ctx context.Context, id uuid.UUID, idxs []int, l store.Lease) ([]int, error)
+	RenewLease(ctx context.Context, id uuid.UUID, idxs []int, owner string, d time.Duration) (int, error)
 	RecordOutcomes(ctx context.Context, id uuid.UUID, outs []store.Outcome) (bool, error)
 	ActiveDKIMKeys(ctx context.Context, domain string) ([]store.DKIMKey, error)
 }
@@ -60,11 +62,19 @@ type WorkerOptions struct {
 	// MaxQueueAge: a recipient still deferred this long after acceptance
 	// (or send_at) bounces as expired (MAILFERRY_MAX_QUEUE_AGE).
 	MaxQueueAge time.Duration
-	// Heartbeat is how often a held job's lease is renewed; it must be well
-	// under the queue's visibility timeout. Default 1m.
+	// Heartbeat is how often a held job's lease and its recipients' lease
+	// are renewed; it must be well under the queue's visibility timeout.
+	// Default 1m.
 	Heartbeat time.Duration
-	// ShutdownGrace is how long deliveries in flight may finish once Run's
-	// context ends; default 30s. Unfinished ones are deferred and requeued.
+	// Lease is how long the recipients of an attempt stay reserved to it in
+	// the ledger without a heartbeat; default 3×Heartbeat. It must exceed
+	// Heartbeat, and should stay under the queue's visibility timeout: then
+	// whatever copy of a job comes after a worker died holding it finds
+	// the recipients free.
+	Lease time.Duration
+	// ShutdownGrace is how long deliveries in flight may finish, and their
+	// outcomes be recorded, once Run's context ends; default 30s.
+	// Unfinished ones are left to be reclaimed.
 	ShutdownGrace time.Duration
 	// PromoteEvery is how often due retries are moved to the ready queue;
 	// default 250ms.
@@ -80,6 +90,9 @@ type WorkerOptions struct {
 type Worker struct {
 	opts    WorkerOptions
 	domains *domainSlots
+	// ledger pauses claiming while PostgreSQL fails: jobs claimed then
+	// could only be put back.
+	ledger backoff
 }
 
 // NewWorker checks opts.
@@ -108,6 +121,12 @@ func NewWorker(opts WorkerOptions) (*Worker, error) {
 	}
 	if opts.Heartbeat <= 0 {
 		opts.Heartbeat = time.Minute
+	}
+	if opts.Lease <= 0 {
+		opts.Lease = 3 * opts.Heartbeat
+	}
+	if opts.Lease <= opts.Heartbeat {
+		return nil, fmt.Errorf("relay worker: Lease %v must exceed Heartbeat %v", opts.Lease, opts.Heartbeat)
 	}
 	if opts.ShutdownGrace <= 0 {
 		opts.ShutdownGrace = 30 * time.Second
@@ -149,6 +168,13 @@ func (w *Worker) Run(ctx context.Context) error {
 	}()
 	backoff := time.Duration(0)
 	for {
+		if wait := w.ledger.wait(w.opts.Now()); wait > 0 {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(wait):
+			}
+		}
 		select {
 		case slots <- struct{}{}:
 		case <-ctx.Done():
@@ -217,8 +243,19 @@ func (w *Worker) promoteLoop(ctx context.Context) {
 	}
 }
 
+// dueSlack lets a job run this much before its recipients' next attempt
+// time: the queue keeps milliseconds, the ledger microseconds, and worker
+// clocks differ a little.
+const dueSlack = time.Second
+
 // process handles one job. It never returns an error: every path ends in
-// Ack, Retry, or (if Redis is down) a lease that expires and is reclaimed.
+// Ack, Retry, or (if Redis or PostgreSQL is down) a lease that expires and
+// is reclaimed.
+//
+// Redis may hold a job twice (a requeue, a reclaim): the recipients' lease
+// in the ledger makes sure only one copy attempts them. A copy that finds
+// them leased to another entry drops out, since the holder acks or retries
+// them itself; a copy that comes before they are due is put off until then.
 func (w *Worker) process(ctx context.Context, c queue.Claimed) {
 	log := w.opts.Logger.With(slog.String("message_id", c.Job.MessageID), slog.String("rcpt_domain", c.Job.Domain))
 	id, err := uuid.Parse(c.Job.MessageID)
@@ -228,75 +265,156 @@ func (w *Worker) process(ctx context.Context, c queue.Claimed) {
 		return
 	}
 	d, err := w.opts.Ledger.LoadDelivery(ctx, id, c.Job.Domain)
+	if err == nil {
+		w.ledger.ok()
+	}
+	now := w.opts.Now()
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		// An accept that was undone after Redis took the job.
 		w.ack(ctx, log, c)
 		return
 	case err != nil:
-		log.Warn("load message; retrying soon", "error", err)
-		w.retry(ctx, log, c, w.opts.Now().Add(w.opts.Jitter(30*time.Second)))
+		w.ledgerDown(ctx, log, c, "load message", err)
 		return
 	case len(d.Recipients) == 0:
 		w.ack(ctx, log, c) // done earlier (a reclaimed or repeated job)
 		return
-	case d.SendAt != nil && d.SendAt.After(w.opts.Now()):
+	case d.SendAt != nil && d.SendAt.After(now):
 		w.retry(ctx, log, c, *d.SendAt)
+		return
+	}
+	due, later := dueRecipients(d.Recipients, now.Add(dueSlack))
+	if len(due) == 0 {
+		// Early: a repeated job, or one reclaimed from a worker that died
+		// after setting the next attempt. Come back when it is due.
+		w.retry(ctx, log, c, later)
 		return
 	}
 	if !w.domains.acquire(c.Job.Domain) {
 		// The domain has its share of connections; come back shortly
 		// rather than hold a worker.
-		w.retry(ctx, log, c, w.opts.Now().Add(w.opts.Jitter(2*time.Second)))
+		w.retry(ctx, log, c, now.Add(w.opts.Jitter(2*time.Second)))
 		return
 	}
 	defer w.domains.release(c.Job.Domain)
-	stopBeat := w.heartbeat(ctx, log, c)
-	defer stopBeat()
 
-	outs, next := w.deliver(ctx, log, d, c.Job.Domain)
-	if outs == nil {
-		w.retry(ctx, log, c, next)
+	expiry := d.CreatedAt.Add(w.opts.MaxQueueAge)
+	if d.SendAt != nil && d.SendAt.After(d.CreatedAt) {
+		expiry = d.SendAt.Add(w.opts.MaxQueueAge)
+	}
+	fewest := due[0].Attempts
+	idxs := make([]int, len(due))
+	for i, r := range due {
+		idxs[i] = r.Idx
+		fewest = min(fewest, r.Attempts)
+	}
+	// Set the retry time before dialling (a crash mid-delivery then shows
+	// when the retry is due), and reserve the recipients for this entry; if
+	// the ledger is down, do not dial at all.
+	next := w.nextAttempt(now, fewest+1, expiry)
+	taken, err := w.opts.Ledger.TakeLease(ctx, id, idxs, store.Lease{Owner: c.ID, For: w.opts.Lease, Next: next, DueBy: now.Add(dueSlack)})
+	if err != nil {
+		w.ledgerDown(ctx, log, c, "lease recipients", err)
 		return
 	}
+	if len(taken) == 0 {
+		// Another entry for this message and domain holds them (or just
+		// finished them): it acks or retries them itself.
+		log.Info("recipients leased by another job; dropping this copy")
+		w.ack(ctx, log, c)
+		return
+	}
+	due = keep(due, taken)
+	stopBeat := w.heartbeat(ctx, log, c, id, taken)
+	defer stopBeat()
+
+	outs := w.deliver(ctx, log, d, c.Job.Domain, due, expiry)
 	if !w.record(ctx, log, id, outs) {
-		// Not recorded: keep the job; its lease lapses and another worker
-		// (or this one) tries again once the ledger is back.
+		// Not recorded before shutdown: keep the job; its lease lapses and
+		// another worker takes it over.
 		return
 	}
 	for _, o := range outs {
 		if o.Attempt.Outcome == store.RecipientDeferred {
-			w.retry(ctx, log, c, next)
+			w.retry(ctx, log, c, earliestRetry(outs, next))
 			return
 		}
 	}
 	w.ack(ctx, log, c)
 }
 
-// deliver runs one attempt for the pending recipients of d in domain. It
-// returns their outcomes and when to retry the deferred ones; nil outcomes
-// mean nothing was attempted (retry at next).
-func (w *Worker) deliver(ctx context.Context, log *slog.Logger, d *store.Delivery, domain string) ([]store.Outcome, time.Time) {
-	now := w.opts.Now()
-	expiry := d.CreatedAt.Add(w.opts.MaxQueueAge)
-	if d.SendAt != nil && d.SendAt.After(d.CreatedAt) {
-		expiry = d.SendAt.Add(w.opts.MaxQueueAge)
+// ledgerDown puts a job back for a few seconds when the ledger failed
+// before anything was sent, and slows claiming until it answers again.
+func (w *Worker) ledgerDown(ctx context.Context, log *slog.Logger, c queue.Claimed, op string, err error) {
+	log.Warn(op+"; retrying soon", "error", err)
+	w.ledger.fail(w.opts.Now())
+	w.retry(ctx, log, c, w.opts.Now().Add(w.opts.Jitter(5*time.Second)))
+}
+
+// backoff is a pause that doubles with each failure, up to 2s, and ends
+// with a success: short enough that delivery resumes soon after the ledger
+// returns, long enough that a down ledger sees a few tries a second.
+type backoff struct {
+	mu    sync.Mutex
+	delay time.Duration
+	until time.Time
+}
+
+func (b *backoff) fail(now time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.delay = min(max(2*b.delay, 250*time.Millisecond), 2*time.Second)
+	b.until = now.Add(b.delay)
+}
+
+func (b *backoff) ok() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.delay, b.until = 0, time.Time{}
+}
+
+func (b *backoff) wait(now time.Time) time.Duration {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.until.Sub(now)
+}
+
+// dueRecipients splits rs into those due by t and the earliest next
+// attempt of the others.
+func dueRecipients(rs []store.PendingRecipient, t time.Time) (due []store.PendingRecipient, later time.Time) {
+	for _, r := range rs {
+		switch {
+		case r.NextAttemptAt == nil || !r.NextAttemptAt.After(t):
+			due = append(due, r)
+		case later.IsZero() || r.NextAttemptAt.Before(later):
+			later = *r.NextAttemptAt
+		}
 	}
-	fewest := d.Recipients[0].Attempts
-	idxs := make([]int, len(d.Recipients))
-	to := make([]string, len(d.Recipients))
-	for i, r := range d.Recipients {
-		idxs[i], to[i] = r.Idx, r.Email
+	return due, later
+}
+
+// keep returns the recipients of rs whose index is in idxs.
+func keep(rs []store.PendingRecipient, idxs []int) []store.PendingRecipient {
+	var out []store.PendingRecipient
+	for _, r := range rs {
+		if slices.Contains(idxs, r.Idx) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// deliver runs one attempt for rcpts, the recipients of d in domain that
+// this worker leased, and returns their outcomes.
+func (w *Worker) deliver(ctx context.Context, log *slog.Logger, d *store.Delivery, domain string, rcpts []store.PendingRecipient, expiry time.Time) []store.Outcome {
+	now := w.opts.Now()
+	to := make([]string, len(rcpts))
+	fewest := rcpts[0].Attempts
+	for i, r := range rcpts {
+		to[i] = r.Email
 		fewest = min(fewest, r.Attempts)
 	}
-	next := w.nextAttempt(now, fewest+1, expiry)
-	// Set the retry time before dialling (a crash mid-delivery then shows
-	// when the retry is due); if the ledger is down, do not dial at all.
-	if err := w.opts.Ledger.MarkAttempting(ctx, d.ID, idxs, next); err != nil {
-		log.Warn("mark attempting; retrying soon", "error", err)
-		return nil, now.Add(w.opts.Jitter(30 * time.Second))
-	}
-
 	var att Attempt
 	header, err := w.signature(ctx, d)
 	if err != nil {
@@ -314,8 +432,8 @@ func (w *Worker) deliver(ctx context.Context, log *slog.Logger, d *store.Deliver
 	w.opts.Metrics.attempt(att)
 
 	done := w.opts.Now()
-	outs := make([]store.Outcome, len(d.Recipients))
-	for i, r := range d.Recipients {
+	outs := make([]store.Outcome, len(rcpts))
+	for i, r := range rcpts {
 		res := att.Results[i]
 		a := store.Attempt{
 			Recipient: r.Idx, Attempt: r.Attempts + 1, StartedAt: att.Started, Duration: att.Duration,
@@ -347,7 +465,7 @@ func (w *Worker) deliver(ctx context.Context, log *slog.Logger, d *store.Deliver
 	log.LogAttrs(ctx, slog.LevelInfo, "delivery attempt",
 		slog.String("mx", att.Host), slog.Int("attempt", fewest+1), slog.Int("recipients", len(outs)),
 		slog.Any("results", summarize(outs)), slog.Duration("duration", att.Duration))
-	return outs, earliestRetry(outs, next)
+	return outs
 }
 
 // nextAttempt is when attempt n+1 is due after attempt n fails, never past
@@ -409,31 +527,43 @@ func (w *Worker) signature(ctx context.Context, d *store.Delivery) (string, erro
 
 // record writes outcomes, retrying while the ledger is unreachable: the
 // SMTP work is done and must not be lost or repeated for want of a write.
+// The outcomes wait in memory, the heartbeat keeps the job and the
+// recipients reserved, and the write is tried until it succeeds or ctx ends
+// (the end of the shutdown grace), so a PostgreSQL restart costs nothing.
 func (w *Worker) record(ctx context.Context, log *slog.Logger, id uuid.UUID, outs []store.Outcome) bool {
 	delay := 200 * time.Millisecond
 	for attempt := 1; ; attempt++ {
+		// Even after ctx ends each try gets its time: one last try is made.
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		_, err := w.opts.Ledger.RecordOutcomes(rctx, id, outs)
 		cancel()
 		if err == nil {
+			if attempt > 1 {
+				log.Info("recorded outcomes once the ledger answered", "tries", attempt)
+			}
 			return true
 		}
-		if ctx.Err() != nil || attempt >= 8 {
-			log.Error("record outcomes", "error", err, "tries", attempt)
+		if ctx.Err() != nil {
+			log.Error("outcomes not recorded before shutdown; these recipients will be attempted again",
+				"error", err, "tries", attempt, "results", summarize(outs))
 			return false
 		}
-		log.Warn("record outcomes; retrying", "error", err, "tries", attempt)
+		if attempt == 1 || attempt%10 == 0 {
+			log.Warn("record outcomes; keeping them and retrying", "error", err, "tries", attempt)
+		}
 		select {
 		case <-ctx.Done():
 		case <-time.After(delay):
 		}
-		delay = min(2*delay, 5*time.Second)
+		delay = min(2*delay, 2*time.Second)
 	}
 }
 
-// heartbeat renews the job's lease while it is delivered, so a slow but
-// alive delivery is not handed to a second worker.
-func (w *Worker) heartbeat(ctx context.Context, log *slog.Logger, c queue.Claimed) (stop func()) {
+// heartbeat renews the job's lease in the queue and the recipients' lease
+// in the ledger while they are delivered and recorded, so a slow but alive
+// delivery is not handed to a second worker. Either store may be down for
+// a while: each renewal that fails is logged and tried again next beat.
+func (w *Worker) heartbeat(ctx context.Context, log *slog.Logger, c queue.Claimed, id uuid.UUID, idxs []int) (stop func()) {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -450,6 +580,11 @@ func (w *Worker) heartbeat(ctx context.Context, log *slog.Logger, c queue.Claime
 			case <-t.C:
 				if err := w.opts.Queue.Extend(ctx, c); err != nil {
 					log.Warn("extend job lease", "error", err)
+				}
+				if n, err := w.opts.Ledger.RenewLease(ctx, id, idxs, c.ID, w.opts.Lease); err != nil {
+					log.Warn("renew recipient lease", "error", err)
+				} else if n < len(idxs) {
+					log.Debug("recipient lease renewed for fewer recipients", "held", n, "leased", len(idxs))
 				}
 			}
 		}

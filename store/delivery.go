@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/google/uuid"
@@ -32,21 +33,35 @@ type PendingRecipient struct {
 	Idx      int
 	Email    string
 	Attempts int // attempts made so far
+	// NextAttemptAt is when the recipient is due; nil means now.
+	NextAttemptAt *time.Time
 }
 
 const (
 	selectDelivery = `SELECT tenant_id, message_id, mail_from, from_header, body, dkim_header, needs_8bit, needs_smtputf8, created_at, send_at
 FROM messages WHERE id = $1`
-	selectPending = `SELECT idx, email, attempts FROM recipients
+	selectPending = `SELECT idx, email, attempts, next_attempt_at FROM recipients
 WHERE message_id = $1 AND domain = $2 AND status IN ('queued', 'deferred') ORDER BY idx`
 	saveSignature = `UPDATE messages SET dkim_header = $2 WHERE id = $1 AND dkim_header IS NULL`
 	readSignature = `SELECT dkim_header FROM messages WHERE id = $1`
-	markAttempt   = `UPDATE recipients SET next_attempt_at = $3, updated_at = now()
-WHERE message_id = $1 AND idx = ANY($2) AND status IN ('queued', 'deferred')`
+	// takeLease takes the due recipients nobody else is attempting. A lease
+	// held under the same owner is taken over: that is the same queue entry,
+	// reclaimed from a worker that went silent. Under READ COMMITTED a
+	// concurrent taker waits for the row and re-checks these conditions on
+	// the version the first one wrote, so only one of them gets it.
+	takeLease = `UPDATE recipients SET next_attempt_at = $3, lease_owner = $4,
+	lease_until = now() + $5::bigint * interval '1 microsecond', updated_at = now()
+WHERE message_id = $1 AND idx = ANY($2) AND status IN ('queued', 'deferred')
+AND (lease_owner IS NULL OR lease_owner = $4 OR lease_until < now())
+AND (next_attempt_at IS NULL OR next_attempt_at <= $6)
+RETURNING idx`
+	renewLease = `UPDATE recipients SET lease_until = now() + $4::bigint * interval '1 microsecond'
+WHERE message_id = $1 AND idx = ANY($2) AND lease_owner = $3 AND status IN ('queued', 'deferred')`
 	updateRecipients = `UPDATE recipients r SET
 	status = u.status, attempts = r.attempts + 1, last_attempt_at = u.started_at,
 	next_attempt_at = u.next_at, smtp_code = u.code, enhanced_code = u.enhanced,
-	response = u.response, mx_host = u.mx_host, tls_version = u.tls_version, updated_at = now()
+	response = u.response, mx_host = u.mx_host, tls_version = u.tls_version, updated_at = now(),
+	lease_owner = NULL, lease_until = NULL
 FROM unnest($2::smallint[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::int[], $7::text[], $8::text[], $9::text[], $10::text[])
 	AS u(idx, status, started_at, next_at, code, enhanced, response, mx_host, tls_version)
 WHERE r.message_id = $1 AND r.idx = u.idx AND r.status IN ('queued', 'deferred')`
@@ -72,7 +87,7 @@ func (s *Store) LoadDelivery(ctx context.Context, id uuid.UUID, domain string) (
 		for rows.Next() {
 			var r PendingRecipient
 			var idx int16
-			if err := rows.Scan(&idx, &r.Email, &r.Attempts); err != nil {
+			if err := rows.Scan(&idx, &r.Email, &r.Attempts, &r.NextAttemptAt); err != nil {
 				return err
 			}
 			r.Idx = int(idx)
@@ -120,14 +135,55 @@ func (s *Store) SaveSignature(ctx context.Context, id uuid.UUID, header string) 
 	return *stored, nil
 }
 
-// MarkAttempting moves the recipients' next attempt time forward before a
-// worker dials, so that a crash mid-delivery shows when the retry is due
-// and requeue does not pick them up as if never tried.
-func (s *Store) MarkAttempting(ctx context.Context, id uuid.UUID, idxs []int, next time.Time) error {
-	if _, err := s.pool.Exec(ctx, markAttempt, id, toInt16(idxs), next); err != nil {
-		return fmt.Errorf("mark attempting %s: %w", id, err)
+// Lease asks for the recipients a worker is about to attempt.
+type Lease struct {
+	// Owner names the holder: the queue entry id of the job, so that the
+	// same entry reclaimed by another worker takes the lease over.
+	Owner string
+	// For is how long the lease holds unless renewed (RenewLease).
+	For time.Duration
+	// Next is the recipients' next attempt time should this one never be
+	// recorded (a crash mid-delivery), set before dialling.
+	Next time.Time
+	// DueBy: recipients due later than this are not taken (the job is early
+	// or a duplicate; their own job comes at their time).
+	DueBy time.Time
+}
+
+// TakeLease takes a lease on those of the recipients idxs that are still
+// pending, due by l.DueBy and not leased by another owner, and moves their
+// next attempt to l.Next. It returns the indexes taken: only those may be
+// attempted. Two workers holding the same job get disjoint sets, so no
+// recipient is in two SMTP transactions at once.
+func (s *Store) TakeLease(ctx context.Context, id uuid.UUID, idxs []int, l Lease) ([]int, error) {
+	if l.Owner == "" || l.For <= 0 {
+		return nil, fmt.Errorf("take lease %s: an owner and a positive duration are required", id)
 	}
-	return nil
+	rows, err := s.pool.Query(ctx, takeLease, id, toInt16(idxs), l.Next, l.Owner, l.For.Microseconds(), l.DueBy)
+	if err != nil {
+		return nil, fmt.Errorf("take lease %s: %w", id, err)
+	}
+	taken, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (int, error) {
+		var idx int16
+		err := row.Scan(&idx)
+		return int(idx), err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("take lease %s: %w", id, err)
+	}
+	slices.Sort(taken)
+	return taken, nil
+}
+
+// RenewLease extends owner's lease on the recipients for d more and
+// returns how many it still holds: fewer than len(idxs) means others were
+// recorded or, after the lease lapsed, taken by another owner.
+func (s *Store) RenewLease(ctx context.Context, id uuid.UUID, idxs []int, owner string, d time.Duration) (int, error) {
+	tag, err := s.pool.Exec(ctx, renewLease, id, toInt16(idxs), owner, d.Microseconds())
+	if err != nil {
+		return 0, fmt.Errorf("renew lease %s: %w", id, err)
+	}
+	return int(tag.RowsAffected()), nil
 }
 
 // Outcome is the result of one attempt for one recipient.
@@ -137,9 +193,10 @@ type Outcome struct {
 }
 
 // RecordOutcomes writes the attempts and the recipients' new state in one
-// transaction, and drops the body when no recipient is left pending. It
-// reports whether the message is now complete. Recording is safe to
-// repeat: recipients already final are not changed.
+// transaction, frees the recipients' lease, and drops the body when no
+// recipient is left pending. It reports whether the message is now
+// complete. Recording is safe to repeat: recipients already final are not
+// changed.
 func (s *Store) RecordOutcomes(ctx context.Context, id uuid.UUID, outs []Outcome) (complete bool, err error) {
 	if len(outs) == 0 {
 		return false, nil

@@ -2,6 +2,7 @@ package store
 
 import (
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -40,8 +41,9 @@ func TestDeliveryLifecycle(t *testing.T) {
 	}
 
 	next := time.Now().Add(time.Hour).Truncate(time.Microsecond)
-	if err := s.MarkAttempting(t.Context(), m.ID, []int{0, 2}, next); err != nil {
-		t.Fatal(err)
+	taken, err := s.TakeLease(t.Context(), m.ID, []int{0, 2}, Lease{Owner: "1-0", For: time.Minute, Next: next, DueBy: time.Now()})
+	if err != nil || len(taken) != 2 {
+		t.Fatalf("take lease: %v %v", taken, err)
 	}
 	now := time.Now().Truncate(time.Microsecond)
 	retry := now.Add(5 * time.Minute)
@@ -65,6 +67,9 @@ func TestDeliveryLifecycle(t *testing.T) {
 	}
 	if r2.Status != RecipientDeferred || r2.NextAttemptAt == nil || !r2.NextAttemptAt.Equal(retry) || *r2.EnhancedCode != "4.7.1" {
 		t.Errorf("recipient 2: %+v", r2)
+	}
+	if n := count(t, s, "SELECT count(*) FROM recipients WHERE message_id = $1 AND lease_owner IS NOT NULL", m.ID); n != 0 {
+		t.Errorf("%d leases left after recording", n)
 	}
 	// Recording again (a reclaimed job) leaves final recipients alone.
 	if _, err := s.RecordOutcomes(t.Context(), m.ID, outs[:1]); err != nil {
@@ -155,5 +160,154 @@ func TestDKIMKeys(t *testing.T) {
 	all, err := s.ListDKIMKeys(t.Context())
 	if err != nil || len(all) != 3 {
 		t.Errorf("list: %d %v", len(all), err)
+	}
+}
+
+// TestLease: a recipient is in at most one attempt at a time. The lease
+// goes to one of many concurrent takers, the same owner may take it over
+// (its job reclaimed), another owner only once it lapses, and recipients
+// not yet due are not taken at all.
+func TestLease(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	k := newTenant(t, s, "acme")
+	m := testMessage(k, 2) // user0@dest0, user1@dest1
+	if err := s.AcceptBatch(t.Context(), []NewMessage{m}); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	lease := func(owner string, d time.Duration) Lease {
+		return Lease{Owner: owner, For: d, Next: now.Add(time.Minute), DueBy: now.Add(time.Second)}
+	}
+
+	// Sixteen workers holding copies of one job: exactly one wins. (Their
+	// DueBy lies past the Next the winner sets, so the lease alone decides.)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	winners := 0
+	for i := range 16 {
+		wg.Go(func() {
+			l := lease(fmt.Sprintf("%d-0", i), time.Minute)
+			l.DueBy = now.Add(2 * time.Minute)
+			taken, err := s.TakeLease(t.Context(), m.ID, []int{0}, l)
+			if err != nil {
+				t.Error(err)
+			}
+			mu.Lock()
+			winners += len(taken)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	if winners != 1 {
+		t.Fatalf("%d workers took the lease on one recipient, want 1", winners)
+	}
+	owner := ""
+	if err := s.pool.QueryRow(t.Context(), "SELECT lease_owner FROM recipients WHERE message_id = $1 AND idx = 0", m.ID).Scan(&owner); err != nil {
+		t.Fatal(err)
+	}
+	// Its entry reclaimed by another worker: the same owner takes over.
+	if taken, err := s.TakeLease(t.Context(), m.ID, []int{0}, Lease{Owner: owner, For: time.Minute, Next: now.Add(time.Minute), DueBy: now.Add(2 * time.Minute)}); err != nil || len(taken) != 1 {
+		t.Errorf("same owner: %v %v", taken, err)
+	}
+	if n, err := s.RenewLease(t.Context(), m.ID, []int{0}, owner, time.Minute); err != nil || n != 1 {
+		t.Errorf("renew: %d %v", n, err)
+	}
+	if n, err := s.RenewLease(t.Context(), m.ID, []int{0}, "someone-else", time.Minute); err != nil || n != 0 {
+		t.Errorf("renew by another owner: %d %v", n, err)
+	}
+	// The lease moved the next attempt a minute ahead: once the lease
+	// lapses, a job due by now still does not get the recipient.
+	if _, err := s.RenewLease(t.Context(), m.ID, []int{0}, owner, time.Microsecond); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(5 * time.Millisecond)
+	if taken, err := s.TakeLease(t.Context(), m.ID, []int{0}, lease("late-0", time.Minute)); err != nil || len(taken) != 0 {
+		t.Errorf("took a recipient not yet due: %v %v", taken, err)
+	}
+	// Due and lapsed: free for anyone.
+	l := lease("late-0", time.Minute)
+	l.DueBy = now.Add(2 * time.Minute)
+	if taken, err := s.TakeLease(t.Context(), m.ID, []int{0}, l); err != nil || len(taken) != 1 {
+		t.Errorf("lapsed lease not taken: %v %v", taken, err)
+	}
+	if _, err := s.TakeLease(t.Context(), m.ID, []int{0}, Lease{For: time.Minute}); err == nil {
+		t.Errorf("lease without an owner accepted")
+	}
+}
+
+// TestPendingJobs: one job per message and domain with recipients still to
+// deliver, due at the earliest of them; final recipients and finished
+// messages give none. StaleJobs leaves out recent and leased ones.
+func TestPendingJobs(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	k := newTenant(t, s, "acme")
+	old := time.Now().Add(-time.Hour).Truncate(time.Microsecond)
+	a := testMessage(k, 4) // dest0: 0, 2; dest1: 1, 3
+	a.CreatedAt = old
+	b := testMessage(k, 1)
+	b.SendAt = time.Now().Add(time.Hour).Truncate(time.Microsecond)
+	done := testMessage(k, 1)
+	if err := s.AcceptBatch(t.Context(), []NewMessage{a, b, done}); err != nil {
+		t.Fatal(err)
+	}
+	retry := old.Add(30 * time.Minute)
+	if _, err := s.RecordOutcomes(t.Context(), a.ID, []Outcome{
+		{Attempt: Attempt{Recipient: 0, Attempt: 1, StartedAt: old, Outcome: RecipientDeferred}, NextAttemptAt: &retry},
+		{Attempt: Attempt{Recipient: 1, Attempt: 1, StartedAt: old, Outcome: RecipientDelivered}},
+		{Attempt: Attempt{Recipient: 3, Attempt: 1, StartedAt: old, Outcome: RecipientBounced}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.RecordOutcomes(t.Context(), done.ID, []Outcome{{Attempt: Attempt{Recipient: 0, Attempt: 1, StartedAt: old, Outcome: RecipientDelivered}}}); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]time.Time{}
+	err := s.PendingJobs(t.Context(), func(j PendingJob) error {
+		key := j.MessageID.String() + " " + j.Domain
+		if _, dup := got[key]; dup {
+			t.Errorf("job %s twice", key)
+		}
+		got[key] = j.Due
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]time.Time{
+		a.ID.String() + " dest0.example": old, // recipient 2 never tried: due at creation
+		b.ID.String() + " dest0.example": b.SendAt,
+	}
+	if len(got) != len(want) {
+		t.Fatalf("pending jobs %v, want %v", got, want)
+	}
+	for key, due := range want {
+		if !got[key].Equal(due) {
+			t.Errorf("%s due %v, want %v", key, got[key], due)
+		}
+	}
+	stop := errors.New("stop")
+	if err := s.PendingJobs(t.Context(), func(PendingJob) error { return stop }); !errors.Is(err, stop) {
+		t.Errorf("PendingJobs returned %v, want fn's error", err)
+	}
+
+	stale, err := s.StaleJobs(t.Context(), time.Now().Add(-time.Minute), 10)
+	if err != nil || len(stale) != 1 || stale[0].MessageID != a.ID || !stale[0].Due.Equal(old) {
+		t.Fatalf("stale jobs %+v %v, want only %s", stale, err, a.ID)
+	}
+	if _, err := s.TakeLease(t.Context(), a.ID, []int{2}, Lease{Owner: "1-0", For: time.Minute, Next: old, DueBy: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	// Recipient 0 (deferred to old+30m) is still stale and unleased.
+	stale, err = s.StaleJobs(t.Context(), time.Now().Add(-time.Minute), 10)
+	if err != nil || len(stale) != 1 || !stale[0].Due.Equal(retry) {
+		t.Errorf("with recipient 2 leased: %+v %v", stale, err)
+	}
+	if _, err := s.TakeLease(t.Context(), a.ID, []int{0}, Lease{Owner: "1-0", For: time.Minute, Next: old, DueBy: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if stale, err := s.StaleJobs(t.Context(), time.Now().Add(-time.Minute), 10); err != nil || len(stale) != 0 {
+		t.Errorf("leased jobs reported stale: %+v %v", stale, err)
 	}
 }

@@ -34,6 +34,7 @@ func commands() []command {
 		{"migrate", "apply database migrations", runMigrate},
 		{"keys", "create, list and revoke API keys", runKeys},
 		{"dkim", "create and list DKIM signing keys", runDKIM},
+		{"requeue", "rebuild the Redis queue from PostgreSQL", runRequeue},
 		{"version", "print version and build information", runVersion},
 	}
 }

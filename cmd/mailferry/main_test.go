@@ -149,7 +149,7 @@ func TestBadConfiguration(t *testing.T) {
 
 func TestHelpAndVersion(t *testing.T) {
 	c := &cli{t: t, bin: binary(t)}
-	for _, args := range [][]string{{"--help"}, {"serve", "--help"}, {"migrate", "--help"}, {"keys", "--help"}, {"keys", "create", "--help"}, {"version"}} {
+	for _, args := range [][]string{{"--help"}, {"serve", "--help"}, {"migrate", "--help"}, {"keys", "--help"}, {"keys", "create", "--help"}, {"requeue", "--help"}, {"version"}} {
 		stdout, stderr, err := c.run(args...)
 		if err != nil || stdout == "" {
 			t.Errorf("%v: %v stdout=%q stderr=%q", args, err, stdout, stderr)

@@ -67,7 +67,7 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	redis.SetLogger(redisLogger{log})
 	rdb := redis.NewClient(ropts)
 	defer rdb.Close()
-	q, err := queue.New(rdb, queue.Options{Shards: cfg.QueueShards, Consumer: consumerName(cfg)})
+	q, err := queue.New(rdb, queue.Options{Shards: cfg.QueueShards, Consumer: consumerName(cfg), VisibilityTimeout: cfg.VisibilityTimeout})
 	if err != nil {
 		return fmt.Errorf("queue: %w", err)
 	}
@@ -83,15 +83,20 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	errc := make(chan error, 4)
+	errc := make(chan error, 5)
 
 	if roles["scheduler"] {
 		sch, err := scheduler.New(scheduler.Options{Queue: q, Ledger: st, Logger: log.With("role", "scheduler")})
 		if err != nil {
 			return err
 		}
-		wg.Add(1)
+		rec, err := newReconciler(cfg, st, q, log.With("role", "scheduler"))
+		if err != nil {
+			return err
+		}
+		wg.Add(2)
 		go func() { defer wg.Done(); errc <- sch.Run(ctx) }()
+		go func() { defer wg.Done(); errc <- rec.Run(ctx) }()
 	}
 
 	if roles["worker"] {

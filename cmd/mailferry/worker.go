@@ -47,6 +47,10 @@ func newWorker(cfg config.Config, st *store.Store, q *queue.Queue, reg prometheu
 		Signer: dkim.NewSigner(dkim.SignOptions{}), Sealer: sealer,
 		Logger: log, Metrics: relay.NewMetrics(reg),
 		RetrySchedule: cfg.RetrySchedule, MaxQueueAge: cfg.MaxQueueAge,
+		// Renew leases five times per visibility timeout. The recipients'
+		// lease in the ledger lapses well before the queue hands a silent
+		// worker's job to another, which then finds them free.
+		Heartbeat: cfg.VisibilityTimeout / 5, Lease: cfg.VisibilityTimeout / 2,
 	})
 }
 

@@ -41,6 +41,10 @@ type SMTPOptions struct {
 	MaxSize int64
 	// Users, if set, offers AUTH PLAIN over TLS and requires it before MAIL.
 	Users map[string]string
+	// DataDelay holds the reply to each message's data this long after the
+	// message is recorded, like a server that scans mail before answering:
+	// a client that dies meanwhile leaves a message it never saw accepted.
+	DataDelay time.Duration
 }
 
 // Message is one message whose DATA the server read to the end.
@@ -281,6 +285,9 @@ func (s *session) Data(r io.Reader) error {
 		TLS: s.tls, TLSVersion: s.tlsVersion, Helo: s.c.Hostname(), User: s.user, Reply: reply,
 	})
 	s.b.s.mu.Unlock()
+	if d := s.b.opts.DataDelay; d > 0 {
+		time.Sleep(d)
+	}
 	return s.script(reply)
 }
 
