@@ -28,6 +28,9 @@ const (
 	// maxAddressInput bounds the work one ParseAddress call does; a longer
 	// mailbox is a display name nobody needs.
 	maxAddressInput = 2048
+	// maxNameLen bounds the display name so that its encoded form (RFC 2047
+	// can triple it) still fits maxAddressInput when read back.
+	maxNameLen = 320
 )
 
 // ParseAddress parses one mailbox: "alice@example.com", "Alice
@@ -45,6 +48,9 @@ func ParseAddress(s string) (Address, error) {
 	a, err := p.mailbox()
 	if err != nil {
 		return Address{}, err
+	}
+	if len(a.Name) > maxNameLen {
+		return Address{}, fmt.Errorf("invalid address: display name longer than %d octets", maxNameLen)
 	}
 	if !p.empty() {
 		if p.peek() == ',' {
