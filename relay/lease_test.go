@@ -37,7 +37,9 @@ func TestDuplicateJobsDeliverOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	wide := func(o *WorkerOptions) { o.PerDomain = 64 }
+	// A lease that lapses is, by design, a worker presumed dead; give it
+	// room so a loaded machine's late heartbeat is not mistaken for one.
+	wide := func(o *WorkerOptions) { o.PerDomain = 64; o.Heartbeat = time.Second; o.Lease = 5 * time.Second }
 	p.start("w1", wide)
 	p.start("w2", wide)
 	for _, id := range ids {
