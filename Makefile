@@ -9,7 +9,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 GOBIN       := $(shell $(GO) env GOPATH)/bin
 RUN_DIR     ?= .run
 
-.PHONY: all build deps test vet fmt-check lint run stop clean demo-test vuln fuzz reliability
+.PHONY: all build deps test vet fmt-check lint run stop clean demo-test vuln fuzz reliability bench
 
 all: build
 
@@ -79,6 +79,12 @@ demo-test: build
 	$(GO) vet -tags demo ./internal/demo
 	@mkdir -p $(DEMO_ARTIFACTS)
 	$(GO) test -tags demo -count=1 -timeout 15m -v -artifacts -outputdir $(abspath $(DEMO_ARTIFACTS)) ./internal/demo
+
+# bench starts the whole stack on loopback, drives it with its own load
+# generator and writes a report to bench/results/ (bench/README.md; add
+# BENCHFLAGS=-quick for a short run).
+bench: deps
+	$(GO) run ./bench/cmd/mfbench $(BENCHFLAGS)
 
 # vuln checks dependencies against the Go vulnerability database (needs
 # network access to it).
