@@ -52,10 +52,11 @@ func dkimKeygen(ctx context.Context, env *environment, args []string) error {
 	if *selector == "" {
 		*selector = defaultSelector(alg, time.Now())
 	}
-	cfg, err := env.config()
+	cfg, st, err := openStore(ctx, env)
 	if err != nil {
 		return err
 	}
+	defer st.Close()
 	sealer, err := dkim.NewSealer(cfg.SecretKey)
 	if err != nil {
 		return fmt.Errorf("MAILFERRY_SECRET_KEY: %w", err)
@@ -68,11 +69,6 @@ func dkimKeygen(ctx context.Context, env *environment, args []string) error {
 	if err != nil {
 		return fmt.Errorf("dkim keygen: seal private key: %w", err)
 	}
-	st, err := openStore(ctx, env)
-	if err != nil {
-		return err
-	}
-	defer st.Close()
 	if _, err := st.Migrate(ctx); err != nil {
 		return fmt.Errorf("migrate: %w", err)
 	}
@@ -117,7 +113,7 @@ func dkimList(ctx context.Context, env *environment, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	st, err := openStore(ctx, env)
+	_, st, err := openStore(ctx, env)
 	if err != nil {
 		return err
 	}

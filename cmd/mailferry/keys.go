@@ -8,6 +8,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/mailferry/mailferry/config"
 	"github.com/mailferry/mailferry/store"
 )
 
@@ -24,16 +25,18 @@ func runKeys(ctx context.Context, env *environment, args []string) error {
 	})
 }
 
-func openStore(ctx context.Context, env *environment) (*store.Store, error) {
+// openStore loads the configuration once and opens a small pool: every
+// operator command needs both.
+func openStore(ctx context.Context, env *environment) (config.Config, *store.Store, error) {
 	cfg, err := env.config()
 	if err != nil {
-		return nil, err
+		return cfg, nil, err
 	}
 	st, err := store.Open(ctx, store.Options{URL: cfg.DatabaseURL.String(), MaxConns: 2})
 	if err != nil {
-		return nil, fmt.Errorf("open database %s: %w", cfg.DatabaseURL.Redacted(), err)
+		return cfg, nil, fmt.Errorf("open database %s: %w", cfg.DatabaseURL.Redacted(), err)
 	}
-	return st, nil
+	return cfg, st, nil
 }
 
 func keysCreate(ctx context.Context, env *environment, args []string) error {
@@ -47,7 +50,7 @@ func keysCreate(ctx context.Context, env *environment, args []string) error {
 	if *tenant == "" || len(domains) == 0 {
 		return errors.New("keys create: --tenant and at least one --domain are required")
 	}
-	st, err := openStore(ctx, env)
+	_, st, err := openStore(ctx, env)
 	if err != nil {
 		return err
 	}
@@ -66,7 +69,7 @@ func keysList(ctx context.Context, env *environment, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	st, err := openStore(ctx, env)
+	_, st, err := openStore(ctx, env)
 	if err != nil {
 		return err
 	}
@@ -95,7 +98,7 @@ func keysRevoke(ctx context.Context, env *environment, args []string) error {
 	if fs.NArg() != 1 {
 		return errors.New("keys revoke: give exactly one key ID (see `mailferry keys list`)")
 	}
-	st, err := openStore(ctx, env)
+	_, st, err := openStore(ctx, env)
 	if err != nil {
 		return err
 	}

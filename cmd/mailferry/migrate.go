@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-
-	"github.com/mailferry/mailferry/store"
 )
 
 func runMigrate(ctx context.Context, env *environment, args []string) error {
@@ -12,13 +10,9 @@ func runMigrate(ctx context.Context, env *environment, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	cfg, err := env.config()
+	_, st, err := openStore(ctx, env)
 	if err != nil {
 		return err
-	}
-	st, err := store.Open(ctx, store.Options{URL: cfg.DatabaseURL.String()})
-	if err != nil {
-		return fmt.Errorf("open database %s: %w", cfg.DatabaseURL.Redacted(), err)
 	}
 	defer st.Close()
 	applied, err := st.Migrate(ctx)

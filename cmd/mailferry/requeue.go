@@ -24,13 +24,9 @@ func runRequeue(ctx context.Context, env *environment, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	cfg, err := env.config()
+	cfg, st, err := openStore(ctx, env)
 	if err != nil {
 		return err
-	}
-	st, err := store.Open(ctx, store.Options{URL: cfg.DatabaseURL.String()})
-	if err != nil {
-		return fmt.Errorf("open database %s: %w", cfg.DatabaseURL.Redacted(), err)
 	}
 	defer st.Close()
 	q, closeQueue, err := openQueue(cfg)
