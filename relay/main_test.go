@@ -101,10 +101,22 @@ func envelope(to ...string) Envelope {
 }
 
 // waitClosed fails the test unless every connection the server accepted is
-// closed again soon: the client must close on every path.
-func waitClosed(t *testing.T, conns func() (accepted, open int)) {
+// closed again soon, but for those c keeps for reuse: the client must close
+// on every other path. Then it closes those too and checks they go.
+func waitClosed(t *testing.T, c *Client, conns func() (accepted, open int)) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, open := conns()
+		if open <= c.pool.idleCount() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections still open, %d kept for reuse: the client leaked them", open, c.pool.idleCount())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	c.CloseIdle()
 	for {
 		_, open := conns()
 		if open == 0 {

@@ -122,7 +122,7 @@ func TestOddPeers(t *testing.T) {
 			if (a.Host != "") != tc.hosted {
 				t.Errorf("attempt host %q; transaction started: %v", a.Host, tc.hosted)
 			}
-			waitClosed(t, peer.Connections)
+			waitClosed(t, c, peer.Connections)
 		})
 	}
 	// Hostile peers leave nothing behind: goroutines and live heap return
@@ -172,7 +172,7 @@ func TestDeliverCancel(t *testing.T) {
 			if r.Status() != StatusDeferred || !errors.Is(r.Err, context.Canceled) {
 				t.Errorf("result %+v, want deferred by context.Canceled", r)
 			}
-			waitClosed(t, peer.Connections)
+			waitClosed(t, c, peer.Connections)
 		})
 	}
 }

@@ -103,6 +103,8 @@ type ClientOptions struct {
 	// Username and Password, for a smarthost: AUTH PLAIN, else LOGIN (RFC
 	// 4954), sent only over TLS whose certificate verified.
 	Username, Password string
+	// Reuse keeps connections open for the next message to the same host.
+	Reuse Reuse
 }
 
 // Client delivers messages over SMTP. It holds configuration only and is
@@ -111,6 +113,7 @@ type Client struct {
 	opts ClientOptions
 	t    Timeouts
 	dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	pool *connPool
 }
 
 var errTLSRequired = errors.New("TLS required")
@@ -138,7 +141,7 @@ func NewClient(opts ClientOptions) (*Client, error) {
 	if (opts.Username == "") != (opts.Password == "") {
 		return nil, errors.New("AUTH: set both username and password, or neither")
 	}
-	c := &Client{opts: opts, t: opts.Timeouts.withDefaults(), dial: opts.Dial}
+	c := &Client{opts: opts, t: opts.Timeouts.withDefaults(), dial: opts.Dial, pool: newConnPool(opts.Reuse)}
 	if c.dial == nil {
 		d := &net.Dialer{}
 		if !opts.AllowPrivate {
@@ -202,7 +205,10 @@ hosts:
 				last = context.Cause(ctx)
 				break hosts
 			}
-			out := c.connect(ctx, h, ip, &sub, !c.opts.ImplicitTLS)
+			out, ok := c.reuse(ctx, h, ip, &sub)
+			if !ok {
+				out = c.connect(ctx, h, ip, &sub, !c.opts.ImplicitTLS)
+			}
 			if out.tlsFailed && !c.opts.RequireTLS {
 				// PRODUCT.md: a failed TLS handshake retries that host in
 				// plaintext.
@@ -263,13 +269,77 @@ type outcome struct {
 type session struct {
 	c      *Client
 	host   Host
+	ip     netip.Addr
 	conn   *deadlineConn
 	sc     *smtp.Client
 	tls    *TLSInfo
 	broken bool // the connection cannot carry another command
+
+	born      time.Time
+	idleSince time.Time
+	used      int // transactions run
 }
 
-// connect runs one session with ip and closes it on every path.
+// CloseIdle ends the connections kept for reuse, as at shutdown.
+func (c *Client) CloseIdle() { c.pool.closeIdle() }
+
+// SweepIdle ends the connections idle longer than Reuse.Idle.
+func (c *Client) SweepIdle() { c.pool.sweep() }
+
+// reuse runs the transaction on an idle connection to h at ip, if there is
+// one. ok is false when there was none or it turned out dead before the
+// transaction began: the caller then dials afresh. A receiver may close an
+// idle connection at any time (RFC 5321 4.5.3.2.7), so RSET checks it first.
+func (c *Client) reuse(ctx context.Context, h Host, ip netip.Addr, env *Envelope) (out outcome, ok bool) {
+	s := c.pool.take(poolKey{host: h.Name, ip: ip})
+	if s == nil {
+		return outcome{}, false
+	}
+	stop := context.AfterFunc(ctx, s.conn.abort)
+	s.sc.CommandTimeout = c.t.Hello
+	if err := s.sc.Reset(); err != nil {
+		stop()
+		s.note(err)
+		s.close()
+		return outcome{}, false
+	}
+	results, err := s.transaction(env)
+	s.used++
+	if !stop() {
+		s.broken = true // ctx ended mid-transaction: deadlines are spent
+	}
+	if err != nil {
+		// Refused before MAIL was accepted (a 4xx, a 421, a dropped
+		// connection): a fresh connection gets the host's own answer.
+		s.close()
+		return outcome{}, false
+	}
+	c.release(s)
+	for i := range results {
+		if results[i].Err != nil {
+			results[i].Err = withCause(ctx, results[i].Err)
+		}
+	}
+	return outcome{results: results, tls: s.tls}, true
+}
+
+// release pools s if it can carry another transaction, else closes it.
+func (c *Client) release(s *session) {
+	if s.broken {
+		s.close()
+		return
+	}
+	c.pool.put(s)
+}
+
+// close says QUIT when the connection can still carry it and closes it.
+func (s *session) close() {
+	s.quit()
+	s.conn.Close()
+}
+
+// connect runs one session with ip. It closes the connection unless the
+// transaction left it fit for reuse.
 func (c *Client) connect(ctx context.Context, h Host, ip netip.Addr, env *Envelope, tryTLS bool) outcome {
 	if !c.opts.AllowPrivate {
 		if err := checkAddr(ip); err != nil {
@@ -284,13 +354,20 @@ func (c *Client) connect(ctx context.Context, h Host, ip netip.Addr, env *Envelo
 		return outcome{err: &dialError{addr: addr, err: withCause(ctx, err)}, guarded: errors.Is(err, ErrPrivateAddress)}
 	}
 	conn := &deadlineConn{Conn: raw}
-	defer conn.Close()
 	// go-smtp takes no context: cancelling ctx expires every deadline.
 	stop := context.AfterFunc(ctx, conn.abort)
-	defer stop()
 
-	s := &session{c: c, host: h, conn: conn}
+	s := &session{c: c, host: h, ip: ip, conn: conn, born: time.Now()}
 	out := s.run(env, tryTLS)
+	if !stop() {
+		s.broken = true
+	}
+	if out.results != nil {
+		s.used++
+		c.release(s)
+	} else {
+		conn.Close()
+	}
 	if out.err != nil {
 		out.err = fmt.Errorf("%s[%s]: %w", h.Name, ip, withCause(ctx, out.err))
 	}
@@ -356,10 +433,11 @@ func (s *session) run(env *Envelope, tryTLS bool) outcome {
 		}
 	}
 	results, err := s.transaction(env)
-	s.quit()
 	if err != nil {
+		s.quit()
 		return outcome{err: err}
 	}
+	// The caller pools the connection or says QUIT.
 	return outcome{results: results, tls: s.tls}
 }
 

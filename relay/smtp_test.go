@@ -157,7 +157,8 @@ func TestDeliverOutcomes(t *testing.T) {
 			if tc.env != nil {
 				tc.env(&env)
 			}
-			a := newClient(t, port, nil).Deliver(context.Background(), []Host{host("mx1.example.net", "127.0.0.2")}, env)
+			c := newClient(t, port, nil)
+			a := c.Deliver(context.Background(), []Host{host("mx1.example.net", "127.0.0.2")}, env)
 			if got := statuses(a); !slices.Equal(got, tc.want) {
 				t.Errorf("results %q, want %q", got, tc.want)
 				for _, r := range a.Results {
@@ -195,7 +196,7 @@ func TestDeliverOutcomes(t *testing.T) {
 			} else if a.Host != "mx1.example.net" || a.IP.String() != "127.0.0.2" {
 				t.Errorf("attempt ran on %q %v", a.Host, a.IP)
 			}
-			waitClosed(t, srv.Connections)
+			waitClosed(t, c, srv.Connections)
 		})
 	}
 }
@@ -253,7 +254,8 @@ func TestBackupMX(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			a := newClient(t, port, nil).Deliver(context.Background(), hosts, envelope("bob@example.net"))
+			c := newClient(t, port, nil)
+			a := c.Deliver(context.Background(), hosts, envelope("bob@example.net"))
 			if got := statuses(a); !slices.Equal(got, []string{"delivered 250 2.0.0"}) {
 				t.Fatalf("results %v (%v)", got, a.Results[0].Err)
 			}
@@ -267,9 +269,9 @@ func TestBackupMX(t *testing.T) {
 				if n := len(primary.Messages()); n != 0 {
 					t.Errorf("primary got %d messages", n)
 				}
-				waitClosed(t, primary.Connections)
+				waitClosed(t, c, primary.Connections)
 			}
-			waitClosed(t, backup.Connections)
+			waitClosed(t, c, backup.Connections)
 		})
 	}
 }
@@ -281,7 +283,8 @@ func TestAllHostsDown(t *testing.T) {
 	lns[0].Close()
 	srv := testmx.StartSMTP(t, lns[1], testmx.SMTPOptions{})
 	srv.OnMail("452 4.3.1 out of space")
-	a := newClient(t, port, nil).Deliver(context.Background(),
+	c := newClient(t, port, nil)
+	a := c.Deliver(context.Background(),
 		[]Host{host("mx1.example.net", "127.0.0.2"), host("mx2.example.net", "127.0.0.3")}, envelope("bob@example.net"))
 	r := a.Results[0]
 	if r.Status() != StatusDeferred || r.Code != 452 || r.Enhanced != "4.3.1" || !strings.Contains(r.Line, "out of space") {
@@ -297,7 +300,7 @@ func TestAllHostsDown(t *testing.T) {
 	if a.Duration <= 0 || a.Started.IsZero() {
 		t.Errorf("Started %v Duration %v", a.Started, a.Duration)
 	}
-	waitClosed(t, srv.Connections)
+	waitClosed(t, c, srv.Connections)
 
 	none := newClient(t, port, nil).Deliver(context.Background(), nil, envelope("bob@example.net"))
 	if none.Results[0].Status() != StatusDeferred || !errors.Is(none.Results[0].Err, ErrNoAddress) {
@@ -318,7 +321,8 @@ func TestBodyIntact(t *testing.T) {
 	env := envelope("bob@example.net")
 	env.Data = []byte(body)
 	env.Needs8Bit = true
-	a := newClient(t, port, nil).Deliver(context.Background(), []Host{host("mx1.example.net", "127.0.0.2")}, env)
+	c := newClient(t, port, nil)
+	a := c.Deliver(context.Background(), []Host{host("mx1.example.net", "127.0.0.2")}, env)
 	if a.Results[0].Status() != StatusDelivered {
 		t.Fatalf("result %+v", a.Results[0])
 	}

@@ -63,7 +63,7 @@ func TestDeliverTLS(t *testing.T) {
 			if got := srv.Hellos(); !slices.Equal(got, want) {
 				t.Errorf("EHLOs %+v, want %+v", got, want)
 			}
-			waitClosed(t, srv.Connections)
+			waitClosed(t, c, srv.Connections)
 		})
 	}
 }
@@ -108,7 +108,7 @@ func TestTLSFallback(t *testing.T) {
 					t.Errorf("EHLO %q, want %q", h.Name, ehloName)
 				}
 			}
-			waitClosed(t, srv.Connections)
+			waitClosed(t, c, srv.Connections)
 		})
 	}
 }
@@ -156,7 +156,7 @@ func TestSmarthostAuth(t *testing.T) {
 			} else if len(msgs) != 0 {
 				t.Errorf("%d messages sent", len(msgs))
 			}
-			waitClosed(t, srv.Connections)
+			waitClosed(t, c, srv.Connections)
 		})
 	}
 }

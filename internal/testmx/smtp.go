@@ -178,6 +178,10 @@ func (s *SMTP) Hellos() []Hello {
 // many are still open.
 func (s *SMTP) Connections() (accepted, open int) { return s.ln.counts() }
 
+// DropConnections closes every open connection, as a server does to idle
+// sessions (RFC 5321 4.5.3.2.7), while it goes on listening.
+func (s *SMTP) DropConnections() { s.ln.closeAll() }
+
 func (s *SMTP) next(q *[]string) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -1,0 +1,182 @@
+package relay
+
+import (
+	"net/netip"
+	"sync"
+	"time"
+)
+
+// Reuse bounds how SMTP connections are kept for the next message to the
+// same host. A connection returns to the pool only after a transaction
+// that left it usable (a complete reply other than 421, no I/O error), and
+// is checked with RSET before it carries another (RFC 5321 4.1.1.5).
+type Reuse struct {
+	// Disabled closes every connection after one transaction.
+	Disabled bool
+	// Idle is how long an unused connection is kept; default 5s. Receivers
+	// spend a process or a slot on an idle session, so this stays short
+	// (Postfix keeps cached connections 2s).
+	Idle time.Duration
+	// MaxMessages per connection; default 100. Bounds what one session
+	// carries and spreads load over a host's addresses again.
+	MaxMessages int
+	// MaxAge of a connection; default 5m.
+	MaxAge time.Duration
+	// MaxIdle connections kept in all; default 256.
+	MaxIdle int
+	// MaxIdlePerHost connections kept to one host address; default 32.
+	MaxIdlePerHost int
+}
+
+func (r Reuse) withDefaults() Reuse {
+	if r.Idle <= 0 {
+		r.Idle = 5 * time.Second
+	}
+	if r.MaxMessages <= 0 {
+		r.MaxMessages = 100
+	}
+	if r.MaxAge <= 0 {
+		r.MaxAge = 5 * time.Minute
+	}
+	if r.MaxIdle <= 0 {
+		r.MaxIdle = 256
+	}
+	if r.MaxIdlePerHost <= 0 {
+		r.MaxIdlePerHost = 32
+	}
+	return r
+}
+
+// poolKey names a destination: the MX host name (the TLS server name and
+// what the attempt records) and the address dialled.
+type poolKey struct {
+	host string
+	ip   netip.Addr
+}
+
+// connPool holds idle sessions, newest last: taking the newest keeps the
+// warmest connections busy and lets the oldest reach Idle and close.
+type connPool struct {
+	opts Reuse
+	now  func() time.Time
+
+	mu    sync.Mutex
+	idle  map[poolKey][]*session
+	count int
+}
+
+func newConnPool(opts Reuse) *connPool {
+	return &connPool{opts: opts.withDefaults(), now: time.Now, idle: map[poolKey][]*session{}}
+}
+
+// take returns an idle session for k, or nil. Sessions found expired are
+// closed.
+func (p *connPool) take(k poolKey) *session {
+	if p.opts.Disabled {
+		return nil
+	}
+	now := p.now()
+	var stale []*session
+	defer func() { closeAll(stale) }()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	list := p.idle[k]
+	for len(list) > 0 {
+		s := list[len(list)-1]
+		list = list[:len(list)-1]
+		p.count--
+		if p.expired(s, now) {
+			stale = append(stale, s)
+			continue
+		}
+		p.store(k, list)
+		return s
+	}
+	p.store(k, list)
+	return nil
+}
+
+// put keeps s for the next message, or closes it if it has done its share
+// or the pool is full.
+func (p *connPool) put(s *session) {
+	now := p.now()
+	if p.opts.Disabled || s.used >= p.opts.MaxMessages || now.Sub(s.born) >= p.opts.MaxAge {
+		s.close()
+		return
+	}
+	k := poolKey{host: s.host.Name, ip: s.ip}
+	p.mu.Lock()
+	if p.count >= p.opts.MaxIdle || len(p.idle[k]) >= p.opts.MaxIdlePerHost {
+		p.mu.Unlock()
+		s.close()
+		return
+	}
+	s.idleSince = now
+	p.idle[k] = append(p.idle[k], s)
+	p.count++
+	p.mu.Unlock()
+}
+
+// sweep closes the sessions idle longer than Idle.
+func (p *connPool) sweep() {
+	now := p.now()
+	var stale []*session
+	p.mu.Lock()
+	for k, list := range p.idle {
+		kept := list[:0]
+		for _, s := range list {
+			if p.expired(s, now) {
+				stale = append(stale, s)
+				p.count--
+			} else {
+				kept = append(kept, s)
+			}
+		}
+		clear(list[len(kept):])
+		p.store(k, kept)
+	}
+	p.mu.Unlock()
+	closeAll(stale)
+}
+
+// closeIdle closes every idle session.
+func (p *connPool) closeIdle() {
+	p.mu.Lock()
+	var all []*session
+	for _, list := range p.idle {
+		all = append(all, list...)
+	}
+	p.idle, p.count = map[poolKey][]*session{}, 0
+	p.mu.Unlock()
+	closeAll(all)
+}
+
+func (p *connPool) idleCount() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.count
+}
+
+func (p *connPool) expired(s *session, now time.Time) bool {
+	return now.Sub(s.idleSince) >= p.opts.Idle || now.Sub(s.born) >= p.opts.MaxAge
+}
+
+func (p *connPool) store(k poolKey, list []*session) {
+	if len(list) == 0 {
+		delete(p.idle, k)
+		return
+	}
+	p.idle[k] = list
+}
+
+// closeAll ends sessions off the caller's path: QUIT waits for a reply.
+func closeAll(ss []*session) {
+	if len(ss) == 0 {
+		return
+	}
+	go func() {
+		for _, s := range ss {
+			s.close()
+		}
+	}()
+}

@@ -1,0 +1,167 @@
+package relay
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/mailferry/mailferry/internal/testmx"
+)
+
+// TestConnectionReuse checks that messages to one host share a connection
+// while it stays usable, and never share one that is not.
+func TestConnectionReuse(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		reuse Reuse
+		// between runs after each delivery but the last.
+		between func(srv *testmx.SMTP, c *Client)
+		script  func(srv *testmx.SMTP)
+		sends   int
+		// conns is how many connections the server sees for sends
+		// messages; want is each delivery's status.
+		conns int
+		want  []string
+	}{
+		{
+			name: "one connection for many messages", sends: 5, conns: 1,
+			want: []string{"delivered 250 2.0.0", "delivered 250 2.0.0", "delivered 250 2.0.0", "delivered 250 2.0.0", "delivered 250 2.0.0"},
+		},
+		{
+			name: "reuse disabled", reuse: Reuse{Disabled: true}, sends: 3, conns: 3,
+			want: []string{"delivered 250 2.0.0", "delivered 250 2.0.0", "delivered 250 2.0.0"},
+		},
+		{
+			name: "a cap of messages per connection", reuse: Reuse{MaxMessages: 2}, sends: 5, conns: 3,
+			want: []string{"delivered 250 2.0.0", "delivered 250 2.0.0", "delivered 250 2.0.0", "delivered 250 2.0.0", "delivered 250 2.0.0"},
+		},
+		{
+			// RFC 5321 4.5.3.2.7: a server may close an idle session;
+			// the next message must not fail for it.
+			name: "server closed the idle connection", sends: 3, conns: 3,
+			between: func(srv *testmx.SMTP, c *Client) {
+				srv.DropConnections()
+				waitOpen(t, srv, 0)
+			},
+			want: []string{"delivered 250 2.0.0", "delivered 250 2.0.0", "delivered 250 2.0.0"},
+		},
+		{
+			name: "idle past its time is closed, not reused", reuse: Reuse{Idle: time.Minute}, sends: 2, conns: 2,
+			between: func(srv *testmx.SMTP, c *Client) {
+				c.pool.now = func() time.Time { return time.Now().Add(2 * time.Minute) }
+				c.SweepIdle()
+				waitOpen(t, srv, 0)
+				c.pool.now = time.Now
+			},
+			want: []string{"delivered 250 2.0.0", "delivered 250 2.0.0"},
+		},
+		{
+			// A recipient refusal leaves the session usable: RSET clears
+			// the transaction before the next one.
+			name: "after a refused recipient", sends: 2, conns: 1,
+			script: func(srv *testmx.SMTP) { srv.OnRcpt("bob@example.net", "550 5.1.1 no such user") },
+			want:   []string{"bounced 550 5.1.1", "delivered 250 2.0.0"},
+		},
+		{
+			name: "after a 5xx to the data", sends: 2, conns: 1,
+			script: func(srv *testmx.SMTP) { srv.OnData("554 5.7.1 rejected") },
+			want:   []string{"bounced 554 5.7.1", "delivered 250 2.0.0"},
+		},
+		{
+			// 421 closes the session (RFC 5321 3.8): it must not be pooled.
+			name: "never after a 421", sends: 2, conns: 2,
+			script: func(srv *testmx.SMTP) { srv.OnData("421 4.3.2 shutting down") },
+			want:   []string{"deferred 421 4.3.2", "delivered 250 2.0.0"},
+		},
+		{
+			name: "never after a dropped connection", sends: 2, conns: 2,
+			script: func(srv *testmx.SMTP) { srv.OnData(testmx.Drop) },
+			want:   []string{"deferred 0 4.4.2", "delivered 250 2.0.0"},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			port, lns := testmx.Listen(t, "127.0.0.2")
+			srv := testmx.StartSMTP(t, lns[0], testmx.SMTPOptions{})
+			if tc.script != nil {
+				tc.script(srv)
+			}
+			c := newClient(t, port, func(o *ClientOptions) { o.Reuse = tc.reuse })
+			hosts := []Host{host("mx1.example.net", "127.0.0.2")}
+			var got []string
+			for i := range tc.sends {
+				a := c.Deliver(context.Background(), hosts, envelope("bob@example.net"))
+				got = append(got, statuses(a)...)
+				if a.TLS == nil || a.Host != "mx1.example.net" {
+					t.Errorf("delivery %d: TLS %+v host %q, want TLS on mx1", i, a.TLS, a.Host)
+				}
+				if tc.between != nil && i < tc.sends-1 {
+					tc.between(srv, c)
+				}
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("statuses %q, want %q", got, tc.want)
+			}
+			if accepted, _ := srv.Connections(); accepted != tc.conns {
+				t.Errorf("server accepted %d connections, want %d", accepted, tc.conns)
+			}
+			waitClosed(t, c, srv.Connections)
+		})
+	}
+}
+
+// TestReuseIsPerHost checks that a connection to one MX host never carries
+// mail routed to another, even at the same address: the TLS name and the
+// recorded host differ.
+func TestReuseIsPerHost(t *testing.T) {
+	port, lns := testmx.Listen(t, "127.0.0.2")
+	srv := testmx.StartSMTP(t, lns[0], testmx.SMTPOptions{})
+	c := newClient(t, port, nil)
+	for _, name := range []string{"mx1.example.net", "mx2.example.org", "mx1.example.net"} {
+		a := c.Deliver(context.Background(), []Host{host(name, "127.0.0.2")}, envelope("bob@example.net"))
+		if got := statuses(a); !slices.Equal(got, []string{"delivered 250 2.0.0"}) || a.Host != name {
+			t.Fatalf("to %s: %v on %q", name, got, a.Host)
+		}
+	}
+	if accepted, _ := srv.Connections(); accepted != 2 {
+		t.Errorf("server accepted %d connections, want 2 (one per host name)", accepted)
+	}
+	if n := len(srv.Messages()); n != 3 {
+		t.Errorf("server got %d messages, want 3", n)
+	}
+	waitClosed(t, c, srv.Connections)
+}
+
+// TestReuseCancelled checks that a delivery whose context ends does not
+// leave its connection for the next message.
+func TestReuseCancelled(t *testing.T) {
+	port, lns := testmx.Listen(t, "127.0.0.2")
+	srv := testmx.StartSMTP(t, lns[0], testmx.SMTPOptions{DataDelay: 2 * time.Second})
+	c := newClient(t, port, nil)
+	hosts := []Host{host("mx1.example.net", "127.0.0.2")}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	a := c.Deliver(ctx, hosts, envelope("bob@example.net"))
+	if got := statuses(a); len(got) != 1 || got[0][:8] != "deferred" {
+		t.Fatalf("cancelled delivery: %v, want deferred", got)
+	}
+	if n := c.pool.idleCount(); n != 0 {
+		t.Errorf("%d connections kept after a cancelled transaction, want 0", n)
+	}
+	waitClosed(t, c, srv.Connections)
+}
+
+func waitOpen(t *testing.T, srv *testmx.SMTP, want int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, open := srv.Connections(); open == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			_, open := srv.Connections()
+			t.Fatalf("server has %d connections open, want %d", open, want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
