@@ -30,6 +30,8 @@ type Config struct {
 	MaxQueueAge              time.Duration   // MAILFERRY_MAX_QUEUE_AGE, 120h
 	MaxMessageBytes          int64           // MAILFERRY_MAX_MESSAGE_BYTES, 26214400
 	MaxRecipients            int             // MAILFERRY_MAX_RECIPIENTS, 1000
+	WorkerConcurrency        int             // MAILFERRY_WORKER_CONCURRENCY, 256
+	WorkerPerDomain          int             // MAILFERRY_WORKER_PER_DOMAIN, 8
 	RateLimit                int             // MAILFERRY_RATE_LIMIT, 100 requests a second per API key (burst 2×); 0 = off
 	SecretKey                []byte          // MAILFERRY_SECRET_KEY, none
 
@@ -65,6 +67,8 @@ func Vars() []Var {
 		{"MAILFERRY_MAX_QUEUE_AGE", "120h", "after this a deferred recipient bounces as expired"},
 		{"MAILFERRY_MAX_MESSAGE_BYTES", "26214400", "larger messages are refused with 413"},
 		{"MAILFERRY_MAX_RECIPIENTS", "1000", "recipients per message (to+cc+bcc)"},
+		{"MAILFERRY_WORKER_CONCURRENCY", "256", "SMTP transactions in flight per worker process"},
+		{"MAILFERRY_WORKER_PER_DOMAIN", "8", "most transactions in flight to one recipient domain per worker"},
 		{"MAILFERRY_RATE_LIMIT", "100", "API requests a second per key, in bursts of twice that, per process (0: off); beyond it 429"},
 		{"MAILFERRY_SECRET_KEY", "none", "encrypts DKIM private keys at rest"},
 		{"MAILFERRY_SUBMISSION_ADDR", ":587", "SMTP submission with STARTTLS (empty: off)"},
@@ -100,6 +104,8 @@ func Load(lookup func(string) (string, bool)) (Config, error) {
 		MaxQueueAge:              p.duration("MAILFERRY_MAX_QUEUE_AGE", 120*time.Hour),
 		MaxMessageBytes:          int64(p.intRange("MAILFERRY_MAX_MESSAGE_BYTES", 26214400, 1024, 1<<30)),
 		MaxRecipients:            p.intRange("MAILFERRY_MAX_RECIPIENTS", 1000, 1, 100000),
+		WorkerConcurrency:        p.intRange("MAILFERRY_WORKER_CONCURRENCY", 256, 1, 100000),
+		WorkerPerDomain:          p.intRange("MAILFERRY_WORKER_PER_DOMAIN", 8, 1, 10000),
 		RateLimit:                p.intRange("MAILFERRY_RATE_LIMIT", 100, 0, 1000000),
 		SecretKey:                p.secret("MAILFERRY_SECRET_KEY"),
 		SubmissionAddr:           p.addr("MAILFERRY_SUBMISSION_ADDR", ":587", true),

@@ -51,11 +51,21 @@ type WorkerOptions struct {
 	// Metrics may be nil.
 	Metrics *Metrics
 
-	// Concurrency is how many deliveries run at once; default 32.
+	// Concurrency is how many deliveries run at once; default 256. A
+	// delivery mostly waits on the network, so this bounds connections and
+	// memory (the messages in flight), not CPU.
 	Concurrency int
-	// PerDomain caps concurrent transactions to one destination domain, so
-	// a slow domain cannot hold every worker; default 8.
+	// PerDomain caps concurrent transactions to one destination domain;
+	// default 8. A domain starts at one and earns a slot with each quick
+	// transaction, and falls back to one when a transaction is slow or
+	// reaches no host, so slow destinations cannot take every slot.
 	PerDomain int
+	// SlowAfter is when a transaction counts as slow; default 10s.
+	SlowAfter time.Duration
+	// KeyCacheTTL is how long a sender domain's opened DKIM keys are
+	// reused before the ledger is asked again; default 1m. A new or
+	// retired key takes effect within it.
+	KeyCacheTTL time.Duration
 	// RetrySchedule is the delay after the 1st, 2nd, … failed attempt; the
 	// last repeats (MAILFERRY_RETRY_SCHEDULE).
 	RetrySchedule []time.Duration
@@ -90,6 +100,7 @@ type WorkerOptions struct {
 type Worker struct {
 	opts    WorkerOptions
 	domains *domainSlots
+	keys    *keyCache
 	// ledger pauses claiming while PostgreSQL fails: jobs claimed then
 	// could only be put back.
 	ledger backoff
@@ -114,7 +125,13 @@ func NewWorker(opts WorkerOptions) (*Worker, error) {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	if opts.Concurrency <= 0 {
-		opts.Concurrency = 32
+		opts.Concurrency = 256
+	}
+	if opts.KeyCacheTTL <= 0 {
+		opts.KeyCacheTTL = time.Minute
+	}
+	if opts.SlowAfter <= 0 {
+		opts.SlowAfter = 10 * time.Second
 	}
 	if opts.PerDomain <= 0 {
 		opts.PerDomain = 8
@@ -142,7 +159,8 @@ func NewWorker(opts WorkerOptions) (*Worker, error) {
 			return d + time.Duration((rand.Float64()*0.2-0.1)*float64(d))
 		}
 	}
-	return &Worker{opts: opts, domains: &domainSlots{limit: opts.PerDomain, held: map[string]int{}}}, nil
+	return &Worker{opts: opts, domains: newDomainSlots(opts.PerDomain, opts.SlowAfter),
+		keys: newKeyCache(opts.KeyCacheTTL)}, nil
 }
 
 // Run claims and delivers jobs until ctx ends, then lets deliveries in
@@ -166,6 +184,8 @@ func (w *Worker) Run(ctx context.Context) error {
 		defer wg.Done()
 		w.promoteLoop(ctx)
 	}()
+	// Runs after wg.Wait: no delivery is using a pooled connection.
+	defer w.opts.Client.CloseIdle()
 	backoff := time.Duration(0)
 	for {
 		if wait := w.ledger.wait(w.opts.Now()); wait > 0 {
@@ -227,6 +247,8 @@ func (w *Worker) promoteLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			w.opts.Client.SweepIdle()
+			w.domains.forget(w.opts.Now())
 			for ctx.Err() == nil {
 				n, err := w.opts.Queue.PromoteDue(ctx, w.opts.Now(), 1000)
 				if err != nil {
@@ -264,6 +286,15 @@ func (w *Worker) process(ctx context.Context, c queue.Claimed) {
 		w.ack(ctx, log, c)
 		return
 	}
+	slot, wait := w.domains.acquire(c.Job.Domain, w.opts.Now())
+	if slot == nil {
+		// The domain has its share of transactions; come back once one
+		// may have ended rather than hold a worker. Checked before the
+		// ledger is read: this costs one queue write.
+		w.retry(ctx, log, c, w.opts.Now().Add(w.opts.Jitter(wait)))
+		return
+	}
+	defer w.domains.release(slot)
 	d, err := w.opts.Ledger.LoadDelivery(ctx, id, c.Job.Domain)
 	if err == nil {
 		w.ledger.ok()
@@ -291,14 +322,6 @@ func (w *Worker) process(ctx context.Context, c queue.Claimed) {
 		w.retry(ctx, log, c, later)
 		return
 	}
-	if !w.domains.acquire(c.Job.Domain) {
-		// The domain has its share of connections; come back shortly
-		// rather than hold a worker.
-		w.retry(ctx, log, c, now.Add(w.opts.Jitter(2*time.Second)))
-		return
-	}
-	defer w.domains.release(c.Job.Domain)
-
 	expiry := d.CreatedAt.Add(w.opts.MaxQueueAge)
 	if d.SendAt != nil && d.SendAt.After(d.CreatedAt) {
 		expiry = d.SendAt.Add(w.opts.MaxQueueAge)
@@ -329,7 +352,8 @@ func (w *Worker) process(ctx context.Context, c queue.Claimed) {
 	stopBeat := w.heartbeat(ctx, log, c, id, taken)
 	defer stopBeat()
 
-	outs := w.deliver(ctx, log, d, c.Job.Domain, due, expiry)
+	outs, att := w.deliver(ctx, log, d, c.Job.Domain, due, expiry)
+	slot.judge(att, w.opts.SlowAfter)
 	if !w.record(ctx, log, id, outs) {
 		// Not recorded before shutdown: keep the job; its lease lapses and
 		// another worker takes it over.
@@ -407,7 +431,7 @@ func keep(rs []store.PendingRecipient, idxs []int) []store.PendingRecipient {
 
 // deliver runs one attempt for rcpts, the recipients of d in domain that
 // this worker leased, and returns their outcomes.
-func (w *Worker) deliver(ctx context.Context, log *slog.Logger, d *store.Delivery, domain string, rcpts []store.PendingRecipient, expiry time.Time) []store.Outcome {
+func (w *Worker) deliver(ctx context.Context, log *slog.Logger, d *store.Delivery, domain string, rcpts []store.PendingRecipient, expiry time.Time) ([]store.Outcome, Attempt) {
 	now := w.opts.Now()
 	to := make([]string, len(rcpts))
 	fewest := rcpts[0].Attempts
@@ -465,7 +489,7 @@ func (w *Worker) deliver(ctx context.Context, log *slog.Logger, d *store.Deliver
 	log.LogAttrs(ctx, slog.LevelInfo, "delivery attempt",
 		slog.String("mx", att.Host), slog.Int("attempt", fewest+1), slog.Int("recipients", len(outs)),
 		slog.Any("results", summarize(outs)), slog.Duration("duration", att.Duration))
-	return outs
+	return outs, att
 }
 
 // nextAttempt is when attempt n+1 is due after attempt n fails, never past
@@ -503,26 +527,37 @@ func (w *Worker) signature(ctx context.Context, d *store.Delivery) (string, erro
 	if err != nil {
 		return "", fmt.Errorf("from header %q: %w", d.From, err)
 	}
-	stored, err := w.opts.Ledger.ActiveDKIMKeys(ctx, from.Domain())
+	keys, err := w.keys.get(w.opts.Now(), from.Domain(), func() ([]dkim.Key, error) {
+		return w.openKeys(ctx, from.Domain())
+	})
 	if err != nil {
 		return "", err
 	}
 	header := "" // no key: sent unsigned, as the 202 warned
-	if len(stored) > 0 {
-		keys := make([]dkim.Key, len(stored))
-		for i, k := range stored {
-			priv, err := w.opts.Sealer.Open(k.PrivateKey)
-			if err != nil {
-				return "", fmt.Errorf("open key %s._domainkey.%s: %w", k.Selector, k.Domain, err)
-			}
-			keys[i] = dkim.Key{Domain: k.Domain, Selector: k.Selector, Algorithm: dkim.Algorithm(k.Algorithm),
-				PrivateKey: priv, PublicKey: k.PublicKey, CreatedAt: k.CreatedAt}
-		}
+	if len(keys) > 0 {
 		if header, err = w.opts.Signer.Sign(ctx, keys, d.Body); err != nil {
 			return "", err
 		}
 	}
 	return w.opts.Ledger.SaveSignature(ctx, d.ID, header)
+}
+
+// openKeys reads and unseals domain's active signing keys.
+func (w *Worker) openKeys(ctx context.Context, domain string) ([]dkim.Key, error) {
+	stored, err := w.opts.Ledger.ActiveDKIMKeys(ctx, domain)
+	if err != nil {
+		return nil, err
+	}
+	keys := make([]dkim.Key, len(stored))
+	for i, k := range stored {
+		priv, err := w.opts.Sealer.Open(k.PrivateKey)
+		if err != nil {
+			return nil, fmt.Errorf("open key %s._domainkey.%s: %w", k.Selector, k.Domain, err)
+		}
+		keys[i] = dkim.Key{Domain: k.Domain, Selector: k.Selector, Algorithm: dkim.Algorithm(k.Algorithm),
+			PrivateKey: priv, PublicKey: k.PublicKey, CreatedAt: k.CreatedAt}
+	}
+	return keys, nil
 }
 
 // record writes outcomes, retrying while the ledger is unreachable: the
@@ -628,29 +663,4 @@ func summarize(outs []store.Outcome) map[string]int {
 		m[o.Attempt.Outcome]++
 	}
 	return m
-}
-
-// domainSlots counts transactions in flight per destination domain.
-type domainSlots struct {
-	mu    sync.Mutex
-	limit int
-	held  map[string]int
-}
-
-func (s *domainSlots) acquire(domain string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.held[domain] >= s.limit {
-		return false
-	}
-	s.held[domain]++
-	return true
-}
-
-func (s *domainSlots) release(domain string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.held[domain]--; s.held[domain] <= 0 {
-		delete(s.held, domain)
-	}
 }

@@ -47,6 +47,7 @@ func newWorker(cfg config.Config, st *store.Store, q *queue.Queue, reg prometheu
 		Signer: dkim.NewSigner(dkim.SignOptions{}), Sealer: sealer,
 		Logger: log, Metrics: relay.NewMetrics(reg),
 		RetrySchedule: cfg.RetrySchedule, MaxQueueAge: cfg.MaxQueueAge,
+		Concurrency: cfg.WorkerConcurrency, PerDomain: cfg.WorkerPerDomain,
 		// Renew leases five times per visibility timeout. The recipients'
 		// lease in the ledger lapses well before the queue hands a silent
 		// worker's job to another, which then finds them free.
