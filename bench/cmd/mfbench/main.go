@@ -113,7 +113,7 @@ func parseFlags(args []string) (*config, []string, error) {
 	fs.Float64Var(&c.LightRate, "light-rate", 100, "light load: messages per second")
 	fs.DurationVar(&c.LightDuration, "light-duration", 10*time.Second, "light load: duration per run")
 	fs.DurationVar(&c.CeilDuration, "ceil-duration", 3*time.Second, "S2 ceilings: duration of each sink blast and sign-rate measurement")
-	fs.IntVar(&c.BlastClients, "blast-clients", 32, "S2 ceiling: concurrent SMTP clients (the worker's default concurrency)")
+	fs.IntVar(&c.BlastClients, "blast-clients", 32, "S2 ceiling: concurrent SMTP clients")
 	fs.IntVar(&c.SinkAddrs, "sink-addrs", 4, "sink MX addresses (127.0.0.2 on); the tarpit takes the next one")
 	fs.DurationVar(&c.QuietWait, "quiet-wait", 20*time.Second, "before each run, wait up to this long for the rest of the machine to go quiet")
 	fs.Float64Var(&c.QuietCores, "quiet-cores", 0.2, "quiet: other processes use fewer cores than this")

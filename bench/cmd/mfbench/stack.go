@@ -311,6 +311,9 @@ func (s *stack) env(r *run, httpAddr string) []string {
 		"MAILFERRY_SUBMISSIONS_ADDR=",
 		"MAILFERRY_SECRET_KEY=" + s.secret,
 		"MAILFERRY_LOG_LEVEL=" + s.cfg.LogLevel,
+		// The load generator is one API key sending as fast as it can;
+		// the per-key limit would measure itself.
+		"MAILFERRY_RATE_LIMIT=0",
 	}
 }
 
