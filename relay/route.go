@@ -84,14 +84,31 @@ type RouterOptions struct {
 	// Rand returns a number in [0, n); it shuffles MX hosts of equal
 	// preference. Default math/rand/v2.IntN; tests make it deterministic.
 	Rand func(n int) int
+	// DNSCacheSize bounds how many answers (one per name and type) the
+	// Router keeps; default 10000. The least recently used go first.
+	DNSCacheSize int
+	// NoDNSCache turns the answer cache off: every lookup asks the server.
+	// Concurrent lookups of one name still share a query.
+	NoDNSCache bool
+	// Now is the clock cache lifetimes are measured with; default
+	// time.Now.
+	Now func() time.Time
 }
 
 // Router finds where mail for a domain goes. It is safe for concurrent use.
+//
+// It caches DNS answers by their TTL (dnscache.go), so a queue full of mail
+// for a few domains asks about each one now and then, not per delivery. The
+// cache holds addresses as published: the private-destination guard
+// filters them on every Route and Resolve.
 type Router struct {
 	servers      []string
 	allowPrivate bool
 	timeout      time.Duration
 	intn         func(int) int
+	now          func() time.Time
+	cache        *dnsCache // nil when disabled
+	flight       flightGroup
 }
 
 // Host is one mail host in delivery order. Addrs are already filtered by the
@@ -105,12 +122,21 @@ type Host struct {
 // NewRouter checks opts and, without DNSServer, reads the system resolver
 // configuration once.
 func NewRouter(opts RouterOptions) (*Router, error) {
-	r := &Router{allowPrivate: opts.AllowPrivate, timeout: opts.LookupTimeout, intn: opts.Rand}
+	r := &Router{allowPrivate: opts.AllowPrivate, timeout: opts.LookupTimeout, intn: opts.Rand, now: opts.Now}
 	if r.timeout <= 0 {
 		r.timeout = defaultLookupTimeout
 	}
 	if r.intn == nil {
 		r.intn = rand.IntN
+	}
+	if r.now == nil {
+		r.now = time.Now
+	}
+	if opts.DNSCacheSize < 0 {
+		return nil, fmt.Errorf("DNS cache size %d: want 0 (default) or more", opts.DNSCacheSize)
+	}
+	if !opts.NoDNSCache {
+		r.cache = newDNSCache(cmp.Or(opts.DNSCacheSize, defaultDNSCacheSize))
 	}
 	if opts.DNSServer != "" {
 		if _, _, err := net.SplitHostPort(opts.DNSServer); err != nil {
@@ -143,33 +169,33 @@ func (r *Router) Route(ctx context.Context, domain string) ([]Host, error) {
 	fail := func(permanent bool, enh string, err error) ([]Host, error) {
 		return nil, &RouteError{Domain: name, Permanent: permanent, Enhanced: enh, Err: err}
 	}
-	resp, err := r.query(ctx, name, dns.TypeMX)
+	ans, err := r.lookup(ctx, name, dns.TypeMX)
 	if err != nil {
 		return fail(false, enhDNSTemp, fmt.Errorf("MX lookup: %w", err))
 	}
-	switch resp.Rcode {
+	switch ans.rcode {
 	case dns.RcodeSuccess:
 	case dns.RcodeNameError:
 		return fail(true, enhNoDomain, fmt.Errorf("MX lookup: %w (NXDOMAIN)", ErrNoSuchDomain))
 	default:
-		return fail(false, enhDNSTemp, fmt.Errorf("MX lookup: %s", dns.RcodeToString[resp.Rcode]))
+		return fail(false, enhDNSTemp, fmt.Errorf("MX lookup: %s", dns.RcodeToString[ans.rcode]))
 	}
 
 	var hosts []Host
-	mxs := answers[*dns.MX](resp, name, dns.TypeMX)
-	if len(mxs) == 1 && mxs[0].Mx == "." {
+	mxs := ans.mxs
+	if len(mxs) == 1 && mxs[0].host == "." {
 		// RFC 7505 3: a single MX "." says the domain takes no mail; RFC
 		// 7505 4.1: do not try the implicit MX, bounce now.
 		return fail(true, enhNullMX, ErrNullMX)
 	}
 	seen := make(map[string]bool)
 	for _, mx := range mxs {
-		host := strings.ToLower(strings.TrimSuffix(mx.Mx, "."))
+		host := strings.ToLower(strings.TrimSuffix(mx.host, "."))
 		if host == "" || seen[host] {
 			continue // "." beside real MX records is not usable; duplicates add nothing
 		}
 		seen[host] = true
-		hosts = append(hosts, Host{Name: host, Preference: mx.Preference})
+		hosts = append(hosts, Host{Name: host, Preference: mx.pref})
 	}
 	implicit := len(mxs) == 0
 	if implicit {
@@ -307,37 +333,24 @@ func (r *Router) resolve(ctx context.Context, name string) resolved {
 	wg.Go(func() { v4 = r.addrs(ctx, name, dns.TypeA) })
 	wg.Go(func() { v6 = r.addrs(ctx, name, dns.TypeAAAA) })
 	wg.Wait()
-	addrs := append(v4.addrs, v6.addrs...)
+	// A new slice: the cache shares v4.addrs and v6.addrs.
+	addrs := slices.Concat(v4.addrs, v6.addrs)
 	return resolved{addrs: addrs, err: errors.Join(v4.err, v6.err)}
 }
 
 func (r *Router) addrs(ctx context.Context, name string, qtype uint16) resolved {
 	what := dns.TypeToString[qtype] + " " + name
-	resp, err := r.query(ctx, name, qtype)
+	ans, err := r.lookup(ctx, name, qtype)
 	if err != nil {
 		return resolved{err: fmt.Errorf("%s: %w", what, err)}
 	}
-	switch resp.Rcode {
+	switch ans.rcode {
 	case dns.RcodeSuccess, dns.RcodeNameError:
 		// NXDOMAIN for an MX target: that host is skipped.
 	default:
-		return resolved{err: fmt.Errorf("%s: %s", what, dns.RcodeToString[resp.Rcode])}
+		return resolved{err: fmt.Errorf("%s: %s", what, dns.RcodeToString[ans.rcode])}
 	}
-	var out resolved
-	if qtype == dns.TypeA {
-		for _, rr := range answers[*dns.A](resp, name, qtype) {
-			if a, ok := netip.AddrFromSlice(rr.A.To4()); ok {
-				out.addrs = append(out.addrs, a)
-			}
-		}
-	} else {
-		for _, rr := range answers[*dns.AAAA](resp, name, qtype) {
-			if a, ok := netip.AddrFromSlice(rr.AAAA); ok && len(rr.AAAA) == net.IPv6len {
-				out.addrs = append(out.addrs, a) // kept as 16 bytes: the guard unmaps
-			}
-		}
-	}
-	return out
+	return resolved{addrs: ans.addrs}
 }
 
 // answers returns the records of qtype for name in resp, following the

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
 )
@@ -26,6 +27,9 @@ type DNS struct {
 	timeout  map[string]bool
 	truncate map[string]bool
 	queries  []Query
+	ttl      uint32                   // of records added from now on
+	soa      map[string]*dns.SOA      // by zone FQDN
+	delay    map[string]time.Duration // by FQDN
 }
 
 // Query is one question the server was asked.
@@ -44,6 +48,9 @@ func StartDNS(t testing.TB) *DNS {
 		servfail: make(map[string]bool),
 		timeout:  make(map[string]bool),
 		truncate: make(map[string]bool),
+		ttl:      60,
+		soa:      make(map[string]*dns.SOA),
+		delay:    make(map[string]time.Duration),
 	}
 	var (
 		pc  net.PacketConn
@@ -138,6 +145,65 @@ func (d *DNS) Timeout(name string) { d.set(d.timeout, name) }
 // so only a client that retries over TCP gets the records.
 func (d *DNS) Truncate(name string) { d.set(d.truncate, name) }
 
+// TTL sets the TTL, in seconds, of the records added after it; 60 until
+// then.
+func (d *DNS) TTL(seconds uint32) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.ttl = seconds
+}
+
+// SOA makes negative answers (NXDOMAIN and NODATA) about zone and names
+// under it carry the zone's SOA record in the authority section, with the
+// given record TTL and MINIMUM field, as RFC 2308 3 asks of servers. Without
+// it negative answers have no authority section.
+func (d *DNS) SOA(zone string, ttl, minimum uint32) {
+	z := key(zone)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.soa[z] = &dns.SOA{
+		Hdr: dns.RR_Header{Name: z, Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: ttl},
+		Ns:  "ns." + z, Mbox: "hostmaster." + z, Serial: 1,
+		Refresh: 3600, Retry: 600, Expire: 86400, Minttl: minimum,
+	}
+}
+
+// Delay holds every answer about name for wait before sending it, like a
+// slow authoritative server behind the resolver.
+func (d *DNS) Delay(name string, wait time.Duration) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.delay[key(name)] = wait
+}
+
+// Clear forgets name's records and any NXDOMAIN, ServFail, Timeout,
+// Truncate or Delay set for it: the server then knows nothing of name.
+func (d *DNS) Clear(name string) {
+	k := key(name)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, m := range []map[string]bool{d.nx, d.servfail, d.timeout, d.truncate} {
+		delete(m, k)
+	}
+	delete(d.records, k)
+	delete(d.delay, k)
+}
+
+// Count returns how many questions about name of type qtype ("MX", "A",
+// …) the server was asked so far, over UDP and TCP.
+func (d *DNS) Count(name, qtype string) int {
+	k := key(name)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n := 0
+	for _, q := range d.queries {
+		if q.Name == k && q.Type == qtype {
+			n++
+		}
+	}
+	return n
+}
+
 // Queries returns the questions asked so far, in order.
 func (d *DNS) Queries() []Query {
 	d.mu.Lock()
@@ -146,7 +212,9 @@ func (d *DNS) Queries() []Query {
 }
 
 func (d *DNS) hdr(name string, rrtype uint16) dns.RR_Header {
-	return dns.RR_Header{Name: key(name), Rrtype: rrtype, Class: dns.ClassINET, Ttl: 60}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return dns.RR_Header{Name: key(name), Rrtype: rrtype, Class: dns.ClassINET, Ttl: d.ttl}
 }
 
 func (d *DNS) add(rr dns.RR) {
@@ -179,6 +247,13 @@ func (d *DNS) serve(w dns.ResponseWriter, req *dns.Msg) {
 	}
 
 	d.mu.Lock()
+	wait := d.delay[name]
+	d.mu.Unlock()
+	if wait > 0 {
+		time.Sleep(wait)
+	}
+
+	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.queries = append(d.queries, Query{Net: network, Name: name, Type: dns.TypeToString[q.Qtype]})
 	if d.timeout[name] {
@@ -197,7 +272,32 @@ func (d *DNS) serve(w dns.ResponseWriter, req *dns.Msg) {
 	default:
 		d.answer(m, name, q.Qtype)
 	}
+	if m.Rcode == dns.RcodeNameError || (m.Rcode == dns.RcodeSuccess && !m.Truncated && !hasType(m.Answer, q.Qtype)) {
+		if soa := d.zoneSOA(name); soa != nil {
+			m.Ns = append(m.Ns, dns.Copy(soa))
+		}
+	}
 	w.WriteMsg(m)
+}
+
+// zoneSOA returns the SOA set with SOA for the closest zone enclosing name,
+// or nil.
+func (d *DNS) zoneSOA(name string) *dns.SOA {
+	for off, end := 0, false; !end; off, end = dns.NextLabel(name, off) {
+		if soa := d.soa[name[off:]]; soa != nil {
+			return soa
+		}
+	}
+	return nil
+}
+
+func hasType(rrs []dns.RR, qtype uint16) bool {
+	for _, rr := range rrs {
+		if rr.Header().Rrtype == qtype {
+			return true
+		}
+	}
+	return false
 }
 
 // answer fills m for name and qtype, following CNAMEs as a recursive

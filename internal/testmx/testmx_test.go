@@ -125,3 +125,49 @@ func TestSMTPScript(t *testing.T) {
 		t.Errorf("Hellos %+v", h)
 	}
 }
+
+// TestDNSExtras: TTL, SOA on negative answers, Clear and Count.
+func TestDNSExtras(t *testing.T) {
+	d := StartDNS(t)
+	d.SOA("example.net", 600, 30)
+	d.TTL(300)
+	d.A("mx.example.net", "127.0.0.2")
+	d.TXT("other.example.org", "x")
+	ask := func(name string, qtype uint16) *dns.Msg {
+		t.Helper()
+		m := new(dns.Msg)
+		m.SetQuestion(dns.Fqdn(name), qtype)
+		r, _, err := (&dns.Client{Timeout: time.Second}).Exchange(m, d.Addr())
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		return r
+	}
+	if r := ask("mx.example.net", dns.TypeA); len(r.Answer) != 1 || r.Answer[0].Header().Ttl != 300 || len(r.Ns) != 0 {
+		t.Errorf("positive answer: %v", r)
+	}
+	for _, q := range []struct {
+		name  string
+		qtype uint16
+		rcode int
+		soa   bool
+	}{
+		{"mx.example.net", dns.TypeAAAA, dns.RcodeSuccess, true}, // NODATA
+		{"gone.example.net", dns.TypeA, dns.RcodeNameError, true},
+		{"example.net", dns.TypeMX, dns.RcodeNameError, true},
+		{"other.example.org", dns.TypeA, dns.RcodeSuccess, false}, // no SOA set for the zone
+	} {
+		r := ask(q.name, q.qtype)
+		got := len(r.Ns) == 1 && r.Ns[0].(*dns.SOA).Minttl == 30 && r.Ns[0].Header().Ttl == 600
+		if r.Rcode != q.rcode || got != q.soa || (!q.soa && len(r.Ns) != 0) {
+			t.Errorf("%s %s: rcode %s, authority %v", q.name, dns.TypeToString[q.qtype], dns.RcodeToString[r.Rcode], r.Ns)
+		}
+	}
+	if n := d.Count("mx.example.net", "A"); n != 1 {
+		t.Errorf("Count = %d, want 1", n)
+	}
+	d.Clear("mx.example.net")
+	if r := ask("mx.example.net", dns.TypeA); r.Rcode != dns.RcodeNameError {
+		t.Errorf("after Clear: rcode %s", dns.RcodeToString[r.Rcode])
+	}
+}
