@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -78,7 +79,8 @@ type Options struct {
 type server struct {
 	opts    Options
 	metrics *httpMetrics
-	limiter *limiter // nil: no rate limit
+	limiter *limiter  // nil: no rate limit
+	bodies  sync.Pool // *bytes.Buffer for request bodies; see bodyBuffer
 }
 
 // New checks opts and returns the HTTP handler.

@@ -87,8 +87,28 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 	if opts.maxRecipients == 0 {
 		opts.maxRecipients = 1000
 	}
+	// Keys are authenticated as in production: through a cache that
+	// listens for revocations.
+	keys, err := store.NewKeyCache(st, store.KeyCacheOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	listenCtx, stopListening := context.WithCancel(context.Background())
+	listening := make(chan error, 1)
+	go func() { listening <- keys.Run(listenCtx) }()
+	t.Cleanup(func() {
+		stopListening()
+		if err := <-listening; err != nil {
+			t.Errorf("key cache: %v", err)
+		}
+	})
+	for start := time.Now(); !keys.Listening(); time.Sleep(5 * time.Millisecond) {
+		if time.Since(start) > 10*time.Second {
+			t.Fatal("the key cache is not listening after 10 s")
+		}
+	}
 	h, err := api.New(api.Options{
-		Auth: st, Reader: st, Intake: in, Registry: reg,
+		Auth: keys, Reader: st, Intake: in, Registry: reg,
 		Ready:           []api.Check{{Name: "postgres", Ping: st.Ping}, {Name: "redis", Ping: q.Ping}},
 		Hostname:        "relay.test",
 		MaxMessageBytes: opts.maxMessageBytes,

@@ -45,28 +45,6 @@ type sendRequest struct {
 	SendAt   *time.Time        `json:"send_at"`
 }
 
-// sendRequestFields lists the JSON names sendRequest knows, so one answer
-// can name every unknown field rather than the first.
-func sendRequestFields() map[string]bool {
-	known := map[string]bool{}
-	var walk func(t reflect.Type)
-	walk = func(t reflect.Type) {
-		for i := 0; i < t.NumField(); i++ {
-			f := t.Field(i)
-			if f.Anonymous {
-				walk(f.Type)
-				continue
-			}
-			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
-			if name != "" && name != "-" {
-				known[name] = true
-			}
-		}
-	}
-	walk(reflect.TypeOf(sendRequest{}))
-	return known
-}
-
 type recipientReceipt struct {
 	Email  string `json:"email"`
 	Status string `json:"status"`
@@ -97,7 +75,12 @@ func (s *server) sendMessage(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, tooLarge(r.ContentLength, limit))
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	buf := s.bodyBuffer(r.ContentLength)
+	defer s.putBodyBuffer(buf)
+	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, limit))
+	// body lives until the handler returns: everything kept from it (the
+	// decoded request, problems, the idempotency hash) is a copy.
+	body := buf.Bytes()
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
@@ -143,7 +126,8 @@ func (s *server) sendMessage(w http.ResponseWriter, r *http.Request) {
 		s.internal(w, r, err)
 		return
 	}
-	resp := sendResponse{ID: receipt.ID.String(), MessageID: receipt.MessageID, Warnings: []string{}}
+	resp := sendResponse{ID: receipt.ID.String(), MessageID: receipt.MessageID, Warnings: []string{},
+		Recipients: make([]recipientReceipt, 0, len(receipt.Recipients))}
 	for _, rc := range receipt.Recipients {
 		resp.Recipients = append(resp.Recipients, recipientReceipt{Email: rc, Status: "queued"})
 	}
@@ -190,6 +174,34 @@ func (s *server) sendMessage(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write(append(bytes.TrimRight(existing.Response, "\n"), '\n'))
 }
 
+// maxPooledBody is the largest request buffer kept for reuse: enough for
+// the usual transactional message, while a few large attachments do not
+// stay in memory for good.
+const maxPooledBody = 64 << 10
+
+// bodyBuffer returns an empty buffer for a request body, from the pool,
+// with room for what the request announces (plus the bytes.MinRead that
+// ReadFrom wants free before it sees EOF) if that is small. A larger body
+// grows the buffer as it arrives: a client announcing megabytes it does
+// not send must not make the server allocate them.
+func (s *server) bodyBuffer(contentLength int64) *bytes.Buffer {
+	buf, _ := s.bodies.Get().(*bytes.Buffer)
+	if buf == nil {
+		buf = new(bytes.Buffer)
+	}
+	buf.Reset()
+	if contentLength > 0 && contentLength <= maxPooledBody {
+		buf.Grow(int(contentLength) + bytes.MinRead)
+	}
+	return buf
+}
+
+func (s *server) putBodyBuffer(buf *bytes.Buffer) {
+	if buf.Cap() <= maxPooledBody {
+		s.bodies.Put(buf)
+	}
+}
+
 func checkContentType(r *http.Request) *problem {
 	ct := r.Header.Get("Content-Type")
 	if ct == "" {
@@ -212,10 +224,31 @@ func tooLarge(got, limit int64) *problem {
 
 // decodeSend parses the JSON body strictly: well-formed, not too deep, no
 // unknown fields, each field of its type.
+//
+// A body that is fine, nearly every body, is read twice: by scanJSON, one
+// loop over the bytes that checks the depth and that every field name is
+// known, and by one json.Unmarshal into the request. Anything wrong is
+// left to explainSend, which reads the body again to name the problem;
+// refusals are rare and their answers stay exactly what they always were.
 func (s *server) decodeSend(body []byte) (*sendRequest, *problem) {
-	if err := checkDepth(body, maxJSONDepth); err != nil {
-		return nil, newProblem(kindMalformed, err.Error())
+	sc := scanJSON(body, maxJSONDepth)
+	if sc.tooDeep {
+		return nil, newProblem(kindMalformed, fmt.Sprintf("JSON nested deeper than %d levels", maxJSONDepth))
 	}
+	if sc.object && !sc.unknown {
+		var req sendRequest
+		if err := json.Unmarshal(body, &req); err == nil {
+			return &req, nil
+		}
+	}
+	return explainSend(body)
+}
+
+// explainSend decodes a body that decodeSend found wrong, the slow way,
+// to name what is wrong: a syntax error first, then every unknown field
+// at the top level, then the first wrong type or unknown nested field.
+// Should it find nothing wrong after all, the request stands.
+func explainSend(body []byte) (*sendRequest, *problem) {
 	var top map[string]json.RawMessage
 	if err := json.Unmarshal(body, &top); err != nil {
 		return nil, malformedJSON(err)
@@ -223,10 +256,9 @@ func (s *server) decodeSend(body []byte) (*sendRequest, *problem) {
 	if top == nil {
 		return nil, newProblem(kindMalformed, "the body must be a JSON object")
 	}
-	known := sendRequestFields()
 	var unknown []FieldProblem
 	for name := range top {
-		if !known[name] {
+		if !knownSendField(name) {
 			unknown = append(unknown, FieldProblem{Field: name, Detail: "unknown field"})
 		}
 	}
@@ -248,6 +280,29 @@ func (s *server) decodeSend(body []byte) (*sendRequest, *problem) {
 		return nil, newProblem(kindMalformed, "the body holds more than one JSON value")
 	}
 	return &req, nil
+}
+
+// knownSendField reports whether name is a JSON field of sendRequest,
+// matched exactly; TestKnownFields keeps it in step with the struct.
+func knownSendField(name string) bool {
+	switch name {
+	case "from", "to", "cc", "bcc", "reply_to", "subject", "text", "html", "headers", "attachments",
+		"raw", "tags", "metadata", "send_at":
+		return true
+	}
+	return false
+}
+
+// knownAttachmentField reports whether name is a JSON field of
+// mail.Attachment. encoding/json matches the fields of a nested struct
+// without regard to case, so this does too.
+func knownAttachmentField(name []byte) bool {
+	for _, f := range [...]string{"filename", "content_type", "content", "content_id"} {
+		if bytes.EqualFold(name, []byte(f)) {
+			return true
+		}
+	}
+	return false
 }
 
 func malformedJSON(err error) *problem {
@@ -290,34 +345,102 @@ func jsonKind(t reflect.Type) string {
 	return t.Kind().String()
 }
 
-// checkDepth refuses JSON nested deeper than max before any decoder sees it.
-func checkDepth(b []byte, max int) error {
+// scanResult is what scanJSON learnt of a body.
+type scanResult struct {
+	tooDeep bool // nested deeper than allowed: refuse before any decoder sees it
+	object  bool // the first value is an object (not an array, a string, null…)
+	unknown bool // an object key that sendRequest or an attachment does not know
+}
+
+// scanJSON reads b once, without allocating (unless a key holds an
+// escape), before any decoder sees it: it counts nesting outside strings,
+// up to max (at most maxJSONDepth), and checks the keys of the top-level
+// object and of the objects in its attachments array, the only places a
+// field can be unknown (headers and metadata are maps). It does not check
+// syntax: json.Unmarshal does, and a malformed body is explained by
+// explainSend whatever scanJSON said of it.
+func scanJSON(b []byte, max int) scanResult {
+	var res scanResult
+	var kinds [maxJSONDepth + 1]byte // '{' or '[': the open container at each depth
+	max = min(max, maxJSONDepth)
 	depth, inString, escaped := 0, false, false
-	for _, c := range b {
+	first := true
+	expectKey := false // the next string is an object key
+	inKey, keyEsc := false, false
+	keyStart := 0
+	inAttachments := false // the current top-level key is "attachments"
+	at := func(d int, c byte) bool { return d >= 1 && kinds[d] == c }
+	for i, c := range b {
 		if inString {
 			switch {
 			case escaped:
 				escaped = false
 			case c == '\\':
-				escaped = true
+				escaped, keyEsc = true, true
 			case c == '"':
 				inString = false
+				if !inKey {
+					break
+				}
+				inKey = false
+				name := b[keyStart:i]
+				if keyEsc {
+					var s string
+					if json.Unmarshal(b[keyStart-1:i+1], &s) != nil {
+						res.unknown = true // malformed: let the decoder say so
+						break
+					}
+					name = []byte(s)
+				}
+				switch {
+				case depth == 1 && at(1, '{'):
+					inAttachments = string(name) == "attachments"
+					if !knownSendField(string(name)) {
+						res.unknown = true
+					}
+				case depth == 3 && inAttachments && at(1, '{') && at(2, '[') && at(3, '{'):
+					if !knownAttachmentField(name) {
+						res.unknown = true
+					}
+				}
 			}
 			continue
 		}
 		switch c {
+		case ' ', '\t', '\n', '\r':
+			continue
+		}
+		if first {
+			first = false
+			res.object = c == '{'
+		}
+		switch c {
 		case '"':
 			inString = true
+			if expectKey {
+				inKey, keyEsc, keyStart = true, false, i+1
+			}
+			expectKey = false
 		case '{', '[':
 			depth++
 			if depth > max {
-				return fmt.Errorf("JSON nested deeper than %d levels", max)
+				res.tooDeep = true
+				return res
 			}
+			if depth >= 0 {
+				kinds[depth] = c
+			}
+			expectKey = c == '{'
 		case '}', ']':
 			depth--
+			expectKey = false
+		case ',':
+			expectKey = at(depth, '{')
+		default:
+			expectKey = false
 		}
 	}
-	return nil
+	return res
 }
 
 // build turns the request into a message, naming every bad field.

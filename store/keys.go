@@ -96,8 +96,10 @@ func (s *Store) ListAPIKeys(ctx context.Context) ([]APIKey, error) {
 	return keys, nil
 }
 
-// RevokeAPIKey revokes a key at once: the next Authenticate refuses it.
-// Revoking a revoked key keeps the first revocation time.
+// RevokeAPIKey revokes a key at once: the next Authenticate refuses it,
+// and the NOTIFY that migration 0004 sends on commit flushes the KeyCache
+// of every API process within milliseconds. Revoking a revoked key keeps
+// the first revocation time.
 func (s *Store) RevokeAPIKey(ctx context.Context, id string) error {
 	tag, err := s.pool.Exec(ctx, revokeAPIKey, id)
 	if err != nil {
@@ -113,6 +115,12 @@ func (s *Store) RevokeAPIKey(ctx context.Context, id string) error {
 // wrong or revoked secret is ErrUnauthorized; other errors mean the
 // database could not answer. Errors never contain the secret.
 func (s *Store) Authenticate(ctx context.Context, secret string) (APIKey, error) {
+	return s.authenticate(ctx, secret, hashSecret(secret))
+}
+
+// authenticate is Authenticate for a caller that has hashed the secret
+// already (KeyCache, whose map is keyed by the hash).
+func (s *Store) authenticate(ctx context.Context, secret string, hash [sha256.Size]byte) (APIKey, error) {
 	id, ok := parseSecret(secret)
 	if !ok {
 		return APIKey{}, fmt.Errorf("authenticate: malformed key: %w", ErrUnauthorized)
@@ -127,7 +135,6 @@ func (s *Store) Authenticate(ctx context.Context, secret string) (APIKey, error)
 	if err != nil {
 		return APIKey{}, fmt.Errorf("authenticate key %s: %w", id, err)
 	}
-	hash := sha256.Sum256([]byte(secret))
 	if subtle.ConstantTimeCompare(hash[:], stored) != 1 {
 		return APIKey{}, fmt.Errorf("authenticate key %s: wrong secret: %w", id, ErrUnauthorized)
 	}

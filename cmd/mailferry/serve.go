@@ -83,7 +83,7 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	errc := make(chan error, 5)
+	errc := make(chan error, 6)
 
 	if roles["scheduler"] {
 		sch, err := scheduler.New(scheduler.Options{Queue: q, Ledger: st, Logger: log.With("role", "scheduler")})
@@ -118,10 +118,20 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 			return err
 		}
 	}
+	// The API authenticates through a cache of verified keys that listens
+	// for revocations; until its listener connects it asks PostgreSQL.
+	keys, err := store.NewKeyCache(st, store.KeyCacheOptions{Logger: log.With("component", "keycache")})
+	if err != nil {
+		return err
+	}
+	if roles["api"] {
+		wg.Add(1)
+		go func() { defer wg.Done(); errc <- keys.Run(ctx) }()
+	}
 	var draining atomic.Bool
 	handler, err := api.New(api.Options{
 		Draining: draining.Load,
-		Auth:     st, Reader: st, Intake: in, Registry: reg, Logger: log,
+		Auth:     keys, Reader: st, Intake: in, Registry: reg, Logger: log,
 		Ready:           checks,
 		Hostname:        cfg.Hostname,
 		MaxMessageBytes: cfg.MaxMessageBytes,
