@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -36,11 +38,12 @@ WHERE i.inhparent = 'attempts'::regclass ORDER BY c.relname`
 	deleteOldDefault = `DELETE FROM attempts_default WHERE started_at < $1`
 )
 
-// attemptColumns are the columns attemptRow fills, in its order.
-var attemptColumns = []string{
-	"message_id", "rcpt_idx", "attempt", "started_at", "duration_ms", "mx_host", "mx_ip",
-	"tls_version", "tls_cipher", "tls_verified", "smtp_code", "enhanced_code", "response", "outcome",
-}
+// attemptColumnList names the columns attemptRow fills, in its order.
+const attemptColumnList = `message_id, rcpt_idx, attempt, started_at, duration_ms, mx_host, mx_ip,
+	tls_version, tls_cipher, tls_verified, smtp_code, enhanced_code, response, outcome`
+
+// attemptColumns is attemptColumnList for COPY.
+var attemptColumns = strings.Fields(strings.ReplaceAll(attemptColumnList, ",", " "))
 
 // InsertAttempts records attempts with one COPY. Rows go to the partition
 // of their started_at month (the default partition if it has none).
@@ -63,6 +66,27 @@ func (s *Store) InsertAttempts(ctx context.Context, as []Attempt) error {
 }
 
 func attemptRow(a Attempt) ([]any, error) {
+	ip, err := checkAttempt(a)
+	if err != nil {
+		return nil, err
+	}
+	var mxIP, code any
+	if ip.IsValid() {
+		mxIP = ip
+	}
+	if a.SMTPCode != 0 {
+		code = a.SMTPCode
+	}
+	return []any{
+		a.MessageID, int16(a.Recipient), a.Attempt, a.StartedAt, max(a.Duration.Milliseconds(), 0),
+		nullString(a.MXHost), mxIP, nullString(a.TLSVersion), nullString(a.TLSCipher), a.TLSVerified,
+		code, nullString(a.EnhancedCode), nullString(a.Response), a.Outcome,
+	}, nil
+}
+
+// checkAttempt reports everything wrong with a and returns its MX address
+// (the zero Addr when none was dialled).
+func checkAttempt(a Attempt) (netip.Addr, error) {
 	var errs []error
 	if a.MessageID == uuid.Nil {
 		errs = append(errs, errors.New("message id is nil"))
@@ -70,18 +94,21 @@ func attemptRow(a Attempt) ([]any, error) {
 	if a.Recipient < 0 || a.Recipient >= maxRecipients {
 		errs = append(errs, fmt.Errorf("recipient idx %d out of range", a.Recipient))
 	}
-	if a.Attempt < 1 {
-		errs = append(errs, fmt.Errorf("attempt number %d, want 1 or more", a.Attempt))
+	if a.Attempt < 1 || a.Attempt > math.MaxInt32 {
+		errs = append(errs, fmt.Errorf("attempt number %d, want 1 to %d", a.Attempt, math.MaxInt32))
 	}
 	if a.StartedAt.IsZero() {
 		errs = append(errs, errors.New("started_at is zero"))
+	}
+	if ms := a.Duration.Milliseconds(); ms > math.MaxInt32 {
+		errs = append(errs, fmt.Errorf("duration %v too long", a.Duration))
 	}
 	switch a.Outcome {
 	case RecipientDelivered, RecipientDeferred, RecipientBounced:
 	default:
 		errs = append(errs, fmt.Errorf("outcome %q is not delivered, deferred or bounced", a.Outcome))
 	}
-	var ip any
+	var ip netip.Addr
 	if a.MXIP != "" {
 		addr, err := netip.ParseAddr(a.MXIP)
 		if err != nil {
@@ -89,18 +116,57 @@ func attemptRow(a Attempt) ([]any, error) {
 		}
 		ip = addr.Unmap()
 	}
-	var code any
+	return ip, errors.Join(errs...)
+}
+
+// attemptArrays holds attempts column by column, the parameters of an
+// INSERT ... SELECT FROM unnest: unlike COPY, that can go in a pipelined
+// batch with other statements. Nil pointers are NULLs.
+type attemptArrays struct {
+	rcpt        []int16
+	attempt     []int32
+	started     []time.Time
+	durationMS  []int32
+	mxHost      []*string
+	mxIP        []*netip.Addr
+	tlsVersion  []*string
+	tlsCipher   []*string
+	tlsVerified []bool
+	code        []*int32
+	enhanced    []*string
+	response    []*string
+	outcome     []string
+}
+
+// add appends a, checked as InsertAttempts checks it.
+func (c *attemptArrays) add(a Attempt) error {
+	ip, err := checkAttempt(a)
+	if err != nil {
+		return err
+	}
+	var mxIP *netip.Addr
+	if ip.IsValid() {
+		mxIP = &ip
+	}
+	var code *int32
 	if a.SMTPCode != 0 {
-		code = a.SMTPCode
+		n := int32(a.SMTPCode)
+		code = &n
 	}
-	if err := errors.Join(errs...); err != nil {
-		return nil, err
-	}
-	return []any{
-		a.MessageID, int16(a.Recipient), a.Attempt, a.StartedAt, max(a.Duration.Milliseconds(), 0),
-		nullString(a.MXHost), ip, nullString(a.TLSVersion), nullString(a.TLSCipher), a.TLSVerified,
-		code, nullString(a.EnhancedCode), nullString(a.Response), a.Outcome,
-	}, nil
+	c.rcpt = append(c.rcpt, int16(a.Recipient))
+	c.attempt = append(c.attempt, int32(a.Attempt))
+	c.started = append(c.started, a.StartedAt)
+	c.durationMS = append(c.durationMS, int32(max(a.Duration.Milliseconds(), 0)))
+	c.mxHost = append(c.mxHost, optional(a.MXHost))
+	c.mxIP = append(c.mxIP, mxIP)
+	c.tlsVersion = append(c.tlsVersion, optional(a.TLSVersion))
+	c.tlsCipher = append(c.tlsCipher, optional(a.TLSCipher))
+	c.tlsVerified = append(c.tlsVerified, a.TLSVerified)
+	c.code = append(c.code, code)
+	c.enhanced = append(c.enhanced, optional(a.EnhancedCode))
+	c.response = append(c.response, optional(a.Response))
+	c.outcome = append(c.outcome, a.Outcome)
+	return nil
 }
 
 // EnsureAttemptPartitions creates the monthly partitions attempts_yYYYYmMM

@@ -257,3 +257,98 @@ func TestPartitionName(t *testing.T) {
 		})
 	}
 }
+
+// TestRecordOutcomesAttempts: RecordOutcomes stores every field of an
+// attempt, routes it by month like InsertAttempts (the default partition
+// for a month not created yet), and keeps routing right once that month's
+// partition exists, through the same pooled, prepared statement.
+func TestRecordOutcomesAttempts(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	ctx := t.Context()
+	k := newTenant(t, s, "acme")
+	m := testMessage(k, 3)
+	if err := s.AcceptBatch(ctx, []NewMessage{m}); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	later := monthStart(now).AddDate(0, 6, 0).Add(time.Hour) // beyond the months Migrate creates
+	retry := now.Add(time.Minute)
+	outs := []Outcome{
+		{Attempt: Attempt{Recipient: 0, Attempt: 1, StartedAt: now, Duration: 1500 * time.Millisecond,
+			MXHost: "mx.dest0.example", MXIP: "::ffff:192.0.2.10", TLSVersion: "TLS1.3", TLSCipher: "TLS_AES_128_GCM_SHA256",
+			TLSVerified: true, SMTPCode: 451, EnhancedCode: "4.7.1", Response: "greylisted", Outcome: RecipientDeferred},
+			NextAttemptAt: &retry},
+		{Attempt: Attempt{Recipient: 1, Attempt: 1, StartedAt: now, Response: "dns timeout", Outcome: RecipientDeferred},
+			NextAttemptAt: &retry},
+	}
+	if _, err := s.RecordOutcomes(ctx, m.ID, outs); err != nil {
+		t.Fatal(err)
+	}
+	var (
+		ip, cipher, host, enhanced, response string
+		ms, code                             int
+		verified                             bool
+	)
+	if err := s.pool.QueryRow(ctx, `SELECT host(mx_ip), tls_cipher, mx_host, enhanced_code, response, duration_ms, smtp_code, tls_verified
+FROM attempts WHERE message_id = $1 AND rcpt_idx = 0`, m.ID).Scan(&ip, &cipher, &host, &enhanced, &response, &ms, &code, &verified); err != nil {
+		t.Fatal(err)
+	}
+	if ip != "192.0.2.10" || cipher != "TLS_AES_128_GCM_SHA256" || host != "mx.dest0.example" || enhanced != "4.7.1" ||
+		response != "greylisted" || ms != 1500 || code != 451 || !verified {
+		t.Errorf("stored ip %s cipher %s host %s enhanced %s response %q duration %d code %d verified %v",
+			ip, cipher, host, enhanced, response, ms, code, verified)
+	}
+	if n := count(t, s, `SELECT count(*) FROM attempts WHERE message_id = $1 AND rcpt_idx = 1
+AND mx_host IS NULL AND mx_ip IS NULL AND tls_version IS NULL AND smtp_code IS NULL AND response = 'dns timeout'`, m.ID); n != 1 {
+		t.Errorf("attempt without a host: %d rows with NULLs, want 1", n)
+	}
+	if got := partitions(t, s); got[partitionName(monthStart(now))] != 2 || got["attempts_default"] != 0 {
+		t.Errorf("partitions %v, want both attempts in this month's", got)
+	}
+
+	// A month with no partition yet: the default one takes it.
+	record := func(rcpt, attempt int) {
+		t.Helper()
+		out := Outcome{Attempt: Attempt{Recipient: rcpt, Attempt: attempt, StartedAt: later, Outcome: RecipientDeferred}, NextAttemptAt: &retry}
+		if _, err := s.RecordOutcomes(ctx, m.ID, []Outcome{out}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	record(0, 2)
+	if got := partitions(t, s); got["attempts_default"] != 1 {
+		t.Fatalf("partitions %v, want one attempt in the default", got)
+	}
+	if err := s.EnsureAttemptPartitions(ctx, later, 0); err != nil {
+		t.Fatal(err)
+	}
+	record(1, 2)
+	if got := partitions(t, s); got["attempts_default"] != 0 || got[partitionName(monthStart(later))] != 2 {
+		t.Errorf("partitions %v, want the later month's two attempts in their partition", got)
+	}
+}
+
+// TestRecordOutcomesRefuses: an invalid attempt writes nothing at all.
+func TestRecordOutcomesRefuses(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	k := newTenant(t, s, "acme")
+	m := testMessage(k, 2)
+	if err := s.AcceptBatch(t.Context(), []NewMessage{m}); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	outs := []Outcome{
+		{Attempt: Attempt{Recipient: 0, Attempt: 1, StartedAt: now, Outcome: RecipientDelivered}},
+		{Attempt: Attempt{Recipient: 1, Attempt: 1, StartedAt: now, MXIP: "mx.example", Outcome: RecipientDelivered}},
+	}
+	if _, err := s.RecordOutcomes(t.Context(), m.ID, outs); err == nil || !strings.Contains(err.Error(), "attempt 1: mx ip") {
+		t.Fatalf("RecordOutcomes = %v, want the bad address refused", err)
+	}
+	if n := count(t, s, `SELECT count(*) FROM attempts`); n != 0 {
+		t.Errorf("%d attempts stored by a refused call", n)
+	}
+	if n := count(t, s, `SELECT count(*) FROM recipients WHERE message_id = $1 AND status = 'queued'`, m.ID); n != 2 {
+		t.Errorf("%d recipients still queued, want 2", n)
+	}
+}

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
@@ -42,7 +43,14 @@ const (
 FROM messages WHERE id = $1`
 	selectPending = `SELECT idx, email, attempts, next_attempt_at FROM recipients
 WHERE message_id = $1 AND domain = $2 AND status IN ('queued', 'deferred') ORDER BY idx`
-	saveSignature = `UPDATE messages SET dkim_header = $2 WHERE id = $1 AND dkim_header IS NULL`
+	// saveSignature stores the header unless one is stored and returns the
+	// one that counts, in one statement. A NULL means a concurrent signer
+	// committed after this statement's snapshot: readSignature sees it.
+	saveSignature = `WITH saved AS (
+	UPDATE messages SET dkim_header = $2 WHERE id = $1 AND dkim_header IS NULL RETURNING dkim_header)
+SELECT dkim_header FROM saved
+UNION ALL
+SELECT dkim_header FROM messages WHERE id = $1 AND NOT EXISTS (SELECT FROM saved)`
 	readSignature = `SELECT dkim_header FROM messages WHERE id = $1`
 	// takeLease takes the due recipients nobody else is attempting. A lease
 	// held under the same owner is taken over: that is the same queue entry,
@@ -57,14 +65,31 @@ AND (next_attempt_at IS NULL OR next_attempt_at <= $6)
 RETURNING idx`
 	renewLease = `UPDATE recipients SET lease_until = now() + $4::bigint * interval '1 microsecond'
 WHERE message_id = $1 AND idx = ANY($2) AND lease_owner = $3 AND status IN ('queued', 'deferred')`
-	updateRecipients = `UPDATE recipients r SET
-	status = u.status, attempts = r.attempts + 1, last_attempt_at = u.started_at,
-	next_attempt_at = u.next_at, smtp_code = u.code, enhanced_code = u.enhanced,
-	response = u.response, mx_host = u.mx_host, tls_version = u.tls_version, updated_at = now(),
+	// lockMessage serialises RecordOutcomes per message: without it, workers
+	// for two domains finishing at once each miss the other's uncommitted
+	// recipients and neither completes the message. Advisory, so no row is
+	// written; two int4 keys, a space apart from the bigint keys of
+	// migrate.go.
+	lockMessage = `SELECT pg_advisory_xact_lock($1::int, $2::int)`
+	// recordAttempts inserts the attempts and moves their recipients to
+	// the outcome in one statement, reading the parameters once.
+	recordAttempts = `WITH o AS (
+	SELECT * FROM unnest($2::smallint[], $3::int[], $4::timestamptz[], $5::int[], $6::text[], $7::inet[], $8::text[],
+		$9::text[], $10::bool[], $11::int[], $12::text[], $13::text[], $14::text[], $15::timestamptz[])
+	AS o(idx, attempt, started_at, duration_ms, mx_host, mx_ip, tls_version, tls_cipher, tls_verified,
+		smtp_code, enhanced_code, response, outcome, next_at)
+), inserted AS (
+	INSERT INTO attempts (` + attemptColumnList + `)
+	SELECT $1, idx, attempt, started_at, duration_ms, mx_host, mx_ip, tls_version, tls_cipher, tls_verified,
+		smtp_code, enhanced_code, response, outcome FROM o
+)
+UPDATE recipients r SET
+	status = o.outcome, attempts = r.attempts + 1, last_attempt_at = o.started_at,
+	next_attempt_at = o.next_at, smtp_code = o.smtp_code, enhanced_code = o.enhanced_code,
+	response = o.response, mx_host = o.mx_host, tls_version = o.tls_version, updated_at = now(),
 	lease_owner = NULL, lease_until = NULL
-FROM unnest($2::smallint[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::int[], $7::text[], $8::text[], $9::text[], $10::text[])
-	AS u(idx, status, started_at, next_at, code, enhanced, response, mx_host, tls_version)
-WHERE r.message_id = $1 AND r.idx = u.idx AND r.status IN ('queued', 'deferred')`
+FROM o
+WHERE r.message_id = $1 AND r.idx = o.idx AND r.status IN ('queued', 'deferred')`
 	// completeMessage drops the body once no recipient is left to deliver:
 	// the ledger keeps the metadata, not the mail.
 	completeMessage = `UPDATE messages SET body = NULL, completed_at = now()
@@ -115,24 +140,26 @@ func (s *Store) LoadDelivery(ctx context.Context, id uuid.UUID, domain string) (
 // one message may sign at once, and the first write wins so every
 // transaction sends the same bytes.
 func (s *Store) SaveSignature(ctx context.Context, id uuid.UUID, header string) (string, error) {
-	tag, err := s.pool.Exec(ctx, saveSignature, id, header)
+	stored, err := s.signature(ctx, saveSignature, id, header)
+	if err == nil && stored == nil {
+		stored, err = s.signature(ctx, readSignature, id)
+	}
 	if err != nil {
-		return "", fmt.Errorf("save signature %s: %w", id, err)
-	}
-	if tag.RowsAffected() == 1 {
-		return header, nil
-	}
-	var stored *string
-	if err := s.pool.QueryRow(ctx, readSignature, id).Scan(&stored); err != nil {
-		if errors.Is(err, pgx.ErrNoRows) {
-			return "", fmt.Errorf("save signature %s: %w", id, ErrNotFound)
-		}
 		return "", fmt.Errorf("save signature %s: %w", id, err)
 	}
 	if stored == nil {
 		return "", fmt.Errorf("save signature %s: not stored", id)
 	}
 	return *stored, nil
+}
+
+func (s *Store) signature(ctx context.Context, query string, args ...any) (*string, error) {
+	var stored *string
+	err := s.pool.QueryRow(ctx, query, args...).Scan(&stored)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	return stored, err
 }
 
 // Lease asks for the recipients a worker is about to attempt.
@@ -197,66 +224,52 @@ type Outcome struct {
 // recipient is left pending. It reports whether the message is now
 // complete. Recording is safe to repeat: recipients already final are not
 // changed.
+//
+// It is one round trip: the statements go as one pipelined batch, which
+// PostgreSQL runs as one implicit transaction (committed at the batch's
+// Sync, rolled back whole if a statement fails).
 func (s *Store) RecordOutcomes(ctx context.Context, id uuid.UUID, outs []Outcome) (complete bool, err error) {
 	if len(outs) == 0 {
 		return false, nil
 	}
-	attempts := make([]Attempt, len(outs))
-	n := len(outs)
-	var (
-		idx      = make([]int16, n)
-		status   = make([]string, n)
-		started  = make([]time.Time, n)
-		next     = make([]*time.Time, n)
-		code     = make([]*int32, n)
-		enhanced = make([]*string, n)
-		response = make([]*string, n)
-		mxHost   = make([]*string, n)
-		tlsVer   = make([]*string, n)
-	)
+	var cols attemptArrays
+	next := make([]*time.Time, len(outs))
 	for i, o := range outs {
 		a := o.Attempt
 		a.MessageID = id
-		attempts[i] = a
-		idx[i] = int16(a.Recipient)
-		status[i] = a.Outcome
-		started[i] = a.StartedAt
+		if err := cols.add(a); err != nil {
+			return false, fmt.Errorf("record outcomes %s: attempt %d: %w", id, i, err)
+		}
 		if a.Outcome == RecipientDeferred {
 			next[i] = o.NextAttemptAt
 		}
-		if a.SMTPCode != 0 {
-			c := int32(a.SMTPCode)
-			code[i] = &c
-		}
-		enhanced[i], response[i], mxHost[i], tlsVer[i] = optional(a.EnhancedCode), optional(a.Response), optional(a.MXHost), optional(a.TLSVersion)
 	}
-	rows := make([][]any, n)
-	for i, a := range attempts {
-		row, err := attemptRow(a)
-		if err != nil {
-			return false, fmt.Errorf("record outcomes %s: attempt %d: %w", id, i, err)
+	b := &pgx.Batch{}
+	b.Queue(lockMessage, messageLockClass, messageLockKey(id))
+	b.Queue(recordAttempts, id, cols.rcpt, cols.attempt, cols.started, cols.durationMS, cols.mxHost, cols.mxIP,
+		cols.tlsVersion, cols.tlsCipher, cols.tlsVerified, cols.code, cols.enhanced, cols.response, cols.outcome, next)
+	// A statement of its own, so that its snapshot sees the recipients just
+	// updated and those of any domain recorded before the lock was granted.
+	b.Queue(completeMessage, id).QueryRow(func(row pgx.Row) error {
+		err := row.Scan(&complete)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil
 		}
-		rows[i] = row
-	}
-	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"attempts"}, attemptColumns, pgx.CopyFromRows(rows)); err != nil {
-			return fmt.Errorf("insert attempts: %w", err)
-		}
-		b := &pgx.Batch{}
-		b.Queue(updateRecipients, id, idx, status, started, next, code, enhanced, response, mxHost, tlsVer)
-		b.Queue(completeMessage, id).QueryRow(func(row pgx.Row) error {
-			err := row.Scan(&complete)
-			if errors.Is(err, pgx.ErrNoRows) {
-				return nil
-			}
-			return err
-		})
-		return tx.SendBatch(ctx, b).Close()
+		return err
 	})
-	if err != nil {
+	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
 		return false, fmt.Errorf("record outcomes %s: %w", id, err)
 	}
 	return complete, nil
+}
+
+// messageLockClass is lockMessage's first key ("mfdl"); messageLockKey the
+// second, from the random tail of the message id. Ids that share it only
+// wait for each other.
+const messageLockClass int32 = 0x6d66646c
+
+func messageLockKey(id uuid.UUID) int32 {
+	return int32(binary.BigEndian.Uint32(id[12:]))
 }
 
 func optional(s string) *string {

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sync"
@@ -309,5 +310,51 @@ func TestPendingJobs(t *testing.T) {
 	}
 	if stale, err := s.StaleJobs(t.Context(), time.Now().Add(-time.Minute), 10); err != nil || len(stale) != 0 {
 		t.Errorf("leased jobs reported stale: %+v %v", stale, err)
+	}
+}
+
+// TestSaveSignatureWaitsForSigner: a signer that commits while another's
+// SaveSignature waits for the row wins, and the waiter gets its header,
+// though that committed after the waiter's statement began.
+func TestSaveSignatureWaitsForSigner(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	k := newTenant(t, s, "acme")
+	m := testMessage(k, 1)
+	if err := s.AcceptBatch(t.Context(), []NewMessage{m}); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := s.pool.Begin(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(t.Context(), saveSignature, m.ID, "first"); err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		h   string
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		h, err := s.SaveSignature(t.Context(), m.ID, "second")
+		done <- result{h, err}
+	}()
+	for deadline := time.Now().Add(10 * time.Second); count(t, s, `SELECT count(*) FROM pg_stat_activity
+WHERE datname = current_database() AND wait_event_type = 'Lock'`) == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("SaveSignature never waited for the row")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := tx.Commit(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-done; r.err != nil || r.h != "first" {
+		t.Errorf("SaveSignature = %q, %v; want the committed %q", r.h, r.err, "first")
+	}
+	if _, err := s.SaveSignature(t.Context(), uuid.Must(uuid.NewV7()), "x"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("unknown message: %v", err)
 	}
 }
