@@ -1,11 +1,8 @@
 package api
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
 	"reflect"
-	"sort"
 	"strings"
 	"testing"
 
@@ -64,47 +61,13 @@ func TestKnownFields(t *testing.T) {
 }
 
 // legacyDecodeSend is decodeSend as it was before scanJSON: the depth
-// check, a map for the unknown fields, then a strict Decoder. Its answers
-// are the contract decodeSend keeps.
+// check, then the map-and-strict-Decoder path that explainSend keeps for
+// refused bodies. Its answers are the contract the one-pass path keeps.
 func legacyDecodeSend(body []byte) (*sendRequest, *problem) {
 	if err := legacyCheckDepth(body, maxJSONDepth); err != nil {
 		return nil, newProblem(kindMalformed, err.Error())
 	}
-	var top map[string]json.RawMessage
-	if err := json.Unmarshal(body, &top); err != nil {
-		return nil, malformedJSON(err)
-	}
-	if top == nil {
-		return nil, newProblem(kindMalformed, "the body must be a JSON object")
-	}
-	known := map[string]bool{}
-	for _, n := range jsonFields(reflect.TypeOf(sendRequest{})) {
-		known[n] = true
-	}
-	var unknown []FieldProblem
-	for name := range top {
-		if !known[name] {
-			unknown = append(unknown, FieldProblem{Field: name, Detail: "unknown field"})
-		}
-	}
-	if len(unknown) > 0 {
-		sort.Slice(unknown, func(i, j int) bool { return unknown[i].Field < unknown[j].Field })
-		names := make([]string, len(unknown))
-		for i, u := range unknown {
-			names[i] = fmt.Sprintf("%q", u.Field)
-		}
-		return nil, newProblem(kindUnknownField, "unknown fields: "+strings.Join(names, ", "), unknown...)
-	}
-	var req sendRequest
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		return nil, malformedJSON(err)
-	}
-	if dec.More() {
-		return nil, newProblem(kindMalformed, "the body holds more than one JSON value")
-	}
-	return &req, nil
+	return explainSend(body)
 }
 
 func legacyCheckDepth(b []byte, max int) error {
