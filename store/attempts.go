@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
-	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -38,50 +37,34 @@ WHERE i.inhparent = 'attempts'::regclass ORDER BY c.relname`
 	deleteOldDefault = `DELETE FROM attempts_default WHERE started_at < $1`
 )
 
-// attemptColumnList names the columns attemptRow fills, in its order.
+// attemptColumnList names the attempts columns in the order of
+// attemptArrays.
 const attemptColumnList = `message_id, rcpt_idx, attempt, started_at, duration_ms, mx_host, mx_ip,
 	tls_version, tls_cipher, tls_verified, smtp_code, enhanced_code, response, outcome`
 
-// attemptColumns is attemptColumnList for COPY.
-var attemptColumns = strings.Fields(strings.ReplaceAll(attemptColumnList, ",", " "))
+// insertAttempts inserts attempts from arrays, one per column. Rows go to
+// the partition of their started_at month (the default one if it has none).
+const insertAttempts = `INSERT INTO attempts (` + attemptColumnList + `)
+SELECT * FROM unnest($1::uuid[], $2::smallint[], $3::int[], $4::timestamptz[], $5::int[], $6::text[], $7::inet[],
+	$8::text[], $9::text[], $10::bool[], $11::int[], $12::text[], $13::text[], $14::text[])`
 
-// InsertAttempts records attempts with one COPY. Rows go to the partition
-// of their started_at month (the default partition if it has none).
+// InsertAttempts records attempts in one statement.
 func (s *Store) InsertAttempts(ctx context.Context, as []Attempt) error {
 	if len(as) == 0 {
 		return nil
 	}
-	rows := make([][]any, len(as))
+	var cols attemptArrays
 	for i, a := range as {
-		row, err := attemptRow(a)
-		if err != nil {
+		if err := cols.add(a); err != nil {
 			return fmt.Errorf("insert attempts: attempt %d: %w", i, err)
 		}
-		rows[i] = row
 	}
-	if _, err := s.pool.CopyFrom(ctx, pgx.Identifier{"attempts"}, attemptColumns, pgx.CopyFromRows(rows)); err != nil {
+	if _, err := s.pool.Exec(ctx, insertAttempts, cols.message, cols.rcpt, cols.attempt, cols.started, cols.durationMS,
+		cols.mxHost, cols.mxIP, cols.tlsVersion, cols.tlsCipher, cols.tlsVerified, cols.code, cols.enhanced,
+		cols.response, cols.outcome); err != nil {
 		return fmt.Errorf("insert attempts: %w", err)
 	}
 	return nil
-}
-
-func attemptRow(a Attempt) ([]any, error) {
-	ip, err := checkAttempt(a)
-	if err != nil {
-		return nil, err
-	}
-	var mxIP, code any
-	if ip.IsValid() {
-		mxIP = ip
-	}
-	if a.SMTPCode != 0 {
-		code = a.SMTPCode
-	}
-	return []any{
-		a.MessageID, int16(a.Recipient), a.Attempt, a.StartedAt, max(a.Duration.Milliseconds(), 0),
-		nullString(a.MXHost), mxIP, nullString(a.TLSVersion), nullString(a.TLSCipher), a.TLSVerified,
-		code, nullString(a.EnhancedCode), nullString(a.Response), a.Outcome,
-	}, nil
 }
 
 // checkAttempt reports everything wrong with a and returns its MX address
@@ -123,6 +106,7 @@ func checkAttempt(a Attempt) (netip.Addr, error) {
 // INSERT ... SELECT FROM unnest: unlike COPY, that can go in a pipelined
 // batch with other statements. Nil pointers are NULLs.
 type attemptArrays struct {
+	message     []uuid.UUID
 	rcpt        []int16
 	attempt     []int32
 	started     []time.Time
@@ -153,6 +137,7 @@ func (c *attemptArrays) add(a Attempt) error {
 		n := int32(a.SMTPCode)
 		code = &n
 	}
+	c.message = append(c.message, a.MessageID)
 	c.rcpt = append(c.rcpt, int16(a.Recipient))
 	c.attempt = append(c.attempt, int32(a.Attempt))
 	c.started = append(c.started, a.StartedAt)
