@@ -29,10 +29,9 @@ type domainState struct {
 
 // slot is one transaction's hold on its domain.
 type slot struct {
-	domain  string
-	start   time.Time
-	verdict int // +1 quick, -1 slow or failed, 0 nothing was tried
-	end     time.Time
+	domain string
+	start  time.Time
+	att    *Attempt // the transaction run under it; nil if none was
 }
 
 // idleForget is how long a domain with nothing in flight keeps its earned
@@ -61,15 +60,8 @@ func (d *domainSlots) acquire(domain string, now time.Time) (*slot, time.Duratio
 	return &slot{domain: domain, start: now}, 0
 }
 
-// judge notes how the slot's transaction went.
-func (s *slot) judge(a Attempt, slowAfter time.Duration) {
-	s.end = a.Started.Add(a.Duration)
-	if a.Host != "" && a.Duration < slowAfter {
-		s.verdict = 1
-	} else {
-		s.verdict = -1
-	}
-}
+// judge notes the transaction run under the slot, for release.
+func (s *slot) judge(a Attempt) { s.att = &a }
 
 func (d *domainSlots) release(s *slot) {
 	d.mu.Lock()
@@ -81,16 +73,14 @@ func (d *domainSlots) release(s *slot) {
 	if i := slices.Index(st.starts, s.start); i >= 0 {
 		st.starts = slices.Delete(st.starts, i, i+1)
 	}
-	switch s.verdict {
-	case 1:
-		st.limit = min(st.limit+1, d.max)
-	case -1:
-		st.limit = 1
-	}
-	if !s.end.IsZero() {
-		st.last = s.end
-	} else {
-		st.last = s.start
+	st.last = s.start
+	if a := s.att; a != nil {
+		st.last = a.Started.Add(a.Duration)
+		if a.Host != "" && a.Duration < d.slowAfter {
+			st.limit = min(st.limit+1, d.max)
+		} else {
+			st.limit = 1 // slow, or no host answered
+		}
 	}
 }
 

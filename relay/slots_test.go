@@ -29,7 +29,7 @@ func TestDomainSlots(t *testing.T) {
 	}
 	finish := func(ss []*slot, a Attempt) {
 		for _, s := range ss {
-			s.judge(a, 10*time.Second)
+			s.judge(a)
 			d.release(s)
 		}
 	}
@@ -76,7 +76,7 @@ func TestDomainSlotsForget(t *testing.T) {
 	t0 := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
 	d := newDomainSlots(8, 10*time.Second)
 	idle, _ := d.acquire("idle.example", t0)
-	idle.judge(Attempt{Host: "mx", Started: t0, Duration: time.Millisecond}, 10*time.Second)
+	idle.judge(Attempt{Host: "mx", Started: t0, Duration: time.Millisecond})
 	d.release(idle)
 	if busy, _ := d.acquire("busy.example", t0); busy == nil {
 		t.Fatal("acquire refused")

@@ -353,7 +353,7 @@ func (w *Worker) process(ctx context.Context, c queue.Claimed) {
 	defer stopBeat()
 
 	outs, att := w.deliver(ctx, log, d, c.Job.Domain, due, expiry)
-	slot.judge(att, w.opts.SlowAfter)
+	slot.judge(att)
 	if !w.record(ctx, log, id, outs) {
 		// Not recorded before shutdown: keep the job; its lease lapses and
 		// another worker takes it over.
