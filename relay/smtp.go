@@ -217,6 +217,11 @@ hosts:
 			}
 			if out.results != nil {
 				a.Host, a.IP, a.TLS = h.Name, ip, out.tls
+				for i := range out.results {
+					if out.results[i].Err != nil {
+						out.results[i].Err = withCause(ctx, out.results[i].Err)
+					}
+				}
 				put(out.results)
 				return a
 			}
@@ -315,11 +320,6 @@ func (c *Client) reuse(ctx context.Context, h Host, ip netip.Addr, env *Envelope
 		return outcome{}, false
 	}
 	c.release(s)
-	for i := range results {
-		if results[i].Err != nil {
-			results[i].Err = withCause(ctx, results[i].Err)
-		}
-	}
 	return outcome{results: results, tls: s.tls}, true
 }
 
@@ -370,11 +370,6 @@ func (c *Client) connect(ctx context.Context, h Host, ip netip.Addr, env *Envelo
 	}
 	if out.err != nil {
 		out.err = fmt.Errorf("%s[%s]: %w", h.Name, ip, withCause(ctx, out.err))
-	}
-	for i := range out.results {
-		if out.results[i].Err != nil {
-			out.results[i].Err = withCause(ctx, out.results[i].Err)
-		}
 	}
 	return out
 }
