@@ -12,6 +12,9 @@ set -eu
 need=""
 command -v redis-server >/dev/null 2>&1 || need="$need redis-server"
 command -v swaks >/dev/null 2>&1 || need="$need swaks"
+# swaks speaks TLS only through Net::SSLeay and IO::Socket::SSL, which it
+# merely recommends: --no-install-recommends leaves them out.
+perl -MNet::SSLeay -MIO::Socket::SSL -e1 >/dev/null 2>&1 || need="$need libnet-ssleay-perl libio-socket-ssl-perl"
 if ! command -v pg_config >/dev/null 2>&1 || [ ! -x "$(pg_config --bindir 2>/dev/null)/initdb" ]; then
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need="$need postgresql"
 fi
