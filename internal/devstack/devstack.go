@@ -104,6 +104,10 @@ type PostgresOptions struct {
 	Port int    // 0: a free port
 	// Database is created when missing; "" means "mailferry".
 	Database string
+	// Durable keeps PostgreSQL's defaults, fsync and synchronous_commit on:
+	// the durability Mailferry promises, and so the only setting at which
+	// a benchmark's throughput counts. Tests leave it off for speed.
+	Durable bool
 }
 
 // StartPostgres initialises (once) and starts a PostgreSQL cluster on
@@ -144,11 +148,15 @@ func StartPostgres(ctx context.Context, opts PostgresOptions) (*Process, error) 
 			return nil, fmt.Errorf("initdb: %w: %s", err, out)
 		}
 	}
-	cmd := command(runAs, filepath.Join(binDir, "postgres"),
-		"-D", data, "-p", strconv.Itoa(port), "-k", sock, "-c", "listen_addresses=127.0.0.1",
+	args := []string{"-D", data, "-p", strconv.Itoa(port), "-k", sock, "-c", "listen_addresses=127.0.0.1",
+		"-c", "max_connections=300", "-c", "log_min_messages=warning"}
+	if opts.Durable {
+		args = append(args, "-c", "fsync=on", "-c", "synchronous_commit=on", "-c", "full_page_writes=on")
+	} else {
 		// Throwaway clusters trade durability for speed; never for production.
-		"-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-		"-c", "max_connections=300", "-c", "log_min_messages=warning")
+		args = append(args, "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off")
+	}
+	cmd := command(runAs, filepath.Join(binDir, "postgres"), args...)
 	logPath := filepath.Join(opts.Dir, "postgres.log")
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {

@@ -101,6 +101,42 @@ func findModuleRoot() (string, error) {
 	}
 }
 
+// buildRevision builds mailferry as it was at rev of the checkout src,
+// from a git archive unpacked in dir, and returns the binary and the
+// revision's short name.
+func buildRevision(ctx context.Context, src, rev, dir string) (bin, name string, err error) {
+	tree := filepath.Join(dir, "src")
+	if err := os.MkdirAll(tree, 0o755); err != nil {
+		return "", "", err
+	}
+	archive := exec.CommandContext(ctx, "git", "-C", src, "archive", "--format=tar", rev)
+	unpack := exec.CommandContext(ctx, "tar", "-x", "-C", tree)
+	pipe, err := archive.StdoutPipe()
+	if err != nil {
+		return "", "", err
+	}
+	unpack.Stdin = pipe
+	var stderr bytes.Buffer
+	archive.Stderr = &stderr
+	if err := unpack.Start(); err != nil {
+		return "", "", fmt.Errorf("tar: %w", err)
+	}
+	if err := archive.Run(); err != nil {
+		return "", "", fmt.Errorf("git archive %s: %w: %s", rev, err, stderr.String())
+	}
+	if err := unpack.Wait(); err != nil {
+		return "", "", fmt.Errorf("tar: %w", err)
+	}
+	out, err := exec.CommandContext(ctx, "git", "-C", src, "rev-parse", "--short", rev).Output()
+	if err != nil {
+		return "", "", fmt.Errorf("git rev-parse %s: %w", rev, err)
+	}
+	if bin, err = buildMailferry(ctx, tree, dir, false); err != nil {
+		return "", "", err
+	}
+	return bin, strings.TrimSpace(string(out)), nil
+}
+
 // describe names the source measured: git describe, or "unknown".
 func describe(src string) string {
 	out, err := exec.Command("git", "-C", src, "describe", "--always", "--dirty").Output()

@@ -62,6 +62,12 @@ type config struct {
 
 	Src, Bin, Out, Label, LogLevel string
 	Keep                           bool
+
+	// Durable runs PostgreSQL with fsync and synchronous_commit on.
+	Durable bool
+	// Baseline is a git revision of Src built and measured beside it in
+	// S2, run for run, so the report can give ratios from one run.
+	Baseline string
 }
 
 // maxDomains is how many recipient domains the zone needs.
@@ -125,6 +131,8 @@ func parseFlags(args []string) (*config, []string, error) {
 	fs.StringVar(&c.Label, "label", "", "names the measured source in the report (default: git describe of -src)")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "MAILFERRY_LOG_LEVEL of the measured processes")
 	fs.BoolVar(&c.Keep, "keep", false, "keep the temporary folder (mailferry logs, server data)")
+	fs.BoolVar(&c.Durable, "durable", true, "PostgreSQL with fsync and synchronous_commit on, the durability Mailferry promises (false: off, as the tests run it)")
+	fs.StringVar(&c.Baseline, "baseline", "", "git revision of -src to build and measure beside it in S2 (Ed25519), alternating run for run; the report gives the ratios")
 	if err := fs.Parse(args); err != nil {
 		return nil, nil, err
 	}
@@ -158,6 +166,9 @@ func parseFlags(args []string) (*config, []string, error) {
 	if c.Pprof && c.Bin != "" {
 		errs = append(errs, errors.New("-pprof builds its own binary: drop -bin"))
 	}
+	if c.Baseline != "" && c.Pprof {
+		errs = append(errs, errors.New("-baseline with -pprof: profile one build at a time"))
+	}
 	var line []string
 	fs.VisitAll(func(f *flag.Flag) {
 		if set[f.Name] || (c.Quick && quickDefaults[f.Name] != "") {
@@ -175,6 +186,8 @@ type bench struct {
 	stamp  string
 	bin    string
 	commit string
+	// baseBin and baseCommit: the -baseline build, when there is one.
+	baseBin, baseCommit string
 }
 
 func (b *bench) progress(format string, args ...any) {
@@ -229,6 +242,17 @@ func mainErr() error {
 			return err
 		}
 	}
+	if cfg.Baseline != "" {
+		dir, err := os.MkdirTemp("", "mfbench-baseline-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		b.progress("building the baseline %s", cfg.Baseline)
+		if b.baseBin, b.baseCommit, err = buildRevision(ctx, cfg.Src, cfg.Baseline, dir); err != nil {
+			return err
+		}
+	}
 	b.progress("starting Redis, PostgreSQL, DNS and the sink")
 	if b.st, err = startStack(ctx, cfg, b.bin); err != nil {
 		return err
@@ -261,25 +285,27 @@ func mainErr() error {
 		}
 		return os.WriteFile(base+".md", []byte(b.rep.markdown()), 0o644)
 	}
+	one := func(r *scenarioResult) []*scenarioResult { return []*scenarioResult{r} }
 	steps := []struct {
 		name string
-		fn   func() *scenarioResult
+		fn   func() []*scenarioResult
 	}{
-		{"s1", func() *scenarioResult { return b.s1(ctx) }},
-		{"s2", func() *scenarioResult { return b.s2(ctx, dkim.AlgorithmEd25519) }},
-		{"s2", func() *scenarioResult { return b.s2(ctx, dkim.AlgorithmRSA2048) }},
-		{"s4", func() *scenarioResult { return b.s4(ctx, b.rep.scenario("s2-ed25519")) }},
-		{"light", func() *scenarioResult { return b.light(ctx) }},
-		{"s3", func() *scenarioResult { return b.s3(ctx) }},
+		{"s1", func() []*scenarioResult { return one(b.s1(ctx)) }},
+		{"s2", func() []*scenarioResult { return b.s2Compare(ctx, dkim.AlgorithmEd25519) }},
+		{"s2", func() []*scenarioResult { return one(b.s2(ctx, dkim.AlgorithmRSA2048)) }},
+		{"s4", func() []*scenarioResult { return one(b.s4(ctx, b.rep.scenario("s2-ed25519"))) }},
+		{"light", func() []*scenarioResult { return one(b.light(ctx)) }},
+		{"s3", func() []*scenarioResult { return one(b.s3(ctx)) }},
 	}
 	for _, s := range steps {
 		if !cfg.want(s.name) || ctx.Err() != nil {
 			continue
 		}
-		res := s.fn()
-		b.rep.Scenarios = append(b.rep.Scenarios, res)
-		if res.Error != "" {
-			b.progress("%s: %s", res.Key, res.Error)
+		for _, res := range s.fn() {
+			b.rep.Scenarios = append(b.rep.Scenarios, res)
+			if res.Error != "" {
+				b.progress("%s: %s", res.Key, res.Error)
+			}
 		}
 		if err := save(); err != nil {
 			return err

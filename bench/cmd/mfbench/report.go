@@ -12,7 +12,7 @@ import (
 
 // describeMachine reads what the report header shows.
 func (b *bench) describeMachine(ctx context.Context) machine {
-	m := machine{CPUs: runtime.NumCPU(), Go: runtime.Version()}
+	m := machine{CPUs: runtime.NumCPU(), Go: runtime.Version(), Durable: b.cfg.Durable, Baseline: b.baseCommit}
 	if f, err := os.Open("/proc/cpuinfo"); err == nil {
 		s := bufio.NewScanner(f)
 		for s.Scan() {
@@ -52,7 +52,14 @@ func (r *report) markdown() string {
 	m := r.Machine
 	fmt.Fprintf(&w, "# Mailferry benchmark, %s\n\n", r.Started)
 	fmt.Fprintf(&w, "- Machine: %d CPUs (%s), %.1f GiB memory, %s\n", m.CPUs, m.CPUModel, float64(m.MemoryMiB)/1024, m.Kernel)
-	fmt.Fprintf(&w, "- Software: %s, Redis %s, PostgreSQL %s (fsync off, as internal/devstack starts it)\n", m.Go, m.Redis, m.Postgres)
+	durability := "fsync and synchronous_commit on, the durability Mailferry promises"
+	if !m.Durable {
+		durability = "fsync and synchronous_commit OFF (-durable=false): throughput here overstates what a durable deployment gets"
+	}
+	fmt.Fprintf(&w, "- Software: %s, Redis %s, PostgreSQL %s (%s)\n", m.Go, m.Redis, m.Postgres, durability)
+	if m.Baseline != "" {
+		fmt.Fprintf(&w, "- Baseline: %s, built from git and measured in S2 (Ed25519) run for run beside this build\n", m.Baseline)
+	}
 	fmt.Fprintf(&w, "- Mailferry: %s\n", m.Mailferry)
 	fmt.Fprintf(&w, "- Everything on this machine over loopback, the load generator, DNS server and sink MX included (one process, `mfbench`).\n")
 	fmt.Fprintf(&w, "- Run took %.1f min. Flags: `%s`\n", r.Seconds/60, r.flagLine())

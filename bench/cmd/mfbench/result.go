@@ -76,6 +76,9 @@ type machine struct {
 	Redis     string `json:"redis"`
 	Postgres  string `json:"postgres"`
 	Mailferry string `json:"mailferry"`
+	Baseline  string `json:"baseline,omitempty"`
+	// Durable: PostgreSQL ran with fsync and synchronous_commit on.
+	Durable bool `json:"durable"`
 }
 
 // report is the JSON file.

@@ -145,38 +145,109 @@ func isHealthy(domain string) bool { return !strings.HasPrefix(domain, "t") }
 // same run: the bench's own SMTP client blasting the sink with the same
 // STARTTLS, and the single-core sign rate of the key type.
 func (b *bench) s2(ctx context.Context, alg dkim.Algorithm) *scenarioResult {
-	cfg := b.cfg
-	key := "s2-" + string(alg)
-	res := newScenario(key, fmt.Sprintf("S2 end-to-end, DKIM %s: %d messages (4 KB) over %d domains, all MX → the sink (STARTTLS); accepted first with no worker, then drained by one worker process",
-		alg, cfg.S2Messages, cfg.S2Domains), s2Metrics()...)
-	if cfg.S2Messages < 50000 {
-		res.note(fmt.Sprintf("%d messages per run instead of issue 7's 50,000 (-s2-messages), to fit the run time", cfg.S2Messages))
+	return b.s2Builds(ctx, alg, []build{{bin: b.bin, label: b.commit}})[0]
+}
+
+// build is one mailferry binary a scenario measures.
+type build struct {
+	bin, label string
+	baseline   bool
+}
+
+// s2Compare is S2 for alg and, with -baseline, the same S2 for the
+// baseline build, run for run beside it: both meet the same machine, so
+// their ratio is the figure to quote.
+func (b *bench) s2Compare(ctx context.Context, alg dkim.Algorithm) []*scenarioResult {
+	builds := []build{{bin: b.bin, label: b.commit}}
+	if b.baseBin != "" {
+		builds = append(builds, build{bin: b.baseBin, label: b.baseCommit, baseline: true})
 	}
+	out := b.s2Builds(ctx, alg, builds)
+	if len(out) == 2 {
+		out = append(out, compareScenarios(out[0], out[1]))
+	}
+	return out
+}
+
+func (b *bench) s2Builds(ctx context.Context, alg dkim.Algorithm, builds []build) []*scenarioResult {
+	cfg := b.cfg
+	results := make([]*scenarioResult, len(builds))
+	for j, bd := range builds {
+		key := "s2-" + string(alg)
+		title := fmt.Sprintf("S2 end-to-end, DKIM %s: %d messages (4 KB) over %d domains, all MX → the sink (STARTTLS); accepted first with no worker, then drained by one worker process",
+			alg, cfg.S2Messages, cfg.S2Domains)
+		if bd.baseline {
+			key += "-baseline"
+			title = "Baseline " + bd.label + ": " + title
+		}
+		results[j] = newScenario(key, title, s2Metrics()...)
+		if cfg.S2Messages < 50000 {
+			results[j].note(fmt.Sprintf("%d messages per run instead of issue 7's 50,000 (-s2-messages), to fit the run time", cfg.S2Messages))
+		}
+		if len(builds) > 1 {
+			results[j].note(fmt.Sprintf("build %s; runs alternate with the other build of this report", bd.label))
+		}
+	}
+	defer func() { b.st.bin = b.bin }()
+runs:
 	for i := range cfg.Runs {
-		b.quiet(ctx, res)
+		for j, bd := range builds {
+			res := results[j]
+			if res.Error != "" {
+				break runs
+			}
+			b.st.bin = bd.bin
+			b.quiet(ctx, res)
+			run := map[string]float64{}
+			if err := b.s2Ceilings(ctx, alg, run); err != nil {
+				res.Error = err.Error()
+				break runs
+			}
+			profile := ""
+			if cfg.Pprof && i == 0 {
+				profile = res.Key + "-drain"
+			}
+			d, err := b.drain(ctx, drainOptions{
+				Name: res.Key, Algorithm: string(alg), Domains: domains(cfg.S2Domains, 0),
+				Count: cfg.S2Messages, TextBytes: 4096, Timeout: cfg.S2Timeout, Profile: profile, Keep: 3,
+			})
+			if err != nil {
+				res.Error = err.Error()
+				break runs
+			}
+			b.fillS2(res, run, d)
+			signTarget := 2 * run["sign_rate"]
+			run["ratio_sign"] = 100 * ratio(run["drain"], signTarget)
+			res.add(run)
+			b.progress("%s run %d: drain %.0f msgs/s (sink ceiling %.0f, sign %.0f/s/core), CPU %.2f ms/msg, %.2f round trips/msg, %d/%d delivered",
+				res.Key, i+1, run["drain"], run["sink_ceiling"], run["sign_rate"], run["cpu_ms"], run["turns_per_msg"], d.delivered(), d.want)
+		}
+	}
+	for _, res := range results {
+		res.finish()
+	}
+	return results
+}
+
+// compareScenarios gives, run for run, cur's figure over base's, and the
+// median of those ratios.
+func compareScenarios(cur, base *scenarioResult) *scenarioResult {
+	keys := []string{"drain", "cpu_ms", "cpu_drain_ms", "turns_per_msg", "conns_per_msg", "pg_tx_drain", "worker_hwm"}
+	var ms []metric
+	for _, m := range s2Metrics() {
+		if slices.Contains(keys, m.Key) {
+			ms = append(ms, metric{m.Key, m.Label + ": this build ÷ baseline", "×", 3})
+		}
+	}
+	res := newScenario(cur.Key+"-vs-baseline", "S2 ratios, this build ÷ the baseline, run for run (below 1 is less; for drain, above 1 is faster)", ms...)
+	for i := range min(len(cur.Runs), len(base.Runs)) {
 		run := map[string]float64{}
-		if err := b.s2Ceilings(ctx, alg, run); err != nil {
-			res.Error = err.Error()
-			break
+		for _, k := range keys {
+			if b := base.Runs[i][k]; b != 0 {
+				run[k] = cur.Runs[i][k] / b
+			}
 		}
-		profile := ""
-		if cfg.Pprof && i == 0 {
-			profile = key + "-drain"
-		}
-		d, err := b.drain(ctx, drainOptions{
-			Name: key, Algorithm: string(alg), Domains: domains(cfg.S2Domains, 0),
-			Count: cfg.S2Messages, TextBytes: 4096, Timeout: cfg.S2Timeout, Profile: profile, Keep: 3,
-		})
-		if err != nil {
-			res.Error = err.Error()
-			break
-		}
-		b.fillS2(res, run, d)
-		signTarget := 2 * run["sign_rate"]
-		run["ratio_sign"] = 100 * ratio(run["drain"], signTarget)
 		res.add(run)
-		b.progress("%s run %d: drain %.0f msgs/s (sink ceiling %.0f, sign %.0f/s/core), CPU %.2f ms/msg, %d/%d delivered",
-			key, i+1, run["drain"], run["sink_ceiling"], run["sign_rate"], run["cpu_ms"], d.delivered(), d.want)
 	}
 	res.finish()
 	return res
@@ -192,6 +263,7 @@ func s2Metrics() []metric {
 		{"e2e_p50", "accept→delivered p50 (includes the wait while no worker ran)", "s", 2},
 		{"e2e_p99", "accept→delivered p99 (same)", "s", 2},
 		{"conns_per_msg", "SMTP connections per message (at the sink)", "", 2},
+		{"turns_per_msg", "SMTP round trips per message (at the sink: reads that followed a reply)", "", 2},
 		{"smtp_ms", "SMTP transaction time, mean (mailferry_delivery_duration_seconds)", "ms", 1},
 		{"batch", "messages per PostgreSQL accept transaction (mean)", "", 1},
 		{"pg_tx_accept", "PostgreSQL transactions per accepted message (pg_stat_database)", "", 2},
@@ -272,6 +344,7 @@ func (b *bench) fillS2(res *scenarioResult, run map[string]float64, d *drainResu
 	run["e2e_p50"] = percentile(d.latencies, 50).Seconds()
 	run["e2e_p99"] = percentile(d.latencies, 99).Seconds()
 	run["conns_per_msg"] = ratio(float64(d.tally.conns.Load()), float64(n))
+	run["turns_per_msg"] = ratio(float64(d.tally.turns.Load()), float64(n))
 	acc := d.perAccepted
 	del := d.perDelivered
 	a, dr := d.acceptCPU, d.drainCPU

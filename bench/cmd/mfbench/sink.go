@@ -50,6 +50,7 @@ type tally struct {
 	target      int
 	done        chan struct{} // closed once target healthy arrivals are in
 	conns       atomic.Int64  // SMTP connections opened to the healthy addresses
+	turns       atomic.Int64  // reads that followed a write: the client's round trips
 }
 
 type sinkOptions struct {
@@ -322,10 +323,34 @@ type countingListener struct {
 
 func (l *countingListener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
-	if err == nil {
-		l.s.tally().conns.Add(1)
+	if err != nil {
+		return nil, err
 	}
-	return c, err
+	t := l.s.tally()
+	t.conns.Add(1)
+	return &turnConn{Conn: c, t: t}, nil
+}
+
+// turnConn counts the client's round trips as the server sees them: a read
+// that comes after the server wrote means the client waited for that reply
+// before it sent more. Commands a client pipelines arrive in one read.
+type turnConn struct {
+	net.Conn
+	t     *tally
+	wrote atomic.Bool
+}
+
+func (c *turnConn) Write(p []byte) (int, error) {
+	c.wrote.Store(true)
+	return c.Conn.Write(p)
+}
+
+func (c *turnConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 && c.wrote.Swap(false) {
+		c.t.turns.Add(1)
+	}
+	return n, err
 }
 
 // slowListener makes every write of its connections wait first: a tarpit.

@@ -87,7 +87,7 @@ func startStack(ctx context.Context, cfg *config, bin string) (*stack, error) {
 	}
 	s.redisPID, _ = strconv.Atoi(infoField(info, "process_id"))
 
-	if s.pg, err = devstack.StartPostgres(ctx, devstack.PostgresOptions{Dir: filepath.Join(dir, "postgres")}); err != nil {
+	if s.pg, err = devstack.StartPostgres(ctx, devstack.PostgresOptions{Dir: filepath.Join(dir, "postgres"), Durable: cfg.Durable}); err != nil {
 		s.close()
 		return nil, err
 	}
