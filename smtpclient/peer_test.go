@@ -15,6 +15,11 @@ import (
 // ("MAIL", "RCPT", "DATA", "." for the end of data), where it calls at
 // instead of answering. hangAt "" completes the transaction.
 func dialog(hangAt string, at func(c *testmx.PeerConn)) func(c *testmx.PeerConn) {
+	return dialogExt(hangAt, "8BITMIME", at)
+}
+
+// dialogExt is dialog offering ext in the EHLO reply.
+func dialogExt(hangAt, ext string, at func(c *testmx.PeerConn)) func(c *testmx.PeerConn) {
 	return func(c *testmx.PeerConn) {
 		c.Send("220 peer.test ESMTP")
 		inData := false
@@ -36,7 +41,7 @@ func dialog(hangAt string, at func(c *testmx.PeerConn)) func(c *testmx.PeerConn)
 			}
 			switch cmd {
 			case "EHLO":
-				c.Send("250-peer.test", "250 8BITMIME")
+				c.Send("250-peer.test", "250 "+ext)
 			case "DATA":
 				c.Send("354 go ahead")
 				inData = true
@@ -93,6 +98,12 @@ func TestOddPeers(t *testing.T) {
 		{name: "tarpit at DATA", script: dialog("DATA", (*testmx.PeerConn).Hold), wantErr: "timeout", hosted: true},
 		{name: "tarpit after the final dot", script: dialog(".", (*testmx.PeerConn).Hold), wantErr: "timeout", hosted: true},
 		{name: "hang up after the final dot", script: dialog(".", func(*testmx.PeerConn) {}), wantErr: "end of DATA", hosted: true},
+		// The same with PIPELINING: replies read in order, each within its
+		// own timeout.
+		{name: "pipelined: tarpit at RCPT", script: dialogExt("RCPT", "PIPELINING", (*testmx.PeerConn).Hold), wantErr: "timeout", hosted: true},
+		{name: "pipelined: 421 at MAIL", script: dialogExt("MAIL", "PIPELINING", func(c *testmx.PeerConn) { c.Send("421 4.3.2 bye") }), wantCode: 421},
+		{name: "pipelined: hang up at DATA", script: dialogExt("DATA", "PIPELINING", func(*testmx.PeerConn) {}), wantErr: "DATA", hosted: true},
+		{name: "pipelined: tarpit after the final dot", script: dialogExt(".", "PIPELINING", (*testmx.PeerConn).Hold), wantErr: "timeout", hosted: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			port, lns := testmx.Listen(t, "127.0.0.2")
