@@ -5,48 +5,13 @@ import (
 	"errors"
 	"net"
 	"net/netip"
-	"strings"
-	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/mailferry/mailferry/internal/testmx"
+	"github.com/mailferry/mailferry/netguard"
+	"github.com/mailferry/mailferry/smtpclient"
+	"github.com/mailferry/mailferry/store"
 )
-
-func TestBlockedReason(t *testing.T) {
-	blocked := []string{
-		"127.0.0.1", "127.255.255.254", "::1", "::ffff:127.0.0.1", "0.0.0.0", "0.1.2.3", "::",
-		"10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1", "169.254.1.1", "fe80::1",
-		"fe80::1%eth0", "fec0::1", "fc00::1", "fd12:3456::1", "100.64.0.1", "100.127.255.255",
-		"224.0.0.1", "239.255.255.250", "255.255.255.255", "240.0.0.1", "ff02::1", "198.18.0.1",
-		"::ffff:10.0.0.1", "::ffff:0.0.0.0", "::127.0.0.1", "64:ff9b::7f00:1", "64:ff9b::a00:1",
-		"64:ff9b:1::1", "2002:7f00:1::1", "2002:c0a8:101::1", "2001:0:1:2::80ff:fffe", "100::1",
-	}
-	public := []string{
-		"192.0.2.1", "8.8.8.8", "172.32.0.1", "100.128.0.1", "169.255.0.1", "11.0.0.1",
-		"2001:db8::1", "2606:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808", "2002:808:808::1",
-		"2001:0:1:2::f7f7:f7f7",
-	}
-	for _, s := range blocked {
-		a := netip.MustParseAddr(s)
-		if r := blockedReason(a); r == "" {
-			t.Errorf("%s: allowed, want blocked", s)
-		} else if !strings.Contains(r, "RFC") {
-			t.Errorf("%s: reason %q cites no RFC", s, r)
-		}
-		if err := checkAddr(a); !errors.Is(err, ErrPrivateAddress) {
-			t.Errorf("checkAddr(%s) = %v, want ErrPrivateAddress", s, err)
-		}
-	}
-	for _, s := range public {
-		if r := blockedReason(netip.MustParseAddr(s)); r != "" {
-			t.Errorf("%s: blocked as %s, want allowed", s, r)
-		}
-	}
-	if blockedReason(netip.Addr{}) == "" {
-		t.Error("the zero Addr is allowed")
-	}
-}
 
 // guardTable is the brief's list: MX hosts resolving to each of these must
 // be refused with AllowPrivate=false.
@@ -109,7 +74,7 @@ func TestGuardRoute(t *testing.T) {
 			if !errors.Is(err, ErrPrivateOnly) || !Permanent(err) {
 				t.Fatalf("Route = %s, %v; want permanent ErrPrivateOnly", describe(hosts), err)
 			}
-			if res := RouteResult(err); res.Status() != StatusBounced || res.Enhanced != "5.4.4" {
+			if res := RouteResult(err); recipientOutcome(res) != store.RecipientBounced || res.Enhanced != "5.4.4" {
 				t.Errorf("RouteResult = %+v, want bounced 5.4.4", res)
 			}
 			// The same zone with the guard off routes: the refusal above
@@ -119,76 +84,8 @@ func TestGuardRoute(t *testing.T) {
 			}
 		})
 	}
-	c := newClient(t, port, func(o *ClientOptions) { o.AllowPrivate = false })
-	// Delivering to the loopback server directly is refused at the client
-	// too (hosts handed over without the Router).
-	a := c.Deliver(context.Background(), []Host{host("mx.example.net", "127.0.0.1", "::ffff:127.0.0.1", "0.0.0.0")}, envelope("bob@example.net"))
-	if got := statuses(a); len(got) != 1 || got[0] != "bounced 0 5.4.4" || !errors.Is(a.Results[0].Err, ErrPrivateOnly) {
-		t.Errorf("Deliver to loopback with the guard on: %v (%v)", got, a.Results[0].Err)
-	}
 	if accepted, _ := srv.Connections(); accepted != 0 {
 		t.Errorf("the server on 127.0.0.1:%d saw %d connections; want none", port, accepted)
-	}
-}
-
-// TestGuardDeliver: handed private addresses directly, the Client refuses
-// them without ever calling its dialler.
-func TestGuardDeliver(t *testing.T) {
-	var dials atomic.Int32
-	c := newClient(t, 25, func(o *ClientOptions) {
-		o.AllowPrivate = false
-		o.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
-			dials.Add(1)
-			return nil, errors.New("test: the dialler must not be called")
-		}
-	})
-	var addrs []string
-	for _, tc := range guardTable {
-		for _, a := range []string{tc.a, tc.aaaa} {
-			if a != "" {
-				addrs = append(addrs, a)
-			}
-		}
-	}
-	a := c.Deliver(context.Background(), []Host{host("mx1.example.net", addrs...)}, envelope("bob@example.net", "carol@example.net"))
-	for i, r := range a.Results {
-		if r.Status() != StatusBounced || !errors.Is(r.Err, ErrPrivateOnly) {
-			t.Errorf("recipient %d: %s %v, want bounced with ErrPrivateOnly", i, r.Status(), r.Err)
-		}
-	}
-	if len(a.Tried) != len(addrs) {
-		t.Errorf("Tried has %d entries, want one per address (%d)", len(a.Tried), len(addrs))
-	}
-	if n := dials.Load(); n != 0 {
-		t.Errorf("dialler called %d times", n)
-	}
-}
-
-// TestGuardDialer: the default dialler's ControlContext refuses a private
-// socket address before connect(2), so the listener never sees it.
-func TestGuardDialer(t *testing.T) {
-	port, lns := testmx.Listen(t, "127.0.0.1")
-	peer := testmx.RunPeer(t, lns[0], func(c *testmx.PeerConn) {})
-	d := &net.Dialer{ControlContext: guardControl, Timeout: time.Second}
-	_, err := d.DialContext(context.Background(), "tcp", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port)).String())
-	if !errors.Is(err, ErrPrivateAddress) {
-		t.Fatalf("dial = %v, want ErrPrivateAddress", err)
-	}
-	if accepted, _ := peer.Connections(); accepted != 0 {
-		t.Errorf("listener accepted %d connections", accepted)
-	}
-	// And the Client's own dialler uses it: with the pre-dial check
-	// bypassed by a hostile Host value the guard still holds.
-	c := newClient(t, port, func(o *ClientOptions) { o.AllowPrivate = false })
-	conn, err := c.dial(context.Background(), "tcp", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port)).String())
-	if err == nil {
-		conn.Close()
-	}
-	if !errors.Is(err, ErrPrivateAddress) {
-		t.Errorf("Client dialler = %v, want ErrPrivateAddress", err)
-	}
-	if accepted, _ := peer.Connections(); accepted != 0 {
-		t.Errorf("listener accepted %d connections", accepted)
 	}
 }
 
@@ -296,7 +193,7 @@ func TestGuardDisguises(t *testing.T) {
 			hosts, err := r.Route(context.Background(), "example.net")
 			for _, h := range hosts {
 				for _, a := range h.Addrs {
-					if blockedReason(a) != "" {
+					if netguard.Reason(a) != "" {
 						t.Errorf("Route returned %s for %s", a, h.Name)
 					}
 				}
@@ -315,7 +212,7 @@ func TestGuardDisguises(t *testing.T) {
 			}
 			// What Route kept is all the Client dials.
 			var dialled []string
-			c := newClient(t, 25, func(o *ClientOptions) {
+			c := newClient(t, 25, func(o *smtpclient.Options) {
 				o.AllowPrivate = false
 				o.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
 					dialled = append(dialled, addr)
@@ -325,7 +222,7 @@ func TestGuardDisguises(t *testing.T) {
 			c.Deliver(context.Background(), hosts, envelope("bob@example.net"))
 			for _, a := range dialled {
 				ap := netip.MustParseAddrPort(a)
-				if blockedReason(ap.Addr()) != "" {
+				if netguard.Reason(ap.Addr()) != "" {
 					t.Errorf("dialled %s", a)
 				}
 			}

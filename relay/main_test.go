@@ -2,7 +2,6 @@ package relay
 
 import (
 	"fmt"
-	"net/netip"
 	"os"
 	"runtime"
 	"strings"
@@ -10,6 +9,7 @@ import (
 	"time"
 
 	"github.com/mailferry/mailferry/internal/testenv"
+	"github.com/mailferry/mailferry/smtpclient"
 )
 
 // TestMain fails the run if goroutines outlive the tests: every session,
@@ -60,80 +60,28 @@ func ourGoroutines() []string {
 
 const ehloName = "relay.test"
 
-// fastTimeouts keep failing tests short; each test that is about a timeout
-// sets its own.
-func fastTimeouts() Timeouts {
-	return Timeouts{
+// newClient returns an SMTP client aimed at port on loopback test servers.
+func newClient(t *testing.T, port int, edit func(*smtpclient.Options)) *smtpclient.Client {
+	t.Helper()
+	opts := smtpclient.Options{Hostname: ehloName, Port: port, AllowPrivate: true, Timeouts: smtpclient.Timeouts{
 		Connect: 2 * time.Second, Greeting: 3 * time.Second, Hello: 3 * time.Second, TLS: 3 * time.Second,
 		Mail: 3 * time.Second, Rcpt: 3 * time.Second, DataInit: 3 * time.Second,
 		DataBlock: 3 * time.Second, DataEnd: 3 * time.Second, Quit: time.Second,
-	}
-}
-
-// newClient returns a Client aimed at port on loopback test servers.
-func newClient(t *testing.T, port int, edit func(*ClientOptions)) *Client {
-	t.Helper()
-	opts := ClientOptions{Hostname: ehloName, Port: port, AllowPrivate: true, Timeouts: fastTimeouts()}
+	}}
 	if edit != nil {
 		edit(&opts)
 	}
-	c, err := NewClient(opts)
+	c, err := smtpclient.New(opts)
 	if err != nil {
-		t.Fatalf("NewClient: %v", err)
+		t.Fatalf("smtpclient.New: %v", err)
 	}
 	return c
 }
 
-func host(name string, ips ...string) Host {
-	h := Host{Name: name}
-	for _, ip := range ips {
-		h.Addrs = append(h.Addrs, netip.MustParseAddr(ip))
-	}
-	return h
-}
-
-func envelope(to ...string) Envelope {
-	return Envelope{
+func envelope(to ...string) smtpclient.Envelope {
+	return smtpclient.Envelope{
 		From: "alice@example.com",
 		To:   to,
-		Data: []byte("From: alice@example.com\r\nSubject: hi\r\n\r\nHello.\r\n"),
+		Body: smtpclient.Message("", []byte("From: alice@example.com\r\nSubject: hi\r\n\r\nHello.\r\n")),
 	}
-}
-
-// waitClosed fails the test unless every connection the server accepted is
-// closed again soon, but for those c keeps for reuse: the client must close
-// on every other path. Then it closes those too and checks they go.
-func waitClosed(t *testing.T, c *Client, conns func() (accepted, open int)) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		_, open := conns()
-		if open <= c.pool.idleCount() {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d connections still open, %d kept for reuse: the client leaked them", open, c.pool.idleCount())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	c.CloseIdle()
-	for {
-		_, open := conns()
-		if open == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d connections still open: the client leaked them", open)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// statuses summarises an attempt's results, e.g. "delivered 250 2.0.0".
-func statuses(a Attempt) []string {
-	var out []string
-	for _, r := range a.Results {
-		out = append(out, strings.TrimSpace(fmt.Sprintf("%s %d %s", r.Status(), r.Code, r.Enhanced)))
-	}
-	return out
 }

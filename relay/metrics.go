@@ -4,6 +4,8 @@ import (
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/mailferry/mailferry/store"
 )
 
 // Metrics are the delivery side's Prometheus collectors.
@@ -12,6 +14,7 @@ type Metrics struct {
 	duration   prometheus.Histogram
 	tls        *prometheus.CounterVec
 	replies    *prometheus.CounterVec
+	roundTrips prometheus.Counter
 }
 
 // NewMetrics registers the delivery metrics with reg.
@@ -34,9 +37,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "mailferry_smtp_replies_total",
 			Help: "Per-recipient SMTP outcomes by reply class (2xx, 4xx, 5xx, or none for network and DNS failures).",
 		}, []string{"class"}),
+		roundTrips: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "mailferry_smtp_round_trips_total",
+			Help: "SMTP replies waited for over the network, on every host tried; with PIPELINING, MAIL, RCPT and DATA count once.",
+		}),
 	}
-	reg.MustRegister(m.deliveries, m.duration, m.tls, m.replies)
-	for _, r := range []string{StatusDelivered, StatusDeferred, StatusBounced} {
+	reg.MustRegister(m.deliveries, m.duration, m.tls, m.replies, m.roundTrips)
+	for _, r := range []string{store.RecipientDelivered, store.RecipientDeferred, store.RecipientBounced} {
 		m.deliveries.WithLabelValues(r)
 	}
 	return m
@@ -46,6 +53,7 @@ func (m *Metrics) attempt(a Attempt) {
 	if m == nil {
 		return
 	}
+	m.roundTrips.Add(float64(a.RoundTrips))
 	if a.Host != "" {
 		m.duration.Observe(a.Duration.Seconds())
 		v := "none"

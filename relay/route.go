@@ -14,6 +14,9 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/mailferry/mailferry/netguard"
+	"github.com/mailferry/mailferry/smtpclient"
 )
 
 // Route errors, matched with errors.Is; RouteError says whether the failure
@@ -23,11 +26,11 @@ var (
 	ErrNullMX = errors.New("domain accepts no mail (null MX, RFC 7505)")
 	// ErrNoSuchDomain: the domain does not exist (NXDOMAIN).
 	ErrNoSuchDomain = errors.New("domain does not exist")
-	// ErrNoAddress: no mail host has an address.
-	ErrNoAddress = errors.New("no mail host has an address")
+	// ErrNoAddress: no mail host has an address (the client's sentinel too).
+	ErrNoAddress = smtpclient.ErrNoAddress
 	// ErrPrivateOnly: every address of every host was refused by the
-	// private-destination guard.
-	ErrPrivateOnly = errors.New("destination resolves only to private addresses")
+	// private-destination guard (netguard), here or in the client.
+	ErrPrivateOnly = smtpclient.ErrPrivateOnly
 )
 
 const (
@@ -109,14 +112,6 @@ type Router struct {
 	now          func() time.Time
 	cache        *dnsCache // nil when disabled
 	flight       flightGroup
-}
-
-// Host is one mail host in delivery order. Addrs are already filtered by the
-// private-destination guard, IPv4 first.
-type Host struct {
-	Name       string // no trailing dot
-	Preference uint16
-	Addrs      []netip.Addr
 }
 
 // NewRouter checks opts and, without DNSServer, reads the system resolver
@@ -296,7 +291,7 @@ func (r *Router) filter(addrs []netip.Addr, dropped []string) ([]netip.Addr, []s
 	}
 	var kept []netip.Addr
 	for _, a := range addrs {
-		if reason := blockedReason(a); reason != "" {
+		if reason := netguard.Reason(a); reason != "" {
 			dropped = append(dropped, a.String()+" is "+reason)
 			continue
 		}

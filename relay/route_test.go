@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/mailferry/mailferry/internal/testmx"
+	"github.com/mailferry/mailferry/store"
 )
 
 func newRouter(t *testing.T, d *testmx.DNS, edit func(*RouterOptions)) *Router {
@@ -177,11 +178,11 @@ func TestRoute(t *testing.T) {
 				t.Errorf("Permanent(%v) = %v, want %v", err, Permanent(err), tc.permanent)
 			}
 			res := RouteResult(err)
-			wantStatus, wantClass := StatusDeferred, "4."
+			wantStatus, wantClass := store.RecipientDeferred, "4."
 			if tc.permanent {
-				wantStatus, wantClass = StatusBounced, "5."
+				wantStatus, wantClass = store.RecipientBounced, "5."
 			}
-			if res.Status() != wantStatus || !strings.HasPrefix(res.Enhanced, wantClass) {
+			if recipientOutcome(res) != wantStatus || !strings.HasPrefix(res.Enhanced, wantClass) {
 				t.Errorf("RouteResult = %+v, want status %s and enhanced %sx.x", res, wantStatus, wantClass)
 			}
 		})

@@ -15,6 +15,7 @@ import (
 	"github.com/mailferry/mailferry/dkim"
 	"github.com/mailferry/mailferry/mail"
 	"github.com/mailferry/mailferry/queue"
+	"github.com/mailferry/mailferry/smtpclient"
 	"github.com/mailferry/mailferry/store"
 )
 
@@ -44,7 +45,7 @@ type WorkerOptions struct {
 	// Route gives the hosts for a destination domain: Router.Route, or a
 	// smarthost for every domain.
 	Route  func(ctx context.Context, domain string) ([]Host, error)
-	Client *Client
+	Client Client
 	Signer *dkim.Signer
 	Sealer *dkim.Sealer // opens stored private keys
 	Logger *slog.Logger
@@ -447,10 +448,11 @@ func (w *Worker) deliver(ctx context.Context, log *slog.Logger, d *store.Deliver
 	} else if hosts, err := w.opts.Route(ctx, domain); err != nil {
 		att = Attempt{Started: now, Results: repeat(RouteResult(err), len(to))}
 	} else {
-		data := make([]byte, 0, len(header)+len(d.Body))
-		data = append(append(data, header...), d.Body...)
-		att = w.opts.Client.Deliver(ctx, hosts, Envelope{
-			From: d.MailFrom, To: to, Data: data, Needs8Bit: d.Needs8Bit, NeedsUTF8: d.NeedsUTF8,
+		// The signature and the stored body are read in place, never
+		// joined into a copy of the message.
+		att = w.opts.Client.Deliver(ctx, hosts, smtpclient.Envelope{
+			From: d.MailFrom, To: to, Body: smtpclient.Message(header, d.Body),
+			Needs8Bit: d.Needs8Bit, NeedsUTF8: d.NeedsUTF8,
 		})
 	}
 	w.opts.Metrics.attempt(att)
@@ -462,7 +464,7 @@ func (w *Worker) deliver(ctx context.Context, log *slog.Logger, d *store.Deliver
 		a := store.Attempt{
 			Recipient: r.Idx, Attempt: r.Attempts + 1, StartedAt: att.Started, Duration: att.Duration,
 			MXHost: att.Host, SMTPCode: res.Code, EnhancedCode: res.Enhanced, Response: responseText(res),
-			Outcome: res.Status(),
+			Outcome: recipientOutcome(res),
 		}
 		if att.IP.IsValid() {
 			a.MXIP = att.IP.String()

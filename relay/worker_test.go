@@ -21,6 +21,7 @@ import (
 	"github.com/mailferry/mailferry/internal/testmx"
 	"github.com/mailferry/mailferry/mail"
 	"github.com/mailferry/mailferry/queue"
+	"github.com/mailferry/mailferry/smtpclient"
 	"github.com/mailferry/mailferry/store"
 )
 
@@ -141,8 +142,8 @@ func (p *pipeline) start(consumer string, mutate func(o *WorkerOptions)) {
 	if port == 0 {
 		port = 25
 	}
-	opts.Client, err = NewClient(ClientOptions{Hostname: "relay.test", Port: port, AllowPrivate: p.router.AllowPrivate,
-		Timeouts: Timeouts{Connect: time.Second, Greeting: 2 * time.Second, Mail: 2 * time.Second, Rcpt: 2 * time.Second,
+	opts.Client, err = smtpclient.New(smtpclient.Options{Hostname: "relay.test", Port: port, AllowPrivate: p.router.AllowPrivate,
+		Timeouts: smtpclient.Timeouts{Connect: time.Second, Greeting: 2 * time.Second, Mail: 2 * time.Second, Rcpt: 2 * time.Second,
 			DataInit: 2 * time.Second, DataBlock: 2 * time.Second, DataEnd: 2 * time.Second}})
 	if err != nil {
 		p.t.Fatal(err)

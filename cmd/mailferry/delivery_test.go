@@ -139,7 +139,9 @@ func TestDeliveryThroughBinary(t *testing.T) {
 	}
 	metrics := get(t, base+"/metrics")
 	for _, want := range []string{`mailferry_deliveries_total{result="delivered"} 1`, `mailferry_queue_depth{state="ready"}`,
-		`mailferry_dependency_up{dependency="redis"} 1`, `mailferry_tls_connections_total{version="TLS1.3"} 1`} {
+		`mailferry_dependency_up{dependency="redis"} 1`, `mailferry_tls_connections_total{version="TLS1.3"} 1`,
+		// greeting, EHLO, STARTTLS, EHLO, MAIL+RCPT+DATA pipelined, end of data
+		"mailferry_smtp_round_trips_total 6"} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("metrics lack %s", want)
 		}

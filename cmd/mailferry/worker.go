@@ -17,6 +17,7 @@ import (
 	"github.com/mailferry/mailferry/dkim"
 	"github.com/mailferry/mailferry/queue"
 	"github.com/mailferry/mailferry/relay"
+	"github.com/mailferry/mailferry/smtpclient"
 	"github.com/mailferry/mailferry/store"
 )
 
@@ -29,7 +30,7 @@ func newWorker(cfg config.Config, st *store.Store, q *queue.Queue, reg prometheu
 	if err != nil {
 		return nil, fmt.Errorf("MAILFERRY_DNS_SERVER: %w", err)
 	}
-	copts := relay.ClientOptions{Hostname: cfg.Hostname, Port: cfg.SMTPPort, AllowPrivate: cfg.AllowPrivateDestinations}
+	copts := smtpclient.Options{Hostname: cfg.Hostname, Port: cfg.SMTPPort, AllowPrivate: cfg.AllowPrivateDestinations}
 	route := router.Route
 	if cfg.Smarthost != nil {
 		route, err = smarthostRoute(cfg, &copts)
@@ -38,7 +39,7 @@ func newWorker(cfg config.Config, st *store.Store, q *queue.Queue, reg prometheu
 		}
 		log.Info("relaying all mail through a smarthost", "smarthost", cfg.Smarthost.Redacted())
 	}
-	client, err := relay.NewClient(copts)
+	client, err := smtpclient.New(copts)
 	if err != nil {
 		return nil, fmt.Errorf("smtp client: %w", err)
 	}
@@ -58,7 +59,7 @@ func newWorker(cfg config.Config, st *store.Store, q *queue.Queue, reg prometheu
 // smarthostRoute sends every domain's mail to the configured relay host.
 // The operator chose that host, so the private-address guard does not
 // apply to it (a local mail catcher on 127.0.0.1 is the common case).
-func smarthostRoute(cfg config.Config, copts *relay.ClientOptions) (func(context.Context, string) ([]relay.Host, error), error) {
+func smarthostRoute(cfg config.Config, copts *smtpclient.Options) (func(context.Context, string) ([]relay.Host, error), error) {
 	u := cfg.Smarthost
 	host := u.Hostname()
 	port := 587 // RFC 6409 submission with STARTTLS

@@ -39,6 +39,9 @@ type SMTPOptions struct {
 	SMTPUTF8 bool
 	// MaxSize advertises SIZE with this limit (RFC 1870) and enforces it.
 	MaxSize int64
+	// MaxRecipients advertises LIMITS RCPTMAX (RFC 9422) and answers 452 to
+	// each RCPT past it.
+	MaxRecipients int
 	// Users, if set, offers AUTH PLAIN over TLS and requires it before MAIL.
 	Users map[string]string
 	// DataDelay holds the reply to each message's data this long after the
@@ -96,6 +99,7 @@ func StartSMTP(t testing.TB, ln net.Listener, opts SMTPOptions) *SMTP {
 	srv.ReadTimeout = 30 * time.Second
 	srv.WriteTimeout = 30 * time.Second
 	srv.MaxMessageBytes = opts.MaxSize
+	srv.MaxRecipients = opts.MaxRecipients
 	srv.EnableSMTPUTF8 = opts.SMTPUTF8
 	srv.ErrorLog = log.New(io.Discard, "", 0)
 	if !opts.NoTLS || opts.ImplicitTLS {

@@ -1,4 +1,11 @@
-package relay
+// Package netguard keeps Mailferry from connecting to addresses that are not
+// public: loopback, private, link-local, unspecified and the ranges that
+// embed them. Anyone who can send mail chooses the recipient domain, and so
+// the DNS that decides where we connect; without this check a zone pointing
+// MX at 127.0.0.1 or 10.0.0.5 turns the relay into a port scanner of its own
+// network (PRODUCT.md "Delivery rules"). Webhooks and MTA-STS policy fetches
+// dial through it too.
+package netguard
 
 import (
 	"context"
@@ -9,26 +16,20 @@ import (
 )
 
 // ErrPrivateAddress is wrapped by the error for a single address the guard
-// refused; ErrPrivateOnly (route.go) is the verdict when nothing else is
-// left.
+// refused.
 var ErrPrivateAddress = errors.New("destination address is not public")
 
-// checkAddr returns nil for a public unicast address and otherwise an error
+// Check returns nil for a public unicast address and otherwise an error
 // wrapping ErrPrivateAddress that names the range and its RFC.
-//
-// Why: anyone who can send mail through Mailferry chooses the recipient
-// domain, and so the DNS that decides where we connect. Without this check a
-// zone pointing MX at 127.0.0.1 or 10.0.0.5 turns the relay into a port
-// scanner of our own network (PRODUCT.md "Delivery rules").
-func checkAddr(a netip.Addr) error {
-	if r := blockedReason(a); r != "" {
+func Check(a netip.Addr) error {
+	if r := Reason(a); r != "" {
 		return fmt.Errorf("%w: %s is %s", ErrPrivateAddress, a, r)
 	}
 	return nil
 }
 
-// blockedReason says why a must not be dialled, or "" if it may be.
-func blockedReason(a netip.Addr) string {
+// Reason says why a must not be dialled, or "" if it may be.
+func Reason(a netip.Addr) string {
 	if !a.IsValid() {
 		return "not a valid address"
 	}
@@ -117,14 +118,14 @@ func isZero(b []byte) bool {
 	return true
 }
 
-// guardControl is a net.Dialer ControlContext: it runs after the name has
+// Control is a net.Dialer ControlContext: it runs after the name has
 // become a socket address and before connect(2), so it checks the address
-// actually dialled whatever path led there (defence in depth behind the
-// Router's filtering).
-func guardControl(_ context.Context, network, address string, _ syscall.RawConn) error {
+// actually dialled whatever path led there (defence in depth behind any
+// filtering done before).
+func Control(_ context.Context, network, address string, _ syscall.RawConn) error {
 	ap, err := netip.ParseAddrPort(address)
 	if err != nil {
 		return fmt.Errorf("guard: %s address %q: %w", network, address, err)
 	}
-	return checkAddr(ap.Addr())
+	return Check(ap.Addr())
 }

@@ -1,4 +1,4 @@
-package relay
+package smtpclient
 
 import (
 	"bufio"
@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"strings"
 	"testing"
-
-	"github.com/emersion/go-smtp"
 )
 
 func TestReadReply(t *testing.T) {
@@ -73,35 +71,34 @@ func TestParseEnhanced(t *testing.T) {
 // TestReplyResult: the classification table (STYLE.md ERRORS).
 func TestReplyResult(t *testing.T) {
 	for _, tc := range []struct {
-		code   int
-		ec     smtp.EnhancedCode
-		msg    string
-		stage  string
-		status string
+		code    int
+		enh     string
+		msg     string
+		stage   string
+		verdict string
 	}{
-		{250, smtp.EnhancedCode{2, 0, 0}, "ok", "end of DATA", StatusDelivered},
-		{251, smtp.EnhancedCodeNotSet, "forwarded", "RCPT TO", StatusDelivered},
-		{450, smtp.EnhancedCode{4, 2, 1}, "busy", "RCPT TO", StatusDeferred},
-		{421, smtp.EnhancedCode{4, 3, 2}, "closing", "RCPT TO", StatusDeferred},
-		{550, smtp.EnhancedCode{5, 1, 1}, "no user", "RCPT TO", StatusBounced},
-		{552, smtp.EnhancedCode{5, 5, 3}, "too many recipients", "RCPT TO", StatusDeferred},
-		{552, smtp.EnhancedCode{5, 3, 4}, "too big", "end of DATA", StatusBounced},
-		{554, smtp.EnhancedCodeNotSet, "5.7.1 spam", "end of DATA", StatusBounced},
-		{354, smtp.EnhancedCodeNotSet, "unexpected", "RCPT TO", StatusDeferred},
-		{700, smtp.EnhancedCodeNotSet, "garbage", "RCPT TO", StatusDeferred},
+		{250, "2.0.0", "ok", stageEnd, delivered},
+		{251, "", "forwarded", stageRcpt, delivered},
+		{450, "4.2.1", "busy", stageRcpt, deferred},
+		{421, "4.3.2", "closing", stageRcpt, deferred},
+		{452, "4.5.3", "too many recipients", stageRcpt, deferred},
+		{550, "5.1.1", "no user", stageRcpt, bounced},
+		{552, "5.5.3", "too many recipients", stageRcpt, deferred},
+		{552, "5.3.4", "too big", stageEnd, bounced},
+		{554, "5.7.1", "spam", stageEnd, bounced},
+		{354, "", "unexpected", stageRcpt, deferred},
 	} {
-		e := &smtp.SMTPError{Code: tc.code, EnhancedCode: tc.ec, Message: tc.msg}
+		e := &ReplyError{Code: tc.code, Enhanced: tc.enh, Text: tc.msg}
 		r := replyResult(e, tc.stage)
-		if r.Status() != tc.status {
-			t.Errorf("%d at %s: %s, want %s (%+v)", tc.code, tc.stage, r.Status(), tc.status, r)
+		if verdict(r) != tc.verdict {
+			t.Errorf("%d at %s: %s, want %s (%+v)", tc.code, tc.stage, verdict(r), tc.verdict, r)
 		}
-		if tc.status != StatusDelivered && !errors.Is(r.Err, e) {
+		if tc.verdict != delivered && !errors.Is(r.Err, e) {
 			t.Errorf("%d at %s: Err %v does not wrap the reply", tc.code, tc.stage, r.Err)
 		}
-	}
-	r := replyResult(&smtp.SMTPError{Code: 554, Message: "5.7.1 spam"}, "end of DATA")
-	if r.Enhanced != "5.7.1" || r.Line != "spam" {
-		t.Errorf("enhanced code from text: %+v", r)
+		if r.Enhanced != tc.enh || r.Line != tc.msg || r.Code != tc.code {
+			t.Errorf("%d at %s: %+v lost the reply", tc.code, tc.stage, r)
+		}
 	}
 }
 

@@ -1,4 +1,4 @@
-package relay
+package smtpclient
 
 import (
 	"net/netip"

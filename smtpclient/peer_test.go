@@ -1,4 +1,4 @@
-package relay
+package smtpclient
 
 import (
 	"context"
@@ -15,6 +15,11 @@ import (
 // ("MAIL", "RCPT", "DATA", "." for the end of data), where it calls at
 // instead of answering. hangAt "" completes the transaction.
 func dialog(hangAt string, at func(c *testmx.PeerConn)) func(c *testmx.PeerConn) {
+	return dialogExt(hangAt, "8BITMIME", at)
+}
+
+// dialogExt is dialog offering ext in the EHLO reply.
+func dialogExt(hangAt, ext string, at func(c *testmx.PeerConn)) func(c *testmx.PeerConn) {
 	return func(c *testmx.PeerConn) {
 		c.Send("220 peer.test ESMTP")
 		inData := false
@@ -36,7 +41,7 @@ func dialog(hangAt string, at func(c *testmx.PeerConn)) func(c *testmx.PeerConn)
 			}
 			switch cmd {
 			case "EHLO":
-				c.Send("250-peer.test", "250 8BITMIME")
+				c.Send("250-peer.test", "250 "+ext)
 			case "DATA":
 				c.Send("354 go ahead")
 				inData = true
@@ -74,7 +79,7 @@ func TestOddPeers(t *testing.T) {
 	}{
 		{name: "bad greeting", script: func(c *testmx.PeerConn) { c.Send("HELLO there"); c.Hold() }, wantErr: "greeting"},
 		{name: "4-digit code", script: func(c *testmx.PeerConn) { c.Send("2200 peer.test ESMTP"); c.Hold() }, wantErr: "2200"},
-		{name: "code out of range", script: func(c *testmx.PeerConn) { c.Send("700 peer.test"); c.Hold() }, wantErr: "SMTP error 700"},
+		{name: "code out of range", script: func(c *testmx.PeerConn) { c.Send("700 peer.test"); c.Hold() }, wantErr: `"700 peer.test"`},
 		{name: "421 greeting", script: func(c *testmx.PeerConn) { c.Send("421 4.3.2 busy") }, wantCode: 421},
 		{name: "554 greeting", script: func(c *testmx.PeerConn) { c.Send("554 5.7.1 go away"); c.Hold() }, wantCode: 554},
 		{name: "endless multi-line greeting", script: endless("220-"), wantErr: "reply longer than"},
@@ -83,10 +88,9 @@ func TestOddPeers(t *testing.T) {
 			c.ReadLine()
 			endless("250-")(c)
 		}, wantErr: "reply longer than"},
-		{name: "over-long reply line", script: func(c *testmx.PeerConn) { c.Send("220 " + strings.Repeat("x", 5000)); c.Hold() }, wantErr: "too long"},
-		// textproto reads a line with another code as more text and waits
-		// for the reply's end: only the timeout ends it.
-		{name: "code changes within a reply", script: func(c *testmx.PeerConn) { c.Send("220-peer.test", "250 oops"); c.Hold() }, wantErr: "timeout"},
+		{name: "over-long reply line", script: func(c *testmx.PeerConn) { c.Send("220 " + strings.Repeat("x", 5000)); c.Hold() }, wantErr: "longer than 2000 bytes"},
+		// RFC 5321 4.2.1: every line of a reply has the same code.
+		{name: "code changes within a reply", script: func(c *testmx.PeerConn) { c.Send("220-peer.test", "250 oops"); c.Hold() }, wantErr: "reply code changed"},
 		{name: "tarpit before the greeting", script: func(c *testmx.PeerConn) { c.Hold() }, wantErr: "timeout"},
 		{name: "tarpit at MAIL", script: dialog("MAIL", (*testmx.PeerConn).Hold), wantErr: "timeout"},
 		{name: "garbled reply to MAIL", script: dialog("MAIL", func(c *testmx.PeerConn) { c.Send("25O ok"); c.Hold() }), wantErr: "MAIL"},
@@ -94,11 +98,17 @@ func TestOddPeers(t *testing.T) {
 		{name: "tarpit at DATA", script: dialog("DATA", (*testmx.PeerConn).Hold), wantErr: "timeout", hosted: true},
 		{name: "tarpit after the final dot", script: dialog(".", (*testmx.PeerConn).Hold), wantErr: "timeout", hosted: true},
 		{name: "hang up after the final dot", script: dialog(".", func(*testmx.PeerConn) {}), wantErr: "end of DATA", hosted: true},
+		// The same with PIPELINING: replies read in order, each within its
+		// own timeout.
+		{name: "pipelined: tarpit at RCPT", script: dialogExt("RCPT", "PIPELINING", (*testmx.PeerConn).Hold), wantErr: "timeout", hosted: true},
+		{name: "pipelined: 421 at MAIL", script: dialogExt("MAIL", "PIPELINING", func(c *testmx.PeerConn) { c.Send("421 4.3.2 bye") }), wantCode: 421},
+		{name: "pipelined: hang up at DATA", script: dialogExt("DATA", "PIPELINING", func(*testmx.PeerConn) {}), wantErr: "DATA", hosted: true},
+		{name: "pipelined: tarpit after the final dot", script: dialogExt(".", "PIPELINING", (*testmx.PeerConn).Hold), wantErr: "timeout", hosted: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			port, lns := testmx.Listen(t, "127.0.0.2")
 			peer := testmx.RunPeer(t, lns[0], tc.script)
-			c := newClient(t, port, func(o *ClientOptions) {
+			c := newClient(t, port, func(o *Options) {
 				o.Timeouts = Timeouts{Connect: step, Greeting: step, Hello: step, TLS: step, Mail: step,
 					Rcpt: step, DataInit: step, DataBlock: step, DataEnd: step, Quit: step}
 			})
@@ -109,8 +119,8 @@ func TestOddPeers(t *testing.T) {
 				t.Errorf("Deliver took %v, timeouts are %v per step", elapsed, step)
 			}
 			r := a.Results[0]
-			t.Logf("%s %d %s: %v (in %v)", r.Status(), r.Code, r.Enhanced, r.Err, time.Since(start).Round(time.Millisecond))
-			if r.Status() != StatusDeferred || r.Err == nil {
+			t.Logf("%s %d %s: %v (in %v)", verdict(r), r.Code, r.Enhanced, r.Err, time.Since(start).Round(time.Millisecond))
+			if verdict(r) != deferred || r.Err == nil {
 				t.Fatalf("result %+v, want deferred with an error", r)
 			}
 			if r.Code != tc.wantCode { // 0 unless a well-formed reply said otherwise
@@ -160,7 +170,7 @@ func TestDeliverCancel(t *testing.T) {
 				script = (*testmx.PeerConn).Hold
 			}
 			peer := testmx.RunPeer(t, lns[0], script)
-			c := newClient(t, port, func(o *ClientOptions) { o.Timeouts = Timeouts{} }) // RFC defaults: minutes
+			c := newClient(t, port, func(o *Options) { o.Timeouts = Timeouts{} }) // RFC defaults: minutes
 			ctx, cancel := context.WithCancel(context.Background())
 			time.AfterFunc(200*time.Millisecond, cancel)
 			start := time.Now()
@@ -169,7 +179,7 @@ func TestDeliverCancel(t *testing.T) {
 				t.Errorf("Deliver returned %v after cancel", elapsed)
 			}
 			r := a.Results[0]
-			if r.Status() != StatusDeferred || !errors.Is(r.Err, context.Canceled) {
+			if verdict(r) != deferred || !errors.Is(r.Err, context.Canceled) {
 				t.Errorf("result %+v, want deferred by context.Canceled", r)
 			}
 			waitClosed(t, c, peer.Connections)

@@ -1,4 +1,4 @@
-package relay
+package smtpclient
 
 import (
 	"context"
@@ -86,7 +86,7 @@ func TestConnectionReuse(t *testing.T) {
 			if tc.script != nil {
 				tc.script(srv)
 			}
-			c := newClient(t, port, func(o *ClientOptions) { o.Reuse = tc.reuse })
+			c := newClient(t, port, func(o *Options) { o.Reuse = tc.reuse })
 			hosts := []Host{host("mx1.example.net", "127.0.0.2")}
 			var got []string
 			for i := range tc.sends {

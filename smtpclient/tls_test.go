@@ -1,4 +1,4 @@
-package relay
+package smtpclient
 
 import (
 	"context"
@@ -30,17 +30,11 @@ func TestDeliverTLS(t *testing.T) {
 		{name: "TLS 1.2", cert: func() tls.Certificate { return ca.Issue(t, "mx1.example.net") }, roots: true, maxTLS: tls.VersionTLS12, version: "TLS1.2", verified: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			d := testmx.StartDNS(t)
-			d.MX("example.net", 10, "mx1.example.net")
-			d.A("mx1.example.net", "127.0.0.2")
 			port, lns := testmx.Listen(t, "127.0.0.2")
 			cert := tc.cert()
 			srv := testmx.StartSMTP(t, lns[0], testmx.SMTPOptions{Cert: &cert})
-			hosts, err := newRouter(t, d, nil).Route(context.Background(), "example.net")
-			if err != nil {
-				t.Fatal(err)
-			}
-			c := newClient(t, port, func(o *ClientOptions) {
+			hosts := []Host{host("mx1.example.net", "127.0.0.2")}
+			c := newClient(t, port, func(o *Options) {
 				if tc.roots {
 					o.RootCAs = ca.Pool
 				}
@@ -49,7 +43,7 @@ func TestDeliverTLS(t *testing.T) {
 				}
 			})
 			a := c.Deliver(context.Background(), hosts, envelope("bob@example.net"))
-			if a.Results[0].Status() != StatusDelivered {
+			if verdict(a.Results[0]) != delivered {
 				t.Fatalf("result %+v", a.Results[0])
 			}
 			if a.TLS == nil || a.TLS.Version != tc.version || a.TLS.Verified != tc.verified || a.TLS.Cipher == "" {
@@ -85,7 +79,7 @@ func TestTLSFallback(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			port, lns := testmx.Listen(t, "127.0.0.2")
 			srv := testmx.StartSMTP(t, lns[0], tc.opts)
-			c := newClient(t, port, func(o *ClientOptions) { o.RequireTLS = tc.requireTLS })
+			c := newClient(t, port, func(o *Options) { o.RequireTLS = tc.requireTLS })
 			a := c.Deliver(context.Background(), []Host{host("mx1.example.net", "127.0.0.2")}, envelope("bob@example.net"))
 			if got := statuses(a); !slices.Equal(got, []string{tc.want}) {
 				t.Fatalf("results %v (%v), want %s", got, a.Results[0].Err, tc.want)
@@ -134,7 +128,7 @@ func TestSmarthostAuth(t *testing.T) {
 			port, lns := testmx.Listen(t, "127.0.0.2")
 			cert := ca.Issue(t, "smtp.example.net")
 			srv := testmx.StartSMTP(t, lns[0], testmx.SMTPOptions{Cert: &cert, ImplicitTLS: tc.implicit, Users: users})
-			c := newClient(t, port, func(o *ClientOptions) {
+			c := newClient(t, port, func(o *Options) {
 				o.ImplicitTLS = tc.implicit
 				o.Username, o.Password = "app", tc.password
 				if tc.roots {
