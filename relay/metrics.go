@@ -12,6 +12,8 @@ type Metrics struct {
 	duration   prometheus.Histogram
 	tls        *prometheus.CounterVec
 	replies    *prometheus.CounterVec
+	panics     prometheus.Counter
+	parks      prometheus.Counter
 }
 
 // NewMetrics registers the delivery metrics with reg.
@@ -34,8 +36,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "mailferry_smtp_replies_total",
 			Help: "Per-recipient SMTP outcomes by reply class (2xx, 4xx, 5xx, or none for network and DNS failures).",
 		}, []string{"class"}),
+		panics: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "mailferry_job_panics_total",
+			Help: "Jobs whose delivery panicked (recovered; the job retried or parked).",
+		}),
+		parks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "mailferry_jobs_parked_total",
+			Help: "Jobs parked (taken out of delivery) after repeated panics.",
+		}),
 	}
-	reg.MustRegister(m.deliveries, m.duration, m.tls, m.replies)
+	reg.MustRegister(m.deliveries, m.duration, m.tls, m.replies, m.panics, m.parks)
 	for _, r := range []string{StatusDelivered, StatusDeferred, StatusBounced} {
 		m.deliveries.WithLabelValues(r)
 	}
@@ -66,5 +76,17 @@ func (m *Metrics) attempt(a Attempt) {
 func (m *Metrics) outcome(result string) {
 	if m != nil {
 		m.deliveries.WithLabelValues(result).Inc()
+	}
+}
+
+func (m *Metrics) panicked() {
+	if m != nil {
+		m.panics.Inc()
+	}
+}
+
+func (m *Metrics) parked() {
+	if m != nil {
+		m.parks.Inc()
 	}
 }
