@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/mailferry/mailferry/internal/testmx"
 	"github.com/mailferry/mailferry/mail"
@@ -216,9 +215,13 @@ func TestShutdownWhileLedgerDown(t *testing.T) {
 // recipients: the receiver sees exactly one.
 func TestReclaimedLiveClaimNoSecondTransaction(t *testing.T) {
 	p := newPipeline(t)
-	// Under the client's 2s DATA timeout, so A's transaction succeeds.
-	s := p.mx("example.net", "127.0.0.2", testmx.SMTPOptions{DataDelay: 1500 * time.Millisecond})
-	p.start("a", func(o *WorkerOptions) { o.Heartbeat = time.Second; o.Lease = 10 * time.Second })
+	s := p.mx("example.net", "127.0.0.2", testmx.SMTPOptions{DataDelay: 4 * time.Second})
+	p.start("a", func(o *WorkerOptions) {
+		// A beats every 3s: between beats B's queue (200ms visibility)
+		// takes the entry. A's client waits out the slow 250.
+		o.Heartbeat, o.Lease = 3*time.Second, 10*time.Second
+		o.Client = newClient(t, p.port, func(co *ClientOptions) { co.Timeouts.DataEnd = 10 * time.Second })
+	})
 	id := p.send(mail.Draft{From: "alice@example.com", To: []string{"bob@example.net"}, Text: "hi"})
 	deadline := time.Now().Add(10 * time.Second)
 	for len(s.Messages()) == 0 {
@@ -227,22 +230,13 @@ func TestReclaimedLiveClaimNoSecondTransaction(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	p.start("b", func(o *WorkerOptions) { o.Queue = p.newQueue("b", 200*time.Millisecond) })
 	// B takes A's entry over in Redis while A waits for the 250.
-	stream := p.prefix + ":{q0}:ready"
-	for {
-		pend, err := p.rdb.XPendingExt(context.Background(), &redis.XPendingExtArgs{
-			Stream: stream, Group: "workers", Start: "-", End: "+", Count: 10, Consumer: "b"}).Result()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(pend) > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("worker b never reclaimed a's entry: the test broke nothing")
-		}
-		time.Sleep(10 * time.Millisecond)
+	b := &claimWatch{Queue: p.newQueue("b", 200*time.Millisecond), claimed: make(chan struct{})}
+	p.start("b", func(o *WorkerOptions) { o.Queue = b })
+	select {
+	case <-b.claimed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("worker b never reclaimed a's entry: the test broke nothing")
 	}
 	if v := p.wait(id, 20*time.Second); v.Status != store.StatusDelivered || v.Recipients[0].Attempts != 1 {
 		t.Fatalf("status %s, %+v", v.Status, v.Recipients[0])
@@ -250,6 +244,21 @@ func TestReclaimedLiveClaimNoSecondTransaction(t *testing.T) {
 	if n := len(s.Messages()); n != 1 {
 		t.Errorf("receiver saw %d transactions for one recipient, want 1: two workers held it at once", n)
 	}
+}
+
+// claimWatch is a worker's queue that signals its first claimed job.
+type claimWatch struct {
+	Queue
+	once    sync.Once
+	claimed chan struct{}
+}
+
+func (q *claimWatch) Claim(ctx context.Context, limit int, block time.Duration) ([]queue.Claimed, error) {
+	cs, err := q.Queue.Claim(ctx, limit, block)
+	if len(cs) > 0 {
+		q.once.Do(func() { close(q.claimed) })
+	}
+	return cs, err
 }
 
 // lostLeaseLedger is the real store, but every renewal of a lease reports
