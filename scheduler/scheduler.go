@@ -38,7 +38,7 @@ type Options struct {
 	// (MAILFERRY_ATTEMPT_RETENTION); default 2160h (90 days). Whole months
 	// older than it are dropped, so up to a month more stays.
 	AttemptRetention time.Duration
-	Now         func() time.Time
+	Now              func() time.Time
 }
 
 // DefaultAttemptRetention is MAILFERRY_ATTEMPT_RETENTION's default.
