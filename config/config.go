@@ -45,8 +45,9 @@ type Config struct {
 	LogFormat   string // MAILFERRY_LOG_FORMAT, "json" (or "text")
 	QueueShards int    // MAILFERRY_QUEUE_SHARDS, 1
 
-	VisibilityTimeout time.Duration // MAILFERRY_VISIBILITY_TIMEOUT, 5m
+	VisibilityTimeout time.Duration // MAILFERRY_VISIBILITY_TIMEOUT, 30s; every lease timing follows from it (package lease)
 	ReconcileInterval time.Duration // MAILFERRY_RECONCILE_INTERVAL, 5m
+	AttemptRetention  time.Duration // MAILFERRY_ATTEMPT_RETENTION, 2160h (90 days)
 }
 
 // Var names one environment variable with its default, for help texts.
@@ -79,8 +80,9 @@ func Vars() []Var {
 		{"MAILFERRY_LOG_LEVEL", "info", "debug, info, warn or error"},
 		{"MAILFERRY_LOG_FORMAT", "json", "json or text"},
 		{"MAILFERRY_QUEUE_SHARDS", "1", "Redis streams the queue is spread over (Redis Cluster)"},
-		{"MAILFERRY_VISIBILITY_TIMEOUT", "5m", "a job whose worker is silent this long goes to another worker"},
+		{"MAILFERRY_VISIBILITY_TIMEOUT", "30s", "a job whose worker is silent this long goes to another worker; heartbeat (1/6) and recipient lease (1/2) follow from it"},
 		{"MAILFERRY_RECONCILE_INTERVAL", "5m", "how often the queue is checked against PostgreSQL for lost jobs"},
+		{"MAILFERRY_ATTEMPT_RETENTION", "2160h", "attempt history older than this is dropped, a month at a time (90 days)"},
 	}
 }
 
@@ -116,8 +118,10 @@ func Load(lookup func(string) (string, bool)) (Config, error) {
 		LogLevel:                 p.oneOf("MAILFERRY_LOG_LEVEL", "info", "debug", "info", "warn", "error"),
 		LogFormat:                p.oneOf("MAILFERRY_LOG_FORMAT", "json", "json", "text"),
 		QueueShards:              p.intRange("MAILFERRY_QUEUE_SHARDS", 1, 1, 1024),
-		VisibilityTimeout:        p.durationAtLeast("MAILFERRY_VISIBILITY_TIMEOUT", 5*time.Minute, time.Second),
+		VisibilityTimeout:        p.durationAtLeast("MAILFERRY_VISIBILITY_TIMEOUT", 30*time.Second, time.Second),
 		ReconcileInterval:        p.durationAtLeast("MAILFERRY_RECONCILE_INTERVAL", 5*time.Minute, time.Second),
+		// A floor of a day catches a unit typo (90m for 90 days).
+		AttemptRetention: p.durationAtLeast("MAILFERRY_ATTEMPT_RETENTION", 90*24*time.Hour, 24*time.Hour),
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		p.fail("MAILFERRY_TLS_CERT", "MAILFERRY_TLS_CERT and MAILFERRY_TLS_KEY must be set together")

@@ -36,7 +36,7 @@ func TestLoadDefaults(t *testing.T) {
 	if c.SubmissionAddr != ":587" || c.SubmissionsAddr != ":465" {
 		t.Errorf("submission defaults: %q %q", c.SubmissionAddr, c.SubmissionsAddr)
 	}
-	if c.VisibilityTimeout != 5*time.Minute || c.ReconcileInterval != 5*time.Minute {
+	if c.VisibilityTimeout != 30*time.Second || c.ReconcileInterval != 5*time.Minute || c.AttemptRetention != 2160*time.Hour {
 		t.Errorf("visibility timeout %v, reconcile interval %v", c.VisibilityTimeout, c.ReconcileInterval)
 	}
 }

@@ -230,15 +230,20 @@ func (q *Queue) Ack(ctx context.Context, cs ...Claimed) error {
 	return nil
 }
 
-// Retry ends this attempt and schedules the next (Attempt+1) for at, in
-// one MULTI. A zero or past at makes it ready at once, as in Enqueue. The
-// job is scheduled even if its entry is gone: the worker still holds it.
+// Retry ends this attempt and schedules the job again for at, in one
+// MULTI. A zero or past at makes it ready at once, as in Enqueue. The job
+// is scheduled even if its entry is gone: the worker still holds it.
+//
+// The scheduled member is the same for every copy of a job (Attempt is
+// written as 0), so copies retried for a time merge into one member, the
+// last time given winning: copies of a job (a requeue, a reclaim) cannot
+// multiply. The ledger, not the job, counts attempts.
 func (q *Queue) Retry(ctx context.Context, c Claimed, at time.Time) error {
 	if c.ID == "" {
 		return errors.New("retry: claimed job has no entry id")
 	}
 	next := c.Job
-	next.Attempt++
+	next.Attempt = 0
 	if err := next.validate(); err != nil {
 		return fmt.Errorf("retry %s: %w", c.ID, err)
 	}

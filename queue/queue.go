@@ -19,7 +19,10 @@ import (
 type Job struct {
 	MessageID string `json:"m"`
 	Domain    string `json:"d"`
-	Attempt   int    `json:"a"` // 0 for the first attempt
+	// Attempt is kept in the encoding for jobs written by older versions;
+	// new jobs carry 0. Nothing decides by it: the ledger counts attempts,
+	// and a constant lets copies of a job merge in the scheduled set.
+	Attempt int `json:"a"`
 }
 
 // Item is a job to enqueue; a zero or past NotBefore means ready now.

@@ -14,6 +14,7 @@ import (
 	"github.com/mailferry/mailferry/internal/testmx"
 	"github.com/mailferry/mailferry/mail"
 	"github.com/mailferry/mailferry/queue"
+	"github.com/mailferry/mailferry/smtpclient"
 	"github.com/mailferry/mailferry/store"
 )
 
@@ -205,5 +206,105 @@ func TestShutdownWhileLedgerDown(t *testing.T) {
 	d, err := p.q.Depth(context.Background())
 	if err != nil || d.Inflight != 1 {
 		t.Errorf("queue %+v %v: the unrecorded job must stay held", d, err)
+	}
+}
+
+// TestReclaimedLiveClaimNoSecondTransaction: worker A is in a slow SMTP
+// transaction and alive; its PostgreSQL lease holds, but another worker's
+// queue reclaims A's Redis entry (A's heartbeat is slower than B's
+// visibility timeout). B must not start a transaction for the same
+// recipients: the receiver sees exactly one.
+func TestReclaimedLiveClaimNoSecondTransaction(t *testing.T) {
+	p := newPipeline(t)
+	s := p.mx("example.net", "127.0.0.2", testmx.SMTPOptions{DataDelay: 4 * time.Second})
+	p.start("a", func(o *WorkerOptions) {
+		// A beats every 3s: between beats B's queue (200ms visibility)
+		// takes the entry. A's client waits out the slow 250.
+		o.Heartbeat, o.Lease = 3*time.Second, 10*time.Second
+		o.Client = newClient(t, p.port, func(co *smtpclient.Options) { co.Timeouts.DataEnd = 10 * time.Second })
+	})
+	id := p.send(mail.Draft{From: "alice@example.com", To: []string{"bob@example.net"}, Text: "hi"})
+	deadline := time.Now().Add(10 * time.Second)
+	for len(s.Messages()) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("worker a never reached DATA")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// B takes A's entry over in Redis while A waits for the 250.
+	b := &claimWatch{Queue: p.newQueue("b", 200*time.Millisecond), claimed: make(chan struct{})}
+	p.start("b", func(o *WorkerOptions) { o.Queue = b })
+	select {
+	case <-b.claimed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("worker b never reclaimed a's entry: the test broke nothing")
+	}
+	if v := p.wait(id, 20*time.Second); v.Status != store.StatusDelivered || v.Recipients[0].Attempts != 1 {
+		t.Fatalf("status %s, %+v", v.Status, v.Recipients[0])
+	}
+	if n := len(s.Messages()); n != 1 {
+		t.Errorf("receiver saw %d transactions for one recipient, want 1: two workers held it at once", n)
+	}
+}
+
+// claimWatch is a worker's queue that signals its first claimed job.
+type claimWatch struct {
+	Queue
+	once    sync.Once
+	claimed chan struct{}
+}
+
+func (q *claimWatch) Claim(ctx context.Context, limit int, block time.Duration) ([]queue.Claimed, error) {
+	cs, err := q.Queue.Claim(ctx, limit, block)
+	if len(cs) > 0 {
+		q.once.Do(func() { close(q.claimed) })
+	}
+	return cs, err
+}
+
+// lostLeaseLedger is the real store, but every renewal of a lease reports
+// it lost, as when another owner took the recipients over.
+type lostLeaseLedger struct{ Ledger }
+
+func (l lostLeaseLedger) RenewLease(context.Context, uuid.UUID, []int, string, time.Duration) (int, error) {
+	return 0, nil
+}
+
+// TestLostLeaseStopsBeforeData: a worker whose heartbeat finds its lease
+// lost cancels the delivery before DATA instead of going on with it.
+func TestLostLeaseStopsBeforeData(t *testing.T) {
+	p := newPipeline(t)
+	s := p.mx("example.net", "127.0.0.2", testmx.SMTPOptions{})
+	router, err := NewRouter(p.router)
+	if err != nil {
+		t.Fatal(err)
+	}
+	routed := make(chan bool, 1) // whether the delivery context was cancelled
+	p.start("w", func(o *WorkerOptions) {
+		o.Ledger = lostLeaseLedger{p.st}
+		o.Route = func(ctx context.Context, domain string) ([]Host, error) {
+			// A slow route: several heartbeats happen before any dial.
+			select {
+			case <-ctx.Done():
+			case <-time.After(3 * time.Second):
+			}
+			select {
+			case routed <- ctx.Err() != nil:
+			default:
+			}
+			return router.Route(ctx, domain)
+		}
+	})
+	p.send(mail.Draft{From: "alice@example.com", To: []string{"bob@example.net"}, Text: "hi"})
+	select {
+	case cancelled := <-routed:
+		if !cancelled {
+			t.Errorf("the heartbeat reported the lease lost, yet the delivery went on")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no delivery began")
+	}
+	if n := len(s.Messages()); n != 0 {
+		t.Errorf("receiver got %d messages from a worker that had lost its lease", n)
 	}
 }

@@ -15,6 +15,8 @@ type Metrics struct {
 	tls        *prometheus.CounterVec
 	replies    *prometheus.CounterVec
 	roundTrips prometheus.Counter
+	panics     prometheus.Counter
+	parks      prometheus.Counter
 }
 
 // NewMetrics registers the delivery metrics with reg.
@@ -41,8 +43,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "mailferry_smtp_round_trips_total",
 			Help: "SMTP replies waited for over the network, on every host tried; with PIPELINING, MAIL, RCPT and DATA count once.",
 		}),
+		panics: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "mailferry_job_panics_total",
+			Help: "Jobs whose delivery panicked (recovered; the job retried or parked).",
+		}),
+		parks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "mailferry_jobs_parked_total",
+			Help: "Jobs parked (taken out of delivery) after repeated panics.",
+		}),
 	}
-	reg.MustRegister(m.deliveries, m.duration, m.tls, m.replies, m.roundTrips)
+	reg.MustRegister(m.deliveries, m.duration, m.tls, m.replies, m.roundTrips, m.panics, m.parks)
 	for _, r := range []string{store.RecipientDelivered, store.RecipientDeferred, store.RecipientBounced} {
 		m.deliveries.WithLabelValues(r)
 	}
@@ -74,5 +84,17 @@ func (m *Metrics) attempt(a Attempt) {
 func (m *Metrics) outcome(result string) {
 	if m != nil {
 		m.deliveries.WithLabelValues(result).Inc()
+	}
+}
+
+func (m *Metrics) panicked() {
+	if m != nil {
+		m.panics.Inc()
+	}
+}
+
+func (m *Metrics) parked() {
+	if m != nil {
+		m.parks.Inc()
 	}
 }

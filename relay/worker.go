@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"runtime/debug"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -27,6 +29,7 @@ type Ledger interface {
 	RenewLease(ctx context.Context, id uuid.UUID, idxs []int, owner string, d time.Duration) (int, error)
 	RecordOutcomes(ctx context.Context, id uuid.UUID, outs []store.Outcome) (bool, error)
 	ActiveDKIMKeys(ctx context.Context, domain string) ([]store.DKIMKey, error)
+	CountJobFailure(ctx context.Context, id uuid.UUID, domain, failure string, limit int) (parked bool, err error)
 }
 
 // Queue is the work list a worker takes jobs from.
@@ -75,14 +78,17 @@ type WorkerOptions struct {
 	MaxQueueAge time.Duration
 	// Heartbeat is how often a held job's lease and its recipients' lease
 	// are renewed; it must be well under the queue's visibility timeout.
-	// Default 1m.
+	// Default 5s (lease.Timing.Heartbeat).
 	Heartbeat time.Duration
 	// Lease is how long the recipients of an attempt stay reserved to it in
 	// the ledger without a heartbeat; default 3×Heartbeat. It must exceed
 	// Heartbeat, and should stay under the queue's visibility timeout: then
 	// whatever copy of a job comes after a worker died holding it finds
-	// the recipients free.
+	// the recipients free (lease.Timing.Lease).
 	Lease time.Duration
+	// ParkAfter is how many panics of one job (counted in the ledger, over
+	// every worker and restart) park it instead of retrying it; default 3.
+	ParkAfter int
 	// ShutdownGrace is how long deliveries in flight may finish, and their
 	// outcomes be recorded, once Run's context ends; default 30s.
 	// Unfinished ones are left to be reclaimed.
@@ -138,7 +144,10 @@ func NewWorker(opts WorkerOptions) (*Worker, error) {
 		opts.PerDomain = 8
 	}
 	if opts.Heartbeat <= 0 {
-		opts.Heartbeat = time.Minute
+		opts.Heartbeat = 5 * time.Second
+	}
+	if opts.ParkAfter <= 0 {
+		opts.ParkAfter = 3
 	}
 	if opts.Lease <= 0 {
 		opts.Lease = 3 * opts.Heartbeat
@@ -176,6 +185,9 @@ func (w *Worker) Run(ctx context.Context) error {
 
 	slots := make(chan struct{}, w.opts.Concurrency)
 	var wg sync.WaitGroup
+	// Deferred first, so it runs last, after wg.Wait: no delivery is using
+	// a pooled connection any more, and none is put back after it.
+	defer w.opts.Client.CloseIdle()
 	defer wg.Wait()
 	// Workers move due retries into the ready stream themselves, so a
 	// deployment of workers alone still retries (the scheduler role does
@@ -185,8 +197,6 @@ func (w *Worker) Run(ctx context.Context) error {
 		defer wg.Done()
 		w.promoteLoop(ctx)
 	}()
-	// Runs after wg.Wait: no delivery is using a pooled connection.
-	defer w.opts.Client.CloseIdle()
 	backoff := time.Duration(0)
 	for {
 		if wait := w.ledger.wait(w.opts.Now()); wait > 0 {
@@ -276,9 +286,10 @@ const dueSlack = time.Second
 // is reclaimed.
 //
 // Redis may hold a job twice (a requeue, a reclaim): the recipients' lease
-// in the ledger makes sure only one copy attempts them. A copy that finds
-// them leased to another entry drops out, since the holder acks or retries
-// them itself; a copy that comes before they are due is put off until then.
+// in the ledger makes sure only one claim attempts them. A copy that finds
+// them leased to another claim comes back when that lease can have lapsed
+// (the holder died: it takes over; the holder lives: nothing is left to
+// do); a copy that comes before they are due is put off until then.
 func (w *Worker) process(ctx context.Context, c queue.Claimed) {
 	log := w.opts.Logger.With(slog.String("message_id", c.Job.MessageID), slog.String("rcpt_domain", c.Job.Domain))
 	id, err := uuid.Parse(c.Job.MessageID)
@@ -287,6 +298,9 @@ func (w *Worker) process(ctx context.Context, c queue.Claimed) {
 		w.ack(ctx, log, c)
 		return
 	}
+	// First deferred, so it runs last: the slot, heartbeat and lease are
+	// let go before the job is retried or parked.
+	defer w.recoverJob(ctx, log, c, id)
 	slot, wait := w.domains.acquire(c.Job.Domain, w.opts.Now())
 	if slot == nil {
 		// The domain has its share of transactions; come back once one
@@ -312,6 +326,11 @@ func (w *Worker) process(ctx context.Context, c queue.Claimed) {
 	case len(d.Recipients) == 0:
 		w.ack(ctx, log, c) // done earlier (a reclaimed or repeated job)
 		return
+	case d.Parked != "":
+		// Taken out of delivery; unparking requeues it.
+		log.Info("job is parked; dropping it", "reason", d.Parked)
+		w.ack(ctx, log, c)
+		return
 	case d.SendAt != nil && d.SendAt.After(now):
 		w.retry(ctx, log, c, *d.SendAt)
 		return
@@ -327,46 +346,140 @@ func (w *Worker) process(ctx context.Context, c queue.Claimed) {
 	if d.SendAt != nil && d.SendAt.After(d.CreatedAt) {
 		expiry = d.SendAt.Add(w.opts.MaxQueueAge)
 	}
-	fewest := due[0].Attempts
 	idxs := make([]int, len(due))
 	for i, r := range due {
 		idxs[i] = r.Idx
-		fewest = min(fewest, r.Attempts)
 	}
-	// Set the retry time before dialling (a crash mid-delivery then shows
-	// when the retry is due), and reserve the recipients for this entry; if
-	// the ledger is down, do not dial at all.
-	next := w.nextAttempt(now, fewest+1, expiry)
-	taken, err := w.opts.Ledger.TakeLease(ctx, id, idxs, store.Lease{Owner: c.ID, For: w.opts.Lease, Next: next, DueBy: now.Add(dueSlack)})
+	// Reserve the recipients for this claim alone (an owner no other claim
+	// shares, not even a reclaim of the same queue entry), and set their
+	// next attempt to when the lease lapses unrenewed: after a crash the
+	// job reclaimed from the dead worker finds them due and free at once,
+	// not a whole retry delay later. If the ledger is down, do not dial.
+	owner := c.ID + "/" + uuid.NewString()
+	taken, err := w.opts.Ledger.TakeLease(ctx, id, idxs, store.Lease{Owner: owner, For: w.opts.Lease, Next: now.Add(w.opts.Lease), DueBy: now.Add(dueSlack)})
 	if err != nil {
 		w.ledgerDown(ctx, log, c, "lease recipients", err)
 		return
 	}
 	if len(taken) == 0 {
-		// Another entry for this message and domain holds them (or just
-		// finished them): it acks or retries them itself.
-		log.Info("recipients leased by another job; dropping this copy")
-		w.ack(ctx, log, c)
+		// Another claim holds them, or just finished them. Never drop this
+		// copy for good: that holder may be dead.
+		log.Info("recipients leased by another claim; retrying once that lease can have lapsed")
+		w.retry(ctx, log, c, now.Add(w.opts.Lease))
 		return
 	}
 	due = keep(due, taken)
-	stopBeat := w.heartbeat(ctx, log, c, id, taken)
-	defer stopBeat()
 
-	outs, att := w.deliver(ctx, log, d, c.Job.Domain, due, expiry)
+	dctx, cancelDelivery := context.WithCancel(ctx)
+	defer cancelDelivery()
+	watch := &leaseWatch{cancel: cancelDelivery}
+	watch.delivering.Store(true)
+	stopBeat := w.heartbeat(ctx, log, c, id, taken, owner, watch)
+	defer stopBeat()
+	outs, att := w.deliver(dctx, log, d, c.Job.Domain, due, expiry)
+	watch.delivering.Store(false)
 	slot.judge(att)
+	if watch.lost.Load() && !anyAnswered(outs) {
+		// Another claim owns these recipients now; an outcome written
+		// here (our own cancellation) would stand in for its attempt.
+		log.Warn("recipient lease lost during the delivery; leaving the recipients to their new holder")
+		w.retry(ctx, log, c, w.opts.Now().Add(w.opts.Lease))
+		return
+	}
+	alignRetries(outs)
 	if !w.record(ctx, log, id, outs) {
 		// Not recorded before shutdown: keep the job; its lease lapses and
 		// another worker takes it over.
 		return
 	}
-	for _, o := range outs {
-		if o.Attempt.Outcome == store.RecipientDeferred {
-			w.retry(ctx, log, c, earliestRetry(outs, next))
-			return
-		}
+	// Every recipient still pending gets this job back at its own time:
+	// those just deferred and those that were not due yet.
+	if at := earliestRetry(outs, later); !at.IsZero() {
+		w.retry(ctx, log, c, at)
+		return
 	}
 	w.ack(ctx, log, c)
+}
+
+// leaseWatch is how the heartbeat stops a delivery whose lease is lost.
+type leaseWatch struct {
+	// delivering: the SMTP transaction has not ended; a lease found lost
+	// afterwards is the recording's doing.
+	delivering atomic.Bool
+	lost       atomic.Bool
+	cancel     context.CancelFunc
+}
+
+func (l *leaseWatch) lose() {
+	if l.delivering.Load() {
+		l.lost.Store(true)
+		l.cancel()
+	}
+}
+
+// anyAnswered reports whether an outcome is final (delivered or bounced):
+// the receiver answered, and that must be recorded whoever holds the lease.
+func anyAnswered(outs []store.Outcome) bool {
+	for _, o := range outs {
+		if o.Attempt.Outcome != store.RecipientDeferred {
+			return true
+		}
+	}
+	return false
+}
+
+// alignRetries gives the recipients of one job deferred at the same
+// attempt one retry time, the earliest drawn: jitter spreads jobs, and one
+// jitter per job lets a single retry of it serve all of them.
+func alignRetries(outs []store.Outcome) {
+	first := map[int]time.Time{}
+	for _, o := range outs {
+		if o.NextAttemptAt == nil {
+			continue
+		}
+		if t, ok := first[o.Attempt.Attempt]; !ok || o.NextAttemptAt.Before(t) {
+			first[o.Attempt.Attempt] = *o.NextAttemptAt
+		}
+	}
+	for i, o := range outs {
+		if o.NextAttemptAt != nil {
+			t := first[o.Attempt.Attempt]
+			outs[i].NextAttemptAt = &t
+		}
+	}
+}
+
+// recoverJob turns a panic in a job into a logged, counted failure: the
+// other deliveries of the process go on, and a job that panics ParkAfter
+// times (over all workers and restarts) is parked instead of crash-looping
+// every worker. It must be deferred directly.
+func (w *Worker) recoverJob(ctx context.Context, log *slog.Logger, c queue.Claimed, id uuid.UUID) {
+	r := recover()
+	if r == nil {
+		return
+	}
+	w.opts.Metrics.panicked()
+	reason := fmt.Sprintf("panic: %v", r)
+	if len(reason) > 500 {
+		reason = reason[:500]
+	}
+	log.Error("job panicked", "panic", reason, "stack", string(debug.Stack()))
+	ctx = context.WithoutCancel(ctx)
+	// Its lease (if it took one) lapses by then.
+	again := w.opts.Now().Add(w.opts.Lease)
+	parked, err := w.opts.Ledger.CountJobFailure(ctx, id, c.Job.Domain, reason, w.opts.ParkAfter)
+	switch {
+	case err != nil:
+		log.Warn("count the panic of a job; retrying it", "error", err)
+		w.retry(ctx, log, c, again)
+	case parked:
+		w.opts.Metrics.parked()
+		log.Error("job parked after repeated panics; its recipients stay pending until it is unparked",
+			"reason", reason, "panics", w.opts.ParkAfter)
+		w.ack(ctx, log, c)
+	default:
+		w.retry(ctx, log, c, again)
+	}
 }
 
 // ledgerDown puts a job back for a few seconds when the ledger failed
@@ -506,15 +619,15 @@ func (w *Worker) nextAttempt(now time.Time, n int, expiry time.Time) time.Time {
 	return t
 }
 
-func earliestRetry(outs []store.Outcome, fallback time.Time) time.Time {
-	var t time.Time
+// earliestRetry is the earliest next attempt among the deferred outcomes
+// and also (the recipients not attempted; zero if none): zero when nothing
+// is left pending.
+func earliestRetry(outs []store.Outcome, also time.Time) time.Time {
+	t := also
 	for _, o := range outs {
 		if o.NextAttemptAt != nil && (t.IsZero() || o.NextAttemptAt.Before(t)) {
 			t = *o.NextAttemptAt
 		}
-	}
-	if t.IsZero() {
-		return fallback
 	}
 	return t
 }
@@ -600,7 +713,10 @@ func (w *Worker) record(ctx context.Context, log *slog.Logger, id uuid.UUID, out
 // in the ledger while they are delivered and recorded, so a slow but alive
 // delivery is not handed to a second worker. Either store may be down for
 // a while: each renewal that fails is logged and tried again next beat.
-func (w *Worker) heartbeat(ctx context.Context, log *slog.Logger, c queue.Claimed, id uuid.UUID, idxs []int) (stop func()) {
+// The lease is lost when the ledger says another claim took recipients
+// over, or when the queue gave the job to another worker and the ledger
+// cannot confirm the lease: then watch stops the delivery before DATA.
+func (w *Worker) heartbeat(ctx context.Context, log *slog.Logger, c queue.Claimed, id uuid.UUID, idxs []int, owner string, watch *leaseWatch) (stop func()) {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -615,13 +731,20 @@ func (w *Worker) heartbeat(ctx context.Context, log *slog.Logger, c queue.Claime
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				if err := w.opts.Queue.Extend(ctx, c); err != nil {
-					log.Warn("extend job lease", "error", err)
+				qerr := w.opts.Queue.Extend(ctx, c)
+				if qerr != nil && !errors.Is(qerr, queue.ErrLost) {
+					log.Warn("extend job lease", "error", qerr)
 				}
-				if n, err := w.opts.Ledger.RenewLease(ctx, id, idxs, c.ID, w.opts.Lease); err != nil {
+				n, err := w.opts.Ledger.RenewLease(ctx, id, idxs, owner, w.opts.Lease)
+				switch {
+				case err == nil && n < len(idxs) && watch.delivering.Load():
+					log.Warn("recipient lease lost; stopping the delivery", "held", n, "leased", len(idxs))
+					watch.lose()
+				case err != nil && errors.Is(qerr, queue.ErrLost) && watch.delivering.Load():
+					log.Warn("job reclaimed by another worker and the recipient lease not renewed; stopping the delivery", "error", err)
+					watch.lose()
+				case err != nil:
 					log.Warn("renew recipient lease", "error", err)
-				} else if n < len(idxs) {
-					log.Debug("recipient lease renewed for fewer recipients", "held", n, "leased", len(idxs))
 				}
 			}
 		}

@@ -473,3 +473,132 @@ func TestConcurrentDeliveries(t *testing.T) {
 		}
 	}
 }
+
+// TestJitteredRetriesStrandNobody: retries are jittered, so the recipients
+// of one job come due at different times. After each run every recipient
+// still pending must have the job queued for its own time, not only the
+// earliest one.
+func TestJitteredRetriesStrandNobody(t *testing.T) {
+	p := newPipeline(t)
+	s := p.mx("example.net", "127.0.0.2", testmx.SMTPOptions{})
+	s.OnRcpt("a@example.net", "451 4.7.1 greylisted")
+	s.OnRcpt("b@example.net", "451 4.7.1 greylisted")
+	var mu sync.Mutex
+	calls := 0
+	p.start("w", func(o *WorkerOptions) {
+		// Every other draw adds 3s: far beyond the due slack, as a 10%
+		// jitter on a retry of half an hour would be.
+		o.Jitter = func(d time.Duration) time.Duration {
+			mu.Lock()
+			defer mu.Unlock()
+			calls++
+			if calls%2 == 0 {
+				return d + 3*time.Second
+			}
+			return d
+		}
+	})
+	id := p.send(mail.Draft{From: "alice@example.com", To: []string{"a@example.net", "b@example.net"}, Text: "hi"})
+	v := p.wait(id, 15*time.Second)
+	if v.Status != store.StatusDelivered {
+		t.Fatalf("status %s: %+v", v.Status, v.Recipients)
+	}
+	for _, r := range v.Recipients {
+		if r.Attempts != 2 {
+			t.Errorf("%s: %d attempts, want 2", r.Email, r.Attempts)
+		}
+	}
+}
+
+// TestJobPanicParked: a job whose delivery panics is recovered (the
+// worker and its other deliveries carry on), retried, and after three
+// panics parked rather than retried for ever.
+func TestJobPanicParked(t *testing.T) {
+	p := newPipeline(t)
+	s := p.mx("example.net", "127.0.0.2", testmx.SMTPOptions{})
+	router, err := NewRouter(p.router)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	panics := 0
+	p.start("w", func(o *WorkerOptions) {
+		o.Route = func(ctx context.Context, domain string) ([]Host, error) {
+			if domain == "poison.example" {
+				mu.Lock()
+				panics++
+				mu.Unlock()
+				panic("poisoned route")
+			}
+			return router.Route(ctx, domain)
+		}
+	})
+	p.send(mail.Draft{From: "alice@example.com", To: []string{"x@poison.example"}, Text: "poison"})
+	good := p.send(mail.Draft{From: "alice@example.com", To: []string{"bob@example.net"}, Text: "hi"})
+	if v := p.wait(good, 20*time.Second); v.Status != store.StatusDelivered || len(s.Messages()) != 1 {
+		t.Fatalf("a panicking job stopped other deliveries: %s", v.Status)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		d, err := p.q.Depth(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d == (queue.Depth{}) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the poison job is still queued: %+v", d)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if panics != 3 {
+		t.Errorf("the poison job ran %d times, want 3 before it was parked", panics)
+	}
+}
+
+// TestRunClosesPoolAfterJobs: Run returns only after the deliveries in
+// flight finished, and then no pooled connection is left open.
+func TestRunClosesPoolAfterJobs(t *testing.T) {
+	p := newPipeline(t)
+	s := p.mx("example.net", "127.0.0.2", testmx.SMTPOptions{DataDelay: time.Second})
+	opts := p.opts
+	opts.Queue = p.newQueue("w", time.Minute)
+	router, err := NewRouter(p.router)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.Route = router.Route
+	opts.Client = newClient(t, p.port, nil)
+	w, err := NewWorker(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); w.Run(ctx) }()
+	id := p.send(mail.Draft{From: "alice@example.com", To: []string{"bob@example.net"}, Text: "hi"})
+	deadline := time.Now().Add(10 * time.Second)
+	for len(s.Messages()) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no delivery")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel() // mid-transaction: the 250 comes a second later
+	<-done
+	if v := p.wait(id, time.Second); v.Status != store.StatusDelivered {
+		t.Fatalf("status %s after Run returned", v.Status)
+	}
+	for {
+		if _, open := s.Connections(); open == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a pooled connection is still open after Run returned: the pool was closed before the jobs ended")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

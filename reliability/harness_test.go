@@ -238,14 +238,23 @@ type server struct {
 // ready. Its log goes to a file, shown if the test fails.
 func (s *stack) serve() *server {
 	s.t.Helper()
+	return s.serveOn(s.httpPort)
+}
+
+// serveOn is serve with the HTTP listener on port (a second process needs
+// its own) and extra environment, which overrides env()'s.
+func (s *stack) serveOn(port int, extraEnv ...string) *server {
+	s.t.Helper()
 	s.serves++
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	logPath := filepath.Join(s.dir, fmt.Sprintf("serve-%d.log", s.serves))
 	logFile, err := os.Create(logPath)
 	if err != nil {
 		s.t.Fatal(err)
 	}
 	cmd := exec.Command(bin, "serve")
-	cmd.Env = s.env()
+	// exec keeps the last of duplicate variables.
+	cmd.Env = append(append(s.env(), "MAILFERRY_HTTP_ADDR="+addr), extraEnv...)
 	cmd.Stdout, cmd.Stderr = io.Discard, logFile
 	if err := cmd.Start(); err != nil {
 		s.t.Fatal(err)
@@ -262,7 +271,7 @@ func (s *stack) serve() *server {
 	})
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		resp, err := http.Get("http://" + s.addr() + "/readyz")
+		resp, err := http.Get("http://" + addr + "/readyz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {

@@ -20,7 +20,7 @@ type PendingLister interface {
 // Pending adds the long-due jobs the reconciler's sweep looks at.
 type Pending interface {
 	PendingLister
-	StaleJobs(ctx context.Context, dueBefore time.Time, limit int) ([]store.PendingJob, error)
+	StaleJobs(ctx context.Context, dueBefore time.Time, after store.PendingJob, limit int) ([]store.PendingJob, error)
 }
 
 // Enqueuer is the one queue operation Requeue needs.
@@ -56,11 +56,13 @@ type ReconcileOptions struct {
 	CheckEvery time.Duration
 	// StaleAfter: a recipient due this long ago that no worker holds is a
 	// candidate for a lost job. It must exceed the moments a job spends
-	// between the ledger and Redis (accept, promotion). Default 6m (the
-	// queue's default visibility timeout plus a minute).
+	// between the ledger and Redis (accept, promotion) and the queue's
+	// visibility timeout (lease.Timing.StaleAfter). Default 90s.
 	StaleAfter time.Duration
-	// MaxStale caps the candidates one sweep examines, oldest first, so its
-	// memory stays bounded in a large backlog; default 10000.
+	// MaxStale is the page of candidates the sweep holds at once: it walks
+	// every stale job, a page at a time, checking the queue per page, so
+	// memory stays bounded in a large backlog and none is left unseen;
+	// default 10000.
 	MaxStale int
 	// Batch is how many jobs go to Redis per round trip; default 1000.
 	Batch int
@@ -93,7 +95,7 @@ func NewReconciler(opts ReconcileOptions) (*Reconciler, error) {
 	}
 	opts.CheckEvery = min(opts.CheckEvery, opts.Every)
 	if opts.StaleAfter <= 0 {
-		opts.StaleAfter = 6 * time.Minute
+		opts.StaleAfter = 90 * time.Second
 	}
 	if opts.MaxStale <= 0 {
 		opts.MaxStale = 10000
@@ -191,17 +193,40 @@ type jobKey struct{ message, domain string }
 
 // sweep requeues long-due, unleased jobs the queue does not hold. Long
 // due alone does not prove a job lost (a backlog, a domain held back), so
-// the queue is walked and every candidate found there is left alone.
+// the queue is walked and every candidate found there is left alone. The
+// candidates come a page at a time (a keyset walk over the whole stale
+// set), each page checked against the queue, so a backlog of queued jobs
+// larger than a page does not hide a lost one behind it.
 func (r *Reconciler) sweep(ctx context.Context) (Reconciled, error) {
-	stale, err := r.opts.Ledger.StaleJobs(ctx, r.opts.Now().Add(-r.opts.StaleAfter), r.opts.MaxStale)
-	if err != nil || len(stale) == 0 {
-		return Reconciled{}, err
+	var res Reconciled
+	dueBefore := r.opts.Now().Add(-r.opts.StaleAfter)
+	after := store.PendingJob{}
+	for {
+		page, err := r.opts.Ledger.StaleJobs(ctx, dueBefore, after, r.opts.MaxStale)
+		if err != nil {
+			return res, err
+		}
+		res.Stale += len(page)
+		n, err := r.requeueMissing(ctx, page)
+		res.Requeued += n
+		if err != nil || len(page) < r.opts.MaxStale {
+			return res, err
+		}
+		after = page[len(page)-1]
 	}
-	missing := make(map[jobKey]store.PendingJob, len(stale))
-	for _, j := range stale {
+}
+
+// requeueMissing enqueues the jobs of page the queue does not hold and
+// returns how many.
+func (r *Reconciler) requeueMissing(ctx context.Context, page []store.PendingJob) (int, error) {
+	if len(page) == 0 {
+		return 0, nil
+	}
+	missing := make(map[jobKey]store.PendingJob, len(page))
+	for _, j := range page {
 		missing[jobKey{j.MessageID.String(), j.Domain}] = j
 	}
-	err = r.opts.Queue.Jobs(ctx, func(j queue.Job) error {
+	err := r.opts.Queue.Jobs(ctx, func(j queue.Job) error {
 		delete(missing, jobKey{j.MessageID, j.Domain})
 		if len(missing) == 0 {
 			return queue.ErrStop
@@ -209,20 +234,22 @@ func (r *Reconciler) sweep(ctx context.Context) (Reconciled, error) {
 		return nil
 	})
 	if err != nil {
-		return Reconciled{Stale: len(stale)}, fmt.Errorf("list queued jobs: %w", err)
+		return 0, fmt.Errorf("list queued jobs: %w", err)
 	}
 	items := make([]queue.Item, 0, len(missing))
 	for _, j := range missing {
 		items = append(items, item(j))
 	}
+	done := 0
 	for len(items) > 0 {
 		n := min(len(items), r.opts.Batch)
 		if err := r.opts.Queue.Enqueue(ctx, items[:n]...); err != nil {
-			return Reconciled{Stale: len(stale), Requeued: len(missing) - len(items)}, err
+			return done, err
 		}
+		done += n
 		items = items[n:]
 	}
-	return Reconciled{Stale: len(stale), Requeued: len(missing)}, nil
+	return done, nil
 }
 
 var (

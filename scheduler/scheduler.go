@@ -1,7 +1,7 @@
 // Package scheduler runs Mailferry's periodic chores: it moves scheduled
 // jobs whose time has come (send_at, retries) into the ready queue, keeps
-// the attempts table's time partitions ahead of the clock, and purges
-// expired idempotency keys. Several instances may run at once: every chore
+// the attempts table's time partitions ahead of the clock and drops those
+// past retention, and purges expired idempotency keys. Several instances may run at once: every chore
 // is safe to repeat.
 package scheduler
 
@@ -22,6 +22,7 @@ type Queue interface {
 type Ledger interface {
 	PurgeIdempotency(ctx context.Context, olderThan time.Time) (int64, error)
 	EnsureAttemptPartitions(ctx context.Context, now time.Time, monthsAhead int) error
+	DropAttemptPartitionsBefore(ctx context.Context, before time.Time) ([]string, error)
 }
 
 // Options configures a Scheduler.
@@ -33,8 +34,15 @@ type Options struct {
 	PromoteEvery time.Duration
 	// ChoresEvery is how often the slow chores run; default 1h.
 	ChoresEvery time.Duration
-	Now         func() time.Time
+	// AttemptRetention is how long attempt history is kept
+	// (MAILFERRY_ATTEMPT_RETENTION); default 2160h (90 days). Whole months
+	// older than it are dropped, so up to a month more stays.
+	AttemptRetention time.Duration
+	Now              func() time.Time
 }
+
+// DefaultAttemptRetention is MAILFERRY_ATTEMPT_RETENTION's default.
+const DefaultAttemptRetention = 90 * 24 * time.Hour
 
 // Scheduler runs the chores until its context ends.
 type Scheduler struct{ opts Options }
@@ -52,6 +60,9 @@ func New(opts Options) (*Scheduler, error) {
 	}
 	if opts.ChoresEvery <= 0 {
 		opts.ChoresEvery = time.Hour
+	}
+	if opts.AttemptRetention <= 0 {
+		opts.AttemptRetention = DefaultAttemptRetention
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
@@ -97,6 +108,12 @@ func (s *Scheduler) chores(ctx context.Context) {
 	now := s.opts.Now()
 	if err := s.opts.Ledger.EnsureAttemptPartitions(ctx, now, 2); err != nil && ctx.Err() == nil {
 		s.opts.Logger.LogAttrs(ctx, slog.LevelWarn, "create attempt partitions", slog.Any("error", err))
+	}
+	if dropped, err := s.opts.Ledger.DropAttemptPartitionsBefore(ctx, now.Add(-s.opts.AttemptRetention)); err != nil && ctx.Err() == nil {
+		s.opts.Logger.LogAttrs(ctx, slog.LevelWarn, "drop old attempt partitions", slog.Any("error", err))
+	} else if len(dropped) > 0 {
+		s.opts.Logger.LogAttrs(ctx, slog.LevelInfo, "dropped attempt partitions past retention",
+			slog.Any("partitions", dropped), slog.Duration("retention", s.opts.AttemptRetention))
 	}
 	// Each serve process joins the consumer group under a new name; names
 	// of processes gone for a day (holding no jobs) are removed.

@@ -27,6 +27,9 @@ type Delivery struct {
 	CreatedAt  time.Time
 	SendAt     *time.Time
 	Recipients []PendingRecipient // queued or deferred, in this domain
+	// Parked is why this job was taken out of delivery (ParkJob); "" if
+	// it was not.
+	Parked string
 }
 
 // PendingRecipient is a recipient still to be delivered.
@@ -46,7 +49,8 @@ type PendingRecipient struct {
 // primary key and reads every pending entry per lookup: O(backlog) work per
 // delivery, 50 buffers instead of 3 at 10,000 pending.
 const (
-	selectDelivery = `SELECT tenant_id, message_id, mail_from, from_header, body, dkim_header, needs_8bit, needs_smtputf8, created_at, send_at
+	selectDelivery = `SELECT tenant_id, message_id, mail_from, from_header, body, dkim_header, needs_8bit, needs_smtputf8, created_at, send_at,
+	(SELECT reason FROM parked_jobs WHERE message_id = $1 AND domain = $2 AND parked_at IS NOT NULL)
 FROM messages WHERE id = $1`
 	selectPending = `SELECT idx, email, attempts, next_attempt_at FROM recipients
 WHERE message_id = $1 AND domain = $2 AND status NOT IN ('delivered', 'bounced', 'suppressed') ORDER BY idx`
@@ -59,18 +63,22 @@ SELECT dkim_header FROM saved
 UNION ALL
 SELECT dkim_header FROM messages WHERE id = $1 AND NOT EXISTS (SELECT FROM saved)`
 	readSignature = `SELECT dkim_header FROM messages WHERE id = $1`
-	// takeLease takes the due recipients nobody else is attempting. A lease
-	// held under the same owner is taken over: that is the same queue entry,
-	// reclaimed from a worker that went silent. Under READ COMMITTED a
-	// concurrent taker waits for the row and re-checks these conditions on
-	// the version the first one wrote, so only one of them gets it.
+	// takeLease takes the due recipients nobody else is attempting: a lease
+	// is taken over only once it lapsed, whoever asks (a worker's claim has
+	// an owner of its own, so a reclaimed queue entry does not carry its
+	// lease to a second, live holder). Under READ COMMITTED a concurrent
+	// taker waits for the row and re-checks these conditions on the version
+	// the first one wrote, so only one of them gets it.
 	takeLease = `UPDATE recipients SET next_attempt_at = $3, lease_owner = $4,
 	lease_until = now() + $5::bigint * interval '1 microsecond', updated_at = now()
 WHERE message_id = $1 AND idx = ANY($2) AND status NOT IN ('delivered', 'bounced', 'suppressed')
-AND (lease_owner IS NULL OR lease_owner = $4 OR lease_until < now())
+AND (lease_owner IS NULL OR lease_until < now())
 AND (next_attempt_at IS NULL OR next_attempt_at <= $6)
 RETURNING idx`
-	renewLease = `UPDATE recipients SET lease_until = now() + $4::bigint * interval '1 microsecond'
+	// renewLease keeps next_attempt_at no earlier than the lease: while
+	// the holder lives, that is the earliest another attempt could start.
+	renewLease = `UPDATE recipients SET lease_until = now() + $4::bigint * interval '1 microsecond',
+	next_attempt_at = greatest(next_attempt_at, now() + $4::bigint * interval '1 microsecond')
 WHERE message_id = $1 AND idx = ANY($2) AND lease_owner = $3 AND status NOT IN ('delivered', 'bounced', 'suppressed')`
 	// lockMessage serialises RecordOutcomes per message: without it, workers
 	// for two domains finishing at once each miss the other's uncommitted
@@ -78,25 +86,32 @@ WHERE message_id = $1 AND idx = ANY($2) AND lease_owner = $3 AND status NOT IN (
 	// written; two int4 keys, a space apart from the bigint keys of
 	// migrate.go.
 	lockMessage = `SELECT pg_advisory_xact_lock($1::int, $2::int)`
-	// recordAttempts inserts the attempts and moves their recipients to
-	// the outcome in one statement, reading the parameters once.
+	// recordAttempts moves the recipients to their outcome and inserts the
+	// attempts in one statement, reading the parameters once. It is keyed
+	// by attempt number: a recipient moves only from attempt n-1 to n, and
+	// only the attempts of recipients that moved are inserted, so a retry
+	// after a lost commit reply (the worker cannot tell it committed)
+	// changes nothing.
 	recordAttempts = `WITH o AS (
 	SELECT * FROM unnest($2::smallint[], $3::int[], $4::timestamptz[], $5::int[], $6::text[], $7::inet[], $8::text[],
 		$9::text[], $10::bool[], $11::int[], $12::text[], $13::text[], $14::text[], $15::timestamptz[])
 	AS o(idx, attempt, started_at, duration_ms, mx_host, mx_ip, tls_version, tls_cipher, tls_verified,
 		smtp_code, enhanced_code, response, outcome, next_at)
-), inserted AS (
-	INSERT INTO attempts (` + attemptColumnList + `)
-	SELECT $1, idx, attempt, started_at, duration_ms, mx_host, mx_ip, tls_version, tls_cipher, tls_verified,
-		smtp_code, enhanced_code, response, outcome FROM o
+), moved AS (
+	UPDATE recipients r SET
+		status = o.outcome, attempts = o.attempt, last_attempt_at = o.started_at,
+		next_attempt_at = o.next_at, smtp_code = o.smtp_code, enhanced_code = o.enhanced_code,
+		response = o.response, mx_host = o.mx_host, tls_version = o.tls_version, updated_at = now(),
+		lease_owner = NULL, lease_until = NULL
+	FROM o
+	WHERE r.message_id = $1 AND r.idx = o.idx AND r.attempts = o.attempt - 1
+	AND r.status NOT IN ('delivered', 'bounced', 'suppressed')
+	RETURNING r.idx
 )
-UPDATE recipients r SET
-	status = o.outcome, attempts = r.attempts + 1, last_attempt_at = o.started_at,
-	next_attempt_at = o.next_at, smtp_code = o.smtp_code, enhanced_code = o.enhanced_code,
-	response = o.response, mx_host = o.mx_host, tls_version = o.tls_version, updated_at = now(),
-	lease_owner = NULL, lease_until = NULL
-FROM o
-WHERE r.message_id = $1 AND r.idx = o.idx AND r.status NOT IN ('delivered', 'bounced', 'suppressed')`
+INSERT INTO attempts (` + attemptColumnList + `)
+SELECT $1, o.idx, o.attempt, o.started_at, o.duration_ms, o.mx_host, o.mx_ip, o.tls_version, o.tls_cipher,
+	o.tls_verified, o.smtp_code, o.enhanced_code, o.response, o.outcome
+FROM o JOIN moved m ON m.idx = o.idx`
 	// completeMessage drops the body once no recipient is left to deliver:
 	// the ledger keeps the metadata, not the mail.
 	completeMessage = `UPDATE messages SET body = NULL, completed_at = now()
@@ -112,8 +127,9 @@ func (s *Store) LoadDelivery(ctx context.Context, id uuid.UUID, domain string) (
 	b := &pgx.Batch{}
 	d := &Delivery{ID: id}
 	var dkim *string
-	b.Queue(selectDelivery, id).QueryRow(func(row pgx.Row) error {
-		return row.Scan(&d.TenantID, &d.MessageID, &d.MailFrom, &d.From, &d.Body, &dkim, &d.Needs8Bit, &d.NeedsUTF8, &d.CreatedAt, &d.SendAt)
+	var parked *string
+	b.Queue(selectDelivery, id, domain).QueryRow(func(row pgx.Row) error {
+		return row.Scan(&d.TenantID, &d.MessageID, &d.MailFrom, &d.From, &d.Body, &dkim, &d.Needs8Bit, &d.NeedsUTF8, &d.CreatedAt, &d.SendAt, &parked)
 	})
 	b.Queue(selectPending, id, domain).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
@@ -135,6 +151,9 @@ func (s *Store) LoadDelivery(ctx context.Context, id uuid.UUID, domain string) (
 	}
 	if dkim != nil {
 		d.DKIMHeader, d.Signed = *dkim, true
+	}
+	if parked != nil {
+		d.Parked = *parked
 	}
 	if len(d.Recipients) > 0 && d.Body == nil {
 		return nil, fmt.Errorf("load delivery %s: recipients pending but the body is gone", id)
@@ -171,8 +190,8 @@ func (s *Store) signature(ctx context.Context, query string, args ...any) (*stri
 
 // Lease asks for the recipients a worker is about to attempt.
 type Lease struct {
-	// Owner names the holder: the queue entry id of the job, so that the
-	// same entry reclaimed by another worker takes the lease over.
+	// Owner names the holder: unique to one worker's claim of a job, so
+	// no one else renews or takes over the lease while it holds.
 	Owner string
 	// For is how long the lease holds unless renewed (RenewLease).
 	For time.Duration
@@ -229,8 +248,10 @@ type Outcome struct {
 // RecordOutcomes writes the attempts and the recipients' new state in one
 // transaction, frees the recipients' lease, and drops the body when no
 // recipient is left pending. It reports whether the message is now
-// complete. Recording is safe to repeat: recipients already final are not
-// changed.
+// complete. Recording is safe to repeat: an outcome counts only for the
+// recipient's next attempt number (Attempt.Attempt = attempts made + 1),
+// so a repeat, or a stale attempt of a recipient recorded since, changes
+// nothing.
 //
 // It is one round trip: the statements go as one pipelined batch, which
 // PostgreSQL runs as one implicit transaction (committed at the batch's

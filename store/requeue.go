@@ -22,17 +22,20 @@ type PendingJob struct {
 const (
 	// Both queries read the partial index recipients_pending_idx, so their
 	// cost follows the mail still pending, not the size of the ledger.
-	selectPendingJobs = `SELECT message_id, domain, min(next_attempt_at) FROM recipients
-WHERE status IN ('queued', 'deferred')
+	// Parked jobs are left out: they must not come back on their own.
+	selectPendingJobs = `SELECT message_id, domain, min(next_attempt_at) FROM recipients r
+WHERE status IN ('queued', 'deferred') AND ` + notParkedRc + `
 GROUP BY message_id, domain`
 	// selectStaleJobs: pending, due long ago, and no live lease (nobody is
-	// attempting them).
-	selectStaleJobs = `SELECT message_id, domain, min(next_attempt_at) FROM recipients
+	// attempting them); one page after the key ($2, $3), in key order, so
+	// a walk sees every stale job once however many there are.
+	selectStaleJobs = `SELECT message_id, domain, min(next_attempt_at) FROM recipients r
 WHERE status IN ('queued', 'deferred') AND next_attempt_at < $1
 AND (lease_owner IS NULL OR lease_until < now())
+AND (message_id, domain) > ($2, $3) AND ` + notParkedRc + `
 GROUP BY message_id, domain
-ORDER BY min(next_attempt_at)
-LIMIT $2`
+ORDER BY message_id, domain
+LIMIT $4`
 )
 
 // PendingJobs calls fn once for every (message, recipient domain) with
@@ -61,13 +64,15 @@ func (s *Store) PendingJobs(ctx context.Context, fn func(PendingJob) error) erro
 	return nil
 }
 
-// StaleJobs returns up to limit pending jobs with a recipient that was due
-// before dueBefore and that no worker holds a lease on, oldest first. A
-// job queued in Redis is claimed within moments of being due, so these
-// are the ones the queue has likely lost; the caller checks the queue
-// before requeueing them.
-func (s *Store) StaleJobs(ctx context.Context, dueBefore time.Time, limit int) ([]PendingJob, error) {
-	rows, err := s.pool.Query(ctx, selectStaleJobs, dueBefore, limit)
+// StaleJobs returns up to limit pending jobs after the job after (zero:
+// from the start), in (message id, domain) order, with a recipient due
+// before dueBefore that no worker holds a lease on. Pass the last job
+// returned as after to get the next page; fewer than limit means the walk
+// is done. A job queued in Redis is claimed within moments of being due,
+// so these are the ones the queue may have lost; the caller checks the
+// queue before requeueing them.
+func (s *Store) StaleJobs(ctx context.Context, dueBefore time.Time, after PendingJob, limit int) ([]PendingJob, error) {
+	rows, err := s.pool.Query(ctx, selectStaleJobs, dueBefore, after.MessageID, after.Domain, limit)
 	if err != nil {
 		return nil, fmt.Errorf("stale jobs: %w", err)
 	}

@@ -35,6 +35,7 @@ func commands() []command {
 		{"keys", "create, list and revoke API keys", runKeys},
 		{"dkim", "create and list DKIM signing keys", runDKIM},
 		{"requeue", "rebuild the Redis queue from PostgreSQL", runRequeue},
+		{"parked", "list or release jobs parked after repeated panics", runParked},
 		{"version", "print version and build information", runVersion},
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/mailferry/mailferry/api"
 	"github.com/mailferry/mailferry/config"
 	"github.com/mailferry/mailferry/intake"
+	"github.com/mailferry/mailferry/lease"
 	"github.com/mailferry/mailferry/queue"
 	"github.com/mailferry/mailferry/scheduler"
 	"github.com/mailferry/mailferry/store"
@@ -67,7 +68,12 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	redis.SetLogger(redisLogger{log})
 	rdb := redis.NewClient(ropts)
 	defer rdb.Close()
-	q, err := queue.New(rdb, queue.Options{Shards: cfg.QueueShards, Consumer: consumerName(cfg), VisibilityTimeout: cfg.VisibilityTimeout})
+	// One rule for every lease timing, checked before anything runs.
+	timing, err := lease.New(cfg.VisibilityTimeout)
+	if err != nil {
+		return err
+	}
+	q, err := queue.New(rdb, queue.Options{Shards: cfg.QueueShards, Consumer: consumerName(cfg), VisibilityTimeout: timing.Visibility})
 	if err != nil {
 		return fmt.Errorf("queue: %w", err)
 	}
@@ -80,17 +86,22 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	}
 	reg.MustRegister(newDepthCollector(q, log), newDependencyCollector(checks))
 
+	// Deferred in this order so that on every return, early errors
+	// included, the goroutines are told to stop, then waited for, and only
+	// then Redis and PostgreSQL (deferred above) are closed.
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var wg sync.WaitGroup
 	errc := make(chan error, 6)
 
 	if roles["scheduler"] {
-		sch, err := scheduler.New(scheduler.Options{Queue: q, Ledger: st, Logger: log.With("role", "scheduler")})
+		sch, err := scheduler.New(scheduler.Options{Queue: q, Ledger: st, Logger: log.With("role", "scheduler"),
+			AttemptRetention: cfg.AttemptRetention})
 		if err != nil {
 			return err
 		}
-		rec, err := newReconciler(cfg, st, q, log.With("role", "scheduler"))
+		rec, err := newReconciler(cfg, timing, st, q, log.With("role", "scheduler"))
 		if err != nil {
 			return err
 		}
@@ -100,7 +111,7 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	}
 
 	if roles["worker"] {
-		w, err := newWorker(cfg, st, q, reg, log.With("role", "worker"))
+		w, err := newWorker(cfg, timing, st, q, reg, log.With("role", "worker"))
 		if err != nil {
 			return err
 		}

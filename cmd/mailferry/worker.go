@@ -15,13 +15,14 @@ import (
 
 	"github.com/mailferry/mailferry/config"
 	"github.com/mailferry/mailferry/dkim"
+	"github.com/mailferry/mailferry/lease"
 	"github.com/mailferry/mailferry/queue"
 	"github.com/mailferry/mailferry/relay"
 	"github.com/mailferry/mailferry/smtpclient"
 	"github.com/mailferry/mailferry/store"
 )
 
-func newWorker(cfg config.Config, st *store.Store, q *queue.Queue, reg prometheus.Registerer, log *slog.Logger) (*relay.Worker, error) {
+func newWorker(cfg config.Config, timing lease.Timing, st *store.Store, q *queue.Queue, reg prometheus.Registerer, log *slog.Logger) (*relay.Worker, error) {
 	sealer, err := dkim.NewSealer(cfg.SecretKey)
 	if err != nil {
 		return nil, fmt.Errorf("MAILFERRY_SECRET_KEY: %w", err)
@@ -49,10 +50,7 @@ func newWorker(cfg config.Config, st *store.Store, q *queue.Queue, reg prometheu
 		Logger: log, Metrics: relay.NewMetrics(reg),
 		RetrySchedule: cfg.RetrySchedule, MaxQueueAge: cfg.MaxQueueAge,
 		Concurrency: cfg.WorkerConcurrency, PerDomain: cfg.WorkerPerDomain,
-		// Renew leases five times per visibility timeout. The recipients'
-		// lease in the ledger lapses well before the queue hands a silent
-		// worker's job to another, which then finds them free.
-		Heartbeat: cfg.VisibilityTimeout / 5, Lease: cfg.VisibilityTimeout / 2,
+		Heartbeat: timing.Heartbeat, Lease: timing.Lease,
 	})
 }
 
