@@ -17,8 +17,8 @@ import (
 
 	"github.com/mailferry/mailferry/dkim"
 	"github.com/mailferry/mailferry/intake"
-	"github.com/mailferry/mailferry/internal/testenv"
 	"github.com/mailferry/mailferry/internal/testmx"
+	"github.com/mailferry/mailferry/internal/teststack"
 	"github.com/mailferry/mailferry/mail"
 	"github.com/mailferry/mailferry/queue"
 	"github.com/mailferry/mailferry/smtpclient"
@@ -44,26 +44,10 @@ type pipeline struct {
 func newPipeline(t *testing.T) *pipeline {
 	t.Helper()
 	ctx := context.Background()
-	st, err := store.Open(ctx, store.Options{URL: testenv.Database(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(st.Close)
-	if _, err := st.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
-	ro, err := redis.ParseURL(testenv.RedisURL(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	rdb := redis.NewClient(ro)
-	t.Cleanup(func() { rdb.Close() })
-	p := &pipeline{t: t, st: st, rdb: rdb, prefix: testenv.KeyPrefix(t), dns: testmx.StartDNS(t)}
-	p.q = p.newQueue("intake", time.Minute)
-	p.in, err = intake.New(intake.Options{Ledger: st, Queue: p.q})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ts := teststack.New(t, teststack.Options{Queue: queue.Options{Consumer: "intake", VisibilityTimeout: time.Minute}})
+	st := ts.Store
+	p := &pipeline{t: t, st: st, rdb: ts.Redis, prefix: ts.Prefix, q: ts.Queue, in: ts.Intake, dns: testmx.StartDNS(t)}
+	var err error
 	p.key, _, err = st.CreateAPIKey(ctx, "acme", []string{"example.com"})
 	if err != nil {
 		t.Fatal(err)

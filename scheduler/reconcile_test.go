@@ -10,7 +10,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/mailferry/mailferry/internal/testenv"
+	"github.com/mailferry/mailferry/internal/teststack"
 	"github.com/mailferry/mailferry/queue"
 	"github.com/mailferry/mailferry/scheduler"
 	"github.com/mailferry/mailferry/store"
@@ -28,22 +28,10 @@ type reconcileEnv struct {
 func newReconcileEnv(t *testing.T) *reconcileEnv {
 	t.Helper()
 	ctx := t.Context()
-	st, err := store.Open(ctx, store.Options{URL: testenv.Database(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(st.Close)
-	if _, err := st.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
-	ro, _ := redis.ParseURL(testenv.RedisURL(t))
-	rdb := redis.NewClient(ro)
-	t.Cleanup(func() { rdb.Close() })
-	e := &reconcileEnv{t: t, st: st, rdb: rdb, prefix: testenv.KeyPrefix(t)}
-	e.q, err = queue.New(rdb, queue.Options{Prefix: e.prefix, Shards: 2, Consumer: "c"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ts := teststack.New(t, teststack.Options{Queue: queue.Options{Shards: 2, Consumer: "c"}})
+	st := ts.Store
+	e := &reconcileEnv{t: t, st: st, rdb: ts.Redis, prefix: ts.Prefix, q: ts.Queue}
+	var err error
 	e.key, _, err = st.CreateAPIKey(ctx, "acme", []string{"example.com"})
 	if err != nil {
 		t.Fatal(err)

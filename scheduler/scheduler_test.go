@@ -5,12 +5,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/mailferry/mailferry/internal/testenv"
+	"github.com/mailferry/mailferry/internal/teststack"
 	"github.com/mailferry/mailferry/queue"
 	"github.com/mailferry/mailferry/scheduler"
-	"github.com/mailferry/mailferry/store"
 )
 
 func TestMain(m *testing.M) { testenv.Main(m) }
@@ -21,21 +19,8 @@ func TestMain(m *testing.M) { testenv.Main(m) }
 func TestPromotesDueJobs(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	st, err := store.Open(ctx, store.Options{URL: testenv.Database(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	if _, err := st.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
-	ro, _ := redis.ParseURL(testenv.RedisURL(t))
-	rdb := redis.NewClient(ro)
-	defer rdb.Close()
-	q, err := queue.New(rdb, queue.Options{Prefix: testenv.KeyPrefix(t), Consumer: "c"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ts := teststack.New(t, teststack.Options{Queue: queue.Options{Consumer: "c"}})
+	st, q := ts.Store, ts.Queue
 	now := time.Now()
 	if err := q.Enqueue(ctx,
 		queue.Item{Job: queue.Job{MessageID: "m1", Domain: "a.example"}, NotBefore: now.Add(300 * time.Millisecond)},
