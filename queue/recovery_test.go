@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -341,9 +342,14 @@ func TestRedisLoss(t *testing.T) {
 			cs, err := q.Claim(ctx, 1, 10*time.Second)
 			done <- result{cs, err}
 		}()
-		time.Sleep(100 * time.Millisecond)
+		// The claim is blocked in Redis when the flush comes; the job
+		// enqueued after it must reach the claim whatever the order of
+		// the claim's next read and the enqueue.
+		waitFor(t, "the claim to block in Redis", func() bool {
+			info, err := rdb.Info(ctx, "clients").Result()
+			return err == nil && !strings.Contains(info, "blocked_clients:0\r\n")
+		})
 		flush(t)
-		time.Sleep(300 * time.Millisecond)
 		enqueue(t, q, ready(job(7))...)
 		select {
 		case r := <-done:
@@ -379,7 +385,19 @@ func TestPruneConsumers(t *testing.T) {
 	if err := b.Ack(ctx, cs...); err != nil {
 		t.Fatalf("b acks: %v", err)
 	}
-	time.Sleep(50 * time.Millisecond)
+	// b must have been idle longer than the second case's 20ms.
+	waitFor(t, "consumer b to idle 20ms", func() bool {
+		cs, err := rdb.XInfoConsumers(ctx, prefix+":{q0}:ready", "workers").Result()
+		if err != nil {
+			return false
+		}
+		for _, c := range cs {
+			if c.Name == "b" {
+				return c.Idle >= 25*time.Millisecond
+			}
+		}
+		return false
+	})
 
 	for _, tc := range []struct {
 		name string
@@ -412,5 +430,17 @@ func TestPruneConsumers(t *testing.T) {
 	enqueue(t, b, ready(job(3))...)
 	if cs, err := b.Claim(ctx, 1, 0); err != nil || len(cs) != 1 {
 		t.Errorf("b claims after pruning = %v, %v", cs, err)
+	}
+}
+
+// waitFor polls cond until it holds, failing the test after 10s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }

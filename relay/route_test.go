@@ -665,12 +665,14 @@ func TestRouterCoalesce(t *testing.T) {
 			d.SOA("example.net", 300, 300)
 			d.MX("example.net", 10, "mx1.example.net")
 			d.A("mx1.example.net", "127.0.0.2")
-			d.Delay("example.net", 300*time.Millisecond)
-			r := newRouter(t, d, func(o *RouterOptions) { o.NoDNSCache = tc.noCache })
+			// Long enough that every caller joins the query under way.
+			d.Delay("example.net", time.Second)
+			r := newRouter(t, d, func(o *RouterOptions) { o.NoDNSCache, o.LookupTimeout = tc.noCache, 5*time.Second })
 
-			// The first caller gives up while the MX query is under way.
+			// The first caller starts the MX query and gives up while it is
+			// under way, once the others wait for the same query.
 			quitter, cancel := context.WithCancel(context.Background())
-			time.AfterFunc(50*time.Millisecond, cancel)
+			defer cancel()
 			const n = 8
 			results := make([]string, n)
 			var wg sync.WaitGroup
@@ -687,9 +689,11 @@ func TestRouterCoalesce(t *testing.T) {
 					}
 				})
 				if i == 0 {
-					time.Sleep(10 * time.Millisecond) // the first starts the query
+					waitFor(t, "the first caller's MX query", func() bool { return r.flight.waiting() == 1 })
 				}
 			}
+			waitFor(t, "every caller to wait on the query", func() bool { return r.flight.waiting() == n })
+			cancel()
 			wg.Wait()
 			for i, got := range results[1:] {
 				if got != "mx1.example.net/10=127.0.0.2" {
@@ -725,5 +729,28 @@ func TestRouterAbandonedQuery(t *testing.T) {
 		if c := d.Count("example.net", "MX"); c != round {
 			t.Errorf("round %d: %d MX questions, want %d", round, c, round)
 		}
+	}
+}
+
+// waiting counts the callers waiting on queries under way.
+func (g *flightGroup) waiting() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	n := 0
+	for _, c := range g.calls {
+		n += c.waiters
+	}
+	return n
+}
+
+// waitFor polls cond until it holds, failing the test after 10s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
