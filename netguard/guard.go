@@ -3,7 +3,7 @@
 // embed them. Anyone who can send mail chooses the recipient domain, and so
 // the DNS that decides where we connect; without this check a zone pointing
 // MX at 127.0.0.1 or 10.0.0.5 turns the relay into a port scanner of its own
-// network (PRODUCT.md "Delivery rules"). Webhooks and MTA-STS policy fetches
+// network (README.md, Delivery). Webhooks and MTA-STS policy fetches
 // dial through it too.
 package netguard
 

@@ -29,8 +29,7 @@ type (
 
 // recipientOutcome is the store's verdict on one Result, and the only
 // place a Result becomes one: 2xx delivered, a permanent failure bounced,
-// anything else (4xx, a network error) deferred (PRODUCT.md "Delivery
-// rules").
+// anything else (4xx, a network error) deferred (README.md, Delivery).
 func recipientOutcome(r Result) string {
 	switch {
 	case r.Permanent:

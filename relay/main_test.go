@@ -13,8 +13,7 @@ import (
 )
 
 // TestMain fails the run if goroutines outlive the tests: every session,
-// DNS query and test server must have ended (STYLE.md TESTS: check for
-// leaks).
+// DNS query and test server must have ended.
 func TestMain(m *testing.M) {
 	before := len(ourGoroutines())
 	// The worker tests need PostgreSQL and Redis; testenv stops any

@@ -406,8 +406,8 @@ func (r *Router) query(ctx context.Context, name string, qtype uint16) (*dns.Msg
 	return nil, errors.Join(errs...)
 }
 
-// exchange runs one query with its own timeout (STYLE.md: every DNS lookup
-// has one). miekg/dns derives socket deadlines from ctx's deadline only, so
+// exchange runs one query with its own timeout: a resolver that never
+// answers must cost a known time, like every other step of a delivery. miekg/dns derives socket deadlines from ctx's deadline only, so
 // an AfterFunc closes the socket when ctx is cancelled earlier.
 func (r *Router) exchange(ctx context.Context, m *dns.Msg, server, network string) (*dns.Msg, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)

@@ -120,7 +120,8 @@ func (s *Scheduler) chores(ctx context.Context) {
 	if _, err := s.opts.Queue.PruneConsumers(ctx, 24*time.Hour); err != nil && ctx.Err() == nil {
 		s.opts.Logger.LogAttrs(ctx, slog.LevelWarn, "prune queue consumers", slog.Any("error", err))
 	}
-	// PRODUCT: a repeat within 24 h returns the first answer.
+	// An Idempotency-Key repeated within 24 h returns the first answer
+	// (README.md, Send a message); older keys are forgotten.
 	n, err := s.opts.Ledger.PurgeIdempotency(ctx, now.Add(-24*time.Hour))
 	if err != nil && ctx.Err() == nil {
 		s.opts.Logger.LogAttrs(ctx, slog.LevelWarn, "purge idempotency keys", slog.Any("error", err))

@@ -236,8 +236,8 @@ hosts:
 				out = c.connect(ctx, h, ip, &sub, !c.opts.ImplicitTLS, &a)
 			}
 			if out.tlsFailed && !c.opts.RequireTLS {
-				// PRODUCT.md: a failed TLS handshake retries that host in
-				// plaintext.
+				// Opportunistic TLS (RFC 7435): a failed handshake is
+				// retried in plaintext on the same host, unless TLS is required.
 				a.Tried = append(a.Tried, HostError{Host: h.Name, IP: ip, Err: out.err})
 				out = c.connect(ctx, h, ip, &sub, false, &a)
 			}

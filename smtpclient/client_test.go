@@ -12,7 +12,7 @@ import (
 )
 
 // TestDeliverOutcomes: each server behaviour maps to the right per-recipient
-// outcome (PRODUCT.md "Delivery rules").
+// outcome: 2xx delivered, 4xx or a network error deferred, 5xx bounced.
 func TestDeliverOutcomes(t *testing.T) {
 	for _, tc := range []struct {
 		name     string

@@ -10,7 +10,7 @@ import (
 // deadlineConn is the TCP connection under everything else. Each step sets
 // its own deadline, which would undo a deadline set to cancel; once abort
 // has run, every deadline becomes "now", so a cancelled context stops the
-// session wherever it is (the pgx ctxwatch idea, STYLE.md CONTEXT).
+// session wherever it is (the idea of pgx's ctxwatch).
 type deadlineConn struct {
 	net.Conn
 	mu      sync.Mutex

@@ -13,7 +13,7 @@ import (
 )
 
 // TestMain fails the run if goroutines outlive the tests: every session and
-// test server must have ended (STYLE.md TESTS: check for leaks).
+// test server must have ended.
 func TestMain(m *testing.M) {
 	before := len(ourGoroutines())
 	code := m.Run()

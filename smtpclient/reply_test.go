@@ -68,7 +68,7 @@ func TestParseEnhanced(t *testing.T) {
 	}
 }
 
-// TestReplyResult: the classification table (STYLE.md ERRORS).
+// TestReplyResult: the classification table of replies into results.
 func TestReplyResult(t *testing.T) {
 	for _, tc := range []struct {
 		code    int
