@@ -1,0 +1,158 @@
+package relay
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/mailferry/mailferry/dkim"
+	"github.com/mailferry/mailferry/mail"
+	"github.com/mailferry/mailferry/smtpclient"
+	"github.com/mailferry/mailferry/store"
+)
+
+// deliver runs one attempt for rcpts, the recipients of d in domain that
+// this worker leased, and returns their outcomes.
+func (w *Worker) deliver(ctx context.Context, log *slog.Logger, d *store.Delivery, domain string, rcpts []store.PendingRecipient, expiry time.Time) ([]store.Outcome, Attempt) {
+	now := w.opts.Now()
+	to := make([]string, len(rcpts))
+	fewest := rcpts[0].Attempts
+	for i, r := range rcpts {
+		to[i] = r.Email
+		fewest = min(fewest, r.Attempts)
+	}
+	var att Attempt
+	header, err := w.signature(ctx, d)
+	if err != nil {
+		log.Error("dkim signing failed; deferring", "error", err)
+		att = Attempt{Started: now, Results: repeat(Result{Enhanced: "4.7.0", Err: fmt.Errorf("dkim signing: %w", err)}, len(to))}
+	} else if hosts, err := w.opts.Route(ctx, domain); err != nil {
+		att = Attempt{Started: now, Results: repeat(RouteResult(err), len(to))}
+	} else {
+		// The signature and the stored body are read in place, never
+		// joined into a copy of the message.
+		att = w.opts.Client.Deliver(ctx, hosts, smtpclient.Envelope{
+			From: d.MailFrom, To: to, Body: smtpclient.Message(header, d.Body),
+			Needs8Bit: d.Needs8Bit, NeedsUTF8: d.NeedsUTF8,
+		})
+	}
+	w.opts.Metrics.attempt(att)
+
+	done := w.opts.Now()
+	outs := make([]store.Outcome, len(rcpts))
+	for i, r := range rcpts {
+		res := att.Results[i]
+		a := store.Attempt{
+			Recipient: r.Idx, Attempt: r.Attempts + 1, StartedAt: att.Started, Duration: att.Duration,
+			MXHost: att.Host, SMTPCode: res.Code, EnhancedCode: res.Enhanced, Response: responseText(res),
+			Outcome: recipientOutcome(res),
+		}
+		if att.IP.IsValid() {
+			a.MXIP = att.IP.String()
+		}
+		if att.TLS != nil {
+			a.TLSVersion, a.TLSCipher, a.TLSVerified = att.TLS.Version, att.TLS.Cipher, att.TLS.Verified
+		}
+		o := store.Outcome{Attempt: a}
+		if a.Outcome == store.RecipientDeferred {
+			if !done.Before(expiry) {
+				// RFC 5321 4.5.4.1: give up after the queue lifetime; X.4.7
+				// is "delivery time expired" (RFC 3463 3.5).
+				o.Attempt.Outcome = store.RecipientBounced
+				o.Attempt.EnhancedCode = "5.4.7"
+				o.Attempt.Response = fmt.Sprintf("expired: not delivered within %s; last error: %s", w.opts.MaxQueueAge, a.Response)
+			} else {
+				n := w.nextAttempt(done, r.Attempts+1, expiry)
+				o.NextAttemptAt = &n
+			}
+		}
+		outs[i] = o
+		w.opts.Metrics.outcome(o.Attempt.Outcome)
+	}
+	log.LogAttrs(ctx, slog.LevelInfo, "delivery attempt",
+		slog.String("mx", att.Host), slog.Int("attempt", fewest+1), slog.Int("recipients", len(outs)),
+		slog.Any("results", summarize(outs)), slog.Duration("duration", att.Duration))
+	return outs, att
+}
+
+// nextAttempt is when attempt n+1 is due after attempt n fails, never past
+// the expiry (so the last attempt happens at the queue lifetime).
+func (w *Worker) nextAttempt(now time.Time, n int, expiry time.Time) time.Time {
+	s := w.opts.RetrySchedule
+	delay := s[min(n-1, len(s)-1)]
+	t := now.Add(w.opts.Jitter(delay))
+	if t.After(expiry) {
+		t = expiry
+	}
+	return t
+}
+
+// signature returns the message's DKIM header, signing once per message:
+// the first worker to sign stores it and every transaction reuses it.
+func (w *Worker) signature(ctx context.Context, d *store.Delivery) (string, error) {
+	if d.Signed {
+		return d.DKIMHeader, nil
+	}
+	from, err := mail.ParseAddress(d.From)
+	if err != nil {
+		return "", fmt.Errorf("from header %q: %w", d.From, err)
+	}
+	keys, err := w.keys.get(w.opts.Now(), from.Domain(), func() ([]dkim.Key, error) {
+		return w.openKeys(ctx, from.Domain())
+	})
+	if err != nil {
+		return "", err
+	}
+	header := "" // no key: sent unsigned, as the 202 warned
+	if len(keys) > 0 {
+		if header, err = w.opts.Signer.Sign(ctx, keys, d.Body); err != nil {
+			return "", err
+		}
+	}
+	return w.opts.Ledger.SaveSignature(ctx, d.ID, header)
+}
+
+// openKeys reads and unseals domain's active signing keys.
+func (w *Worker) openKeys(ctx context.Context, domain string) ([]dkim.Key, error) {
+	stored, err := w.opts.Ledger.ActiveDKIMKeys(ctx, domain)
+	if err != nil {
+		return nil, err
+	}
+	keys := make([]dkim.Key, len(stored))
+	for i, k := range stored {
+		priv, err := w.opts.Sealer.Open(k.PrivateKey)
+		if err != nil {
+			return nil, fmt.Errorf("open key %s._domainkey.%s: %w", k.Selector, k.Domain, err)
+		}
+		keys[i] = dkim.Key{Domain: k.Domain, Selector: k.Selector, Algorithm: dkim.Algorithm(k.Algorithm),
+			PrivateKey: priv, PublicKey: k.PublicKey, CreatedAt: k.CreatedAt}
+	}
+	return keys, nil
+}
+
+func repeat(r Result, n int) []Result {
+	out := make([]Result, n)
+	for i := range out {
+		out[i] = r
+	}
+	return out
+}
+
+func responseText(r Result) string {
+	if r.Line != "" {
+		return r.Line
+	}
+	if r.Err != nil {
+		return r.Err.Error()
+	}
+	return ""
+}
+
+func summarize(outs []store.Outcome) map[string]int {
+	m := map[string]int{}
+	for _, o := range outs {
+		m[o.Attempt.Outcome]++
+	}
+	return m
+}

@@ -1,0 +1,414 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/mailferry/mailferry/queue"
+	"github.com/mailferry/mailferry/store"
+)
+
+// dueSlack lets a job run this much before its recipients' next attempt
+// time: the queue keeps milliseconds, the ledger microseconds, and worker
+// clocks differ a little.
+const dueSlack = time.Second
+
+// ending is how a job leaves a worker: acknowledged (nothing left for it to
+// do), put back for a time, or kept (its outcome could not be recorded; the
+// queue hands it to another worker once the claim goes silent).
+type ending struct {
+	kind endKind
+	at   time.Time // for endLater
+}
+
+type endKind int
+
+const (
+	endDone endKind = iota
+	endLater
+	endKept
+)
+
+func done() ending              { return ending{kind: endDone} }
+func later(at time.Time) ending { return ending{kind: endLater, at: at} }
+func kept() ending              { return ending{kind: endKept} }
+
+// process handles one job: claim → load → lease → deliver → record → end.
+// It never returns an error: every path ends in Ack, Retry, or (if Redis
+// or PostgreSQL is down) a claim that goes silent and is reclaimed.
+//
+// Redis may hold a job twice (a requeue, a reclaim): the recipients' lease
+// in the ledger makes sure only one claim attempts them. A copy that finds
+// them leased to another claim comes back when that lease can have lapsed
+// (the holder died: it takes over; the holder lives: nothing is left to
+// do); a copy that comes before they are due is put off until then.
+func (w *Worker) process(ctx context.Context, c queue.Claimed) {
+	log := w.opts.Logger.With(slog.String("message_id", c.Job.MessageID), slog.String("rcpt_domain", c.Job.Domain))
+	id, err := uuid.Parse(c.Job.MessageID)
+	if err != nil {
+		log.Error("dropping job with an invalid message id", "error", err)
+		w.ack(ctx, log, c)
+		return
+	}
+	// Deferred first, so it runs last: the slot, heartbeat and lease are
+	// let go before a panicked job is retried or parked.
+	defer w.recoverJob(ctx, log, c, id)
+	switch e := w.run(ctx, log, c, id); e.kind {
+	case endDone:
+		w.ack(ctx, log, c)
+	case endLater:
+		w.retry(ctx, log, c, e.at)
+	}
+}
+
+// run takes a job through its steps and says how it ends.
+func (w *Worker) run(ctx context.Context, log *slog.Logger, c queue.Claimed, id uuid.UUID) ending {
+	slot, wait := w.domains.acquire(c.Job.Domain, w.opts.Now())
+	if slot == nil {
+		// The domain has its share of transactions; come back once one
+		// may have ended rather than hold a worker. Checked before the
+		// ledger is read: this costs one queue write.
+		return later(w.opts.Now().Add(w.opts.Jitter(wait)))
+	}
+	defer w.domains.release(slot)
+	d, end, ok := w.load(ctx, log, c, id)
+	if !ok {
+		return end
+	}
+	lj, end, ok := w.lease(ctx, log, c, d)
+	if !ok {
+		return end
+	}
+	outs, att, lost := w.attempt(ctx, log, c, lj)
+	slot.judge(att)
+	if lost {
+		// Another claim owns these recipients now; an outcome written
+		// here (our own cancellation) would stand in for its attempt.
+		log.Warn("recipient lease lost during the delivery; leaving the recipients to their new holder")
+		return later(w.opts.Now().Add(w.opts.Lease))
+	}
+	alignRetries(outs)
+	if !w.record(ctx, log, id, outs) {
+		// Not recorded before shutdown: keep the job; its lease lapses and
+		// another worker takes it over.
+		return kept()
+	}
+	// Every recipient still pending gets this job back at its own time:
+	// those just deferred and those that were not due yet.
+	if at := earliestRetry(outs, lj.notDue); !at.IsZero() {
+		return later(at)
+	}
+	return done()
+}
+
+// load reads the message and its pending recipients in the job's domain.
+// ok is false when the job ends here.
+func (w *Worker) load(ctx context.Context, log *slog.Logger, c queue.Claimed, id uuid.UUID) (d *store.Delivery, end ending, ok bool) {
+	d, err := w.opts.Ledger.LoadDelivery(ctx, id, c.Job.Domain)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		// An accept that was undone after Redis took the job.
+		return nil, done(), false
+	case err != nil:
+		return nil, w.ledgerDown(log, "load message", err), false
+	}
+	w.ledger.ok()
+	switch {
+	case len(d.Recipients) == 0:
+		return nil, done(), false // done earlier (a reclaimed or repeated job)
+	case d.Parked != "":
+		// Taken out of delivery; unparking requeues it.
+		log.Info("job is parked; dropping it", "reason", d.Parked)
+		return nil, done(), false
+	case d.SendAt != nil && d.SendAt.After(w.opts.Now()):
+		return nil, later(*d.SendAt), false
+	}
+	return d, ending{}, true
+}
+
+// leasedJob is the part of a job this claim holds: the recipients due now
+// and leased to it, and when the others are due.
+type leasedJob struct {
+	d      *store.Delivery
+	owner  string
+	due    []store.PendingRecipient
+	idxs   []int
+	notDue time.Time // earliest next attempt of the pending recipients not due yet
+	expiry time.Time
+}
+
+// lease reserves the due recipients for this claim alone (an owner no
+// other claim shares, not even a reclaim of the same queue entry) and sets
+// their next attempt to when the lease lapses unrenewed: after a crash the
+// job reclaimed from the dead worker finds them due and free at once, not a
+// whole retry delay later. If the ledger is down, nothing is dialled.
+func (w *Worker) lease(ctx context.Context, log *slog.Logger, c queue.Claimed, d *store.Delivery) (*leasedJob, ending, bool) {
+	now := w.opts.Now()
+	due, notDue := dueRecipients(d.Recipients, now.Add(dueSlack))
+	if len(due) == 0 {
+		// Early: a repeated job, or one reclaimed from a worker that died
+		// after setting the next attempt. Come back when it is due.
+		return nil, later(notDue), false
+	}
+	lj := &leasedJob{d: d, owner: c.ID + "/" + uuid.NewString(), notDue: notDue,
+		expiry: d.CreatedAt.Add(w.opts.MaxQueueAge)}
+	if d.SendAt != nil && d.SendAt.After(d.CreatedAt) {
+		lj.expiry = d.SendAt.Add(w.opts.MaxQueueAge)
+	}
+	idxs := make([]int, len(due))
+	for i, r := range due {
+		idxs[i] = r.Idx
+	}
+	taken, err := w.opts.Ledger.TakeLease(ctx, d.ID, idxs, store.Lease{Owner: lj.owner, For: w.opts.Lease, Next: now.Add(w.opts.Lease), DueBy: now.Add(dueSlack)})
+	if err != nil {
+		return nil, w.ledgerDown(log, "lease recipients", err), false
+	}
+	if len(taken) == 0 {
+		// Another claim holds them, or just finished them. Never drop this
+		// copy for good: that holder may be dead.
+		log.Info("recipients leased by another claim; retrying once that lease can have lapsed")
+		return nil, later(now.Add(w.opts.Lease)), false
+	}
+	lj.due, lj.idxs = keep(due, taken), taken
+	return lj, ending{}, true
+}
+
+// attempt delivers the leased recipients under a heartbeat that keeps both
+// leases alive, and stops the delivery before DATA if the lease is lost.
+// lost reports that, with nothing answered that must be recorded.
+func (w *Worker) attempt(ctx context.Context, log *slog.Logger, c queue.Claimed, lj *leasedJob) (outs []store.Outcome, att Attempt, lost bool) {
+	dctx, cancelDelivery := context.WithCancel(ctx)
+	defer cancelDelivery()
+	watch := &leaseWatch{cancel: cancelDelivery}
+	watch.delivering.Store(true)
+	stopBeat := w.heartbeat(ctx, log, c, lj.d.ID, lj.idxs, lj.owner, watch)
+	defer stopBeat()
+	outs, att = w.deliver(dctx, log, lj.d, c.Job.Domain, lj.due, lj.expiry)
+	watch.delivering.Store(false)
+	return outs, att, watch.lost.Load() && !anyAnswered(outs)
+}
+
+// ledgerDown puts a job back for a few seconds when the ledger failed
+// before anything was sent, and slows claiming until it answers again.
+func (w *Worker) ledgerDown(log *slog.Logger, op string, err error) ending {
+	log.Warn(op+"; retrying soon", "error", err)
+	w.ledger.fail(w.opts.Now())
+	return later(w.opts.Now().Add(w.opts.Jitter(5 * time.Second)))
+}
+
+// leaseWatch is how the heartbeat stops a delivery whose lease is lost.
+type leaseWatch struct {
+	// delivering: the SMTP transaction has not ended; a lease found lost
+	// afterwards is the recording's doing.
+	delivering atomic.Bool
+	lost       atomic.Bool
+	cancel     context.CancelFunc
+}
+
+func (l *leaseWatch) lose() {
+	if l.delivering.Load() {
+		l.lost.Store(true)
+		l.cancel()
+	}
+}
+
+// anyAnswered reports whether an outcome is final (delivered or bounced):
+// the receiver answered, and that must be recorded whoever holds the lease.
+func anyAnswered(outs []store.Outcome) bool {
+	for _, o := range outs {
+		if o.Attempt.Outcome != store.RecipientDeferred {
+			return true
+		}
+	}
+	return false
+}
+
+// alignRetries gives the recipients of one job deferred at the same
+// attempt one retry time, the earliest drawn: jitter spreads jobs, and one
+// jitter per job lets a single retry of it serve all of them.
+func alignRetries(outs []store.Outcome) {
+	first := map[int]time.Time{}
+	for _, o := range outs {
+		if o.NextAttemptAt == nil {
+			continue
+		}
+		if t, ok := first[o.Attempt.Attempt]; !ok || o.NextAttemptAt.Before(t) {
+			first[o.Attempt.Attempt] = *o.NextAttemptAt
+		}
+	}
+	for i, o := range outs {
+		if o.NextAttemptAt != nil {
+			t := first[o.Attempt.Attempt]
+			outs[i].NextAttemptAt = &t
+		}
+	}
+}
+
+// recoverJob turns a panic in a job into a logged, counted failure: the
+// other deliveries of the process go on, and a job that panics ParkAfter
+// times (over all workers and restarts) is parked instead of crash-looping
+// every worker. It must be deferred directly.
+func (w *Worker) recoverJob(ctx context.Context, log *slog.Logger, c queue.Claimed, id uuid.UUID) {
+	r := recover()
+	if r == nil {
+		return
+	}
+	w.opts.Metrics.panicked()
+	reason := fmt.Sprintf("panic: %v", r)
+	if len(reason) > 500 {
+		reason = reason[:500]
+	}
+	log.Error("job panicked", "panic", reason, "stack", string(debug.Stack()))
+	ctx = context.WithoutCancel(ctx)
+	// Its lease (if it took one) lapses by then.
+	again := w.opts.Now().Add(w.opts.Lease)
+	parked, err := w.opts.Ledger.CountJobFailure(ctx, id, c.Job.Domain, reason, w.opts.ParkAfter)
+	switch {
+	case err != nil:
+		log.Warn("count the panic of a job; retrying it", "error", err)
+		w.retry(ctx, log, c, again)
+	case parked:
+		w.opts.Metrics.parked()
+		log.Error("job parked after repeated panics; its recipients stay pending until it is unparked",
+			"reason", reason, "panics", w.opts.ParkAfter)
+		w.ack(ctx, log, c)
+	default:
+		w.retry(ctx, log, c, again)
+	}
+}
+
+// record writes outcomes, retrying while the ledger is unreachable: the
+// SMTP work is done and must not be lost or repeated for want of a write.
+// The outcomes wait in memory, the heartbeat keeps the job and the
+// recipients reserved, and the write is tried until it succeeds or ctx ends
+// (the end of the shutdown grace), so a PostgreSQL restart costs nothing.
+func (w *Worker) record(ctx context.Context, log *slog.Logger, id uuid.UUID, outs []store.Outcome) bool {
+	delay := 200 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		// Even after ctx ends each try gets its time: one last try is made.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		_, err := w.opts.Ledger.RecordOutcomes(rctx, id, outs)
+		cancel()
+		if err == nil {
+			if attempt > 1 {
+				log.Info("recorded outcomes once the ledger answered", "tries", attempt)
+			}
+			return true
+		}
+		if ctx.Err() != nil {
+			log.Error("outcomes not recorded before shutdown; these recipients will be attempted again",
+				"error", err, "tries", attempt, "results", summarize(outs))
+			return false
+		}
+		if attempt == 1 || attempt%10 == 0 {
+			log.Warn("record outcomes; keeping them and retrying", "error", err, "tries", attempt)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 2*time.Second)
+	}
+}
+
+// heartbeat renews the job's lease in the queue and the recipients' lease
+// in the ledger while they are delivered and recorded, so a slow but alive
+// delivery is not handed to a second worker. Either store may be down for
+// a while: each renewal that fails is logged and tried again next beat.
+// The lease is lost when the ledger says another claim took recipients
+// over, or when the queue gave the job to another worker and the ledger
+// cannot confirm the lease: then watch stops the delivery before DATA.
+func (w *Worker) heartbeat(ctx context.Context, log *slog.Logger, c queue.Claimed, id uuid.UUID, idxs []int, owner string, watch *leaseWatch) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(w.opts.Heartbeat)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				qerr := w.opts.Queue.Extend(ctx, c)
+				if qerr != nil && !errors.Is(qerr, queue.ErrLost) {
+					log.Warn("extend job lease", "error", qerr)
+				}
+				n, err := w.opts.Ledger.RenewLease(ctx, id, idxs, owner, w.opts.Lease)
+				switch {
+				case err == nil && n < len(idxs) && watch.delivering.Load():
+					log.Warn("recipient lease lost; stopping the delivery", "held", n, "leased", len(idxs))
+					watch.lose()
+				case err != nil && errors.Is(qerr, queue.ErrLost) && watch.delivering.Load():
+					log.Warn("job reclaimed by another worker and the recipient lease not renewed; stopping the delivery", "error", err)
+					watch.lose()
+				case err != nil:
+					log.Warn("renew recipient lease", "error", err)
+				}
+			}
+		}
+	}()
+	return func() { close(done); wg.Wait() }
+}
+
+func (w *Worker) ack(ctx context.Context, log *slog.Logger, c queue.Claimed) {
+	if err := w.opts.Queue.Ack(context.WithoutCancel(ctx), c); err != nil {
+		log.Warn("ack job", "error", err)
+	}
+}
+
+func (w *Worker) retry(ctx context.Context, log *slog.Logger, c queue.Claimed, at time.Time) {
+	if err := w.opts.Queue.Retry(context.WithoutCancel(ctx), c, at); err != nil {
+		log.Warn("reschedule job", "error", err)
+	}
+}
+
+// dueRecipients splits rs into those due by t and the earliest next
+// attempt of the others.
+func dueRecipients(rs []store.PendingRecipient, t time.Time) (due []store.PendingRecipient, later time.Time) {
+	for _, r := range rs {
+		switch {
+		case r.NextAttemptAt == nil || !r.NextAttemptAt.After(t):
+			due = append(due, r)
+		case later.IsZero() || r.NextAttemptAt.Before(later):
+			later = *r.NextAttemptAt
+		}
+	}
+	return due, later
+}
+
+// keep returns the recipients of rs whose index is in idxs.
+func keep(rs []store.PendingRecipient, idxs []int) []store.PendingRecipient {
+	var out []store.PendingRecipient
+	for _, r := range rs {
+		if slices.Contains(idxs, r.Idx) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// earliestRetry is the earliest next attempt among the deferred outcomes
+// and also (the recipients not attempted; zero if none): zero when nothing
+// is left pending.
+func earliestRetry(outs []store.Outcome, also time.Time) time.Time {
+	t := also
+	for _, o := range outs {
+		if o.NextAttemptAt != nil && (t.IsZero() || o.NextAttemptAt.Before(t)) {
+			t = *o.NextAttemptAt
+		}
+	}
+	return t
+}
