@@ -6,53 +6,17 @@ import (
 	"io"
 	"net/netip"
 	"os"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mailferry/mailferry/internal/leakcheck"
 )
 
 // TestMain fails the run if goroutines outlive the tests: every session and
 // test server must have ended.
 func TestMain(m *testing.M) {
-	before := len(ourGoroutines())
-	code := m.Run()
-	if code == 0 {
-		deadline := time.Now().Add(10 * time.Second)
-		left := ourGoroutines()
-		for len(left) > before && time.Now().Before(deadline) {
-			time.Sleep(20 * time.Millisecond)
-			left = ourGoroutines()
-		}
-		if len(left) > before {
-			fmt.Fprintf(os.Stderr, "goroutine leak: %d before the tests, %d after:\n\n%s\n",
-				before, len(left), strings.Join(left, "\n\n"))
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
-
-// ourGoroutines returns the stacks of all goroutines but this one and those
-// the runtime or the test framework own (signal handling for -fuzz).
-func ourGoroutines() []string {
-	buf := make([]byte, 1<<20)
-	for {
-		n := runtime.Stack(buf, true)
-		if n < len(buf) {
-			buf = buf[:n]
-			break
-		}
-		buf = make([]byte, 2*len(buf))
-	}
-	var out []string
-	for i, g := range strings.Split(string(buf), "\n\n") {
-		if i == 0 || strings.Contains(g, "os/signal.signal_recv") {
-			continue // i == 0 is the calling goroutine
-		}
-		out = append(out, g)
-	}
-	return out
+	os.Exit(leakcheck.Run(os.Stderr, func() int { return m.Run() }))
 }
 
 const ehloName = "relay.test"
