@@ -3,7 +3,6 @@ package api_test
 import (
 	"bytes"
 	"encoding/base64"
-	"fmt"
 	"io"
 	"net/http"
 	"runtime"
@@ -37,15 +36,22 @@ func TestRawPostAllocations(t *testing.T) {
 	if r := h.post(rawPost(1<<20), nil); r.status != http.StatusAccepted { // warm the pools
 		t.Fatalf("warm-up: %d %s", r.status, r.body)
 	}
-	var before, after runtime.MemStats
-	runtime.GC()
-	runtime.ReadMemStats(&before)
-	r := h.post(body, nil)
-	runtime.ReadMemStats(&after)
-	if r.status != http.StatusAccepted {
-		t.Fatalf("status %d: %s", r.status, r.body)
+	// TotalAlloc counts the whole process; other tests' leftovers add to
+	// it, never take away, so the least of three is the POST's own.
+	var alloc uint64
+	for i := range 3 {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		r := h.post(body, nil)
+		runtime.ReadMemStats(&after)
+		if r.status != http.StatusAccepted {
+			t.Fatalf("status %d: %s", r.status, r.body)
+		}
+		if a := after.TotalAlloc - before.TotalAlloc; i == 0 || a < alloc {
+			alloc = a
+		}
 	}
-	alloc := after.TotalAlloc - before.TotalAlloc
 	t.Logf("one 20 MiB raw POST (%d request bytes) allocated %.1f MiB, %.2f× the message", len(body), float64(alloc)/(1<<20), float64(alloc)/size)
 	if limit := uint64(5 * size); alloc > limit {
 		t.Errorf("one 20 MiB raw POST allocated %.1f MiB, more than %d MiB", float64(alloc)/(1<<20), limit>>20)
@@ -143,7 +149,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	deadline := time.Now().Add(10 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatal(fmt.Sprintf("timed out waiting for %s", what))
+			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}

@@ -202,12 +202,15 @@ const maxPooledBody = 64 << 10
 // not send holds only what the cap allows. Without a budget, a larger
 // body grows the buffer as it arrives.
 func (s *server) bodyBuffer(contentLength int64) *bytes.Buffer {
+	if contentLength > maxPooledBody && s.opts.Budget != nil {
+		return bytes.NewBuffer(make([]byte, 0, contentLength+bytes.MinRead))
+	}
 	buf, _ := s.bodies.Get().(*bytes.Buffer)
-	if buf == nil || (contentLength > maxPooledBody && s.opts.Budget != nil) {
+	if buf == nil {
 		buf = new(bytes.Buffer)
 	}
 	buf.Reset()
-	if contentLength > 0 && (contentLength <= maxPooledBody || s.opts.Budget != nil) {
+	if contentLength > 0 && contentLength <= maxPooledBody {
 		buf.Grow(int(contentLength) + bytes.MinRead)
 	}
 	return buf

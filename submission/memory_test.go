@@ -2,7 +2,6 @@ package submission_test
 
 import (
 	"context"
-	"fmt"
 	"net/mail"
 	"runtime"
 	"strings"
@@ -216,7 +215,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	deadline := time.Now().Add(10 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatal(fmt.Sprintf("timed out waiting for %s", what))
+			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
