@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/mailferry/mailferry/budget"
 	"github.com/mailferry/mailferry/intake"
 	"github.com/mailferry/mailferry/store"
 )
@@ -74,6 +75,10 @@ type Options struct {
 	RateLimit float64
 	RateBurst int
 	Now       func() time.Time
+	// Budget caps the message bytes in flight, shared with SMTP
+	// submission (MAILFERRY_MAX_BYTES_IN_FLIGHT); past it a POST gets 503
+	// with Retry-After. Nil: no cap.
+	Budget *budget.Budget
 }
 
 type server struct {

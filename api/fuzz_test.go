@@ -50,7 +50,7 @@ func FuzzSend(f *testing.F) {
 			checkProblem(t, p, http.StatusUnprocessableEntity, http.StatusRequestEntityTooLarge)
 			return
 		}
-		if p := allowedSender(key, msg, req.Raw != ""); p != nil {
+		if p := allowedSender(key, msg, req.Raw.set); p != nil {
 			checkProblem(t, p, http.StatusForbidden)
 			return
 		}
@@ -63,7 +63,7 @@ func FuzzSend(f *testing.F) {
 			t.Fatalf("%d recipients accepted", len(msg.Recipients))
 		}
 		head := checkWire(t, msg.Body)
-		if req.Raw != "" {
+		if req.Raw.set {
 			return
 		}
 		// A Bcc address the request names nowhere else must not be in the

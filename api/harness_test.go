@@ -17,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/mailferry/mailferry/api"
+	"github.com/mailferry/mailferry/budget"
 	"github.com/mailferry/mailferry/intake"
 	"github.com/mailferry/mailferry/internal/testenv"
 	"github.com/mailferry/mailferry/queue"
@@ -48,6 +49,7 @@ type harnessOptions struct {
 	rateLimit       float64
 	rateBurst       int
 	now             func() time.Time
+	budget          *budget.Budget
 }
 
 func newHarness(t *testing.T, opts harnessOptions) *harness {
@@ -87,6 +89,12 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 	if opts.maxRecipients == 0 {
 		opts.maxRecipients = 1000
 	}
+	if opts.budget == nil {
+		// As in production, where MAILFERRY_MAX_BYTES_IN_FLIGHT is 128 MiB.
+		if opts.budget, err = budget.New(128 << 20); err != nil {
+			t.Fatal(err)
+		}
+	}
 	// Keys are authenticated as in production: through a cache that
 	// listens for revocations.
 	keys, err := store.NewKeyCache(st, store.KeyCacheOptions{})
@@ -117,6 +125,7 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 		RateLimit:       opts.rateLimit,
 		RateBurst:       opts.rateBurst,
 		Now:             opts.now,
+		Budget:          opts.budget,
 	})
 	if err != nil {
 		t.Fatalf("api.New: %v", err)

@@ -46,6 +46,7 @@ var (
 	kindIdemReused   = kind{http.StatusUnprocessableEntity, "idempotency-key-reused", "Idempotency key reused with a different request"}
 	kindRateLimited  = kind{http.StatusTooManyRequests, "rate-limited", "Rate limit exceeded"}
 	kindUnavailable  = kind{http.StatusServiceUnavailable, "unavailable", "Service unavailable"}
+	kindBusy         = kind{http.StatusServiceUnavailable, "busy", "Too many messages in flight"}
 	kindInternal     = kind{http.StatusInternalServerError, "internal", "Internal error"}
 	kindNoRoute      = kind{http.StatusNotFound, "not-found", "No such route"}
 	kindNoMethod     = kind{http.StatusMethodNotAllowed, "method-not-allowed", "Method not allowed"}

@@ -18,6 +18,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/mailferry/mailferry/budget"
 	"github.com/mailferry/mailferry/intake"
 	"github.com/mailferry/mailferry/mail"
 	"github.com/mailferry/mailferry/store"
@@ -39,7 +40,7 @@ const (
 // ready message in raw.
 type sendRequest struct {
 	mail.Draft
-	Raw      string            `json:"raw"`
+	Raw      rawField          `json:"raw"`
 	Tags     []string          `json:"tags"`
 	Metadata map[string]string `json:"metadata"`
 	SendAt   *time.Time        `json:"send_at"`
@@ -75,22 +76,37 @@ func (s *server) sendMessage(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, tooLarge(r.ContentLength, limit))
 		return
 	}
-	buf := s.bodyBuffer(r.ContentLength)
-	defer s.putBodyBuffer(buf)
-	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, limit))
-	// body lives until the handler returns: everything kept from it (the
-	// decoded request, problems, the idempotency hash) is a copy.
-	body := buf.Bytes()
+	// The bytes are reserved before they are read: by Content-Length when
+	// the client gives it, else as they arrive. The reservation lasts
+	// until the message is accepted or refused.
+	res, err := s.opts.Budget.Reserve(max(r.ContentLength, 0))
 	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			writeProblem(w, tooLarge(-1, limit))
-			return
-		}
-		writeProblem(w, newProblem(kindMalformed, "could not read the request body"))
+		writeProblem(w, busy())
 		return
 	}
-	req, p := s.decodeSend(body)
+	defer res.Release()
+	buf := s.bodyBuffer(r.ContentLength)
+	_, err = buf.ReadFrom(res.Reader(http.MaxBytesReader(w, r.Body, limit)))
+	if err != nil {
+		s.putBodyBuffer(buf)
+		var mbe *http.MaxBytesError
+		switch {
+		case errors.As(err, &mbe):
+			writeProblem(w, tooLarge(-1, limit))
+		case errors.Is(err, budget.ErrFull):
+			writeProblem(w, busy())
+		default:
+			writeProblem(w, newProblem(kindMalformed, "could not read the request body"))
+		}
+		return
+	}
+	// One form of the message at a time: the body is let go once decoded
+	// (the base64 of raw straight into bytes), and the decoded bytes once
+	// built into the message; only the idempotency hash is kept of it.
+	sum := sha256.Sum256(buf.Bytes())
+	req, p := s.decodeSend(buf.Bytes())
+	s.putBodyBuffer(buf)
+	buf = nil
 	if p != nil {
 		writeProblem(w, p)
 		return
@@ -106,7 +122,7 @@ func (s *server) sendMessage(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, p)
 		return
 	}
-	if p := allowedSender(key, msg, req.Raw != ""); p != nil {
+	if p := allowedSender(key, msg, req.Raw.set); p != nil {
 		writeProblem(w, p)
 		return
 	}
@@ -148,7 +164,6 @@ func (s *server) sendMessage(w http.ResponseWriter, r *http.Request) {
 		s.internal(w, r, err)
 		return
 	}
-	sum := sha256.Sum256(body)
 	existing, err := s.opts.Intake.SubmitIdempotent(r.Context(), receipt, sub, store.Idempotency{
 		Key: idemKey, RequestHash: sum[:], Status: http.StatusAccepted, Response: encoded,
 	})
@@ -181,10 +196,15 @@ const maxPooledBody = 64 << 10
 
 // bodyBuffer returns an empty buffer for a request body, from the pool,
 // with room for what the request announces (plus the bytes.MinRead that
-// ReadFrom wants free before it sees EOF) if that is small. A larger body
-// grows the buffer as it arrives: a client announcing megabytes it does
-// not send must not make the server allocate them.
+// ReadFrom wants free before it sees EOF), so that a large body is one
+// allocation rather than a doubling series. The bytes announced are
+// reserved in the budget first, so a client announcing megabytes it does
+// not send holds only what the cap allows. Without a budget, a larger
+// body grows the buffer as it arrives.
 func (s *server) bodyBuffer(contentLength int64) *bytes.Buffer {
+	if contentLength > maxPooledBody && s.opts.Budget != nil {
+		return bytes.NewBuffer(make([]byte, 0, contentLength+bytes.MinRead))
+	}
 	buf, _ := s.bodies.Get().(*bytes.Buffer)
 	if buf == nil {
 		buf = new(bytes.Buffer)
@@ -212,6 +232,16 @@ func checkContentType(r *http.Request) *problem {
 		return newProblem(kindUnsupported, "send the message as Content-Type: application/json")
 	}
 	return nil
+}
+
+// busy refuses a request that would take the message bytes in flight
+// past MAILFERRY_MAX_BYTES_IN_FLIGHT. A 503, as for an outage: nothing
+// was accepted, and the same request later will be.
+func busy() *problem {
+	p := newProblem(kindBusy, "too many large messages are in flight on this server (MAILFERRY_MAX_BYTES_IN_FLIGHT); nothing was accepted, try again",
+		FieldProblem{Field: "body", Detail: "bytes in flight at the cap"})
+	p.retryAfter = 2 * time.Second
+	return p
 }
 
 func tooLarge(got, limit int64) *problem {
@@ -455,9 +485,10 @@ func (s *server) build(req *sendRequest) (*mail.Message, *problem) {
 	}
 	var msg *mail.Message
 	var err error
-	if req.Raw != "" {
+	if req.Raw.set {
 		fields = append(fields, rawConflicts(req)...)
-		raw, derr := decodeBase64(req.Raw)
+		raw, derr := req.Raw.data, req.Raw.err
+		req.Raw.data = nil // the message built from it is the one copy kept
 		if derr != nil {
 			fields = append(fields, FieldProblem{Field: "raw", Detail: "not valid base64: " + derr.Error()})
 			return nil, invalid(fields)
@@ -522,6 +553,69 @@ func rawConflicts(req *sendRequest) []FieldProblem {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Field < out[j].Field })
 	return out
+}
+
+// rawField is the raw message of a request. It is decoded from base64
+// straight out of the JSON text into one buffer, so that the request is
+// never held as JSON, as a base64 string and as bytes at once. Bad base64
+// is kept as err for build to name, as the other field problems are.
+type rawField struct {
+	set  bool // given and not ""
+	data []byte
+	err  error
+}
+
+var stringType = reflect.TypeOf("")
+
+func (f *rawField) UnmarshalJSON(b []byte) error {
+	*f = rawField{}
+	switch {
+	case string(b) == "null":
+		return nil
+	case len(b) < 2 || b[0] != '"':
+		value := "number"
+		switch b[0] {
+		case '{':
+			value = "object"
+		case '[':
+			value = "array"
+		case 't', 'f':
+			value = "bool"
+		}
+		return &json.UnmarshalTypeError{Value: value, Type: stringType}
+	}
+	text := b[1 : len(b)-1]
+	if len(text) == 0 {
+		return nil
+	}
+	f.set = true
+	if bytes.IndexByte(text, '\\') >= 0 {
+		// JSON escapes (such as \n line breaks): unescape, the slow way.
+		var s string
+		if err := json.Unmarshal(b, &s); err != nil {
+			return err
+		}
+		f.data, f.err = decodeBase64(s)
+		return nil
+	}
+	f.data, f.err = decodeBase64Bytes(text)
+	return nil
+}
+
+// decodeBase64Bytes decodes padded or unpadded base64 into one new
+// buffer. The standard decoder skips CR and LF; spaces and tabs cannot
+// stand unescaped in a JSON string.
+func decodeBase64Bytes(src []byte) ([]byte, error) {
+	dst := make([]byte, base64.RawStdEncoding.DecodedLen(len(src)))
+	n, err := base64.StdEncoding.Decode(dst, src)
+	if err == nil {
+		return dst[:n], nil
+	}
+	n, err = base64.RawStdEncoding.Decode(dst, bytes.TrimRight(src, "="))
+	if err != nil {
+		return nil, err
+	}
+	return dst[:n], nil
 }
 
 func decodeBase64(s string) ([]byte, error) {

@@ -30,15 +30,17 @@ type Config struct {
 	MaxQueueAge              time.Duration   // MAILFERRY_MAX_QUEUE_AGE, 120h
 	MaxMessageBytes          int64           // MAILFERRY_MAX_MESSAGE_BYTES, 26214400
 	MaxRecipients            int             // MAILFERRY_MAX_RECIPIENTS, 1000
+	MaxBytesInFlight         int64           // MAILFERRY_MAX_BYTES_IN_FLIGHT, 134217728 (128 MiB), message bytes held by API and submission at once
 	WorkerConcurrency        int             // MAILFERRY_WORKER_CONCURRENCY, 256
 	WorkerPerDomain          int             // MAILFERRY_WORKER_PER_DOMAIN, 8
 	RateLimit                int             // MAILFERRY_RATE_LIMIT, 100 requests a second per API key (burst 2×); 0 = off
 	SecretKey                []byte          // MAILFERRY_SECRET_KEY, none
 
-	SubmissionAddr  string // MAILFERRY_SUBMISSION_ADDR, ":587"
-	SubmissionsAddr string // MAILFERRY_SUBMISSIONS_ADDR, ":465"
-	TLSCert         string // MAILFERRY_TLS_CERT
-	TLSKey          string // MAILFERRY_TLS_KEY
+	SubmissionAddr       string // MAILFERRY_SUBMISSION_ADDR, ":587"
+	SubmissionsAddr      string // MAILFERRY_SUBMISSIONS_ADDR, ":465"
+	TLSCert              string // MAILFERRY_TLS_CERT
+	TLSKey               string // MAILFERRY_TLS_KEY
+	SubmissionHideClient bool   // MAILFERRY_SUBMISSION_HIDE_CLIENT, false: the Received field leaves out the client's address
 
 	AutoMigrate bool   // MAILFERRY_AUTO_MIGRATE, true
 	LogLevel    string // MAILFERRY_LOG_LEVEL, "info"
@@ -68,6 +70,7 @@ func Vars() []Var {
 		{"MAILFERRY_MAX_QUEUE_AGE", "120h", "after this a deferred recipient bounces as expired"},
 		{"MAILFERRY_MAX_MESSAGE_BYTES", "26214400", "larger messages are refused with 413"},
 		{"MAILFERRY_MAX_RECIPIENTS", "1000", "recipients per message (to+cc+bcc)"},
+		{"MAILFERRY_MAX_BYTES_IN_FLIGHT", "134217728", "message bytes the API and submission hold at once (128 MiB, for a 512 MiB pod); beyond it 503 or SMTP 452 4.3.1"},
 		{"MAILFERRY_WORKER_CONCURRENCY", "256", "SMTP transactions in flight per worker process"},
 		{"MAILFERRY_WORKER_PER_DOMAIN", "8", "most transactions in flight to one recipient domain per worker"},
 		{"MAILFERRY_RATE_LIMIT", "100", "API requests a second per key, in bursts of twice that, per process (0: off); beyond it 429"},
@@ -76,6 +79,7 @@ func Vars() []Var {
 		{"MAILFERRY_SUBMISSIONS_ADDR", ":465", "SMTP submission with implicit TLS (empty: off)"},
 		{"MAILFERRY_TLS_CERT", "none", "certificate file for submission"},
 		{"MAILFERRY_TLS_KEY", "none", "private key file for submission"},
+		{"MAILFERRY_SUBMISSION_HIDE_CLIENT", "false", "leave the client's IP address out of the Received field submission adds"},
 		{"MAILFERRY_AUTO_MIGRATE", "true", "serve applies migrations at start"},
 		{"MAILFERRY_LOG_LEVEL", "info", "debug, info, warn or error"},
 		{"MAILFERRY_LOG_FORMAT", "json", "json or text"},
@@ -106,6 +110,7 @@ func Load(lookup func(string) (string, bool)) (Config, error) {
 		MaxQueueAge:              p.duration("MAILFERRY_MAX_QUEUE_AGE", 120*time.Hour),
 		MaxMessageBytes:          int64(p.intRange("MAILFERRY_MAX_MESSAGE_BYTES", 26214400, 1024, 1<<30)),
 		MaxRecipients:            p.intRange("MAILFERRY_MAX_RECIPIENTS", 1000, 1, 100000),
+		MaxBytesInFlight:         int64(p.intRange("MAILFERRY_MAX_BYTES_IN_FLIGHT", 128<<20, 1024, 1<<40)),
 		WorkerConcurrency:        p.intRange("MAILFERRY_WORKER_CONCURRENCY", 256, 1, 100000),
 		WorkerPerDomain:          p.intRange("MAILFERRY_WORKER_PER_DOMAIN", 8, 1, 10000),
 		RateLimit:                p.intRange("MAILFERRY_RATE_LIMIT", 100, 0, 1000000),
@@ -114,6 +119,7 @@ func Load(lookup func(string) (string, bool)) (Config, error) {
 		SubmissionsAddr:          p.addr("MAILFERRY_SUBMISSIONS_ADDR", ":465", true),
 		TLSCert:                  p.str("MAILFERRY_TLS_CERT", ""),
 		TLSKey:                   p.str("MAILFERRY_TLS_KEY", ""),
+		SubmissionHideClient:     p.boolean("MAILFERRY_SUBMISSION_HIDE_CLIENT", false),
 		AutoMigrate:              p.boolean("MAILFERRY_AUTO_MIGRATE", true),
 		LogLevel:                 p.oneOf("MAILFERRY_LOG_LEVEL", "info", "debug", "info", "warn", "error"),
 		LogFormat:                p.oneOf("MAILFERRY_LOG_FORMAT", "json", "json", "text"),
@@ -122,6 +128,11 @@ func Load(lookup func(string) (string, bool)) (Config, error) {
 		ReconcileInterval:        p.durationAtLeast("MAILFERRY_RECONCILE_INTERVAL", 5*time.Minute, time.Second),
 		// A floor of a day catches a unit typo (90m for 90 days).
 		AttemptRetention: p.durationAtLeast("MAILFERRY_ATTEMPT_RETENTION", 90*24*time.Hour, 24*time.Hour),
+	}
+	if c.MaxBytesInFlight < c.MaxMessageBytes {
+		// One message of the largest size must fit, or it would be told
+		// to come back later for ever.
+		p.fail("MAILFERRY_MAX_BYTES_IN_FLIGHT", "must be at least MAILFERRY_MAX_MESSAGE_BYTES (%d)", c.MaxMessageBytes)
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		p.fail("MAILFERRY_TLS_CERT", "MAILFERRY_TLS_CERT and MAILFERRY_TLS_KEY must be set together")

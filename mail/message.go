@@ -22,6 +22,50 @@ type Message struct {
 	Body         []byte    // the RFC 5322 message: CRLF only, lines ≤ 998 octets, no Bcc
 	Needs8Bit    bool      // Body has 8-bit octets (8BITMIME, RFC 6152)
 	NeedsUTF8    bool      // an address or a header needs SMTPUTF8 (RFC 6531)
+
+	head []byte // free room in front of Body in its array, for Prepend
+}
+
+// Prepend puts a header field, such as the Received trace field an MSA
+// adds on top (RFC 5321 4.4), in front of the message. field must be one
+// complete field: printable ASCII lines ending in CRLF, folded lines
+// starting with white space. It uses the room ParseRaw left when
+// BuildOptions.TraceRoom asked for it, so the body is not copied.
+func (m *Message) Prepend(field string) error {
+	if err := checkTraceField(field); err != nil {
+		return err
+	}
+	n := len(field)
+	if n <= len(m.head) && len(m.head) < cap(m.head) && len(m.Body) > 0 &&
+		&m.head[:len(m.head)+1][len(m.head)] == &m.Body[0] {
+		start := len(m.head) - n
+		copy(m.head[start:], field)
+		m.Body = m.head[start : len(m.head)+len(m.Body)]
+		m.head = m.head[:start]
+		return nil
+	}
+	body := make([]byte, 0, n+len(m.Body))
+	m.Body = append(append(body, field...), m.Body...)
+	m.head = nil
+	return nil
+}
+
+func checkTraceField(f string) error {
+	name, _, ok := strings.Cut(f, ":")
+	if !ok || !validFieldName([]byte(name)) || !strings.HasSuffix(f, "\r\n") {
+		return fmt.Errorf("prepend: not one header field ending in CRLF")
+	}
+	for i, line := range strings.Split(strings.TrimSuffix(f, "\r\n"), "\r\n") {
+		if len(line) == 0 || len(line) > maxLineLen || (i > 0 && line[0] != ' ' && line[0] != '\t') {
+			return fmt.Errorf("prepend: line %d is too long or not a folded continuation", i+1)
+		}
+		for j := 0; j < len(line); j++ {
+			if c := line[j]; (c < 0x20 && c != '\t') || c > 0x7e {
+				return fmt.Errorf("prepend: control or 8-bit octet in line %d", i+1)
+			}
+		}
+	}
+	return nil
 }
 
 // SenderDomains lists, lower-case and once each, every domain the message
@@ -67,6 +111,7 @@ type BuildOptions struct {
 	Now           func() time.Time // Date header; nil → time.Now
 	MaxRecipients int              // 0 → 1000
 	NewID         func() string    // unique left part of Message-IDs; nil → a UUIDv7
+	TraceRoom     int              // ParseRaw: bytes left free in front of Body for Message.Prepend
 }
 
 const defaultMaxRecipients = 1000

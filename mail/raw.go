@@ -161,7 +161,9 @@ func ParseRaw(raw []byte, envelopeTo []string, opts BuildOptions) (*Message, err
 		}
 	}
 
-	out := make([]byte, 0, len(src)+len(msgID)+80)
+	room := max(opts.TraceRoom, 0)
+	buf := make([]byte, room, room+len(src)+len(msgID)+80)
+	out := buf[room:]
 	for _, f := range fields {
 		// RFC 5322 3.6.3: Bcc recipients must not see each other, nor the
 		// others them; Resent-Bcc likewise (3.6.6). Return-Path: see above.
@@ -199,6 +201,7 @@ func ParseRaw(raw []byte, envelopeTo []string, opts BuildOptions) (*Message, err
 		Body:         out,
 		Needs8Bit:    has8bit(out),
 		NeedsUTF8:    needsUTF8,
+		head:         buf[:room],
 	}, nil
 }
 

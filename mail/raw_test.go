@@ -326,3 +326,57 @@ func TestFieldErrorsError(t *testing.T) {
 		t.Fatalf("errors.As through a wrap: %v", fe)
 	}
 }
+
+func TestPrepend(t *testing.T) {
+	raw := []byte("From: a@example.com\r\nTo: b@example.net\r\n\r\nhello\r\n")
+	field := "Received: from client.example ([192.0.2.1])\r\n\tby relay.example; Mon, 02 Jan 2006 15:04:05 +0000\r\n"
+	for _, tc := range []struct {
+		name   string
+		room   int
+		inside bool // written into the room ParseRaw left
+	}{
+		{"room enough", 512, true},
+		{"room too small", 16, false},
+		{"no room", 0, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m, err := ParseRaw(raw, nil, BuildOptions{Hostname: "relay.example", TraceRoom: tc.room})
+			if err != nil {
+				t.Fatal(err)
+			}
+			before := string(m.Body)
+			first := &m.Body[0]
+			if err := m.Prepend(field); err != nil {
+				t.Fatal(err)
+			}
+			if got, want := string(m.Body), field+before; got != want {
+				t.Fatalf("body\n%q\nwant\n%q", got, want)
+			}
+			moved := &m.Body[len(field)] != first
+			if moved == tc.inside {
+				t.Errorf("body copied: %v, want %v", moved, !tc.inside)
+			}
+		})
+	}
+	bad := []string{
+		"Received: x\r\nBcc: evil@example.org\r\n",
+		"Received: x\ninjected\r\n",
+		"Received: x",
+		"no colon\r\n",
+		"Received: caf\xc3\xa9\r\n",
+		"Received: \x00\r\n",
+	}
+	for _, f := range bad {
+		m, err := ParseRaw(raw, nil, BuildOptions{Hostname: "relay.example", TraceRoom: 512})
+		if err != nil {
+			t.Fatal(err)
+		}
+		before := string(m.Body)
+		if err := m.Prepend(f); err == nil {
+			t.Errorf("Prepend(%q) took it", f)
+		}
+		if string(m.Body) != before {
+			t.Errorf("Prepend(%q) changed the body after refusing", f)
+		}
+	}
+}

@@ -15,6 +15,7 @@ const (
 	codeQueued            = 250 // RFC 5321 4.2.3: requested mail action okay, completed
 	codeConnectionLimit   = 421 // RFC 5321 3.1: a server may refuse a connection with 421
 	codeLocalError        = 451 // RFC 5321 4.2.3: requested action aborted, local error in processing
+	codeInsufficient      = 452 // RFC 5321 4.2.3: requested action not taken, insufficient system storage
 	codeAuthTemporary     = 454 // RFC 4954 6: temporary authentication failure
 	codeAuthRequired      = 530 // RFC 4954 6: authentication required
 	codeAuthInvalid       = 535 // RFC 4954 6: authentication credentials invalid
@@ -108,6 +109,13 @@ func errInvalidMessage(detail string) *smtp.SMTPError {
 func errUnavailable() *smtp.SMTPError {
 	return reply(codeLocalError, smtp.EnhancedCode{4, 3, 0},
 		"message not accepted: the queue or the ledger is unavailable; nothing was kept, try again")
+}
+
+// errBusy: the message bytes in flight are at MAILFERRY_MAX_BYTES_IN_FLIGHT;
+// RFC 3463 3.4 X.3.1: mail system full. Nothing was kept.
+func errBusy() *smtp.SMTPError {
+	return reply(codeInsufficient, smtp.EnhancedCode{4, 3, 1},
+		"message not accepted: too many large messages in flight on this server; nothing was kept, try again")
 }
 
 // errReadAborted: the client stopped sending in mid-message (timeout,

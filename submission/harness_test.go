@@ -20,12 +20,12 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/mailferry/mailferry/api"
-	"github.com/mailferry/mailferry/intake"
+	"github.com/mailferry/mailferry/budget"
 	"github.com/mailferry/mailferry/internal/testenv"
 	"github.com/mailferry/mailferry/internal/testmx"
+	"github.com/mailferry/mailferry/internal/teststack"
 	"github.com/mailferry/mailferry/queue"
 	"github.com/mailferry/mailferry/store"
 	"github.com/mailferry/mailferry/submission"
@@ -65,39 +65,16 @@ type harnessOptions struct {
 	authFailures    int
 	commandTimeout  time.Duration
 	dataTimeout     time.Duration
+	budget          *budget.Budget
+	hideClient      bool
 }
 
 func newHarness(t *testing.T, opts harnessOptions) *harness {
 	t.Helper()
 	ctx := context.Background()
-	dbURL := testenv.Database(t)
-	st, err := store.Open(ctx, store.Options{URL: dbURL})
-	if err != nil {
-		t.Fatalf("open store: %v", err)
-	}
-	t.Cleanup(st.Close)
-	if _, err := st.Migrate(ctx); err != nil {
-		t.Fatalf("migrate: %v", err)
-	}
-	if opts.redisURL == "" {
-		opts.redisURL = testenv.RedisURL(t)
-	}
-	ro, err := redis.ParseURL(opts.redisURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ro.MaxRetries = -1 // a stopped Redis must fail fast in the outage test
-	rdb := redis.NewClient(ro)
-	t.Cleanup(func() { rdb.Close() })
-	q, err := queue.New(rdb, queue.Options{Prefix: testenv.KeyPrefix(t), Consumer: "test"})
-	if err != nil {
-		t.Fatalf("queue: %v", err)
-	}
-	reg := prometheus.NewRegistry()
-	in, err := intake.New(intake.Options{Ledger: st, Queue: q, Metrics: intake.NewMetrics(reg), CommitTimeout: 3 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
+	stack := teststack.New(t, teststack.Options{RedisURL: opts.redisURL, Queue: queue.Options{Consumer: "test"}})
+	st, q, reg, in := stack.Store, stack.Queue, stack.Registry, stack.Intake
+	dbURL := stack.DatabaseURL
 	if opts.maxMessageBytes == 0 {
 		opts.maxMessageBytes = 1 << 20
 	}
@@ -128,6 +105,8 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 		AuthFailures:    opts.authFailures,
 		AuthBlock:       time.Minute,
 		Now:             clk.Now,
+		Budget:          opts.budget,
+		HideClient:      opts.hideClient,
 	})
 	if err != nil {
 		t.Fatalf("submission.New: %v", err)

@@ -27,6 +27,7 @@ const (
 	refusedTooLarge        = "too_large"
 	refusedInvalidMessage  = "invalid_message"
 	refusedUnavailable     = "unavailable"
+	refusedBusy            = "bytes_in_flight"
 )
 
 // Reasons for mailferry_smtp_auth_failures_total.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/mailferry/mailferry/budget"
 	"github.com/mailferry/mailferry/intake"
 	"github.com/mailferry/mailferry/store"
 )
@@ -75,8 +76,16 @@ type Options struct {
 	// Defaults 5 and 1 minute.
 	AuthFailures int
 	AuthBlock    time.Duration
-	// Now is the clock of the failed-login limiter; nil means time.Now.
+	// Now is the clock of the failed-login limiter and of the Received
+	// field's date; nil means time.Now.
 	Now func() time.Time
+	// Budget caps the message bytes in flight, shared with the HTTP API
+	// (MAILFERRY_MAX_BYTES_IN_FLIGHT); past it DATA and BDAT get 452
+	// 4.3.1. Nil: no cap.
+	Budget *budget.Budget
+	// HideClient leaves the client's IP address out of the Received field
+	// (MAILFERRY_SUBMISSION_HIDE_CLIENT).
+	HideClient bool
 }
 
 // Server is the submission server. One Server serves both listeners.

@@ -15,6 +15,7 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
+	"github.com/mailferry/mailferry/budget"
 	"github.com/mailferry/mailferry/intake"
 	"github.com/mailferry/mailferry/mail"
 	"github.com/mailferry/mailferry/store"
@@ -156,6 +157,12 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		s.log(s.key).Info("smtp sender refused", slog.String("mail_from_domain", d))
 		return errSenderNotAllowed("MAIL FROM", d, s.key.Domains)
 	}
+	if opts != nil && opts.Size > 0 && s.srv.opts.Budget != nil && opts.Size > s.srv.opts.Budget.Capacity() {
+		// More than the server can ever hold at once; go-smtp has already
+		// refused a SIZE over MaxMessageBytes the same way (RFC 1870 6.1).
+		s.srv.opts.Metrics.refused(refusedTooLarge)
+		return errTooLarge(s.srv.opts.Budget.Capacity())
+	}
 	s.from, s.rcpts, s.size = addr.Addr, nil, 0
 	if opts != nil {
 		s.size = opts.Size
@@ -188,14 +195,25 @@ func (s *session) Data(r io.Reader) error {
 	key, from, rcpts, size := s.key, s.from, slices.Clone(s.rcpts), s.size
 	s.mu.Unlock()
 
-	var buf bytes.Buffer
-	if size > 0 {
-		buf.Grow(int(min(size, s.srv.opts.MaxMessageBytes)))
+	// The bytes in flight are reserved by the SIZE the client declared,
+	// else as they arrive, and given back once the message is accepted or
+	// refused. Memory is never allocated from SIZE: the buffer grows with
+	// the bytes received, to MaxMessageBytes at most (go-smtp's limit).
+	res, err := s.srv.opts.Budget.Reserve(min(size, s.srv.opts.MaxMessageBytes))
+	if err != nil {
+		s.srv.opts.Metrics.refused(refusedBusy)
+		return errBusy()
 	}
-	if _, err := buf.ReadFrom(r); err != nil {
-		if errors.Is(err, smtp.ErrDataTooLarge) {
+	defer res.Release()
+	var buf bytes.Buffer
+	if _, err := buf.ReadFrom(res.Reader(r)); err != nil {
+		switch {
+		case errors.Is(err, smtp.ErrDataTooLarge):
 			s.srv.opts.Metrics.refused(refusedTooLarge)
 			return errTooLarge(s.srv.opts.MaxMessageBytes)
+		case errors.Is(err, budget.ErrFull):
+			s.srv.opts.Metrics.refused(refusedBusy)
+			return errBusy()
 		}
 		s.log(key).Info("smtp message not read", slog.Any("error", err))
 		return errReadAborted()
@@ -205,12 +223,12 @@ func (s *session) Data(r io.Reader) error {
 		return errBadSequence("DATA", "MAIL and RCPT must come first")
 	}
 
-	// TODO(RFC 5321 4.4): prepend a Received field ("with ESMTPSA", RFC
-	// 3848), without the client's address, as most MSAs keep it private.
 	msg, err := mail.ParseRaw(buf.Bytes(), rcpts, mail.BuildOptions{
 		Hostname:      s.srv.opts.Hostname,
 		MaxRecipients: s.srv.opts.MaxRecipients,
+		TraceRoom:     traceRoom,
 	})
+	buf = bytes.Buffer{} // the message is the one copy kept
 	var fe mail.FieldErrors
 	switch {
 	case errors.As(err, &fe) && len(fe) > 0:
@@ -232,6 +250,16 @@ func (s *session) Data(r io.Reader) error {
 	receipt, err := s.srv.opts.Intake.NewReceipt(sub)
 	if err != nil {
 		s.log(key).Error("smtp message: new receipt", slog.Any("error", err))
+		return errUnavailable()
+	}
+	// RFC 5321 4.4: the trace field goes on top before the message is
+	// stored; DKIM signing, later, does not cover it.
+	if err := msg.Prepend(received(receivedOptions{
+		helo: s.conn.Hostname(), ip: s.ip, hideClient: s.srv.opts.HideClient,
+		by: s.srv.opts.Hostname, tls: s.tls, auth: key != nil,
+		id: receipt.ID.String(), now: s.srv.opts.Now(),
+	})); err != nil {
+		s.log(key).Error("smtp message: received field", slog.Any("error", err))
 		return errUnavailable()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.srv.opts.OpTimeout)

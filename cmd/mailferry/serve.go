@@ -20,6 +20,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/mailferry/mailferry/api"
+	"github.com/mailferry/mailferry/budget"
 	"github.com/mailferry/mailferry/config"
 	"github.com/mailferry/mailferry/intake"
 	"github.com/mailferry/mailferry/lease"
@@ -123,9 +124,18 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	if err != nil {
 		return err
 	}
+	// One cap on message bytes in flight, shared by the API and submission.
+	bodies, err := budget.New(cfg.MaxBytesInFlight)
+	if err != nil {
+		return err
+	}
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "mailferry_body_bytes_in_flight",
+		Help: "Message bytes the API and SMTP submission hold now, against MAILFERRY_MAX_BYTES_IN_FLIGHT.",
+	}, func() float64 { return float64(bodies.InUse()) }))
 	stopSubmission := func(context.Context) error { return nil }
 	if roles["api"] {
-		if stopSubmission, err = startSubmission(ctx, cfg, in, st, reg, log.With("role", "submission")); err != nil {
+		if stopSubmission, err = startSubmission(ctx, cfg, in, st, bodies, reg, log.With("role", "submission")); err != nil {
 			return err
 		}
 	}
@@ -149,6 +159,7 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 		MaxRecipients:   cfg.MaxRecipients,
 		RateLimit:       float64(cfg.RateLimit), // bursts of twice the rate
 		Warn:            newDKIMWarner(st, log).warn,
+		Budget:          bodies,
 	})
 	if err != nil {
 		return err

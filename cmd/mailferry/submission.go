@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/mailferry/mailferry/budget"
 	"github.com/mailferry/mailferry/config"
 	"github.com/mailferry/mailferry/intake"
 	"github.com/mailferry/mailferry/submission"
@@ -30,7 +31,7 @@ import (
 // and submission without TLS is no option (AUTH carries the API key). A
 // certificate that is configured but cannot be loaded, or an address that
 // cannot be bound, is an error.
-func startSubmission(ctx context.Context, cfg config.Config, in *intake.Intake, auth submission.Authenticator, reg prometheus.Registerer, log *slog.Logger) (stop func(context.Context) error, err error) {
+func startSubmission(ctx context.Context, cfg config.Config, in *intake.Intake, auth submission.Authenticator, bodies *budget.Budget, reg prometheus.Registerer, log *slog.Logger) (stop func(context.Context) error, err error) {
 	noop := func(context.Context) error { return nil }
 	if cfg.SubmissionAddr == "" && cfg.SubmissionsAddr == "" {
 		return noop, nil
@@ -54,6 +55,8 @@ func startSubmission(ctx context.Context, cfg config.Config, in *intake.Intake, 
 		MaxRecipients:   cfg.MaxRecipients,
 		Logger:          log,
 		Metrics:         submission.NewMetrics(reg),
+		Budget:          bodies,
+		HideClient:      cfg.SubmissionHideClient,
 	})
 	if err != nil {
 		return nil, err

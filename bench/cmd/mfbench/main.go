@@ -60,6 +60,10 @@ type config struct {
 	Pprof         bool
 	PprofDuration time.Duration
 
+	// Big: concurrent large messages against the bytes-in-flight cap.
+	BigSize, BigClients int
+	BigCap              int64
+
 	Src, Bin, Out, Label, LogLevel string
 	Keep                           bool
 
@@ -103,7 +107,7 @@ func parseFlags(args []string) (*config, []string, error) {
 	fs := flag.NewFlagSet("mfbench", flag.ContinueOnError)
 	fs.BoolVar(&c.Quick, "quick", false, "CI-sized run: shorter loads, fewer messages (explicit flags still win)")
 	fs.IntVar(&c.Runs, "runs", 3, "runs per scenario; each figure is their median")
-	fs.StringVar(&c.Scenarios, "scenarios", "all", "comma-separated: s1, s2, s4, light, s3 (s4 compares with s2), or all")
+	fs.StringVar(&c.Scenarios, "scenarios", "all", "comma-separated: s1, s2, s4, light, s3, big (s4 compares with s2), or all")
 	fs.IntVar(&c.Clients, "clients", 64, "keep-alive HTTP clients of the load generator")
 	fs.DurationVar(&c.S1Duration, "s1-duration", 20*time.Second, "S1: measured load per run")
 	fs.DurationVar(&c.S1Warmup, "s1-warmup", 2*time.Second, "S1: unmeasured load before it")
@@ -119,6 +123,9 @@ func parseFlags(args []string) (*config, []string, error) {
 	fs.Float64Var(&c.LightRate, "light-rate", 100, "light load: messages per second")
 	fs.DurationVar(&c.LightDuration, "light-duration", 10*time.Second, "light load: duration per run")
 	fs.DurationVar(&c.CeilDuration, "ceil-duration", 3*time.Second, "S2 ceilings: duration of each sink blast and sign-rate measurement")
+	fs.IntVar(&c.BigSize, "big-size", 20<<20, "big: bytes of each message")
+	fs.IntVar(&c.BigClients, "big-clients", 32, "big: concurrent POSTs, and as many concurrent SMTP submissions")
+	fs.Int64Var(&c.BigCap, "big-cap", 128<<20, "big: MAILFERRY_MAX_BYTES_IN_FLIGHT of the measured process")
 	fs.IntVar(&c.BlastClients, "blast-clients", 32, "S2 ceiling: concurrent SMTP clients")
 	fs.IntVar(&c.SinkAddrs, "sink-addrs", 4, "sink MX addresses (127.0.0.2 on); the tarpit takes the next one")
 	fs.DurationVar(&c.QuietWait, "quiet-wait", 20*time.Second, "before each run, wait up to this long for the rest of the machine to go quiet")
@@ -296,6 +303,7 @@ func mainErr() error {
 		{"s4", func() []*scenarioResult { return one(b.s4(ctx, b.rep.scenario("s2-ed25519"))) }},
 		{"light", func() []*scenarioResult { return one(b.light(ctx)) }},
 		{"s3", func() []*scenarioResult { return one(b.s3(ctx)) }},
+		{"big", func() []*scenarioResult { return one(b.big(ctx)) }},
 	}
 	for _, s := range steps {
 		if !cfg.want(s.name) || ctx.Err() != nil {

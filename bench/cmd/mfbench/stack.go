@@ -343,7 +343,9 @@ type mfProc struct {
 
 func (p *mfProc) pid() int { return p.cmd.Process.Pid }
 
-func (s *stack) startMailferry(ctx context.Context, r *run, roles string) (*mfProc, error) {
+// startMailferry starts `mailferry serve --roles roles`; extra
+// environment entries override the run's.
+func (s *stack) startMailferry(ctx context.Context, r *run, roles string, extra ...string) (*mfProc, error) {
 	port, err := devstack.FreePort()
 	if err != nil {
 		return nil, err
@@ -355,7 +357,7 @@ func (s *stack) startMailferry(ctx context.Context, r *run, roles string) (*mfPr
 		done:    make(chan struct{}),
 	}
 	p.cmd = exec.Command(s.bin, "serve", "--roles", roles)
-	p.cmd.Env = s.env(r, p.addr)
+	p.cmd.Env = append(s.env(r, p.addr), extra...)
 	if s.cfg.Pprof {
 		pp, err := devstack.FreePort()
 		if err != nil {
