@@ -53,8 +53,10 @@ func TestRedisDown(t *testing.T) {
 	}
 }
 
-// TestLedgerRefusesWrites: when PostgreSQL cannot record, nothing is queued
-// and the client gets 503.
+// TestLedgerRefusesWrites: when PostgreSQL cannot record, the client gets
+// 503 and nothing is recorded. Intake queues before it records, so the
+// job may be in Redis; it points at no message and the workers drop it
+// (relay TestJobWithoutRowsIsDropped).
 func TestLedgerRefusesWrites(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -76,9 +78,6 @@ func TestLedgerRefusesWrites(t *testing.T) {
 		t.Fatalf("read-only ledger: %d %s", r.status, r.body)
 	}
 	r.problem(t)
-	if d := h.depth(); d.Ready+d.Scheduled != 0 {
-		t.Errorf("jobs queued for an unrecorded message: %+v", d)
-	}
 	if n := h.messageCount(); n != 0 {
 		t.Errorf("%d messages recorded", n)
 	}

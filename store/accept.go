@@ -60,6 +60,7 @@ const maxIdempotencyKey = 255
 
 const (
 	deleteMessages = `DELETE FROM messages WHERE id = ANY($1)` // recipients and idempotency rows cascade
+	messageExists  = `SELECT EXISTS (SELECT 1 FROM messages WHERE id = $1)`
 
 	// claimIdempotency takes the key, or takes over one older than the TTL.
 	// When a live key exists it returns no row and leaves the row locked
@@ -152,9 +153,9 @@ func (s *Store) AcceptIdempotent(ctx context.Context, msg NewMessage, key Idempo
 // errRepeat rolls back AcceptIdempotent's transaction; it never escapes.
 var errRepeat = errors.New("idempotent repeat")
 
-// DeleteMessages undoes accepted messages whose enqueue failed: it removes
-// them with their recipients and Idempotency-Key rows in one statement, so
-// a retry of the request is accepted afresh. Unknown ids are ignored.
+// DeleteMessages removes messages with their recipients and Idempotency-Key
+// rows in one statement. Unknown ids are ignored. (Intake no longer needs
+// it to undo an accept: it queues before it records.)
 func (s *Store) DeleteMessages(ctx context.Context, ids []uuid.UUID) error {
 	if len(ids) == 0 {
 		return nil
@@ -272,4 +273,14 @@ func nonNil(b []byte) []byte {
 		return []byte{}
 	}
 	return b
+}
+
+// MessageExists reports whether a message with this id is in the ledger,
+// for any tenant: intake asks it when an accept's commit reply was lost.
+func (s *Store) MessageExists(ctx context.Context, id uuid.UUID) (bool, error) {
+	var ok bool
+	if err := s.pool.QueryRow(ctx, messageExists, id).Scan(&ok); err != nil {
+		return false, fmt.Errorf("message exists %s: %w", id, err)
+	}
+	return ok, nil
 }
