@@ -41,6 +41,8 @@ type Ledger interface {
 	AcceptIdempotent(ctx context.Context, msg store.NewMessage, key store.Idempotency) (*store.Idempotency, error)
 	// MessageExists settles a write whose reply was lost: did it commit?
 	MessageExists(ctx context.Context, id uuid.UUID) (bool, error)
+	// LookupIdempotency finds a repeat before its jobs are queued.
+	LookupIdempotency(ctx context.Context, tenant, key string, at time.Time) (*store.Idempotency, error)
 }
 
 // Queue is the part of the queue intake writes to.
@@ -247,17 +249,31 @@ func (in *Intake) accepted(ctx context.Context, r Receipt, s Submission) {
 
 // SubmitIdempotent queues and stores the message together with its
 // idempotency key. If the tenant used the key in the last 24 hours it
-// stores nothing and returns the first record (the jobs just queued find
-// no message and are dropped).
+// stores nothing and returns the first record. A repeat is looked up
+// before anything is queued, so it costs Redis nothing; only a repeat
+// racing its first request leaves jobs, which find no message and are
+// dropped.
 func (in *Intake) SubmitIdempotent(ctx context.Context, r Receipt, s Submission, key store.Idempotency) (*store.Idempotency, error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), in.opts.CommitTimeout)
 	defer cancel()
 	msg := record(r, s)
+	at := key.CreatedAt
+	if at.IsZero() {
+		at = r.Accepted
+	}
+	existing, err := in.opts.Ledger.LookupIdempotency(ctx, s.TenantID, key.Key, at)
+	if err != nil {
+		in.opts.Logger.LogAttrs(ctx, slog.LevelError, "look up idempotency key", slog.String("message_id", r.ID.String()), slog.Any("error", err))
+		return nil, fmt.Errorf("look up idempotency key: %w: %w", ErrUnavailable, err)
+	}
+	if existing != nil {
+		return existing, nil
+	}
 	if err := in.opts.Queue.Enqueue(ctx, jobs(msg)...); err != nil {
 		in.opts.Logger.LogAttrs(ctx, slog.LevelError, "queue message", slog.String("message_id", r.ID.String()), slog.Any("error", err))
 		return nil, fmt.Errorf("queue message %s: %w: %w", r.ID, ErrUnavailable, err)
 	}
-	existing, err := in.opts.Ledger.AcceptIdempotent(ctx, msg, key)
+	existing, err = in.opts.Ledger.AcceptIdempotent(ctx, msg, key)
 	if err != nil && !in.committed(ctx, []uuid.UUID{r.ID}, err) {
 		return nil, fmt.Errorf("record message %s: %w: %w", r.ID, ErrUnavailable, err)
 	}

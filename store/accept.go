@@ -75,7 +75,8 @@ WHERE k.created_at <= $8
 RETURNING true`
 	selectIdempotency = `SELECT key, request_hash, status, response, created_at
 FROM idempotency_keys WHERE tenant_id = $1 AND key = $2`
-	purgeIdempotency = `DELETE FROM idempotency_keys WHERE created_at < $1`
+	selectLiveIdempotency = selectIdempotency + ` AND created_at > $3`
+	purgeIdempotency      = `DELETE FROM idempotency_keys WHERE created_at < $1`
 )
 
 // AcceptBatch writes messages and their recipients in one transaction with
@@ -148,6 +149,22 @@ func (s *Store) AcceptIdempotent(ctx context.Context, msg NewMessage, key Idempo
 		return nil, fmt.Errorf("accept idempotent: %w", err)
 	}
 	return nil, nil
+}
+
+// LookupIdempotency returns the tenant's record of key if it was used less
+// than IdempotencyTTL before at, or nil. It settles most repeats before
+// anything is queued; AcceptIdempotent still decides a race between two.
+func (s *Store) LookupIdempotency(ctx context.Context, tenant, key string, at time.Time) (*Idempotency, error) {
+	var e Idempotency
+	err := s.pool.QueryRow(ctx, selectLiveIdempotency, tenant, key, at.Add(-IdempotencyTTL)).
+		Scan(&e.Key, &e.RequestHash, &e.Status, &e.Response, &e.CreatedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("lookup idempotency key: %w", err)
+	}
+	return &e, nil
 }
 
 // errRepeat rolls back AcceptIdempotent's transaction; it never escapes.
