@@ -66,8 +66,10 @@ type Options struct {
 	// MaxWait bounds how long a message may wait to be taken into a batch;
 	// default 10s. Past it, or when the caller's context ends first, the
 	// message is withdrawn and the caller gets ErrUnavailable. A caller
-	// therefore waits at most MaxWait plus one CommitTimeout, and a job is
-	// at most that old (by its UUIDv7 id) when its rows commit.
+	// therefore waits at most MaxWait plus its batch's writes (one
+	// CommitTimeout, and one more to read back a failed commit), and a job
+	// is at most MaxWait plus CommitTimeout older than its Submit call
+	// (by its UUIDv7 id) when its rows commit.
 	MaxWait time.Duration
 	Now     func() time.Time
 }
@@ -160,8 +162,8 @@ func (in *Intake) NewReceipt(s Submission) (Receipt, error) {
 }
 
 // Submit queues and records a message under the receipt's id. It returns
-// once that message is written or refused, never later than MaxWait plus
-// one CommitTimeout: a message not yet taken into a batch when ctx ends or
+// once that message is written or refused, within MaxWait plus its
+// batch's writes (see Options.MaxWait): a message not yet taken into a batch when ctx ends or
 // MaxWait passes is withdrawn (ErrUnavailable, nothing accepted); one
 // already taken waits for its batch, whose outcome is the answer.
 func (in *Intake) Submit(ctx context.Context, r Receipt, s Submission) error {
