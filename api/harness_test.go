@@ -13,13 +13,13 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/mailferry/mailferry/api"
 	"github.com/mailferry/mailferry/budget"
 	"github.com/mailferry/mailferry/intake"
 	"github.com/mailferry/mailferry/internal/testenv"
+	"github.com/mailferry/mailferry/internal/teststack"
 	"github.com/mailferry/mailferry/queue"
 	"github.com/mailferry/mailferry/store"
 )
@@ -50,39 +50,18 @@ type harnessOptions struct {
 	rateBurst       int
 	now             func() time.Time
 	budget          *budget.Budget
+	ledger          func(*store.Store) intake.Ledger // wraps the store under intake
 }
 
 func newHarness(t *testing.T, opts harnessOptions) *harness {
 	t.Helper()
 	ctx := context.Background()
-	dbURL := testenv.Database(t)
-	st, err := store.Open(ctx, store.Options{URL: dbURL})
-	if err != nil {
-		t.Fatalf("open store: %v", err)
-	}
-	t.Cleanup(st.Close)
-	if _, err := st.Migrate(ctx); err != nil {
-		t.Fatalf("migrate: %v", err)
-	}
-	if opts.redisURL == "" {
-		opts.redisURL = testenv.RedisURL(t)
-	}
-	ro, err := redis.ParseURL(opts.redisURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ro.MaxRetries = -1 // a stopped Redis must fail fast in the outage tests
-	rdb := redis.NewClient(ro)
-	t.Cleanup(func() { rdb.Close() })
-	q, err := queue.New(rdb, queue.Options{Prefix: testenv.KeyPrefix(t), Consumer: "test"})
-	if err != nil {
-		t.Fatalf("queue: %v", err)
-	}
-	reg := prometheus.NewRegistry()
-	in, err := intake.New(intake.Options{Ledger: st, Queue: q, Metrics: intake.NewMetrics(reg), CommitTimeout: 3 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ts := teststack.New(t, teststack.Options{
+		RedisURL: opts.redisURL,
+		Queue:    queue.Options{Consumer: "test"},
+		Ledger:   opts.ledger,
+	})
+	st, q, in, reg, dbURL := ts.Store, ts.Queue, ts.Intake, ts.Registry, ts.DatabaseURL
 	if opts.maxMessageBytes == 0 {
 		opts.maxMessageBytes = 1 << 20
 	}
@@ -91,6 +70,7 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 	}
 	if opts.budget == nil {
 		// As in production, where MAILFERRY_MAX_BYTES_IN_FLIGHT is 128 MiB.
+		var err error
 		if opts.budget, err = budget.New(128 << 20); err != nil {
 			t.Fatal(err)
 		}
@@ -141,7 +121,7 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 		t.Fatal(err)
 	}
 	t.Cleanup(db.Close)
-	return &harness{t: t, srv: srv, store: st, queue: q, rdb: rdb, dbURL: dbURL, db: db, spec: loadSpec(t), key: secret, keyID: key.ID, tenant: "acme"}
+	return &harness{t: t, srv: srv, store: st, queue: q, rdb: ts.Redis, dbURL: dbURL, db: db, spec: loadSpec(t), key: secret, keyID: key.ID, tenant: "acme"}
 }
 
 type response struct {

@@ -2,11 +2,16 @@ package api_test
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+
+	"github.com/mailferry/mailferry/intake"
 	"github.com/mailferry/mailferry/internal/devstack"
+	"github.com/mailferry/mailferry/store"
 )
 
 // TestRedisDown: with the queue gone, the API answers 503 and the ledger
@@ -53,8 +58,10 @@ func TestRedisDown(t *testing.T) {
 	}
 }
 
-// TestLedgerRefusesWrites: when PostgreSQL cannot record, nothing is queued
-// and the client gets 503.
+// TestLedgerRefusesWrites: when PostgreSQL cannot record, the client gets
+// 503 and nothing is recorded. Intake queues before it records, so the
+// job may be in Redis; it points at no message and the workers drop it
+// (relay TestJobWithoutRowsIsDropped).
 func TestLedgerRefusesWrites(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -76,10 +83,39 @@ func TestLedgerRefusesWrites(t *testing.T) {
 		t.Fatalf("read-only ledger: %d %s", r.status, r.body)
 	}
 	r.problem(t)
-	if d := h.depth(); d.Ready+d.Scheduled != 0 {
-		t.Errorf("jobs queued for an unrecorded message: %+v", d)
-	}
 	if n := h.messageCount(); n != 0 {
 		t.Errorf("%d messages recorded", n)
+	}
+}
+
+// undoFails is a store whose DeleteMessages fails, as a PostgreSQL lost
+// between an accept and its undo would.
+type undoFails struct{ *store.Store }
+
+func (undoFails) DeleteMessages(context.Context, []uuid.UUID) error {
+	return errors.New("delete messages: connection refused")
+}
+
+// TestRedisDownUndoFails (issue 11, 6b): Redis refuses and no undo could
+// succeed; the 503 must still mean nothing was accepted, so the ledger
+// holds no message a reconciler could send.
+func TestRedisDownUndoFails(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rds, err := devstack.StartRedis(ctx, devstack.RedisOptions{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatalf("start redis: %v", err)
+	}
+	h := newHarness(t, harnessOptions{redisURL: rds.URL, ledger: func(st *store.Store) intake.Ledger { return undoFails{st} }})
+	if err := rds.Stop(ctx); err != nil {
+		t.Fatalf("stop redis: %v", err)
+	}
+	for _, hdr := range []map[string]string{nil, {"Idempotency-Key": "k1"}} {
+		if r := h.post(basic(), hdr); r.status != http.StatusServiceUnavailable {
+			t.Fatalf("with Redis down (header %v): %d %s", hdr, r.status, r.body)
+		}
+	}
+	if n := h.messageCount(); n != 0 {
+		t.Errorf("%d messages in the ledger after 503s", n)
 	}
 }

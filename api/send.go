@@ -690,44 +690,21 @@ func humanDuration(d time.Duration) string {
 	return d.String()
 }
 
-// allowedSender refuses a message claiming a domain the key may not send
-// from, in any place a receiver would read as the sender: no open relay.
-// The problem names the field — from, or raw and the header in it.
+// allowedSender answers intake's open-relay rule (intake.CheckSenders)
+// with a 403 naming the field: from, or raw and the header in it.
 func allowedSender(key store.APIKey, msg *mail.Message, raw bool) *problem {
-	var bad []FieldProblem
-	for _, d := range msg.SenderDomains() {
-		if slices.Contains(key.Domains, strings.ToLower(d)) {
-			continue
-		}
-		fp := FieldProblem{Field: "from", Detail: fmt.Sprintf("this key may not send from %s", d)}
-		if raw {
-			fp = FieldProblem{Field: "raw", Detail: fmt.Sprintf("this key may not send from %s (%s)", d, senderHeader(msg, d))}
-		}
-		bad = append(bad, fp)
-	}
-	if len(bad) == 0 {
+	var se *intake.SenderError
+	if !errors.As(intake.CheckSenders(key.Domains, msg), &se) {
 		return nil
 	}
+	bad := make([]FieldProblem, len(se.Refused))
+	for i, r := range se.Refused {
+		bad[i] = FieldProblem{Field: "from", Detail: fmt.Sprintf("this key may not send from %s", r.Domain)}
+		if raw {
+			bad[i] = FieldProblem{Field: "raw", Detail: fmt.Sprintf("this key may not send from %s (%s)", r.Domain, r.Where)}
+		}
+	}
 	return newProblem(kindForbidden, fmt.Sprintf("this key may send from %s only", strings.Join(key.Domains, ", ")), bad...)
-}
-
-// senderHeader names where in a raw message a sender domain came from.
-func senderHeader(msg *mail.Message, domain string) string {
-	has := func(addr string) bool { return strings.EqualFold(addr[strings.LastIndexByte(addr, '@')+1:], domain) }
-	for _, a := range msg.From {
-		if has(a.Addr) {
-			return "From header"
-		}
-	}
-	if msg.SenderHeader != "" && has(msg.SenderHeader) {
-		return "Sender header"
-	}
-	for _, a := range msg.Resent {
-		if has(a) {
-			return "Resent-From or Resent-Sender header"
-		}
-	}
-	return "envelope sender"
 }
 
 func (s *server) unavailable(w http.ResponseWriter, r *http.Request, err error) {

@@ -1,12 +1,16 @@
 // Package intake is the one path by which mail enters Mailferry, whatever
-// the ingress (HTTP API, SMTP submission): record the message in
-// PostgreSQL, then queue one job per recipient domain in Redis. A message is
-// accepted only when both hold; if the queue refuses, the ledger rows are
-// undone and the caller is told the service is unavailable.
+// the ingress (HTTP API, SMTP submission): check the sender domains against
+// the key (CheckSenders), queue one job per recipient domain in Redis, then
+// record the message in PostgreSQL. A message is accepted only when the
+// ledger commit holds; a job whose message never reached the ledger finds
+// no row and is dropped by the worker (relay.WorkerOptions.AcceptWindow),
+// so ErrUnavailable always means nothing was accepted.
 //
 // Concurrent submissions are group-committed: while one batch is being
 // written, newcomers gather, and the next committer writes them all in one
-// transaction and one Redis round trip.
+// transaction and one Redis round trip. A committer stops as soon as its
+// own message is written, and a caller whose message waits longer than
+// MaxWait (or whose context ends) takes it back.
 package intake
 
 import (
@@ -14,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -34,7 +39,10 @@ var ErrUnavailable = errors.New("ledger or queue unavailable")
 type Ledger interface {
 	AcceptBatch(ctx context.Context, msgs []store.NewMessage) error
 	AcceptIdempotent(ctx context.Context, msg store.NewMessage, key store.Idempotency) (*store.Idempotency, error)
-	DeleteMessages(ctx context.Context, ids []uuid.UUID) error
+	// MessageExists settles a write whose reply was lost: did it commit?
+	MessageExists(ctx context.Context, id uuid.UUID) (bool, error)
+	// LookupIdempotency finds a repeat before its jobs are queued.
+	LookupIdempotency(ctx context.Context, tenant, key string, at time.Time) (*store.Idempotency, error)
 }
 
 // Queue is the part of the queue intake writes to.
@@ -55,7 +63,15 @@ type Options struct {
 	// CommitTimeout bounds one batch's writes; default 10s. A batch is not
 	// cancelled when the request that led it goes away: it carries others.
 	CommitTimeout time.Duration
-	Now           func() time.Time
+	// MaxWait bounds how long a message may wait to be taken into a batch;
+	// default 10s. Past it, or when the caller's context ends first, the
+	// message is withdrawn and the caller gets ErrUnavailable. A caller
+	// therefore waits at most MaxWait plus its batch's writes (one
+	// CommitTimeout, and one more to read back a failed commit), and a job
+	// is at most MaxWait plus CommitTimeout older than its Submit call
+	// (by its UUIDv7 id) when its rows commit.
+	MaxWait time.Duration
+	Now     func() time.Time
 }
 
 // Intake accepts messages.
@@ -66,11 +82,22 @@ type Intake struct {
 	slots chan struct{}
 }
 
+// pending is one Submit's message. state is guarded by Intake.mu; err is
+// written before done is closed.
 type pending struct {
-	msg  store.NewMessage
-	err  error
-	done chan struct{}
+	msg   store.NewMessage
+	state pendingState
+	err   error
+	done  chan struct{}
 }
+
+type pendingState int
+
+const (
+	waiting   pendingState = iota // in Intake.queue
+	taken                         // in a batch being written: only its outcome answers
+	withdrawn                     // taken back by its caller before any write
+)
 
 // New checks opts and returns an Intake. It starts no goroutines: committing
 // is done by the submitting goroutines themselves.
@@ -89,6 +116,9 @@ func New(opts Options) (*Intake, error) {
 	}
 	if opts.CommitTimeout <= 0 {
 		opts.CommitTimeout = 10 * time.Second
+	}
+	if opts.MaxWait <= 0 {
+		opts.MaxWait = 10 * time.Second
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
@@ -131,112 +161,180 @@ func (in *Intake) NewReceipt(s Submission) (Receipt, error) {
 	}, nil
 }
 
-// Submit records and queues a message under the receipt's id.
+// Submit queues and records a message under the receipt's id. It returns
+// once that message is written or refused, within MaxWait plus its
+// batch's writes (see Options.MaxWait): a message not yet taken into a batch when ctx ends or
+// MaxWait passes is withdrawn (ErrUnavailable, nothing accepted); one
+// already taken waits for its batch, whose outcome is the answer.
 func (in *Intake) Submit(ctx context.Context, r Receipt, s Submission) error {
 	p := &pending{msg: record(r, s), done: make(chan struct{})}
 	in.mu.Lock()
 	in.queue = append(in.queue, p)
 	in.mu.Unlock()
+	wait, cancel := context.WithTimeoutCause(ctx, in.opts.MaxWait, errWaitedTooLong)
+	defer cancel()
 	select {
 	case <-p.done:
 	case in.slots <- struct{}{}:
-		in.commitPending()
+		in.commitUntilTaken(wait, p)
 		<-in.slots
+	case <-wait.Done():
+	}
+	select {
+	case <-p.done:
+	case <-wait.Done():
+		in.withdraw(p, context.Cause(wait))
 		<-p.done
 	}
 	if p.err == nil {
-		in.opts.Metrics.accepted(s.Ingress)
-		in.opts.Logger.LogAttrs(ctx, slog.LevelInfo, "message accepted",
-			slog.String("message_id", r.ID.String()), slog.String("tenant", s.TenantID),
-			slog.String("ingress", s.Ingress), slog.Int("recipients", len(r.Recipients)))
+		in.accepted(ctx, r, s)
 	}
 	return p.err
 }
 
-// SubmitIdempotent stores the message together with its idempotency key.
-// If the tenant used the key in the last 24 hours it stores nothing and
-// returns the first record.
-func (in *Intake) SubmitIdempotent(ctx context.Context, r Receipt, s Submission, key store.Idempotency) (*store.Idempotency, error) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), in.opts.CommitTimeout)
-	defer cancel()
-	msg := record(r, s)
-	existing, err := in.opts.Ledger.AcceptIdempotent(ctx, msg, key)
-	if err != nil {
-		in.opts.Logger.LogAttrs(ctx, slog.LevelError, "record message", slog.String("message_id", r.ID.String()), slog.Any("error", err))
-		return nil, fmt.Errorf("record message %s: %w: %w", r.ID, ErrUnavailable, err)
-	}
-	if existing != nil {
-		return existing, nil
-	}
-	if err := in.opts.Queue.Enqueue(ctx, jobs(msg)...); err != nil {
-		in.undo(ctx, []uuid.UUID{r.ID}, err)
-		return nil, fmt.Errorf("queue message %s: %w: %w", r.ID, ErrUnavailable, err)
-	}
-	in.opts.Metrics.accepted(s.Ingress)
-	in.opts.Logger.LogAttrs(ctx, slog.LevelInfo, "message accepted",
-		slog.String("message_id", r.ID.String()), slog.String("tenant", s.TenantID),
-		slog.String("ingress", s.Ingress), slog.Int("recipients", len(r.Recipients)))
-	return nil, nil
-}
+var errWaitedTooLong = errors.New("waited too long for a commit")
 
-// commitPending writes batches until none is waiting. Whoever holds a slot
-// commits for everyone; a submitter whose message another committer took
-// just waits for it.
-func (in *Intake) commitPending() {
+// commitUntilTaken writes batches, oldest messages first, until p is in
+// one (ours or another committer's) or wait ends. Stopping there is what
+// bounds a committer's wait: without it, a caller holding a slot would
+// commit for every newcomer for as long as they keep arriving, past its
+// own client's deadline, and the client's retry would send the mail twice.
+func (in *Intake) commitUntilTaken(wait context.Context, p *pending) {
 	for {
 		in.mu.Lock()
+		if p.state != waiting || wait.Err() != nil {
+			in.mu.Unlock()
+			return
+		}
+		// p is still queued, so the batch holds at least one message.
 		n := min(len(in.queue), in.opts.MaxBatch)
 		batch := make([]*pending, n)
 		copy(batch, in.queue[:n])
+		for _, b := range batch {
+			b.state = taken
+		}
 		in.queue = in.queue[n:]
 		if len(in.queue) == 0 {
 			in.queue = nil // let the backing array go
 		}
 		in.mu.Unlock()
-		if n == 0 {
-			return
-		}
 		err := in.commit(batch)
-		for _, p := range batch {
-			p.err = err
-			close(p.done)
+		for _, b := range batch {
+			b.err = err
+			close(b.done)
 		}
 	}
 }
 
+// withdraw takes p out of the queue if no batch has taken it yet, and
+// answers it with ErrUnavailable: it was never written anywhere.
+func (in *Intake) withdraw(p *pending, cause error) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if p.state != waiting {
+		return
+	}
+	if i := slices.Index(in.queue, p); i >= 0 {
+		in.queue = slices.Delete(in.queue, i, i+1)
+	}
+	p.state = withdrawn
+	p.err = fmt.Errorf("message %s not taken into a batch: %w: %w", p.msg.ID, ErrUnavailable, cause)
+	close(p.done)
+}
+
+func (in *Intake) accepted(ctx context.Context, r Receipt, s Submission) {
+	in.opts.Metrics.accepted(s.Ingress)
+	in.opts.Logger.LogAttrs(ctx, slog.LevelInfo, "message accepted",
+		slog.String("message_id", r.ID.String()), slog.String("tenant", s.TenantID),
+		slog.String("ingress", s.Ingress), slog.Int("recipients", len(r.Recipients)))
+}
+
+// SubmitIdempotent queues and stores the message together with its
+// idempotency key. If the tenant used the key in the last 24 hours it
+// stores nothing and returns the first record. A repeat is looked up
+// before anything is queued, so it costs Redis nothing; only a repeat
+// racing its first request leaves jobs, which find no message and are
+// dropped.
+func (in *Intake) SubmitIdempotent(ctx context.Context, r Receipt, s Submission, key store.Idempotency) (*store.Idempotency, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), in.opts.CommitTimeout)
+	defer cancel()
+	msg := record(r, s)
+	at := key.CreatedAt
+	if at.IsZero() {
+		at = r.Accepted
+	}
+	existing, err := in.opts.Ledger.LookupIdempotency(ctx, s.TenantID, key.Key, at)
+	if err != nil {
+		in.opts.Logger.LogAttrs(ctx, slog.LevelError, "look up idempotency key", slog.String("message_id", r.ID.String()), slog.Any("error", err))
+		return nil, fmt.Errorf("look up idempotency key: %w: %w", ErrUnavailable, err)
+	}
+	if existing != nil {
+		return existing, nil
+	}
+	if err := in.opts.Queue.Enqueue(ctx, jobs(msg)...); err != nil {
+		in.opts.Logger.LogAttrs(ctx, slog.LevelError, "queue message", slog.String("message_id", r.ID.String()), slog.Any("error", err))
+		return nil, fmt.Errorf("queue message %s: %w: %w", r.ID, ErrUnavailable, err)
+	}
+	existing, err = in.opts.Ledger.AcceptIdempotent(ctx, msg, key)
+	if err != nil && !in.committed(ctx, []uuid.UUID{r.ID}, err) {
+		return nil, fmt.Errorf("record message %s: %w: %w", r.ID, ErrUnavailable, err)
+	}
+	if existing != nil {
+		return existing, nil
+	}
+	in.accepted(ctx, r, s)
+	return nil, nil
+}
+
+// commit queues a batch's jobs, then writes its rows in one transaction.
+// Redis goes first so that no failure after the commit can leave rows the
+// client was told were refused: the reconciler would requeue those and the
+// mail would go out after a 503. Jobs of a batch that fails to commit find
+// no message and are dropped by the workers.
 func (in *Intake) commit(batch []*pending) error {
 	ctx, cancel := context.WithTimeout(context.Background(), in.opts.CommitTimeout)
 	defer cancel()
 	msgs := make([]store.NewMessage, len(batch))
+	ids := make([]uuid.UUID, len(batch))
 	var items []queue.Item
 	for i, p := range batch {
-		msgs[i] = p.msg
+		msgs[i], ids[i] = p.msg, p.msg.ID
 		items = append(items, jobs(p.msg)...)
 	}
-	if err := in.opts.Ledger.AcceptBatch(ctx, msgs); err != nil {
-		in.opts.Logger.LogAttrs(ctx, slog.LevelError, "record messages", slog.Int("messages", len(msgs)), slog.Any("error", err))
+	if err := in.opts.Queue.Enqueue(ctx, items...); err != nil {
+		in.opts.Logger.LogAttrs(ctx, slog.LevelError, "queue messages", slog.Int("messages", len(msgs)), slog.Any("error", err))
+		return fmt.Errorf("queue messages: %w: %w", ErrUnavailable, err)
+	}
+	if err := in.opts.Ledger.AcceptBatch(ctx, msgs); err != nil && !in.committed(ctx, ids, err) {
 		return fmt.Errorf("record messages: %w: %w", ErrUnavailable, err)
 	}
 	in.opts.Metrics.batch(len(msgs))
-	if err := in.opts.Queue.Enqueue(ctx, items...); err != nil {
-		ids := make([]uuid.UUID, len(msgs))
-		for i := range msgs {
-			ids[i] = msgs[i].ID
-		}
-		in.undo(ctx, ids, err)
-		return fmt.Errorf("queue messages: %w: %w", ErrUnavailable, err)
-	}
 	return nil
 }
 
-// undo removes rows whose jobs Redis refused, so a 503 means "nothing was
-// accepted". If even that fails the rows stay as queued recipients, and
-// the reconciler, which requeues every non-final recipient, delivers them.
-func (in *Intake) undo(ctx context.Context, ids []uuid.UUID, cause error) {
-	in.opts.Logger.LogAttrs(ctx, slog.LevelError, "queue unavailable, undoing accept", slog.Int("messages", len(ids)), slog.Any("error", cause))
-	if err := in.opts.Ledger.DeleteMessages(context.WithoutCancel(ctx), ids); err != nil {
-		in.opts.Logger.LogAttrs(ctx, slog.LevelError, "undo accept", slog.Int("messages", len(ids)), slog.Any("error", err))
+// committed settles a failed ledger write: an error can come after the
+// COMMIT reached PostgreSQL (a lost reply, a timeout during COMMIT), and
+// answering 503 for rows that exist would send the mail after all. One
+// transaction wrote every id, so the first tells. If even the read-back
+// fails the outcome is unknown; it is logged, and the caller hears
+// ErrUnavailable.
+func (in *Intake) committed(ctx context.Context, ids []uuid.UUID, cause error) bool {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), in.opts.CommitTimeout)
+	defer cancel()
+	ok, err := in.opts.Ledger.MessageExists(rctx, ids[0])
+	switch {
+	case err != nil:
+		in.opts.Logger.LogAttrs(ctx, slog.LevelError, "record messages: outcome unknown",
+			slog.Int("messages", len(ids)), slog.String("message_id", ids[0].String()),
+			slog.Any("error", cause), slog.Any("read_back_error", err))
+	case ok:
+		in.opts.Logger.LogAttrs(ctx, slog.LevelWarn, "record messages: committed despite the error",
+			slog.Int("messages", len(ids)), slog.Any("error", cause))
+	default:
+		in.opts.Logger.LogAttrs(ctx, slog.LevelError, "record messages",
+			slog.Int("messages", len(ids)), slog.Any("error", cause))
 	}
+	return err == nil && ok
 }
 
 func record(r Receipt, s Submission) store.NewMessage {

@@ -7,16 +7,15 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/mailferry/mailferry/intake"
 	"github.com/mailferry/mailferry/internal/devstack"
 	"github.com/mailferry/mailferry/internal/testenv"
+	"github.com/mailferry/mailferry/internal/teststack"
 	"github.com/mailferry/mailferry/mail"
 	"github.com/mailferry/mailferry/queue"
 	"github.com/mailferry/mailferry/store"
@@ -25,47 +24,27 @@ import (
 func TestMain(m *testing.M) { testenv.Main(m) }
 
 type fixture struct {
-	in      *intake.Intake
-	st      *store.Store
-	q       *queue.Queue
-	key     store.APIKey
-	metrics *intake.Metrics
-	reg     *prometheus.Registry
+	in  *intake.Intake
+	st  *store.Store
+	q   *queue.Queue
+	key store.APIKey
+	reg *prometheus.Registry
 }
 
-func newFixture(t *testing.T, redisURL string) *fixture {
+func newFixture(t *testing.T, opts teststack.Options) *fixture {
 	t.Helper()
-	ctx := context.Background()
-	st, err := store.Open(ctx, store.Options{URL: testenv.Database(t)})
+	if opts.Intake.MaxBatch == 0 {
+		opts.Intake.MaxBatch = 16
+	}
+	if opts.Intake.Committers == 0 {
+		opts.Intake.Committers = 2
+	}
+	ts := teststack.New(t, opts)
+	key, _, err := ts.Store.CreateAPIKey(context.Background(), "acme", []string{"example.com"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(st.Close)
-	if _, err := st.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
-	ro, err := redis.ParseURL(redisURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ro.MaxRetries = -1
-	rdb := redis.NewClient(ro)
-	t.Cleanup(func() { rdb.Close() })
-	q, err := queue.New(rdb, queue.Options{Prefix: testenv.KeyPrefix(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg := prometheus.NewRegistry()
-	m := intake.NewMetrics(reg)
-	in, err := intake.New(intake.Options{Ledger: st, Queue: q, Metrics: m, MaxBatch: 16, Committers: 2, CommitTimeout: 3 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, _, err := st.CreateAPIKey(ctx, "acme", []string{"example.com"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &fixture{in: in, st: st, q: q, key: key, metrics: m, reg: reg}
+	return &fixture{in: ts.Intake, st: ts.Store, q: ts.Queue, key: key, reg: ts.Registry}
 }
 
 func (f *fixture) submission(t *testing.T, to ...string) intake.Submission {
@@ -88,7 +67,7 @@ func TestNewRefusesMissingParts(t *testing.T) {
 // messages once they pile up.
 func TestGroupCommit(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t, testenv.RedisURL(t))
+	f := newFixture(t, teststack.Options{})
 	const n = 300
 	var wg sync.WaitGroup
 	ids := make(chan string, n)
@@ -146,7 +125,7 @@ func TestQueueDownUndoes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := newFixture(t, rds.URL)
+	f := newFixture(t, teststack.Options{RedisURL: rds.URL})
 	if err := rds.Stop(context.Background()); err != nil {
 		t.Fatal(err)
 	}

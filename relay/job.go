@@ -113,10 +113,15 @@ func (w *Worker) run(ctx context.Context, log *slog.Logger, c queue.Claimed, id 
 // load reads the message and its pending recipients in the job's domain.
 // ok is false when the job ends here.
 func (w *Worker) load(ctx context.Context, log *slog.Logger, c queue.Claimed, id uuid.UUID) (d *store.Delivery, end ending, ok bool) {
-	d, err := w.opts.Ledger.LoadDelivery(ctx, id, c.Job.Domain)
+	d, err := w.loadFresh(ctx, id, c.Job.Domain)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
-		// An accept that was undone after Redis took the job.
+		// Intake queues before it records: the rows may still be on their
+		// way, or their commit failed and the client heard 503.
+		if at, wait := w.unrecordedRetry(id, w.opts.Now()); wait {
+			return nil, later(at), false
+		}
+		log.Info("dropping job: its message was never recorded")
 		return nil, done(), false
 	case err != nil:
 		return nil, w.ledgerDown(log, "load message", err), false
@@ -133,6 +138,30 @@ func (w *Worker) load(ctx context.Context, log *slog.Logger, c queue.Claimed, id
 		return nil, later(*d.SendAt), false
 	}
 	return d, ending{}, true
+}
+
+// commitWaits are the pauses before a worker reads a just-made job's
+// message again: intake queues a job a few milliseconds before its commit
+// lands, and an idle worker claims it at once. Waiting here costs those
+// milliseconds; putting the job back would cost a second or more.
+var commitWaits = [...]time.Duration{2 * time.Millisecond, 8 * time.Millisecond, 32 * time.Millisecond, 128 * time.Millisecond}
+
+// loadFresh is LoadDelivery that, for a job made in the last second and not
+// found, reads again after each of commitWaits.
+func (w *Worker) loadFresh(ctx context.Context, id uuid.UUID, domain string) (*store.Delivery, error) {
+	d, err := w.opts.Ledger.LoadDelivery(ctx, id, domain)
+	for _, pause := range commitWaits {
+		if !errors.Is(err, store.ErrNotFound) || id.Version() != 7 || w.opts.Now().Sub(uuidV7Time(id)) > time.Second {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(pause):
+		}
+		d, err = w.opts.Ledger.LoadDelivery(ctx, id, domain)
+	}
+	return d, err
 }
 
 // leasedJob is the part of a job this claim holds: the recipients due now

@@ -91,6 +91,12 @@ type WorkerOptions struct {
 	// PromoteEvery is how often due retries are moved to the ready queue;
 	// default 250ms.
 	PromoteEvery time.Duration
+	// AcceptWindow is how long after its id was made a job whose message
+	// is not in the ledger is kept and retried; default 1m. Intake queues
+	// before it records, so such a job's rows may still be committing; it
+	// must exceed intake's MaxWait plus CommitTimeout (10s each by default)
+	// and the clock difference between API and worker hosts.
+	AcceptWindow time.Duration
 	Now          func() time.Time
 	// Jitter spreads retries: it returns d changed by up to ±10%.
 	Jitter func(d time.Duration) time.Duration
@@ -155,6 +161,9 @@ func NewWorker(opts WorkerOptions) (*Worker, error) {
 	}
 	if opts.PromoteEvery <= 0 {
 		opts.PromoteEvery = 250 * time.Millisecond
+	}
+	if opts.AcceptWindow <= 0 {
+		opts.AcceptWindow = time.Minute
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
@@ -269,6 +278,32 @@ func (w *Worker) promoteLoop(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// unrecordedRetry says when to look again for a job's message that is not
+// in the ledger, and whether to. The UUIDv7 id carries the time intake
+// made it; until the id is AcceptWindow old a commit may still land, so
+// the job comes back after as long again as it has waited (at least a
+// second), a handful of reads in all. After that it is dropped.
+func (w *Worker) unrecordedRetry(id uuid.UUID, now time.Time) (time.Time, bool) {
+	if id.Version() != 7 {
+		return time.Time{}, false
+	}
+	age := now.Sub(uuidV7Time(id))
+	if age >= w.opts.AcceptWindow {
+		return time.Time{}, false
+	}
+	return now.Add(min(max(age, time.Second), w.opts.AcceptWindow-age)), true
+}
+
+// uuidV7Time is the Unix time in milliseconds in the first 48 bits of a
+// version 7 UUID (RFC 9562 5.7).
+func uuidV7Time(id uuid.UUID) time.Time {
+	var ms int64
+	for _, b := range id[:6] {
+		ms = ms<<8 | int64(b)
+	}
+	return time.UnixMilli(ms)
 }
 
 // backoff is a pause that doubles with each failure, up to 2s, and ends

@@ -60,6 +60,7 @@ const maxIdempotencyKey = 255
 
 const (
 	deleteMessages = `DELETE FROM messages WHERE id = ANY($1)` // recipients and idempotency rows cascade
+	messageExists  = `SELECT EXISTS (SELECT 1 FROM messages WHERE id = $1)`
 
 	// claimIdempotency takes the key, or takes over one older than the TTL.
 	// When a live key exists it returns no row and leaves the row locked
@@ -74,7 +75,8 @@ WHERE k.created_at <= $8
 RETURNING true`
 	selectIdempotency = `SELECT key, request_hash, status, response, created_at
 FROM idempotency_keys WHERE tenant_id = $1 AND key = $2`
-	purgeIdempotency = `DELETE FROM idempotency_keys WHERE created_at < $1`
+	selectLiveIdempotency = selectIdempotency + ` AND created_at > $3`
+	purgeIdempotency      = `DELETE FROM idempotency_keys WHERE created_at < $1`
 )
 
 // AcceptBatch writes messages and their recipients in one transaction with
@@ -149,12 +151,28 @@ func (s *Store) AcceptIdempotent(ctx context.Context, msg NewMessage, key Idempo
 	return nil, nil
 }
 
+// LookupIdempotency returns the tenant's record of key if it was used less
+// than IdempotencyTTL before at, or nil. It settles most repeats before
+// anything is queued; AcceptIdempotent still decides a race between two.
+func (s *Store) LookupIdempotency(ctx context.Context, tenant, key string, at time.Time) (*Idempotency, error) {
+	var e Idempotency
+	err := s.pool.QueryRow(ctx, selectLiveIdempotency, tenant, key, at.Add(-IdempotencyTTL)).
+		Scan(&e.Key, &e.RequestHash, &e.Status, &e.Response, &e.CreatedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("lookup idempotency key: %w", err)
+	}
+	return &e, nil
+}
+
 // errRepeat rolls back AcceptIdempotent's transaction; it never escapes.
 var errRepeat = errors.New("idempotent repeat")
 
-// DeleteMessages undoes accepted messages whose enqueue failed: it removes
-// them with their recipients and Idempotency-Key rows in one statement, so
-// a retry of the request is accepted afresh. Unknown ids are ignored.
+// DeleteMessages removes messages with their recipients and Idempotency-Key
+// rows in one statement. Unknown ids are ignored. (Intake no longer needs
+// it to undo an accept: it queues before it records.)
 func (s *Store) DeleteMessages(ctx context.Context, ids []uuid.UUID) error {
 	if len(ids) == 0 {
 		return nil
@@ -272,4 +290,14 @@ func nonNil(b []byte) []byte {
 		return []byte{}
 	}
 	return b
+}
+
+// MessageExists reports whether a message with this id is in the ledger,
+// for any tenant: intake asks it when an accept's commit reply was lost.
+func (s *Store) MessageExists(ctx context.Context, id uuid.UUID) (bool, error) {
+	var ok bool
+	if err := s.pool.QueryRow(ctx, messageExists, id).Scan(&ok); err != nil {
+		return false, fmt.Errorf("message exists %s: %w", id, err)
+	}
+	return ok, nil
 }

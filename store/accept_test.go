@@ -368,3 +368,52 @@ func TestAcceptIdempotentConcurrent(t *testing.T) {
 		t.Errorf("%d messages stored, want one per key (5)", n)
 	}
 }
+
+// TestLookupIdempotencyAndExists: the two reads intake settles an accept
+// with: a live key is found (only the tenant's own, only within the TTL),
+// and MessageExists tells a committed message from one never written.
+func TestLookupIdempotencyAndExists(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	ctx := t.Context()
+	k := newTenant(t, s, "acme")
+	other := newTenant(t, s, "other")
+	now := time.Now().Truncate(time.Microsecond)
+	m := testMessage(k, 1)
+	if _, err := s.AcceptIdempotent(ctx, m, Idempotency{Key: "k1", RequestHash: []byte("h"), Status: 202, Response: []byte(`{}`), CreatedAt: now}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		tenant string
+		key    string
+		at     time.Time
+		found  bool
+	}{
+		{"live", k.TenantID, "k1", now.Add(time.Hour), true},
+		{"expired", k.TenantID, "k1", now.Add(IdempotencyTTL + time.Second), false},
+		{"other tenant", other.TenantID, "k1", now, false},
+		{"unknown key", k.TenantID, "k2", now, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := s.LookupIdempotency(ctx, tc.tenant, tc.key, tc.at)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if (got != nil) != tc.found {
+				t.Fatalf("LookupIdempotency = %+v, want found %v", got, tc.found)
+			}
+			if got != nil && (got.Status != 202 || string(got.RequestHash) != "h" || !got.CreatedAt.Equal(now)) {
+				t.Errorf("record %+v", got)
+			}
+		})
+	}
+	for _, tc := range []struct {
+		id   uuid.UUID
+		want bool
+	}{{m.ID, true}, {uuid.Must(uuid.NewV7()), false}} {
+		if got, err := s.MessageExists(ctx, tc.id); err != nil || got != tc.want {
+			t.Errorf("MessageExists(%s) = %v, %v; want %v", tc.id, got, err, tc.want)
+		}
+	}
+}

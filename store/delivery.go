@@ -121,8 +121,9 @@ RETURNING true`
 )
 
 // LoadDelivery reads a message and its recipients still pending in domain.
-// ErrNotFound means the message is gone (an undone accept); a message with
-// nothing pending there comes back with no Recipients.
+// ErrNotFound means the message is not in the ledger (its accept has not
+// committed yet, or never will); a message with nothing pending there
+// comes back with no Recipients.
 func (s *Store) LoadDelivery(ctx context.Context, id uuid.UUID, domain string) (*Delivery, error) {
 	b := &pgx.Batch{}
 	d := &Delivery{ID: id}

@@ -210,7 +210,7 @@ func TestSlowClient(t *testing.T) {
 	startData()
 	msg := message("alice@example.com", "bob@example.net", "slow")
 	r.write(msg[:10])
-	time.Sleep(time.Second) // longer than a command may take
+	time.Sleep(time.Second) // the client pauses longer than a command may take
 	r.write(msg[10:], ".\r\n")
 	if got := r.reply(); !strings.HasPrefix(got, "250 2.0.0 queued as ") {
 		t.Errorf("slow message within the data timeout: %q", got)

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -152,7 +151,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		s.srv.opts.Metrics.refused(refusedBadAddress)
 		return errBadSender(err)
 	}
-	if d := addr.Domain(); !slices.Contains(s.key.Domains, d) {
+	if d := addr.Domain(); !intake.SenderAllowed(s.key.Domains, d) {
 		s.srv.opts.Metrics.refused(refusedSenderDomain)
 		s.log(s.key).Info("smtp sender refused", slog.String("mail_from_domain", d))
 		return errSenderNotAllowed("MAIL FROM", d, s.key.Domains)
@@ -276,33 +275,17 @@ func (s *session) Data(r io.Reader) error {
 	return errQueued(receipt.ID.String())
 }
 
-// checkSenders applies the API's rule: every domain the message claims to
-// come from (From, Sender, Resent-From, Resent-Sender, MAIL FROM) must be
-// one of the key's, or Mailferry would relay for other people's domains.
+// checkSenders applies intake's open-relay rule (intake.CheckSenders) to
+// the headers; MAIL FROM was checked at MAIL.
 func (s *session) checkSenders(key *store.APIKey, msg *mail.Message) error {
-	for _, d := range msg.SenderDomains() {
-		if slices.Contains(key.Domains, d) {
-			continue
-		}
-		s.srv.opts.Metrics.refused(refusedSenderDomain)
-		s.log(key).Info("smtp sender refused", slog.String("header_domain", d))
-		return errSenderNotAllowed(senderField(msg, d), d, key.Domains)
+	var se *intake.SenderError
+	if !errors.As(intake.CheckSenders(key.Domains, msg), &se) {
+		return nil
 	}
-	return nil
-}
-
-// senderField names the header a refused sender domain came from, for the
-// reply. MAIL FROM was checked at MAIL, so it is none of those.
-func senderField(msg *mail.Message, domain string) string {
-	for _, a := range msg.From {
-		if strings.EqualFold(a.Domain(), domain) {
-			return "From header"
-		}
-	}
-	if msg.SenderHeader != "" && strings.EqualFold(domainOf(msg.SenderHeader), domain) {
-		return "Sender header"
-	}
-	return "Resent-From or Resent-Sender header"
+	r := se.Refused[0]
+	s.srv.opts.Metrics.refused(refusedSenderDomain)
+	s.log(key).Info("smtp sender refused", slog.String("header_domain", r.Domain))
+	return errSenderNotAllowed(r.Where, r.Domain, key.Domains)
 }
 
 // Reset ends the transaction (RSET, after DATA, a new EHLO); the login
@@ -320,8 +303,6 @@ func (s *session) Logout() error {
 	s.tc.busy.Store(false)
 	return nil
 }
-
-func domainOf(addr string) string { return addr[strings.LastIndexByte(addr, '@')+1:] }
 
 func isASCII(s string) bool {
 	for i := 0; i < len(s); i++ {

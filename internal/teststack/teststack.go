@@ -31,6 +31,9 @@ type Options struct {
 	// Intake is passed to intake.New with Ledger, Queue and Metrics filled
 	// in; CommitTimeout defaults to 3s so an outage fails a test quickly.
 	Intake intake.Options
+	// Ledger, if set, wraps the store before intake writes to it: a test
+	// makes one ledger call fail while PostgreSQL stays real.
+	Ledger func(*store.Store) intake.Ledger
 }
 
 // Stack is what New started. Everything is closed when the test ends.
@@ -86,6 +89,9 @@ func New(t testing.TB, opts Options) *Stack {
 
 	io := opts.Intake
 	io.Ledger, io.Queue = st, s.Queue
+	if opts.Ledger != nil {
+		io.Ledger = opts.Ledger(st)
+	}
 	if io.Metrics == nil {
 		s.Metrics = intake.NewMetrics(s.Registry)
 		io.Metrics = s.Metrics
