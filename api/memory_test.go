@@ -8,7 +8,8 @@ import (
 	"runtime"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/mailferry/mailferry/internal/wait"
 
 	"github.com/mailferry/mailferry/budget"
 )
@@ -92,7 +93,7 @@ func TestBytesInFlightCap(t *testing.T) {
 	if _, err := pw.Write(first[:len(first)/2]); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the first POST's reservation", func() bool { return b.InUse() == int64(len(first)) })
+	wait.For(t, "the first POST's reservation", func() bool { return b.InUse() == int64(len(first)) })
 
 	messagesBefore := h.messageCount()
 	for _, tc := range []struct {
@@ -137,20 +138,9 @@ func TestBytesInFlightCap(t *testing.T) {
 	if resp.StatusCode != http.StatusAccepted {
 		t.Fatalf("first POST: %d %s", resp.StatusCode, b2)
 	}
-	waitFor(t, "every byte given back", func() bool { return b.InUse() == 0 })
+	wait.For(t, "every byte given back", func() bool { return b.InUse() == 0 })
 	// With room again, the same request is taken.
 	if r := h.post(rawPost(1500<<10), nil); r.status != http.StatusAccepted {
 		t.Fatalf("after release: %d %s", r.status, r.body)
-	}
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }

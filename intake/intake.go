@@ -367,8 +367,8 @@ func record(r Receipt, s Submission) store.NewMessage {
 	}
 }
 
-// jobs gives one job per recipient domain (PRODUCT: one SMTP transaction
-// per message and destination domain).
+// jobs gives one job per recipient domain (README.md, Delivery: one SMTP
+// transaction per message and destination domain).
 func jobs(m store.NewMessage) []queue.Item {
 	var items []queue.Item
 	seen := make(map[string]bool, 1)

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mailferry/mailferry/internal/wait"
+
 	"github.com/mailferry/mailferry/internal/devstack"
 )
 
@@ -345,7 +347,7 @@ func TestRedisLoss(t *testing.T) {
 		// The claim is blocked in Redis when the flush comes; the job
 		// enqueued after it must reach the claim whatever the order of
 		// the claim's next read and the enqueue.
-		waitFor(t, "the claim to block in Redis", func() bool {
+		wait.For(t, "the claim to block in Redis", func() bool {
 			info, err := rdb.Info(ctx, "clients").Result()
 			return err == nil && !strings.Contains(info, "blocked_clients:0\r\n")
 		})
@@ -386,7 +388,7 @@ func TestPruneConsumers(t *testing.T) {
 		t.Fatalf("b acks: %v", err)
 	}
 	// b must have been idle longer than the second case's 20ms.
-	waitFor(t, "consumer b to idle 20ms", func() bool {
+	wait.For(t, "consumer b to idle 20ms", func() bool {
 		cs, err := rdb.XInfoConsumers(ctx, prefix+":{q0}:ready", "workers").Result()
 		if err != nil {
 			return false
@@ -430,17 +432,5 @@ func TestPruneConsumers(t *testing.T) {
 	enqueue(t, b, ready(job(3))...)
 	if cs, err := b.Claim(ctx, 1, 0); err != nil || len(cs) != 1 {
 		t.Errorf("b claims after pruning = %v, %v", cs, err)
-	}
-}
-
-// waitFor polls cond until it holds, failing the test after 10s.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
 	}
 }

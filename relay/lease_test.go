@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mailferry/mailferry/internal/wait"
+
 	"github.com/google/uuid"
 
 	"github.com/mailferry/mailferry/internal/testmx"
@@ -224,13 +226,7 @@ func TestReclaimedLiveClaimNoSecondTransaction(t *testing.T) {
 		o.Client = newClient(t, p.port, func(co *smtpclient.Options) { co.Timeouts.DataEnd = 10 * time.Second })
 	})
 	id := p.send(mail.Draft{From: "alice@example.com", To: []string{"bob@example.net"}, Text: "hi"})
-	deadline := time.Now().Add(10 * time.Second)
-	for len(s.Messages()) == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("worker a never reached DATA")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	wait.For(t, "worker a to reach DATA", func() bool { return len(s.Messages()) > 0 })
 	// B takes A's entry over in Redis while A waits for the 250.
 	b := &claimWatch{Queue: p.newQueue("b", 200*time.Millisecond), claimed: make(chan struct{})}
 	p.start("b", func(o *WorkerOptions) { o.Queue = b })

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mailferry/mailferry/internal/wait"
+
 	"github.com/mailferry/mailferry/internal/testmx"
 	"github.com/mailferry/mailferry/store"
 )
@@ -689,10 +691,10 @@ func TestRouterCoalesce(t *testing.T) {
 					}
 				})
 				if i == 0 {
-					waitFor(t, "the first caller's MX query", func() bool { return r.flight.waiting() == 1 })
+					wait.For(t, "the first caller's MX query", func() bool { return r.flight.waiting() == 1 })
 				}
 			}
-			waitFor(t, "every caller to wait on the query", func() bool { return r.flight.waiting() == n })
+			wait.For(t, "every caller to wait on the query", func() bool { return r.flight.waiting() == n })
 			cancel()
 			wg.Wait()
 			for i, got := range results[1:] {
@@ -741,16 +743,4 @@ func (g *flightGroup) waiting() int {
 		n += c.waiters
 	}
 	return n
-}
-
-// waitFor polls cond until it holds, failing the test after 10s.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
 }

@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mailferry/mailferry/internal/wait"
+
 	"github.com/google/uuid"
 
 	"github.com/mailferry/mailferry/internal/testmx"
@@ -13,23 +15,16 @@ import (
 	"github.com/mailferry/mailferry/store"
 )
 
-// waitDepth polls the queue until cond holds.
+// waitDepth waits until the queue's depth satisfies cond.
 func (p *pipeline) waitDepth(what string, timeout time.Duration, cond func(queue.Depth) bool) {
 	p.t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
+	wait.Within(p.t, timeout, "the queue to hold "+what, func() bool {
 		d, err := p.q.Depth(context.Background())
 		if err != nil {
 			p.t.Fatal(err)
 		}
-		if cond(d) {
-			return
-		}
-		if time.Now().After(deadline) {
-			p.t.Fatalf("queue never got %s in %v: %+v", what, timeout, d)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return cond(d)
+	})
 }
 
 // newMessage is what intake would record for a draft to one recipient.

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mailferry/mailferry/internal/wait"
+
 	msgauth "github.com/emersion/go-msgauth/dkim"
 	"github.com/google/uuid"
 	"github.com/redis/go-redis/v9"
@@ -522,20 +524,7 @@ func TestJobPanicParked(t *testing.T) {
 	if v := p.wait(good, 20*time.Second); v.Status != store.StatusDelivered || len(s.Messages()) != 1 {
 		t.Fatalf("a panicking job stopped other deliveries: %s", v.Status)
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		d, err := p.q.Depth(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if d == (queue.Depth{}) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the poison job is still queued: %+v", d)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	p.waitDepth("nothing (the poison job parked)", 20*time.Second, func(d queue.Depth) bool { return d == (queue.Depth{}) })
 	mu.Lock()
 	defer mu.Unlock()
 	if panics != 3 {
@@ -564,25 +553,13 @@ func TestRunClosesPoolAfterJobs(t *testing.T) {
 	done := make(chan struct{})
 	go func() { defer close(done); w.Run(ctx) }()
 	id := p.send(mail.Draft{From: "alice@example.com", To: []string{"bob@example.net"}, Text: "hi"})
-	deadline := time.Now().Add(10 * time.Second)
-	for len(s.Messages()) == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("no delivery")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	wait.For(t, "a delivery", func() bool { return len(s.Messages()) > 0 })
 	cancel() // mid-transaction: the 250 comes a second later
 	<-done
 	if v := p.wait(id, time.Second); v.Status != store.StatusDelivered {
 		t.Fatalf("status %s after Run returned", v.Status)
 	}
-	for {
-		if _, open := s.Connections(); open == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("a pooled connection is still open after Run returned: the pool was closed before the jobs ended")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	// The pool closes its connections off the caller's path.
+	wait.For(t, "every pooled connection closed after Run returned (the pool must close after the jobs end)",
+		func() bool { _, open := s.Connections(); return open == 0 })
 }

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mailferry/mailferry/internal/wait"
+
 	"github.com/mailferry/mailferry/internal/leakcheck"
 )
 
@@ -100,28 +102,15 @@ func dataOf(t *testing.T, env Envelope) []byte {
 // on every other path. Then it closes those too and checks they go.
 func waitClosed(t *testing.T, c *Client, conns func() (accepted, open int)) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	wait.Within(t, 5*time.Second, "every connection closed but those kept for reuse", func() bool {
 		_, open := conns()
-		if open <= c.pool.idleCount() {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d connections still open, %d kept for reuse: the client leaked them", open, c.pool.idleCount())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return open <= c.pool.idleCount()
+	})
 	c.CloseIdle()
-	for {
+	wait.Within(t, 5*time.Second, "every connection closed after CloseIdle", func() bool {
 		_, open := conns()
-		if open == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d connections still open: the client leaked them", open)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return open == 0
+	})
 }
 
 // statuses summarises an attempt's results, e.g. "delivered 250 2.0.0".

@@ -6,7 +6,8 @@ import (
 	"runtime"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/mailferry/mailferry/internal/wait"
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
@@ -89,7 +90,7 @@ func TestSubmissionBytesInFlightCap(t *testing.T) {
 	if _, err := wa.Write([]byte(held[:1000])); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the held DATA's reservation", func() bool { return b.InUse() == int64(len(held)) })
+	wait.For(t, "the held DATA's reservation", func() bool { return b.InUse() == int64(len(held)) })
 	before := h.messageCount()
 
 	for _, tc := range []struct {
@@ -137,7 +138,7 @@ func TestSubmissionBytesInFlightCap(t *testing.T) {
 	if err := wa.Close(); err != nil {
 		t.Fatalf("the held DATA: %v", err)
 	}
-	waitFor(t, "every byte given back", func() bool { return b.InUse() == 0 })
+	wait.For(t, "every byte given back", func() bool { return b.InUse() == 0 })
 }
 
 // TestReceivedField reads back the stored message and checks the trace
@@ -207,16 +208,5 @@ func TestReceivedField(t *testing.T) {
 				t.Errorf("the header holds the client's EHLO text or more than one Received:\n%s", head)
 			}
 		})
-	}
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -569,7 +569,7 @@ func parsePromQL(expr string) (promRefs, error) {
 }
 
 // loadMetrics scans the module and makes sure the scan works at all: the
-// metrics PRODUCT.md promises must be among those found.
+// metrics README.md (Metrics) promises must be among those found.
 func loadMetrics(t *testing.T, root string) metricSet {
 	t.Helper()
 	defs, err := scanMetrics(root)
@@ -589,7 +589,7 @@ func loadMetrics(t *testing.T, root string) metricSet {
 			t.Fatalf("the Go source scan did not find %s (found: %s): the scanner in metrics_test.go no longer matches how metrics are defined", name, defs.names())
 		}
 		if !slices.Contains(kinds, d.kind) {
-			t.Errorf("%s is defined as a %s at %s; PRODUCT.md makes it a %s", name, d.kind, d.pos, strings.Join(kinds, " or "))
+			t.Errorf("%s is defined as a %s at %s; README.md (Metrics) makes it a %s", name, d.kind, d.pos, strings.Join(kinds, " or "))
 		}
 	}
 	return defs
