@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/mailferry/mailferry/lease"
 )
 
 // Config is every setting of the mailferry binary. Field comments name the
@@ -47,7 +49,10 @@ type Config struct {
 	LogFormat   string // MAILFERRY_LOG_FORMAT, "json" (or "text")
 	QueueShards int    // MAILFERRY_QUEUE_SHARDS, 1
 
-	VisibilityTimeout time.Duration // MAILFERRY_VISIBILITY_TIMEOUT, 30s; every lease timing follows from it (package lease)
+	VisibilityTimeout time.Duration // MAILFERRY_VISIBILITY_TIMEOUT, 30s
+	// Leases are every lease timing, derived from VisibilityTimeout and
+	// checked here, once, for every command.
+	Leases            lease.Timing
 	ReconcileInterval time.Duration // MAILFERRY_RECONCILE_INTERVAL, 5m
 	AttemptRetention  time.Duration // MAILFERRY_ATTEMPT_RETENTION, 2160h (90 days)
 }
@@ -128,6 +133,11 @@ func Load(lookup func(string) (string, bool)) (Config, error) {
 		ReconcileInterval:        p.durationAtLeast("MAILFERRY_RECONCILE_INTERVAL", 5*time.Minute, time.Second),
 		// A floor of a day catches a unit typo (90m for 90 days).
 		AttemptRetention: p.durationAtLeast("MAILFERRY_ATTEMPT_RETENTION", 90*24*time.Hour, 24*time.Hour),
+	}
+	if t, err := lease.New(c.VisibilityTimeout); err != nil {
+		p.errs = append(p.errs, err) // names the variable itself
+	} else {
+		c.Leases = t
 	}
 	if c.MaxBytesInFlight < c.MaxMessageBytes {
 		// One message of the largest size must fit, or it would be told

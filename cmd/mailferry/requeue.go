@@ -9,7 +9,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/mailferry/mailferry/config"
-	"github.com/mailferry/mailferry/lease"
 	"github.com/mailferry/mailferry/queue"
 	"github.com/mailferry/mailferry/scheduler"
 	"github.com/mailferry/mailferry/store"
@@ -58,12 +57,7 @@ func openQueue(cfg config.Config) (*queue.Queue, func(), error) {
 		return nil, nil, fmt.Errorf("MAILFERRY_REDIS_URL: %w", err)
 	}
 	rdb := redis.NewClient(ropts)
-	timing, err := lease.New(cfg.VisibilityTimeout)
-	if err != nil {
-		rdb.Close()
-		return nil, nil, err
-	}
-	q, err := queue.New(rdb, queue.Options{Shards: cfg.QueueShards, VisibilityTimeout: timing.Visibility})
+	q, err := queue.New(rdb, queue.Options{Shards: cfg.QueueShards, VisibilityTimeout: cfg.Leases.Visibility})
 	if err != nil {
 		rdb.Close()
 		return nil, nil, fmt.Errorf("queue: %w", err)
@@ -73,12 +67,12 @@ func openQueue(cfg config.Config) (*queue.Queue, func(), error) {
 
 // newReconciler is the scheduler role's guard against Redis losing jobs:
 // run it next to the scheduler (serve.go).
-func newReconciler(cfg config.Config, timing lease.Timing, st *store.Store, q *queue.Queue, log *slog.Logger) (*scheduler.Reconciler, error) {
+func newReconciler(cfg config.Config, st *store.Store, q *queue.Queue, log *slog.Logger) (*scheduler.Reconciler, error) {
 	return scheduler.NewReconciler(scheduler.ReconcileOptions{
 		Ledger: st, Queue: q, Marker: q, Logger: log,
 		Every: cfg.ReconcileInterval,
 		// A job due this long ago is claimed unless lost, or held back (a
 		// backlog, a busy domain): the sweep then checks Redis for it.
-		StaleAfter: timing.StaleAfter,
+		StaleAfter: cfg.Leases.StaleAfter,
 	})
 }

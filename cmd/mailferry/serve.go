@@ -23,7 +23,6 @@ import (
 	"github.com/mailferry/mailferry/budget"
 	"github.com/mailferry/mailferry/config"
 	"github.com/mailferry/mailferry/intake"
-	"github.com/mailferry/mailferry/lease"
 	"github.com/mailferry/mailferry/queue"
 	"github.com/mailferry/mailferry/scheduler"
 	"github.com/mailferry/mailferry/store"
@@ -69,12 +68,7 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	redis.SetLogger(redisLogger{log})
 	rdb := redis.NewClient(ropts)
 	defer rdb.Close()
-	// One rule for every lease timing, checked before anything runs.
-	timing, err := lease.New(cfg.VisibilityTimeout)
-	if err != nil {
-		return err
-	}
-	q, err := queue.New(rdb, queue.Options{Shards: cfg.QueueShards, Consumer: consumerName(cfg), VisibilityTimeout: timing.Visibility})
+	q, err := queue.New(rdb, queue.Options{Shards: cfg.QueueShards, Consumer: consumerName(cfg), VisibilityTimeout: cfg.Leases.Visibility})
 	if err != nil {
 		return fmt.Errorf("queue: %w", err)
 	}
@@ -102,7 +96,7 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 		if err != nil {
 			return err
 		}
-		rec, err := newReconciler(cfg, timing, st, q, log.With("role", "scheduler"))
+		rec, err := newReconciler(cfg, st, q, log.With("role", "scheduler"))
 		if err != nil {
 			return err
 		}
@@ -112,7 +106,7 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	}
 
 	if roles["worker"] {
-		w, err := newWorker(cfg, timing, st, q, reg, log.With("role", "worker"))
+		w, err := newWorker(cfg, st, q, reg, log.With("role", "worker"))
 		if err != nil {
 			return err
 		}

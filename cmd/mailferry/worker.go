@@ -15,14 +15,13 @@ import (
 
 	"github.com/mailferry/mailferry/config"
 	"github.com/mailferry/mailferry/dkim"
-	"github.com/mailferry/mailferry/lease"
 	"github.com/mailferry/mailferry/queue"
 	"github.com/mailferry/mailferry/relay"
 	"github.com/mailferry/mailferry/smtpclient"
 	"github.com/mailferry/mailferry/store"
 )
 
-func newWorker(cfg config.Config, timing lease.Timing, st *store.Store, q *queue.Queue, reg prometheus.Registerer, log *slog.Logger) (*relay.Worker, error) {
+func newWorker(cfg config.Config, st *store.Store, q *queue.Queue, reg prometheus.Registerer, log *slog.Logger) (*relay.Worker, error) {
 	sealer, err := dkim.NewSealer(cfg.SecretKey)
 	if err != nil {
 		return nil, fmt.Errorf("MAILFERRY_SECRET_KEY: %w", err)
@@ -50,7 +49,7 @@ func newWorker(cfg config.Config, timing lease.Timing, st *store.Store, q *queue
 		Logger: log, Metrics: relay.NewMetrics(reg),
 		RetrySchedule: cfg.RetrySchedule, MaxQueueAge: cfg.MaxQueueAge,
 		Concurrency: cfg.WorkerConcurrency, PerDomain: cfg.WorkerPerDomain,
-		Heartbeat: timing.Heartbeat, Lease: timing.Lease,
+		Heartbeat: cfg.Leases.Heartbeat, Lease: cfg.Leases.Lease,
 	})
 }
 
