@@ -13,6 +13,8 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/mailferry/mailferry/mail"
+
 	"github.com/jackc/pgx/v5"
 )
 
@@ -210,24 +212,15 @@ func normalizeDomains(domains []string) ([]string, error) {
 	return out, nil
 }
 
-// checkDomain follows RFC 1035 2.3.1: letters, digits and hyphens, labels
-// of 1–63 octets, 253 in all.
+// checkDomain names what is wrong with a sender domain.
 func checkDomain(d string) error {
-	if d == "" {
+	switch {
+	case d == "":
 		return errors.New("sender domain is empty")
-	}
-	if len(d) > 253 {
+	case len(d) > 253:
 		return fmt.Errorf("sender domain %q is longer than 253 characters", d)
-	}
-	for l := range strings.SplitSeq(d, ".") {
-		if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
-			return fmt.Errorf("sender domain %q: not a domain name", d)
-		}
-		for _, c := range l {
-			if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
-				return fmt.Errorf("sender domain %q: not a domain name", d)
-			}
-		}
+	case !mail.IsDomainName(d):
+		return fmt.Errorf("sender domain %q: not a domain name", d)
 	}
 	return nil
 }

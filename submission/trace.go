@@ -4,6 +4,8 @@ import (
 	"net/netip"
 	"strings"
 	"time"
+
+	"github.com/mailferry/mailferry/mail"
 )
 
 // traceRoom is what Data asks mail.ParseRaw to leave in front of the
@@ -48,7 +50,7 @@ func received(o receivedOptions) string {
 // (go-smtp passes any word) is written "unknown", so that no client can
 // put its own text into the header.
 func heloName(h string) string {
-	if validDomain(h) {
+	if mail.IsDomainName(strings.TrimSuffix(h, ".")) {
 		return h
 	}
 	if strings.HasPrefix(h, "[") && strings.HasSuffix(h, "]") {
@@ -67,27 +69,6 @@ func addressLiteral(a netip.Addr) string {
 		return "[IPv6:" + a.String() + "]"
 	}
 	return "[" + a.String() + "]"
-}
-
-// validDomain is RFC 5321 4.1.2 Domain: dot-separated labels of letters,
-// digits and inner hyphens, 255 octets at most.
-func validDomain(d string) bool {
-	d = strings.TrimSuffix(d, ".")
-	if d == "" || len(d) > 255 {
-		return false
-	}
-	for _, label := range strings.Split(d, ".") {
-		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
-			return false
-		}
-		for i := 0; i < len(label); i++ {
-			c := label[i]
-			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-') {
-				return false
-			}
-		}
-	}
-	return true
 }
 
 // fold writes name and words as one field, breaking lines before a word
