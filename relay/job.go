@@ -88,7 +88,17 @@ func (w *Worker) run(ctx context.Context, log *slog.Logger, c queue.Claimed, id 
 	if !ok {
 		return end
 	}
-	outs, att, lost := w.attempt(ctx, log, c, lj)
+	// The heartbeat runs until the outcome is recorded, not just until the
+	// SMTP transaction ends: a worker waiting out a ledger outage with an
+	// answer in memory must keep its claim on the job, or another worker
+	// reclaims it and sends the message again.
+	dctx, cancelDelivery := context.WithCancel(ctx)
+	defer cancelDelivery()
+	watch := &leaseWatch{cancel: cancelDelivery}
+	watch.delivering.Store(true)
+	stopBeat := w.heartbeat(ctx, log, c, lj.d.ID, lj.idxs, lj.owner, watch)
+	defer stopBeat()
+	outs, att, lost := w.attempt(dctx, log, c, lj, watch)
 	slot.judge(att)
 	if lost {
 		// Another claim owns these recipients now; an outcome written
@@ -211,17 +221,11 @@ func (w *Worker) lease(ctx context.Context, log *slog.Logger, c queue.Claimed, d
 	return lj, ending{}, true
 }
 
-// attempt delivers the leased recipients under a heartbeat that keeps both
-// leases alive, and stops the delivery before DATA if the lease is lost.
-// lost reports that, with nothing answered that must be recorded.
-func (w *Worker) attempt(ctx context.Context, log *slog.Logger, c queue.Claimed, lj *leasedJob) (outs []store.Outcome, att Attempt, lost bool) {
-	dctx, cancelDelivery := context.WithCancel(ctx)
-	defer cancelDelivery()
-	watch := &leaseWatch{cancel: cancelDelivery}
-	watch.delivering.Store(true)
-	stopBeat := w.heartbeat(ctx, log, c, lj.d.ID, lj.idxs, lj.owner, watch)
-	defer stopBeat()
-	outs, att = w.deliver(dctx, log, lj.d, c.Job.Domain, lj.due, lj.expiry)
+// attempt delivers the leased recipients under the heartbeat started by
+// run, which stops the delivery before DATA if the lease is lost. lost
+// reports that, with nothing answered that must be recorded.
+func (w *Worker) attempt(ctx context.Context, log *slog.Logger, c queue.Claimed, lj *leasedJob, watch *leaseWatch) (outs []store.Outcome, att Attempt, lost bool) {
+	outs, att = w.deliver(ctx, log, lj.d, c.Job.Domain, lj.due, lj.expiry)
 	watch.delivering.Store(false)
 	return outs, att, watch.lost.Load() && !anyAnswered(outs)
 }
@@ -371,11 +375,15 @@ func (w *Worker) heartbeat(ctx context.Context, log *slog.Logger, c queue.Claime
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				qerr := w.opts.Queue.Extend(ctx, c)
+				// Each renewal gets one beat: a store that hangs must not hold
+				// up the other's renewal, nor the next beat.
+				bctx, cancel := context.WithTimeout(ctx, w.opts.Heartbeat)
+				qerr := w.opts.Queue.Extend(bctx, c)
 				if qerr != nil && !errors.Is(qerr, queue.ErrLost) {
 					log.Warn("extend job lease", "error", qerr)
 				}
-				n, err := w.opts.Ledger.RenewLease(ctx, id, idxs, owner, w.opts.Lease)
+				n, err := w.opts.Ledger.RenewLease(bctx, id, idxs, owner, w.opts.Lease)
+				cancel()
 				switch {
 				case err == nil && n < len(idxs) && watch.delivering.Load():
 					log.Warn("recipient lease lost; stopping the delivery", "held", n, "leased", len(idxs))

@@ -160,6 +160,36 @@ func TestLedgerOutageWhileRecording(t *testing.T) {
 	}
 }
 
+// TestHolderCutOffFromLedgerWhileRecording: only the worker that made the
+// SMTP transaction loses the ledger (a partition, or its pool is wedged),
+// for many times the job's visibility timeout and the recipients' lease,
+// while a second worker reaches it fine. The holder's claim on the job
+// must stay alive while it waits to record, or the second worker takes
+// the job over and sends the message again.
+func TestHolderCutOffFromLedgerWhileRecording(t *testing.T) {
+	p := newPipeline(t)
+	s := p.mx("example.net", "127.0.0.2", testmx.SMTPOptions{})
+	const outage = 2 * time.Second
+	l := &outageLedger{Ledger: p.st, length: outage}
+	p.start("w1", func(o *WorkerOptions) {
+		o.Ledger = l
+		o.Queue = p.newQueue("w1", 300*time.Millisecond)
+	})
+	id := p.send(mail.Draft{From: "alice@example.com", To: []string{"bob@example.net"}, Text: "hi"})
+	wait.For(t, "w1's SMTP transaction", func() bool { return l.records.Load() > 0 })
+	p.start("w2", func(o *WorkerOptions) { o.Queue = p.newQueue("w2", 300*time.Millisecond) })
+	v := p.wait(id, 20*time.Second)
+	if v.Status != store.StatusDelivered || v.Recipients[0].Attempts != 1 {
+		t.Fatalf("status %s, %+v", v.Status, v.Recipients[0])
+	}
+	if n := len(s.Messages()); n != 1 {
+		t.Errorf("receiver got %d copies while the holder was cut off from the ledger for %v, want 1", n, outage)
+	}
+	if n := l.records.Load(); n < 3 {
+		t.Errorf("outcome written after %d tries: the outage did not bite", n)
+	}
+}
+
 // TestShutdownWhileLedgerDown: when the shutdown grace ends with an outcome
 // still unwritten, Run returns anyway and the job stays in the queue (to be
 // reclaimed: the one case where a recipient may get a second copy).
