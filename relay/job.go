@@ -107,10 +107,10 @@ func (w *Worker) run(ctx context.Context, log *slog.Logger, c queue.Claimed, id 
 		return later(w.opts.Now().Add(w.opts.Lease))
 	}
 	alignRetries(outs)
-	if !w.record(ctx, log, id, outs) {
-		// Not recorded before shutdown: keep the job; its lease lapses and
-		// another worker takes it over.
-		return kept()
+	if end, ok := w.record(ctx, log, id, c.Job.Domain, outs); !ok {
+		// Not recorded before shutdown (the job is kept: its lease lapses
+		// and another worker takes it over), or never recordable (parked).
+		return end
 	}
 	// Every recipient still pending gets this job back at its own time:
 	// those just deferred and those that were not due yet.
@@ -319,13 +319,22 @@ func (w *Worker) recoverJob(ctx context.Context, log *slog.Logger, c queue.Claim
 	}
 }
 
+// recordRejects is how many times record tries a write the ledger refused
+// (store.ErrRejected) before it parks the job: a refusal is not an outage,
+// and trying it for ever would hold the worker, the domain's slot and the
+// recipients' lease for good.
+const recordRejects = 5
+
 // record writes outcomes, retrying while the ledger is unreachable: the
 // SMTP work is done and must not be lost or repeated for want of a write.
 // The outcomes wait in memory, the heartbeat keeps the job and the
 // recipients reserved, and the write is tried until it succeeds or ctx ends
 // (the end of the shutdown grace), so a PostgreSQL restart costs nothing.
-func (w *Worker) record(ctx context.Context, log *slog.Logger, id uuid.UUID, outs []store.Outcome) bool {
+// A write the ledger refuses recordRejects times parks the job instead.
+// ok is false when the outcomes were not recorded, with how the job ends.
+func (w *Worker) record(ctx context.Context, log *slog.Logger, id uuid.UUID, domain string, outs []store.Outcome) (end ending, ok bool) {
 	delay := 200 * time.Millisecond
+	rejects := 0
 	for attempt := 1; ; attempt++ {
 		// Even after ctx ends each try gets its time: one last try is made.
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
@@ -335,12 +344,17 @@ func (w *Worker) record(ctx context.Context, log *slog.Logger, id uuid.UUID, out
 			if attempt > 1 {
 				log.Info("recorded outcomes once the ledger answered", "tries", attempt)
 			}
-			return true
+			return ending{}, true
+		}
+		if errors.Is(err, store.ErrRejected) {
+			if rejects++; rejects >= recordRejects && w.parkUnrecorded(ctx, log, id, domain, outs, err, attempt) {
+				return done(), false
+			}
 		}
 		if ctx.Err() != nil {
 			log.Error("outcomes not recorded before shutdown; these recipients will be attempted again",
 				"error", err, "tries", attempt, "results", summarize(outs))
-			return false
+			return kept(), false
 		}
 		if attempt == 1 || attempt%10 == 0 {
 			log.Warn("record outcomes; keeping them and retrying", "error", err, "tries", attempt)
@@ -351,6 +365,30 @@ func (w *Worker) record(ctx context.Context, log *slog.Logger, id uuid.UUID, out
 		}
 		delay = min(2*delay, 2*time.Second)
 	}
+}
+
+// parkUnrecorded parks a job whose outcomes the ledger keeps refusing, so
+// that it never loops, and reports whether it is parked. The ledger still
+// shows its recipients pending, though the receiver may have taken the
+// message: the reason says what the SMTP attempt ended in, for an operator
+// to decide before releasing it (a release attempts every recipient still
+// pending in the ledger, these included).
+func (w *Worker) parkUnrecorded(ctx context.Context, log *slog.Logger, id uuid.UUID, domain string, outs []store.Outcome, err error, tries int) bool {
+	results := summarize(outs)
+	reason := fmt.Sprintf("outcomes not recordable after %d tries (delivered %d, bounced %d, deferred %d by the SMTP attempt; "+
+		"the ledger still shows them pending): %v", tries, results[store.RecipientDelivered], results[store.RecipientBounced],
+		results[store.RecipientDeferred], err)
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if perr := w.opts.Ledger.ParkJob(pctx, id, domain, reason); perr != nil {
+		log.Warn("park a job whose outcomes cannot be recorded; retrying", "error", perr)
+		return false
+	}
+	w.opts.Metrics.parked()
+	w.opts.Metrics.unrecorded()
+	log.Error("job parked: its outcomes cannot be recorded; recipients delivered by this attempt get another copy if it is released",
+		"reason", reason, "results", results)
+	return true
 }
 
 // heartbeat renews the job's lease in the queue and the recipients' lease

@@ -17,6 +17,7 @@ type Metrics struct {
 	roundTrips prometheus.Counter
 	panics     prometheus.Counter
 	parks      prometheus.Counter
+	unrecords  prometheus.Counter
 }
 
 // NewMetrics registers the delivery metrics with reg.
@@ -49,10 +50,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		parks: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "mailferry_jobs_parked_total",
-			Help: "Jobs parked (taken out of delivery) after repeated panics.",
+			Help: "Jobs parked (taken out of delivery) after repeated panics or outcomes the ledger refused.",
+		}),
+		unrecords: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "mailferry_outcomes_unrecorded_total",
+			Help: "Jobs parked because the ledger refused their delivery outcomes: recipients may have been delivered though the ledger shows them pending. Alert on any increase.",
 		}),
 	}
-	reg.MustRegister(m.deliveries, m.duration, m.tls, m.replies, m.roundTrips, m.panics, m.parks)
+	reg.MustRegister(m.deliveries, m.duration, m.tls, m.replies, m.roundTrips, m.panics, m.parks, m.unrecords)
 	for _, r := range []string{store.RecipientDelivered, store.RecipientDeferred, store.RecipientBounced} {
 		m.deliveries.WithLabelValues(r)
 	}
@@ -96,5 +101,11 @@ func (m *Metrics) panicked() {
 func (m *Metrics) parked() {
 	if m != nil {
 		m.parks.Inc()
+	}
+}
+
+func (m *Metrics) unrecorded() {
+	if m != nil {
+		m.unrecords.Inc()
 	}
 }

@@ -25,6 +25,7 @@ type Ledger interface {
 	RecordOutcomes(ctx context.Context, id uuid.UUID, outs []store.Outcome) (bool, error)
 	ActiveDKIMKeys(ctx context.Context, domain string) ([]store.DKIMKey, error)
 	CountJobFailure(ctx context.Context, id uuid.UUID, domain, failure string, limit int) (parked bool, err error)
+	ParkJob(ctx context.Context, id uuid.UUID, domain, reason string) error
 }
 
 // Queue is the work list a worker takes jobs from.

@@ -32,6 +32,7 @@ import (
 type pipeline struct {
 	t      *testing.T
 	st     *store.Store
+	dbURL  string
 	rdb    *redis.Client
 	prefix string
 	q      *queue.Queue
@@ -48,7 +49,7 @@ func newPipeline(t *testing.T) *pipeline {
 	ctx := context.Background()
 	ts := teststack.New(t, teststack.Options{Queue: queue.Options{Consumer: "intake", VisibilityTimeout: time.Minute}})
 	st := ts.Store
-	p := &pipeline{t: t, st: st, rdb: ts.Redis, prefix: ts.Prefix, q: ts.Queue, in: ts.Intake, dns: testmx.StartDNS(t)}
+	p := &pipeline{t: t, st: st, dbURL: ts.DatabaseURL, rdb: ts.Redis, prefix: ts.Prefix, q: ts.Queue, in: ts.Intake, dns: testmx.StartDNS(t)}
 	var err error
 	p.key, _, err = st.CreateAPIKey(ctx, "acme", []string{"example.com"})
 	if err != nil {

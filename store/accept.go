@@ -7,6 +7,7 @@ import (
 	"math"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -89,14 +90,14 @@ func (s *Store) AcceptBatch(ctx context.Context, msgs []NewMessage) error {
 	}
 	for i := range msgs {
 		if err := msgs[i].check(); err != nil {
-			return fmt.Errorf("accept batch: message %d: %w", i, err)
+			return fmt.Errorf("accept batch: %w: message %d: %w", ErrRejected, i, err)
 		}
 	}
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		return copyMessages(ctx, tx, msgs, time.Now())
 	})
 	if err != nil {
-		return fmt.Errorf("accept batch: %w", err)
+		return fmt.Errorf("accept batch: %w", rejected(err))
 	}
 	return nil
 }
@@ -108,10 +109,10 @@ func (s *Store) AcceptBatch(ctx context.Context, msgs []NewMessage) error {
 // second waits for the first and then returns its record.
 func (s *Store) AcceptIdempotent(ctx context.Context, msg NewMessage, key Idempotency) (existing *Idempotency, err error) {
 	if err := msg.check(); err != nil {
-		return nil, fmt.Errorf("accept idempotent: %w", err)
+		return nil, fmt.Errorf("accept idempotent: %w: %w", ErrRejected, err)
 	}
-	if key.Key == "" || len(key.Key) > maxIdempotencyKey {
-		return nil, fmt.Errorf("accept idempotent: key must have 1 to %d bytes", maxIdempotencyKey)
+	if key.Key == "" || len(key.Key) > maxIdempotencyKey || !storable(key.Key) {
+		return nil, fmt.Errorf("accept idempotent: %w: key must be 1 to %d bytes of UTF-8 without NUL", ErrRejected, maxIdempotencyKey)
 	}
 	now := time.Now()
 	if key.CreatedAt.IsZero() {
@@ -146,7 +147,7 @@ func (s *Store) AcceptIdempotent(ctx context.Context, msg NewMessage, key Idempo
 		return existing, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("accept idempotent: %w", err)
+		return nil, fmt.Errorf("accept idempotent: %w", rejected(err))
 	}
 	return nil, nil
 }
@@ -155,6 +156,11 @@ func (s *Store) AcceptIdempotent(ctx context.Context, msg NewMessage, key Idempo
 // than IdempotencyTTL before at, or nil. It settles most repeats before
 // anything is queued; AcceptIdempotent still decides a race between two.
 func (s *Store) LookupIdempotency(ctx context.Context, tenant, key string, at time.Time) (*Idempotency, error) {
+	if !storable(key) {
+		// Never stored (AcceptIdempotent refuses it), and PostgreSQL
+		// would refuse the query.
+		return nil, nil
+	}
 	var e Idempotency
 	err := s.pool.QueryRow(ctx, selectLiveIdempotency, tenant, key, at.Add(-IdempotencyTTL)).
 		Scan(&e.Key, &e.RequestHash, &e.Status, &e.Response, &e.CreatedAt)
@@ -212,14 +218,55 @@ func (m *NewMessage) check() error {
 	case n > maxRecipients:
 		errs = append(errs, fmt.Errorf("%d recipients, at most %d", n, maxRecipients))
 	}
+	// Addresses are used as written (RCPT TO, MAIL FROM, the job's domain):
+	// unlike descriptive text they cannot be cleaned, only refused.
+	if !storable(m.MailFrom) {
+		errs = append(errs, fmt.Errorf("envelope sender %q is not valid UTF-8 without NUL", m.MailFrom))
+	}
 	for i, r := range m.Recipients {
-		if r.Email == "" {
+		switch {
+		case r.Email == "":
 			errs = append(errs, fmt.Errorf("recipient %d: email is empty", i))
-		} else if r.Domain == "" && domainOf(r.Email) == "" {
+		case !storable(r.Email) || !storable(r.Domain):
+			errs = append(errs, fmt.Errorf("recipient %d: %q is not valid UTF-8 without NUL", i, r.Email))
+		case r.Domain == "" && domainOf(r.Email) == "":
 			errs = append(errs, fmt.Errorf("recipient %d: %q has no domain", i, r.Email))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// storable reports whether PostgreSQL takes s as text: valid UTF-8 and no
+// NUL (else SQLSTATE 22021).
+func storable(s string) bool {
+	return utf8.ValidString(s) && !strings.ContainsRune(s, 0)
+}
+
+// cleanTags and cleanMetadata make the API's tags and metadata storable
+// (the API refuses bad ones; a NUL would fail the whole group commit, and
+// in jsonb is SQLSTATE 22P05). Cleaning may merge two keys into one.
+func cleanTags(tags []string) []string {
+	out := make([]string, len(tags))
+	for i, t := range tags {
+		out[i] = cleanLine(t, maxTagText)
+	}
+	return out
+}
+
+func cleanMetadata(md map[string]string) map[string]string {
+	if md == nil {
+		return map[string]string{}
+	}
+	for k, v := range md {
+		if cleanLine(k, maxTagText) != k || cleanText(v, maxTagText) != v {
+			out := make(map[string]string, len(md))
+			for k, v := range md {
+				out[cleanLine(k, maxTagText)] = cleanText(v, maxTagText)
+			}
+			return out
+		}
+	}
+	return md
 }
 
 // copyMessages writes checked messages and their recipients with two COPYs.
@@ -240,17 +287,13 @@ func copyMessages(ctx context.Context, tx pgx.Tx, msgs []NewMessage, now time.Ti
 		if !m.SendAt.IsZero() {
 			due, sendAt = m.SendAt, m.SendAt
 		}
-		tags := m.Tags
-		if tags == nil {
-			tags = []string{}
-		}
-		meta := m.Metadata
-		if meta == nil {
-			meta = map[string]string{}
-		}
+		// The header-derived columns are descriptive (the body holds the
+		// fields as sent): intake refuses bad ones, and here they are
+		// cleaned so that one that slips through never fails a batch.
 		rows[i] = []any{
-			m.ID, m.TenantID, nullString(m.APIKeyID), m.Ingress, m.MessageID, m.MailFrom, m.From,
-			m.Subject, tags, meta, len(m.Body), nonNil(m.Body), sendAt, created, m.Needs8Bit, m.NeedsUTF8,
+			m.ID, m.TenantID, nullString(m.APIKeyID), m.Ingress, cleanLine(m.MessageID, maxHeaderText), m.MailFrom,
+			cleanLine(m.From, maxHeaderText), cleanLine(m.Subject, maxHeaderText), cleanTags(m.Tags),
+			cleanMetadata(m.Metadata), len(m.Body), nonNil(m.Body), sendAt, created, m.Needs8Bit, m.NeedsUTF8,
 		}
 		for j, r := range m.Recipients {
 			d := r.Domain

@@ -56,13 +56,13 @@ func (s *Store) InsertAttempts(ctx context.Context, as []Attempt) error {
 	var cols attemptArrays
 	for i, a := range as {
 		if err := cols.add(a); err != nil {
-			return fmt.Errorf("insert attempts: attempt %d: %w", i, err)
+			return fmt.Errorf("insert attempts: %w: attempt %d: %w", ErrRejected, i, err)
 		}
 	}
 	if _, err := s.pool.Exec(ctx, insertAttempts, cols.message, cols.rcpt, cols.attempt, cols.started, cols.durationMS,
 		cols.mxHost, cols.mxIP, cols.tlsVersion, cols.tlsCipher, cols.tlsVerified, cols.code, cols.enhanced,
 		cols.response, cols.outcome); err != nil {
-		return fmt.Errorf("insert attempts: %w", err)
+		return fmt.Errorf("insert attempts: %w", rejected(err))
 	}
 	return nil
 }
@@ -142,14 +142,16 @@ func (c *attemptArrays) add(a Attempt) error {
 	c.attempt = append(c.attempt, int32(a.Attempt))
 	c.started = append(c.started, a.StartedAt)
 	c.durationMS = append(c.durationMS, int32(max(a.Duration.Milliseconds(), 0)))
-	c.mxHost = append(c.mxHost, optional(a.MXHost))
+	// Every text column here may hold what a peer sent (its reply, the
+	// names it gave, a TLS field); each is made storable text.
+	c.mxHost = append(c.mxHost, optional(cleanLine(a.MXHost, maxHostText)))
 	c.mxIP = append(c.mxIP, mxIP)
-	c.tlsVersion = append(c.tlsVersion, optional(a.TLSVersion))
-	c.tlsCipher = append(c.tlsCipher, optional(a.TLSCipher))
+	c.tlsVersion = append(c.tlsVersion, optional(cleanLine(a.TLSVersion, maxHostText)))
+	c.tlsCipher = append(c.tlsCipher, optional(cleanLine(a.TLSCipher, maxHostText)))
 	c.tlsVerified = append(c.tlsVerified, a.TLSVerified)
 	c.code = append(c.code, code)
-	c.enhanced = append(c.enhanced, optional(a.EnhancedCode))
-	c.response = append(c.response, optional(a.Response))
+	c.enhanced = append(c.enhanced, optional(cleanLine(a.EnhancedCode, maxHostText)))
+	c.response = append(c.response, optional(cleanText(a.Response, maxReplyText)))
 	c.outcome = append(c.outcome, a.Outcome)
 	return nil
 }

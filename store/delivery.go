@@ -267,7 +267,7 @@ func (s *Store) RecordOutcomes(ctx context.Context, id uuid.UUID, outs []Outcome
 		a := o.Attempt
 		a.MessageID = id
 		if err := cols.add(a); err != nil {
-			return false, fmt.Errorf("record outcomes %s: attempt %d: %w", id, i, err)
+			return false, fmt.Errorf("record outcomes %s: %w: attempt %d: %w", id, ErrRejected, i, err)
 		}
 		if a.Outcome == RecipientDeferred {
 			next[i] = o.NextAttemptAt
@@ -287,7 +287,7 @@ func (s *Store) RecordOutcomes(ctx context.Context, id uuid.UUID, outs []Outcome
 		return err
 	})
 	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
-		return false, fmt.Errorf("record outcomes %s: %w", id, err)
+		return false, fmt.Errorf("record outcomes %s: %w", id, rejected(err))
 	}
 	return complete, nil
 }

@@ -42,6 +42,8 @@ ON CONFLICT (message_id, domain) DO UPDATE SET parked_at = coalesce(p.parked_at,
 // parked. The count lives in the ledger, so it adds up over every worker
 // and restart.
 func (s *Store) CountJobFailure(ctx context.Context, id uuid.UUID, domain, failure string, limit int) (parked bool, err error) {
+	// The failure may quote what a peer or a panic said.
+	failure = cleanText(failure, maxReplyText)
 	if err := s.pool.QueryRow(ctx, countFailure, id, domain, failure, limit).Scan(&parked); err != nil {
 		return false, fmt.Errorf("count failure of job %s to %s: %w", id, domain, err)
 	}
@@ -51,6 +53,7 @@ func (s *Store) CountJobFailure(ctx context.Context, id uuid.UUID, domain, failu
 // ParkJob takes the job out of delivery at once, with reason. A job
 // parked already keeps its first reason.
 func (s *Store) ParkJob(ctx context.Context, id uuid.UUID, domain, reason string) error {
+	reason = cleanText(reason, maxReplyText)
 	if _, err := s.pool.Exec(ctx, parkJob, id, domain, reason); err != nil {
 		return fmt.Errorf("park job %s to %s: %w", id, domain, err)
 	}

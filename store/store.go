@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -13,7 +14,32 @@ import (
 var (
 	ErrNotFound     = errors.New("not found")
 	ErrUnauthorized = errors.New("unauthorized")
+	// ErrRejected: the ledger refused the write as given (a check here, or
+	// PostgreSQL refusing its data or a constraint). Repeating the same
+	// write fails the same way; an unreachable ledger is never this.
+	ErrRejected = errors.New("rejected")
 )
+
+// rejected marks err with ErrRejected when PostgreSQL answered and refused
+// the statement, and leaves it as it is when PostgreSQL could not be
+// reached or asked to be tried again: SQLSTATE classes 08 (connection), 40
+// (serialization failure, deadlock), 53 (insufficient resources), 55 (lock
+// not available), 57 (shutdown, cancel, statement timeout), 58 (system
+// I/O). Those, and any error without a SQLSTATE (network, timeout), pass;
+// so does a failed connect whatever its code (a wrong password is an
+// outage to ride out, not a bad row).
+func rejected(err error) error {
+	var pgErr *pgconn.PgError
+	var connErr *pgconn.ConnectError
+	if err == nil || errors.As(err, &connErr) || !errors.As(err, &pgErr) || errors.Is(err, ErrRejected) {
+		return err
+	}
+	switch pgErr.Code[:min(2, len(pgErr.Code))] {
+	case "08", "40", "53", "55", "57", "58":
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrRejected, err)
+}
 
 // minDefaultConns is the floor for the pool size when Options.MaxConns is
 // 0: pgxpool's default is max(4, NumCPU), too few for an API that
