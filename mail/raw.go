@@ -478,6 +478,9 @@ func foreignSignature(d string) string {
 	if d == "" {
 		return "DKIM-Signature: has no d= tag (RFC 6376 3.5)"
 	}
+	if !IsDomainName(d) {
+		d = strconv.QuoteToASCII(d) // the detail goes into an SMTP reply
+	}
 	return "DKIM-Signature: d=" + d + " is not the domain of the From, Sender or Resent-From address; " +
 		"Mailferry signs for the sender's domain itself, so leave signatures of other domains out"
 }
