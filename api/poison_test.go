@@ -108,3 +108,48 @@ func TestPoisonTenantIsolation(t *testing.T) {
 		})
 	}
 }
+
+// TestRawHeaderRules (issue 18, item 12): the API's answers to the raw
+// header rules of mail.ParseRaw. The API has no SMTPUTF8 flag: UTF-8 in
+// raw headers is taken when it is valid UTF-8, refused with 422 otherwise.
+// Authentication-Results fields never reach the ledger; a DKIM-Signature
+// of another domain is 422.
+func TestRawHeaderRules(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	const tail = "To: bob@example.net\r\nSubject: hi\r\n\r\nbody\r\n"
+	for _, tc := range []struct {
+		name, raw string
+		status    int
+		detail    string // of the 422, or what the stored body must not hold
+	}{
+		{"UTF-8 header", "From: Jörg <alice@example.com>\r\nSubject: Grüße\r\n" + "To: bob@example.net\r\n\r\nx\r\n", http.StatusAccepted, ""},
+		{"invalid UTF-8 header", "From: J\xf6rg <alice@example.com>\r\n" + tail, http.StatusUnprocessableEntity, "From: is not valid UTF-8"},
+		{"control in a header", "From: alice@example.com\r\nX-Note: a\x07\r\n" + tail, http.StatusUnprocessableEntity, "X-Note: must not contain control characters"},
+		{"foreign DKIM-Signature", "DKIM-Signature: v=1; d=bank.example; s=s; bh=x; b=y\r\nFrom: alice@example.com\r\n" + tail, http.StatusUnprocessableEntity, "d=bank.example is not the domain"},
+		{"Authentication-Results", "Authentication-Results: mx.example.net; dkim=pass\r\nFrom: alice@example.com\r\n" + tail, http.StatusAccepted, "Authentication-Results"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := h.post(map[string]any{"raw": base64.StdEncoding.EncodeToString([]byte(tc.raw))}, nil)
+			if r.status != tc.status {
+				t.Fatalf("POST: %d %s; want %d", r.status, r.body, tc.status)
+			}
+			if r.status == http.StatusUnprocessableEntity {
+				p := r.problem(t)
+				if len(p.Errors) == 0 || p.Errors[0].Field != "raw" || !strings.Contains(p.Errors[0].Detail, tc.detail) {
+					t.Fatalf("422 %s; want raw: …%s…", r.body, tc.detail)
+				}
+				return
+			}
+			var sent sendAnswer
+			r.json(t, &sent)
+			var body []byte
+			if err := h.db.QueryRow(context.Background(), "SELECT body FROM messages WHERE id = $1", sent.ID).Scan(&body); err != nil {
+				t.Fatal(err)
+			}
+			if tc.detail != "" && strings.Contains(string(body), tc.detail) {
+				t.Errorf("stored body keeps %s:\n%s", tc.detail, body)
+			}
+		})
+	}
+}
