@@ -367,15 +367,18 @@ func (in *Intake) commit(batch []*pending) {
 		}
 		return
 	}
-	in.record(ctx, batch)
+	_ = in.record(ctx, batch) // each message's err says it
 }
 
 // record writes batch's rows in one transaction. When PostgreSQL refuses
 // it for a row's data (rowError), it writes each half again, so that a
 // batch of n with one bad message costs about 2·log2(n) more transactions
 // and fails that message alone. Such a refusal came from the server, so
-// nothing committed and there is nothing to read back.
-func (in *Intake) record(ctx context.Context, batch []*pending) {
+// nothing committed and there is nothing to read back. It returns the
+// error that made it answer ErrUnavailable, if one did: the second half
+// is then not tried, so that a batch never reads back more than once and
+// its caller's wait stays bounded as Options.MaxWait says.
+func (in *Intake) record(ctx context.Context, batch []*pending) error {
 	msgs := make([]store.NewMessage, len(batch))
 	ids := make([]uuid.UUID, len(batch))
 	for i, p := range batch {
@@ -389,21 +392,26 @@ func (in *Intake) record(ctx context.Context, batch []*pending) {
 		in.opts.Logger.LogAttrs(ctx, slog.LevelWarn, "record messages: a row was refused; writing the batch in halves",
 			slog.Int("messages", len(batch)), slog.String("sqlstate", code), slog.Any("error", err))
 		mid := len(batch) / 2
-		in.record(ctx, batch[:mid])
-		in.record(ctx, batch[mid:])
-		return
+		if err := in.record(ctx, batch[:mid]); err != nil {
+			for _, p := range batch[mid:] {
+				p.err = fmt.Errorf("record messages: %w: %w", ErrUnavailable, err)
+			}
+			return err
+		}
+		return in.record(ctx, batch[mid:])
 	case isRow:
 		in.opts.Logger.LogAttrs(ctx, slog.LevelWarn, "message refused by the ledger",
 			slog.String("message_id", ids[0].String()), slog.String("sqlstate", code), slog.Any("error", err))
 		batch[0].err = &RefusedError{MessageID: ids[0], SQLState: code, Err: err}
-		return
+		return nil
 	case !in.committed(ctx, ids, err):
 		for _, p := range batch {
 			p.err = fmt.Errorf("record messages: %w: %w", ErrUnavailable, err)
 		}
-		return
+		return err
 	}
 	in.opts.Metrics.batch(len(msgs))
+	return nil
 }
 
 // committed settles a failed ledger write: an error can come after the
