@@ -708,6 +708,14 @@ func allowedSender(key store.APIKey, msg *mail.Message, raw bool) *problem {
 }
 
 func (s *server) unavailable(w http.ResponseWriter, r *http.Request, err error) {
+	// The ledger refused this message's own data: the client's to fix, as
+	// a 422; a 503 would have it retry the same message for ever.
+	var refused *intake.RefusedError
+	if errors.As(err, &refused) {
+		writeProblem(w, newProblem(kindInvalid, "the message cannot be stored: "+refused.Reason()+"; nothing was accepted",
+			FieldProblem{Field: "message", Detail: refused.Reason()}))
+		return
+	}
 	if !errors.Is(err, intake.ErrUnavailable) {
 		s.internal(w, r, err)
 		return

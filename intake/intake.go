@@ -11,6 +11,13 @@
 // transaction and one Redis round trip. A committer stops as soon as its
 // own message is written, and a caller whose message waits longer than
 // MaxWait (or whose context ends) takes it back.
+//
+// One message must not fail the others of its batch: when PostgreSQL
+// refuses a batch for the data of a row (a data exception, a constraint),
+// not for the connection, the batch is split in halves and each written
+// again, until the refused message stands alone. It alone fails, with a
+// *RefusedError (the client's fault: 422, 554), and the rest commit. Its
+// jobs are already queued; they find no message and are dropped as above.
 package intake
 
 import (
@@ -34,6 +41,57 @@ import (
 // ErrUnavailable means the ledger or the queue could not take the message;
 // nothing was accepted.
 var ErrUnavailable = errors.New("ledger or queue unavailable")
+
+// RefusedError means the ledger refused the message's own data, as it
+// would every time: the client must change the message, not retry it.
+// Nothing of it was accepted.
+type RefusedError struct {
+	MessageID uuid.UUID
+	SQLState  string // PostgreSQL's SQLSTATE (Appendix A of its manual)
+	Err       error
+}
+
+func (e *RefusedError) Error() string {
+	return fmt.Sprintf("record message %s: the ledger refused its data (SQLSTATE %s): %v", e.MessageID, e.SQLState, e.Err)
+}
+
+func (e *RefusedError) Unwrap() error { return e.Err }
+
+// Reason says what was wrong in words for the client, without the
+// ledger's own text.
+func (e *RefusedError) Reason() string {
+	switch e.SQLState {
+	case "22021", "22P05":
+		return "a text value of the message is not valid UTF-8 or holds NUL"
+	case "22001":
+		return "a value of the message is too long to store"
+	case "23503":
+		return "the message refers to a tenant or API key that no longer exists"
+	}
+	return "a value of the message cannot be stored (SQLSTATE " + e.SQLState + ")"
+}
+
+// rowError returns the SQLSTATE of err when PostgreSQL refused it for the
+// data of a row, as it would again: class 22 (data exception), 23
+// (integrity constraint violation) or 54 (program limit exceeded). A
+// connection failure, a timeout or a read-only server is none of these.
+// The error is matched by its SQLState method, so that intake needs no
+// driver import.
+func rowError(err error) (string, bool) {
+	var se interface{ SQLState() string }
+	if !errors.As(err, &se) {
+		return "", false
+	}
+	code := se.SQLState()
+	if len(code) != 5 {
+		return code, false
+	}
+	switch code[:2] {
+	case "22", "23", "54":
+		return code, true
+	}
+	return code, false
+}
 
 // Ledger is the part of the store intake writes to.
 type Ledger interface {
@@ -218,9 +276,8 @@ func (in *Intake) commitUntilTaken(wait context.Context, p *pending) {
 			in.queue = nil // let the backing array go
 		}
 		in.mu.Unlock()
-		err := in.commit(batch)
+		in.commit(batch)
 		for _, b := range batch {
-			b.err = err
 			close(b.done)
 		}
 	}
@@ -276,6 +333,11 @@ func (in *Intake) SubmitIdempotent(ctx context.Context, r Receipt, s Submission,
 		return nil, fmt.Errorf("queue message %s: %w: %w", r.ID, ErrUnavailable, err)
 	}
 	existing, err = in.opts.Ledger.AcceptIdempotent(ctx, msg, key)
+	if code, ok := rowError(err); ok {
+		in.opts.Logger.LogAttrs(ctx, slog.LevelWarn, "message refused by the ledger",
+			slog.String("message_id", r.ID.String()), slog.String("sqlstate", code), slog.Any("error", err))
+		return nil, &RefusedError{MessageID: r.ID, SQLState: code, Err: err}
+	}
 	if err != nil && !in.committed(ctx, []uuid.UUID{r.ID}, err) {
 		return nil, fmt.Errorf("record message %s: %w: %w", r.ID, ErrUnavailable, err)
 	}
@@ -286,27 +348,67 @@ func (in *Intake) SubmitIdempotent(ctx context.Context, r Receipt, s Submission,
 	return nil, nil
 }
 
-// commit queues a batch's jobs, then writes its rows in one transaction.
-// Redis goes first so that no failure after the commit can leave rows the
-// client was told were refused: the reconciler would requeue those and the
-// mail would go out after a 503. Jobs of a batch that fails to commit find
-// no message and are dropped by the workers.
-func (in *Intake) commit(batch []*pending) error {
+// commit queues a batch's jobs, then writes its rows, and answers each
+// message's err. Redis goes first so that no failure after the commit can
+// leave rows the client was told were refused: the reconciler would
+// requeue those and the mail would go out after a 503. Jobs of a message
+// that fails to commit find no message and are dropped by the workers.
+func (in *Intake) commit(batch []*pending) {
 	ctx, cancel := context.WithTimeout(context.Background(), in.opts.CommitTimeout)
 	defer cancel()
-	msgs := make([]store.NewMessage, len(batch))
-	ids := make([]uuid.UUID, len(batch))
 	var items []queue.Item
-	for i, p := range batch {
-		msgs[i], ids[i] = p.msg, p.msg.ID
+	for _, p := range batch {
 		items = append(items, jobs(p.msg)...)
 	}
 	if err := in.opts.Queue.Enqueue(ctx, items...); err != nil {
-		in.opts.Logger.LogAttrs(ctx, slog.LevelError, "queue messages", slog.Int("messages", len(msgs)), slog.Any("error", err))
-		return fmt.Errorf("queue messages: %w: %w", ErrUnavailable, err)
+		in.opts.Logger.LogAttrs(ctx, slog.LevelError, "queue messages", slog.Int("messages", len(batch)), slog.Any("error", err))
+		for _, p := range batch {
+			p.err = fmt.Errorf("queue messages: %w: %w", ErrUnavailable, err)
+		}
+		return
 	}
-	if err := in.opts.Ledger.AcceptBatch(ctx, msgs); err != nil && !in.committed(ctx, ids, err) {
-		return fmt.Errorf("record messages: %w: %w", ErrUnavailable, err)
+	_ = in.record(ctx, batch) // each message's err says it
+}
+
+// record writes batch's rows in one transaction. When PostgreSQL refuses
+// it for a row's data (rowError), it writes each half again, so that a
+// batch of n with one bad message costs about 2·log2(n) more transactions
+// and fails that message alone. Such a refusal came from the server, so
+// nothing committed and there is nothing to read back. It returns the
+// error that made it answer ErrUnavailable, if one did: the second half
+// is then not tried, so that a batch never reads back more than once and
+// its caller's wait stays bounded as Options.MaxWait says.
+func (in *Intake) record(ctx context.Context, batch []*pending) error {
+	msgs := make([]store.NewMessage, len(batch))
+	ids := make([]uuid.UUID, len(batch))
+	for i, p := range batch {
+		msgs[i], ids[i] = p.msg, p.msg.ID
+	}
+	err := in.opts.Ledger.AcceptBatch(ctx, msgs)
+	code, isRow := rowError(err)
+	switch {
+	case err == nil:
+	case isRow && len(batch) > 1:
+		in.opts.Logger.LogAttrs(ctx, slog.LevelWarn, "record messages: a row was refused; writing the batch in halves",
+			slog.Int("messages", len(batch)), slog.String("sqlstate", code), slog.Any("error", err))
+		mid := len(batch) / 2
+		if err := in.record(ctx, batch[:mid]); err != nil {
+			for _, p := range batch[mid:] {
+				p.err = fmt.Errorf("record messages: %w: %w", ErrUnavailable, err)
+			}
+			return err
+		}
+		return in.record(ctx, batch[mid:])
+	case isRow:
+		in.opts.Logger.LogAttrs(ctx, slog.LevelWarn, "message refused by the ledger",
+			slog.String("message_id", ids[0].String()), slog.String("sqlstate", code), slog.Any("error", err))
+		batch[0].err = &RefusedError{MessageID: ids[0], SQLState: code, Err: err}
+		return nil
+	case !in.committed(ctx, ids, err):
+		for _, p := range batch {
+			p.err = fmt.Errorf("record messages: %w: %w", ErrUnavailable, err)
+		}
+		return err
 	}
 	in.opts.Metrics.batch(len(msgs))
 	return nil

@@ -401,9 +401,9 @@ func newAddress(name, local, domain string) (Address, error) {
 	if len(addr) > maxAddrLen {
 		return Address{}, fmt.Errorf("invalid address: %d octets; the limit is %d (RFC 5321 4.5.3.1.3)", len(addr), maxAddrLen)
 	}
-	name = strings.ToValidUTF8(name, "\uFFFD")
-	if strings.ContainsAny(name, "\r\n\x00") {
-		return Address{}, errors.New("invalid address: the display name contains CR, LF or NUL")
+	// The name may come from encoded-words, which can decode to anything.
+	if detail := checkHeaderText(name); detail != "" {
+		return Address{}, errors.New("invalid address: the display name " + detail)
 	}
 	return Address{Name: name, Addr: addr}, nil
 }
@@ -476,16 +476,28 @@ func isDotAtom(s string) bool {
 	return true
 }
 
-// checkHeaderText returns why s cannot go into a header, or "".
+// checkHeaderText returns why s cannot go into a header field or a text
+// column of the ledger, or "". It is the one rule for header text from
+// clients, given in JSON, written in a raw header, or decoded from its
+// encoded-words: valid UTF-8 (RFC 6532 3.2; PostgreSQL refuses anything
+// else), no CR or LF (RFC 5322 2.2: a field body has them only to fold),
+// no NUL, and no other control character but tab (RFC 5322 3.2.5: VCHAR
+// and WSP; the rest is obsolete syntax, 4.1).
 func checkHeaderText(s string) string {
 	if strings.ContainsAny(s, "\r\n\x00") {
 		return "must not contain CR, LF or NUL"
+	}
+	if i := strings.IndexFunc(s, isControl); i >= 0 {
+		return fmt.Sprintf("must not contain control characters other than tab (0x%02X at octet %d)", s[i], i)
 	}
 	if !utf8.ValidString(s) {
 		return "is not valid UTF-8"
 	}
 	return ""
 }
+
+// isControl reports the C0 controls but tab, and DEL.
+func isControl(r rune) bool { return r < 0x20 && r != '\t' || r == 0x7f }
 
 func isASCII(s string) bool {
 	for i := 0; i < len(s); i++ {

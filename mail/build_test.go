@@ -246,7 +246,6 @@ func TestBuildEncodedHeaders(t *testing.T) {
 		{"looks encoded", "=?utf-8?q?not_really?="},
 		{"edge spaces", "  padded  "},
 		{"double spaces", "a  b\tc"},
-		{"controls", "bell\x07 esc\x1b del\x7f"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m, p := build(t, draft(func(d *Draft) { d.Subject = tc.subject }))
@@ -414,6 +413,11 @@ func TestBuildFieldErrors(t *testing.T) {
 		{"subject CRLF", func(d *Draft) { d.Subject = "Hi\r\nBcc: x@evil.test" }, []string{"subject"}, "CR, LF or NUL"},
 		{"subject LF", func(d *Draft) { d.Subject = "Hi\nX: y" }, []string{"subject"}, "CR, LF or NUL"},
 		{"subject NUL", func(d *Draft) { d.Subject = "Hi\x00" }, []string{"subject"}, "CR, LF or NUL"},
+		{"subject controls", func(d *Draft) { d.Subject = "bell\x07 esc\x1b" }, []string{"subject"}, "control characters other than tab (0x07 at octet 4)"},
+		{"subject DEL", func(d *Draft) { d.Subject = "del\x7f" }, []string{"subject"}, "control characters"},
+		{"display name control", func(d *Draft) { d.From = "=?utf-8?q?Al=1Bice?= <alice@example.com>" }, []string{"from"}, "the display name must not contain control characters"},
+		{"display name bad UTF-8", func(d *Draft) { d.From = "=?utf-8?q?Al=FFice?= <alice@example.com>" }, []string{"from"}, "the display name is not valid UTF-8"},
+		{"header value control", func(d *Draft) { d.Headers = map[string]string{"X-A": "a\x1bb"} }, []string{"headers.X-A"}, "control characters"},
 		{"subject bad UTF-8", func(d *Draft) { d.Subject = "Hi\xff" }, []string{"subject"}, "UTF-8"},
 		{"text bad UTF-8", func(d *Draft) { d.Text = "Hi\xff" }, []string{"text"}, "UTF-8"},
 		{"html bad UTF-8", func(d *Draft) { d.HTML = "Hi\xc3" }, []string{"html"}, "UTF-8"},
@@ -558,7 +562,7 @@ func TestBuildRecipients(t *testing.T) {
 		d.Bcc = []string{"d@example.com"}
 		_, err := Build(d, opts)
 		var fe FieldErrors
-		if !errors.As(err, &fe) || len(fe) != 1 || fe[0] != (FieldError{"to", "too many recipients: 4 > 3"}) {
+		if !errors.As(err, &fe) || len(fe) != 1 || fe[0] != (FieldError{Field: "to", Detail: "too many recipients: 4 > 3"}) {
 			t.Fatalf("Build: %v", err)
 		}
 	})
@@ -667,7 +671,7 @@ func TestTypeByFilename(t *testing.T) {
 			}
 		})
 	}
-	if got := (FieldError{"to[0]", "not an address"}).Error(); got != "to[0]: not an address" {
+	if got := (FieldError{Field: "to[0]", Detail: "not an address"}).Error(); got != "to[0]: not an address" {
 		t.Fatalf("FieldError.Error() = %q", got)
 	}
 }

@@ -125,6 +125,7 @@ func FuzzParseRaw(f *testing.F) {
 			t.Fatalf("incomplete message: %+v", m)
 		}
 		checkSenderOracle(t, m)
+		checkStorable(t, m)
 		// The recipients go along: a Bcc-only message has none left in it.
 		again, err := ParseRaw(m.Body, m.Recipients, testOpts())
 		if err != nil {
@@ -176,4 +177,55 @@ func checkSenderOracle(t *testing.T, m *Message) {
 			}
 		}
 	}
+}
+
+// checkStorable fails unless what the ledger stores as text of m is valid
+// UTF-8 without controls (PostgreSQL refused the whole batch otherwise,
+// issue 18), every header field obeys checkHeaderText once unfolded, and
+// no Authentication-Results field is left.
+func checkStorable(t *testing.T, m *Message) {
+	t.Helper()
+	texts := []string{m.MessageID, m.Subject, m.Sender}
+	for _, a := range m.From {
+		texts = append(texts, a.Name, a.Addr, a.String())
+	}
+	for _, s := range texts {
+		if d := checkHeaderText(s); d != "" {
+			t.Fatalf("stored text %q %s\n%q", s, d, m.Body)
+		}
+	}
+	head, _, _ := bytes.Cut(m.Body, []byte("\r\n\r\n"))
+	fields, _, err := readHeader(append(head, "\r\n\r\n"...))
+	if err != nil {
+		t.Fatalf("the header does not read back: %v", err)
+	}
+	src := append(head, "\r\n\r\n"...)
+	for _, f := range fields {
+		if strings.EqualFold(f.name, "authentication-results") {
+			t.Fatalf("an Authentication-Results field is left\n%q", m.Body)
+		}
+		if d := checkHeaderText(strings.ReplaceAll(string(src[f.valueStart:f.end-2]), "\r\n", "")); d != "" {
+			t.Fatalf("%s: %s\n%q", f.name, d, m.Body)
+		}
+	}
+}
+
+// FuzzCheckFieldBody: the raw-field check and the JSON path's rule agree:
+// a field body passes checkFieldBody exactly when, its folds unfolded, it
+// passes checkHeaderText; with asciiOnly, only when it is also ASCII.
+func FuzzCheckFieldBody(f *testing.F) {
+	for _, s := range []string{" plain", " folded\r\n over", " Grüße", " \xff", " a\x00b", " a\rb", " a\x1bb", " tab\there", " a\r\r\n\n"} {
+		f.Add([]byte(s), false)
+	}
+	f.Fuzz(func(t *testing.T, v []byte, asciiOnly bool) {
+		detail, kind := checkFieldBody(v, asciiOnly)
+		unfolded := strings.ReplaceAll(string(v), "\r\n", "")
+		want := checkHeaderText(unfolded) == "" && (!asciiOnly || isASCII(unfolded))
+		if (detail == "") != want {
+			t.Fatalf("checkFieldBody(%q, %v) = %q; checkHeaderText of it unfolded: %q", v, asciiOnly, detail, checkHeaderText(unfolded))
+		}
+		if (kind == ErrNeedsSMTPUTF8) != (detail != "" && asciiOnly && checkHeaderText(unfolded) == "") {
+			t.Fatalf("checkFieldBody(%q, %v): kind %v for %q", v, asciiOnly, kind, detail)
+		}
+	})
 }

@@ -112,6 +112,10 @@ type BuildOptions struct {
 	MaxRecipients int              // 0 → 1000
 	NewID         func() string    // unique left part of Message-IDs; nil → a UUIDv7
 	TraceRoom     int              // ParseRaw: bytes left free in front of Body for Message.Prepend
+	// ASCIIHeaders (ParseRaw) refuses 8-bit header octets: set it for an
+	// SMTP submission without the SMTPUTF8 parameter (RFC 6531 3.4). The
+	// API has no such parameter; there, valid UTF-8 headers are taken.
+	ASCIIHeaders bool
 }
 
 const defaultMaxRecipients = 1000

@@ -5,10 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"mime"
+	"slices"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/emersion/go-message/charset"
+	"golang.org/x/net/idna"
 )
 
 const (
@@ -28,9 +31,29 @@ const (
 // Return-Path: the final server adds it from our envelope (RFC 5321 4.4: "A
 // message-originating SMTP system SHOULD NOT send a message that already
 // contains a Return-path header field"), so one written by the client could
-// only show a reader a sender nobody checked. Date and Message-ID are added when
-// missing (RFC 6409 8.2, 8.3). Everything else is kept as it was, and a
-// missing final line break is added, since SMTP adds one anyway.
+// only show a reader a sender nobody checked. Authentication-Results fields
+// are removed too: RFC 8601 5 has a border MTA remove those that claim its
+// own authserv-id, and any one a client writes could only vouch for checks
+// nobody made, so every one is dropped from a submission. Date and
+// Message-ID are added when missing (RFC 6409 8.2, 8.3). Everything else is
+// kept as it was, and a missing final line break is added, since SMTP adds
+// one anyway.
+//
+// Received fields of the client are kept, below the one submission adds:
+// trace fields are never removed (RFC 5321 4.4), RFC 6409 8 lists no
+// removal of them among an MSA's changes, and ours on top tells a reader
+// which ones Mailferry wrote.
+//
+// Every header field obeys the rule of the JSON path (checkHeaderText):
+// valid UTF-8, no control character but tab, CRLF only to fold; and so do
+// the Subject and display names once their encoded-words are decoded, as
+// those are stored as text. 8-bit octets in a header need SMTPUTF8 (RFC
+// 6532 3, RFC 6531 3.4): with opts.ASCIIHeaders they are refused
+// (ErrNeedsSMTPUTF8). A DKIM-Signature must be for a domain the message
+// claims to come from (From, Sender, Resent-From, Resent-Sender), each of
+// which the caller checks against the sender's key, or it is refused
+// (ErrForeignSignature): one of another domain is a replayed signature,
+// and Mailferry must not carry it.
 //
 // The header section must end with an empty line, even when no body
 // follows (RFC 5322 allows leaving it out; we refuse it as the sign of a
@@ -40,15 +63,15 @@ const (
 func ParseRaw(raw []byte, envelopeTo []string, opts BuildOptions) (*Message, error) {
 	opts = opts.withDefaults()
 	if len(raw) == 0 {
-		return nil, FieldErrors{{"raw", "the message is empty"}}
+		return nil, FieldErrors{{Field: "raw", Detail: "the message is empty"}}
 	}
 	src, err := normalizeLines(raw)
 	if err != nil {
-		return nil, FieldErrors{{"raw", err.Error()}}
+		return nil, FieldErrors{{Field: "raw", Detail: err.Error()}}
 	}
 	fields, bodyStart, err := readHeader(src)
 	if err != nil {
-		return nil, FieldErrors{{"raw", err.Error()}}
+		return nil, FieldErrors{{Field: "raw", Detail: err.Error()}}
 	}
 
 	var (
@@ -59,8 +82,17 @@ func ParseRaw(raw []byte, envelopeTo []string, opts BuildOptions) (*Message, err
 		subject, msgID        string
 		hasSubject, hasID     bool
 		hasDate               bool
+		signers               []string // d= of each DKIM-Signature
+		badFields             int
 	)
 	for _, f := range fields {
+		if detail, kind := checkFieldBody(src[f.valueStart:f.end-2], opts.ASCIIHeaders); detail != "" {
+			// At most maxErrorsPerList named: 1000 bad fields give a short answer.
+			if badFields++; badFields <= maxErrorsPerList {
+				errs.addKind("raw", f.name+": "+detail, kind)
+			}
+			continue
+		}
 		v := f.value(src)
 		switch strings.ToLower(f.name) {
 		case "from":
@@ -103,6 +135,9 @@ func ParseRaw(raw []byte, envelopeTo []string, opts BuildOptions) (*Message, err
 		case "subject":
 			if !hasSubject {
 				subject, hasSubject = decodeText(v), true
+				if detail := checkHeaderText(subject); detail != "" {
+					errs.add("raw", "Subject: its encoded-words decode to text that "+detail)
+				}
 			}
 		case "message-id":
 			if !hasID {
@@ -113,7 +148,12 @@ func ParseRaw(raw []byte, envelopeTo []string, opts BuildOptions) (*Message, err
 			}
 		case "date":
 			hasDate = true
+		case "dkim-signature":
+			signers = append(signers, signingDomain(v))
 		}
+	}
+	if badFields > maxErrorsPerList {
+		errs.add("raw", fmt.Sprintf("%d more header fields are not valid", badFields-maxErrorsPerList))
 	}
 	switch {
 	case fromFields == 0:
@@ -127,6 +167,11 @@ func ParseRaw(raw []byte, envelopeTo []string, opts BuildOptions) (*Message, err
 	}
 	if senders > 1 {
 		errs.add("raw", "more than one Sender header field (RFC 5322 3.6)")
+	}
+	for _, d := range signers {
+		if !claimed(d, from, sender, resent) {
+			errs.addKind("raw", foreignSignature(d), ErrForeignSignature)
+		}
 	}
 
 	var rcpts recipientSet
@@ -167,7 +212,9 @@ func ParseRaw(raw []byte, envelopeTo []string, opts BuildOptions) (*Message, err
 	for _, f := range fields {
 		// RFC 5322 3.6.3: Bcc recipients must not see each other, nor the
 		// others them; Resent-Bcc likewise (3.6.6). Return-Path: see above.
-		if strings.EqualFold(f.name, "bcc") || strings.EqualFold(f.name, "resent-bcc") || strings.EqualFold(f.name, "return-path") {
+		// Authentication-Results: see above.
+		if strings.EqualFold(f.name, "bcc") || strings.EqualFold(f.name, "resent-bcc") || strings.EqualFold(f.name, "return-path") ||
+			strings.EqualFold(f.name, "authentication-results") {
 			continue
 		}
 		out = append(out, src[f.start:f.end]...)
@@ -353,12 +400,87 @@ func parseMsgID(v string) string {
 	return strings.TrimSpace(v)
 }
 
-// decodeText decodes the encoded-words of an unstructured field (RFC 2047)
-// into valid UTF-8 without NUL, as a database column wants it.
+// decodeText decodes the encoded-words of an unstructured field (RFC 2047);
+// what they decode to is for checkHeaderText to judge.
 func decodeText(v string) string {
 	dec := mime.WordDecoder{CharsetReader: charset.Reader}
 	if s, err := dec.DecodeHeader(v); err == nil {
 		v = s
 	}
-	return strings.ReplaceAll(strings.ToValidUTF8(v, "\uFFFD"), "\x00", "\uFFFD")
+	return v
+}
+
+// checkFieldBody returns why a raw field body (folds included) cannot be
+// sent or stored, or "", and the kind of the problem when it has one. It
+// is checkHeaderText for raw octets: the CRLF of a fold is the one line
+// break allowed, since readHeader made every other line a field of its own.
+func checkFieldBody(v []byte, asciiOnly bool) (string, error) {
+	eightBit := false
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		switch {
+		case c == '\r' && i+1 < len(v) && v[i+1] == '\n':
+			i++ // a fold (RFC 5322 2.2.3)
+		case c == 0 || c == '\r' || c == '\n':
+			return "must not contain CR, LF or NUL outside a fold (RFC 5322 2.2)", nil
+		case isControl(rune(c)):
+			return fmt.Sprintf("must not contain control characters other than tab (0x%02X at octet %d)", c, i), nil
+		case c >= 0x80:
+			eightBit = true
+		}
+	}
+	switch {
+	case !eightBit:
+		return "", nil
+	case !utf8.Valid(v):
+		return "is not valid UTF-8: 8-bit header text must be UTF-8 (RFC 6532 3.2), or encoded-words (RFC 2047)", nil
+	case asciiOnly:
+		return "has 8-bit octets, which need the SMTPUTF8 parameter on MAIL FROM (RFC 6532 3, RFC 6531 3.4); or write encoded-words (RFC 2047)", ErrNeedsSMTPUTF8
+	}
+	return "", nil
+}
+
+// signingDomain is the d= tag of a DKIM-Signature field body (RFC 6376
+// 3.5), lower case in A-label form, or "" when it has none.
+func signingDomain(v string) string {
+	for _, tag := range strings.Split(v, ";") {
+		name, value, ok := strings.Cut(tag, "=")
+		if !ok || strings.Trim(name, " \t") != "d" {
+			continue
+		}
+		d := strings.ToLower(strings.Trim(value, " \t")) // RFC 6376 3.2: FWS around the value
+		if a, err := idna.Lookup.ToASCII(d); err == nil {
+			d = a
+		}
+		return d
+	}
+	return ""
+}
+
+// claimed reports whether d is the domain of a sender the message names.
+// Equal only: a parent domain (what DMARC's relaxed alignment would take)
+// could be one the key may not send from.
+func claimed(d string, from, sender []Address, resent []string) bool {
+	if d == "" {
+		return false
+	}
+	for _, list := range [][]Address{from, sender} {
+		for _, a := range list {
+			if a.Domain() == d {
+				return true
+			}
+		}
+	}
+	return slices.ContainsFunc(resent, func(addr string) bool { return strings.ToLower(domainOf(addr)) == d })
+}
+
+func foreignSignature(d string) string {
+	if d == "" {
+		return "DKIM-Signature: has no d= tag (RFC 6376 3.5)"
+	}
+	if !IsDomainName(d) {
+		d = strconv.QuoteToASCII(d) // the detail goes into an SMTP reply
+	}
+	return "DKIM-Signature: d=" + d + " is not the domain of the From, Sender or Resent-From address; " +
+		"Mailferry signs for the sender's domain itself, so leave signatures of other domains out"
 }

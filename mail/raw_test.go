@@ -226,9 +226,9 @@ func TestParseRawUTF8(t *testing.T) {
 			}
 		})
 	}
-	m := parseRaw(t, "From: a@example.com\r\nTo: b@example.net\r\nSubject: =?iso-8859-1?q?Gr=FC=DFe?= \xff =?utf-8?q?a=00b?=\r\n\r\n", nil)
-	if m.Subject != "Grüße \uFFFD a\uFFFDb" {
-		t.Fatalf("Subject %q: want valid UTF-8 without NUL", m.Subject)
+	m := parseRaw(t, "From: a@example.com\r\nTo: b@example.net\r\nSubject: =?iso-8859-1?q?Gr=FC=DFe?= aus =?utf-8?q?K=C3=B6ln?=\r\n\r\n", nil)
+	if m.Subject != "Grüße aus Köln" {
+		t.Fatalf("Subject %q", m.Subject)
 	}
 }
 
@@ -256,7 +256,7 @@ func TestParseRawErrors(t *testing.T) {
 		{"Resent-Sender group", "From: a@example.com\r\nResent-Sender: G: m@evil.example;\r\nTo: b@example.net\r\n\r\n", nil, "raw", "Resent-Sender: "},
 		{"Resent-From literal", "From: a@example.com\r\nResent-From: m@[127.0.0.1]\r\nTo: b@example.net\r\n\r\n", nil, "raw", "address literals"},
 		{"bad To", "From: a@example.com\r\nTo: b@localhost\r\n\r\n", nil, "raw", "To: invalid address"},
-		{"bad UTF-8 domain", "From: a@example.com\r\nTo: b@\xff.example\r\n\r\n", nil, "raw", "To: invalid address: not valid UTF-8"},
+		{"bad UTF-8 domain", "From: a@example.com\r\nTo: b@\xff.example\r\n\r\n", nil, "raw", "To: is not valid UTF-8"},
 		{"no recipients", "From: a@example.com\r\n\r\nx", nil, "to", "at least one recipient"},
 		{"bad envelope", "From: a@example.com\r\n\r\nx", []string{"ok@example.com", "nope"}, "to[1]", "invalid address"},
 		{"envelope injection", "From: a@example.com\r\n\r\nx", []string{"ok@example.com\r\nRCPT TO:<x@evil.test>"}, "to[0]", "CR, LF or NUL"},
@@ -316,7 +316,7 @@ func TestParseRawBuildRoundTrip(t *testing.T) {
 }
 
 func TestFieldErrorsError(t *testing.T) {
-	e := FieldErrors{{"to[0]", "not an address"}, {"subject", "must not contain CR, LF or NUL"}}
+	e := FieldErrors{{Field: "to[0]", Detail: "not an address"}, {Field: "subject", Detail: "must not contain CR, LF or NUL"}}
 	if got := e.Error(); got != "to[0]: not an address; subject: must not contain CR, LF or NUL" {
 		t.Fatalf("Error() = %q", got)
 	}
@@ -378,5 +378,161 @@ func TestPrepend(t *testing.T) {
 		if string(m.Body) != before {
 			t.Errorf("Prepend(%q) changed the body after refusing", f)
 		}
+	}
+}
+
+// TestParseRawHeaderText (issue 18, items 2 and 12): every raw header
+// field, and what the Subject and display names decode to, obeys the rule
+// of the JSON path. Before it, such a message was accepted, and the
+// ledger's text columns (message_id, subject, from_header) refused the
+// whole group commit it was in.
+func TestParseRawHeaderText(t *testing.T) {
+	const head = "From: a@example.com\r\nTo: b@example.net\r\n"
+	for _, tc := range []struct{ name, raw, detail string }{
+		{"Message-ID not UTF-8", head + "Message-ID: <\xff@example.com>\r\n\r\n", "Message-ID: is not valid UTF-8"},
+		{"Message-ID control", head + "Message-ID: <a\x01b@example.com>\r\n\r\n", "Message-ID: must not contain control characters other than tab (0x01"},
+		{"Subject not UTF-8", head + "Subject: Gr\xfc\xdfe\r\n\r\n", "Subject: is not valid UTF-8"},
+		{"Subject truncated UTF-8", head + "Subject: Gr\xc3\r\n\r\n", "Subject: is not valid UTF-8"},
+		{"Subject ESC", head + "Subject: \x1b$B\r\n\r\n", "Subject: must not contain control characters other than tab (0x1B"},
+		{"Subject DEL", head + "Subject: a\x7f\r\n\r\n", "Subject: must not contain control characters"},
+		{"Subject control in a fold", head + "Subject: a\r\n \x08b\r\n\r\n", "Subject: must not contain control characters"},
+		{"Subject encoded NUL", head + "Subject: =?utf-8?q?a=00b?=\r\n\r\n", "Subject: its encoded-words decode to text that must not contain CR, LF or NUL"},
+		{"Subject encoded CRLF", head + "Subject: =?utf-8?q?a=0D=0ABcc:_x@evil.test?=\r\n\r\n", "Subject: its encoded-words decode to text that must not contain CR, LF or NUL"},
+		{"Subject encoded control", head + "Subject: =?utf-8?b?AQ==?=\r\n\r\n", "Subject: its encoded-words decode to text that must not contain control"},
+		{"Subject encoded bad UTF-8", head + "Subject: =?utf-8?q?=FF?=\r\n\r\n", "Subject: its encoded-words decode to text that is not valid UTF-8"},
+		{"display name not UTF-8", "From: J\xf6rg <a@example.com>\r\nTo: b@example.net\r\n\r\n", "From: is not valid UTF-8"},
+		{"display name encoded control", "From: =?utf-8?q?J=07rg?= <a@example.com>\r\nTo: b@example.net\r\n\r\n", "From: invalid address: the display name must not contain control"},
+		{"display name encoded bad UTF-8", "From: =?utf-8?q?J=F6rg?= <a@example.com>\r\nTo: b@example.net\r\n\r\n", "From: invalid address: the display name is not valid UTF-8"},
+		{"other field not UTF-8", head + "X-Mailer: \xff\xfe\r\n\r\n", "X-Mailer: is not valid UTF-8"},
+		{"other field control", head + "X-Mailer: a\x0cb\r\n\r\n", "X-Mailer: must not contain control characters"},
+		{"stripped field still checked", head + "Bcc: \xff@example.org\r\n\r\n", "Bcc: is not valid UTF-8"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m, err := ParseRaw([]byte(tc.raw), nil, testOpts())
+			if err == nil {
+				t.Fatalf("ParseRaw succeeded: MessageID %q Subject %q From %+v", m.MessageID, m.Subject, m.From)
+			}
+			var fe FieldErrors
+			if !errors.As(err, &fe) || fe[0].Field != "raw" || !strings.Contains(fe[0].Detail, tc.detail) {
+				t.Fatalf("error %v; want raw: …%s…", err, tc.detail)
+			}
+			if errors.Is(err, ErrNeedsSMTPUTF8) || errors.Is(err, ErrForeignSignature) {
+				t.Fatalf("error %v has a kind; want a plain media error", err)
+			}
+		})
+	}
+	t.Run("allowed", func(t *testing.T) {
+		for _, raw := range []string{
+			head + "Subject: tab\there\r\n\r\n",
+			head + "Subject: folded\r\n\tover two lines\r\n\r\n",
+			head + "Subject: Grüße aus Köln\r\nMessage-ID: <grüße@example.com>\r\n\r\n",
+			"From: Jörg <a@example.com>\r\nTo: b@example.net\r\n\r\n",
+			head + "Subject: \r\n\r\n",
+		} {
+			parseRaw(t, raw, nil)
+		}
+	})
+	t.Run("errors are capped", func(t *testing.T) {
+		raw := head + strings.Repeat("X-Bad: \xff\r\n", 500) + "\r\n"
+		_, err := ParseRaw([]byte(raw), nil, testOpts())
+		var fe FieldErrors
+		if !errors.As(err, &fe) || len(fe) != maxErrorsPerList+1 || !strings.Contains(fe[maxErrorsPerList].Detail, "480 more header fields") {
+			t.Fatalf("error %v; want %d named and a count of the rest", err, maxErrorsPerList)
+		}
+	})
+}
+
+// TestParseRawASCIIHeaders (issue 18, item 12): with ASCIIHeaders, as for
+// SMTP submitted without SMTPUTF8, an 8-bit header is refused with a kind
+// submission answers 5.6.7; without it valid UTF-8 is taken (RFC 6532).
+func TestParseRawASCIIHeaders(t *testing.T) {
+	for _, tc := range []struct {
+		name, raw string
+		ascii     bool
+		refused   bool
+	}{
+		{"UTF-8 Subject without SMTPUTF8", "From: a@example.com\r\nTo: b@example.net\r\nSubject: Grüße\r\n\r\n", true, true},
+		{"UTF-8 display name without SMTPUTF8", "From: Jörg <a@example.com>\r\nTo: b@example.net\r\n\r\n", true, true},
+		{"UTF-8 Subject with SMTPUTF8", "From: a@example.com\r\nTo: b@example.net\r\nSubject: Grüße\r\n\r\n", false, false},
+		{"encoded-words without SMTPUTF8", "From: a@example.com\r\nTo: b@example.net\r\nSubject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\n\r\n", true, false},
+		{"8-bit body without SMTPUTF8", "From: a@example.com\r\nTo: b@example.net\r\n\r\nGrüße\r\n", true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			opts := testOpts()
+			opts.ASCIIHeaders = tc.ascii
+			_, err := ParseRaw([]byte(tc.raw), nil, opts)
+			switch {
+			case !tc.refused && err != nil:
+				t.Fatalf("ParseRaw: %v", err)
+			case tc.refused && !errors.Is(err, ErrNeedsSMTPUTF8):
+				t.Fatalf("ParseRaw: %v; want ErrNeedsSMTPUTF8", err)
+			case tc.refused && !strings.Contains(err.Error(), "SMTPUTF8"):
+				t.Fatalf("error %q does not say what is missing", err)
+			}
+		})
+	}
+}
+
+// TestParseRawTraceAndAuthFields (issue 18, item 12): the documented rule
+// for the fields a client could forge. Authentication-Results: all
+// removed. DKIM-Signature: kept for a domain the message claims to come
+// from, refused for any other. Received: kept, in place.
+func TestParseRawTraceAndAuthFields(t *testing.T) {
+	const tail = "To: b@example.net\r\nSubject: hi\r\n\r\nbody\r\n"
+	for _, tc := range []struct {
+		name, raw string
+		refused   string // "" → accepted
+		gone      []string
+		kept      []string
+	}{
+		{name: "Authentication-Results removed",
+			raw:  "Authentication-Results: relay.test; dkim=pass header.d=bank.example\r\nFrom: a@example.com\r\nauthentication-results: x;\r\n spf=pass\r\n" + tail,
+			gone: []string{"Authentication-Results", "authentication-results", "spf=pass"}, kept: []string{"From: a@example.com\r\n"}},
+		{name: "Received kept",
+			raw:  "Received: from laptop by mail.example.com; Mon, 1 Jan 2026 00:00:00 +0000\r\nFrom: a@example.com\r\n" + tail,
+			kept: []string{"Received: from laptop by mail.example.com; Mon, 1 Jan 2026 00:00:00 +0000\r\n"}},
+		{name: "DKIM-Signature of the From domain kept",
+			raw:  "DKIM-Signature: v=1; a=rsa-sha256; d=Example.COM; s=s1;\r\n bh=x; b=y\r\nFrom: a@example.com\r\n" + tail,
+			kept: []string{"DKIM-Signature: v=1; a=rsa-sha256; d=Example.COM;"}},
+		{name: "DKIM-Signature of the Sender domain kept",
+			raw:  "DKIM-Signature: v=1; d=lists.example.org; s=s1; bh=x; b=y\r\nFrom: a@example.com\r\nSender: l@lists.example.org\r\n" + tail,
+			kept: []string{"d=lists.example.org"}},
+		{name: "DKIM-Signature of an IDN From domain kept",
+			raw:  "DKIM-Signature: v=1; d=xn--bcher-kva.example; s=s1; bh=x; b=y\r\nFrom: a@bücher.example\r\n" + tail,
+			kept: []string{"d=xn--bcher-kva.example"}},
+		{name: "DKIM-Signature of another domain refused",
+			raw:     "DKIM-Signature: v=1; a=rsa-sha256; d=bank.example; s=s1; bh=x; b=y\r\nFrom: a@example.com\r\n" + tail,
+			refused: "d=bank.example is not the domain of the From"},
+		{name: "DKIM-Signature of a parent domain refused",
+			raw:     "DKIM-Signature: v=1; d=example.com; s=s1; bh=x; b=y\r\nFrom: a@news.example.com\r\n" + tail,
+			refused: "d=example.com is not"},
+		{name: "DKIM-Signature without d= refused",
+			raw:     "DKIM-Signature: v=1; s=s1; bh=x; b=y\r\nFrom: a@example.com\r\n" + tail,
+			refused: "has no d= tag"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m, err := ParseRaw([]byte(tc.raw), nil, testOpts())
+			if tc.refused != "" {
+				var fe FieldErrors
+				if !errors.Is(err, ErrForeignSignature) || !errors.As(err, &fe) || fe[0].Field != "raw" || !strings.Contains(fe[0].Detail, tc.refused) {
+					t.Fatalf("error %v; want ErrForeignSignature, raw: …%s…", err, tc.refused)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("ParseRaw: %v", err)
+			}
+			head, _, _ := strings.Cut(string(m.Body), "\r\n\r\n")
+			for _, g := range tc.gone {
+				if strings.Contains(head, g) {
+					t.Errorf("%q still in the header:\n%s", g, head)
+				}
+			}
+			for _, k := range tc.kept {
+				if !strings.Contains(head+"\r\n", k) {
+					t.Errorf("%q not in the header:\n%s", k, head)
+				}
+			}
+		})
 	}
 }

@@ -103,6 +103,21 @@ func errInvalidMessage(detail string) *smtp.SMTPError {
 	return reply(codeTransactionFailed, smtp.EnhancedCode{5, 6, 0}, "message refused: %s", detail)
 }
 
+// errNeedsSMTPUTF8 refuses 8-bit header octets in a transaction whose MAIL
+// had no SMTPUTF8 parameter: RFC 6531 3.4, the client MUST give it when the
+// message needs it; 554 after the final dot and X.6.7, the extension's
+// code for what needs it and was not allowed (RFC 6531 3.5).
+func errNeedsSMTPUTF8(detail string) *smtp.SMTPError {
+	return reply(codeTransactionFailed, smtp.EnhancedCode{5, 6, 7}, "message refused: %s", detail)
+}
+
+// errForeignSignature refuses a DKIM-Signature of a domain the message
+// does not claim to come from; RFC 3463 3.8 X.7.1: delivery not
+// authorized, message refused, as for a sender domain outside the key's.
+func errForeignSignature(detail string) *smtp.SMTPError {
+	return reply(codeNotAllowed, smtp.EnhancedCode{5, 7, 1}, "message refused: %s", detail)
+}
+
 // errUnavailable: the ledger or the queue did not take the message, and
 // nothing was accepted; RFC 3463 3.4 X.3.0: other or undefined mail system
 // status.

@@ -36,6 +36,7 @@ type session struct {
 	from  string        // MAIL FROM, normalised
 	rcpts []string      // RCPT TO, normalised
 	size  int64         // SIZE parameter of MAIL, 0 if none
+	utf8  bool          // MAIL had SMTPUTF8: 8-bit headers allowed (RFC 6531 3.4)
 }
 
 var _ smtp.AuthSession = (*session)(nil)
@@ -162,9 +163,9 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		s.srv.opts.Metrics.refused(refusedTooLarge)
 		return errTooLarge(s.srv.opts.Budget.Capacity())
 	}
-	s.from, s.rcpts, s.size = addr.Addr, nil, 0
+	s.from, s.rcpts, s.size, s.utf8 = addr.Addr, nil, 0, false
 	if opts != nil {
-		s.size = opts.Size
+		s.size, s.utf8 = opts.Size, opts.UTF8
 	}
 	s.tc.busy.Store(true)
 	return nil
@@ -191,7 +192,7 @@ func (s *session) Data(r io.Reader) error {
 	// than the one command read's deadline go-smtp left in place.
 	_ = s.conn.Conn().SetReadDeadline(time.Now().Add(s.srv.opts.DataTimeout))
 	s.mu.Lock()
-	key, from, rcpts, size := s.key, s.from, slices.Clone(s.rcpts), s.size
+	key, from, rcpts, size, smtputf8 := s.key, s.from, slices.Clone(s.rcpts), s.size, s.utf8
 	s.mu.Unlock()
 
 	// The bytes in flight are reserved by the SIZE the client declared,
@@ -226,13 +227,14 @@ func (s *session) Data(r io.Reader) error {
 		Hostname:      s.srv.opts.Hostname,
 		MaxRecipients: s.srv.opts.MaxRecipients,
 		TraceRoom:     traceRoom,
+		ASCIIHeaders:  !smtputf8,
 	})
 	buf = bytes.Buffer{} // the message is the one copy kept
 	var fe mail.FieldErrors
 	switch {
 	case errors.As(err, &fe) && len(fe) > 0:
 		s.srv.opts.Metrics.refused(refusedInvalidMessage)
-		return errInvalidMessage(fe[0].Detail)
+		return refusedMessage(fe)
 	case err != nil:
 		s.log(key).Error("smtp message: prepare", slog.Any("error", err))
 		return errUnavailable()
@@ -263,7 +265,15 @@ func (s *session) Data(r io.Reader) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.srv.opts.OpTimeout)
 	defer cancel()
-	if err := s.srv.opts.Intake.Submit(ctx, receipt, sub); err != nil {
+	err = s.srv.opts.Intake.Submit(ctx, receipt, sub)
+	var refused *intake.RefusedError
+	if errors.As(err, &refused) {
+		// The ledger refused this message's data; a 451 would have the
+		// client send it again for ever.
+		s.srv.opts.Metrics.refused(refusedInvalidMessage)
+		return errInvalidMessage("it cannot be stored: " + refused.Reason())
+	}
+	if err != nil {
 		s.srv.opts.Metrics.refused(refusedUnavailable)
 		level := slog.LevelWarn
 		if !errors.Is(err, intake.ErrUnavailable) {
@@ -288,11 +298,26 @@ func (s *session) checkSenders(key *store.APIKey, msg *mail.Message) error {
 	return errSenderNotAllowed(r.Where, r.Domain, key.Domains)
 }
 
+// refusedMessage answers what mail.ParseRaw refused: 5.6.7 for 8-bit
+// headers without SMTPUTF8, 5.7.1 for another domain's DKIM-Signature,
+// else 5.6.0; the first field of the kind gives the text.
+func refusedMessage(fe mail.FieldErrors) error {
+	for _, f := range fe {
+		switch {
+		case errors.Is(f.Err, mail.ErrNeedsSMTPUTF8):
+			return errNeedsSMTPUTF8(f.Detail)
+		case errors.Is(f.Err, mail.ErrForeignSignature):
+			return errForeignSignature(f.Detail)
+		}
+	}
+	return errInvalidMessage(fe[0].Detail)
+}
+
 // Reset ends the transaction (RSET, after DATA, a new EHLO); the login
 // stays.
 func (s *session) Reset() {
 	s.mu.Lock()
-	s.from, s.rcpts, s.size = "", nil, 0
+	s.from, s.rcpts, s.size, s.utf8 = "", nil, 0, false
 	s.mu.Unlock()
 	s.tc.busy.Store(false)
 }
