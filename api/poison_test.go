@@ -15,15 +15,17 @@ import (
 	"github.com/mailferry/mailferry/store"
 )
 
-// poisonLedger is the real store, but every row of tenant "evil" gets a
-// Message-ID PostgreSQL refuses: poison that got past mail.ParseRaw.
+// poisonLedger is the real store, but every row of tenant "evil" names a
+// tenant PostgreSQL does not have (SQLSTATE 23503, as when a tenant is
+// deleted between its key's check and the commit): poison that got past
+// every check before the ledger.
 type poisonLedger struct{ *store.Store }
 
 func (p poisonLedger) AcceptBatch(ctx context.Context, msgs []store.NewMessage) error {
 	msgs = append([]store.NewMessage(nil), msgs...)
 	for i := range msgs {
 		if msgs[i].TenantID == "evil" {
-			msgs[i].MessageID = "\xff@evil.example"
+			msgs[i].TenantID = "evil-deleted"
 		}
 	}
 	return p.Store.AcceptBatch(ctx, msgs)
@@ -47,7 +49,7 @@ func TestPoisonTenantIsolation(t *testing.T) {
 	}{
 		{"refused by mail", nil, raw, "raw", "Message-ID: is not valid UTF-8"},
 		{"refused by the ledger", func(st *store.Store) intake.Ledger { return poisonLedger{st} },
-			strings.Replace(raw, "\xff", "ok", 1), "message", "not valid UTF-8"},
+			strings.Replace(raw, "\xff", "ok", 1), "message", "no longer exists"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

@@ -67,6 +67,10 @@ func (e *RefusedError) Reason() string {
 		return "a value of the message is too long to store"
 	case "23503":
 		return "the message refers to a tenant or API key that no longer exists"
+	case "":
+		// Refused by the store's own checks, whose text names the field
+		// and holds nothing of the ledger's.
+		return "a value of the message cannot be stored: " + e.Err.Error()
 	}
 	return "a value of the message cannot be stored (SQLSTATE " + e.SQLState + ")"
 }
@@ -80,7 +84,10 @@ func (e *RefusedError) Reason() string {
 func rowError(err error) (string, bool) {
 	var se interface{ SQLState() string }
 	if !errors.As(err, &se) {
-		return "", false
+		// The store's own checks refuse what PostgreSQL would (addresses
+		// that are not valid UTF-8, NUL) before sending it: those are row
+		// errors too, with no SQLSTATE.
+		return "", errors.Is(err, store.ErrRejected)
 	}
 	code := se.SQLState()
 	if len(code) != 5 {
