@@ -24,6 +24,7 @@ import (
 	"github.com/mailferry/mailferry/config"
 	"github.com/mailferry/mailferry/intake"
 	"github.com/mailferry/mailferry/queue"
+	"github.com/mailferry/mailferry/ratelimit"
 	"github.com/mailferry/mailferry/scheduler"
 	"github.com/mailferry/mailferry/store"
 )
@@ -127,9 +128,21 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 		Name: "mailferry_body_bytes_in_flight",
 		Help: "Message bytes the API and SMTP submission hold now, against MAILFERRY_MAX_BYTES_IN_FLIGHT.",
 	}, func() float64 { return float64(bodies.InUse()) }))
+	// One per-key budget (MAILFERRY_RATE_LIMIT), shared by the API and
+	// submission: a key that sends over both doors spends one budget.
+	var limiter ratelimit.Limiter
+	if cfg.RateLimit > 0 {
+		l, err := ratelimit.NewLocal(ratelimit.Limit{Rate: float64(cfg.RateLimit)}, nil) // bursts of twice the rate
+		if err != nil {
+			return fmt.Errorf("MAILFERRY_RATE_LIMIT: %w", err)
+		}
+		limiter = l
+	}
 	stopSubmission := func(context.Context) error { return nil }
 	if roles["api"] {
-		if stopSubmission, err = startSubmission(ctx, cfg, in, st, bodies, reg, log.With("role", "submission")); err != nil {
+		stopSubmission, err = startSubmission(ctx, cfg, submissionDeps{intake: in, auth: st, bodies: bodies,
+			limiter: limiter, reg: reg, log: log.With("role", "submission")})
+		if err != nil {
 			return err
 		}
 	}
@@ -151,7 +164,7 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 		Hostname:        cfg.Hostname,
 		MaxMessageBytes: cfg.MaxMessageBytes,
 		MaxRecipients:   cfg.MaxRecipients,
-		RateLimit:       float64(cfg.RateLimit), // bursts of twice the rate
+		Limiter:         limiter,
 		Warn:            newDKIMWarner(st, log).warn,
 		Budget:          bodies,
 	})
