@@ -10,9 +10,11 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -335,5 +337,58 @@ func TestTLSHandshakeTimeout(t *testing.T) {
 	r := dialRaw(t, h.addrTLS, h.tls)
 	if got := r.cmd("EHLO client.test"); !strings.HasPrefix(got, "250") {
 		t.Errorf("EHLO over implicit TLS: %q", got)
+	}
+}
+
+// emfileListener fails its first n Accepts with EMFILE, as accept4 does
+// when the process is out of file descriptors, and notes when each came.
+type emfileListener struct {
+	net.Listener
+	mu    sync.Mutex
+	fails int
+	calls []time.Time
+}
+
+func (l *emfileListener) Accept() (net.Conn, error) {
+	l.mu.Lock()
+	l.calls = append(l.calls, time.Now())
+	fail := len(l.calls) <= l.fails
+	l.mu.Unlock()
+	if fail {
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", syscall.EMFILE)}
+	}
+	return l.Listener.Accept()
+}
+
+func (l *emfileListener) times() []time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]time.Time(nil), l.calls...)
+}
+
+// TestAcceptBackoff: out of descriptors, both submission listeners back
+// off between accepts instead of spinning, and serve again after.
+func TestAcceptBackoff(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	for _, port := range []struct {
+		name  string
+		serve func(net.Listener) error
+		tls   *tls.Config
+	}{{"587", h.srv.ServeSubmission, nil}, {"465", h.srv.ServeSubmissions, h.tls}} {
+		t.Run(port.name, func(t *testing.T) {
+			el := &emfileListener{Listener: listen(t), fails: 4}
+			go func() { _ = port.serve(el) }()
+			wait.For(t, "accept to be retried past the failures", func() bool { return len(el.times()) > el.fails })
+			calls := el.times()
+			for i := 1; i <= el.fails; i++ {
+				if gap := calls[i].Sub(calls[i-1]); gap < 4*time.Millisecond {
+					t.Errorf("accept %d came %v after a failed one: no back-off", i+1, gap)
+				}
+			}
+			if _, line := dialFrom(t, "127.0.0.1", el.Addr().String(), port.tls); !strings.HasPrefix(line, "220 ") {
+				t.Errorf("after the failures: %q", line)
+			}
+		})
 	}
 }

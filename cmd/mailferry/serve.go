@@ -46,6 +46,10 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 		return err
 	}
 	log := env.logger(cfg)
+	fileLimit, err := raiseFileLimit(log)
+	if err != nil {
+		log.Warn("open-file limit unknown", "error", err)
+	}
 
 	st, err := openLedger(ctx, cfg, log)
 	if err != nil {
@@ -175,18 +179,18 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 		// Workers still answer probes and scrapes, never /v1.
 		handler = probesOnly(handler)
 	}
-	srv := &http.Server{
-		Handler:           handler,
+	srv := newHTTPServer(handler, httpOptions{
 		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       2 * time.Minute,
-		WriteTimeout:      2 * time.Minute,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
+		// Longer than the usual load balancer's idle timeout (60 s), so
+		// the balancer, not us, closes a kept-alive connection first.
+		IdleTimeout: 2 * time.Minute,
+		Logger:      log,
+	})
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
 		return fmt.Errorf("listen on MAILFERRY_HTTP_ADDR %s: %w", cfg.HTTPAddr, err)
 	}
+	ln = limitListener(ln, httpConnectionCap(cfg.HTTPMaxConnections, fileLimit, log))
 	log.Info("mailferry started", "version", version, "http", ln.Addr().String(), "roles", *rolesFlag, "hostname", cfg.Hostname)
 	wg.Add(1)
 	go func() {
