@@ -8,6 +8,7 @@ package api
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math"
 	"net/http"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/mailferry/mailferry/budget"
 	"github.com/mailferry/mailferry/intake"
+	"github.com/mailferry/mailferry/ratelimit"
 	"github.com/mailferry/mailferry/store"
 )
 
@@ -71,9 +73,12 @@ type Options struct {
 	// RateLimit is the requests a second each API key may make to /v1
 	// (MAILFERRY_RATE_LIMIT), in bursts of up to RateBurst (0: twice the
 	// rate, at least 1); beyond it the answer is 429 with Retry-After.
-	// 0 turns the limit off. The limit is per process (see limiter).
+	// 0 turns the limit off. The limit is per process (ratelimit.Local).
+	// Limiter, when set, is used instead: the one limiter the process
+	// shares with SMTP submission.
 	RateLimit float64
 	RateBurst int
+	Limiter   ratelimit.Limiter
 	Now       func() time.Time
 	// Budget caps the message bytes in flight, shared with SMTP
 	// submission (MAILFERRY_MAX_BYTES_IN_FLIGHT); past it a POST gets 503
@@ -84,8 +89,8 @@ type Options struct {
 type server struct {
 	opts    Options
 	metrics *httpMetrics
-	limiter *limiter  // nil: no rate limit
-	bodies  sync.Pool // *bytes.Buffer for request bodies; see bodyBuffer
+	limiter ratelimit.Limiter // nil: no rate limit
+	bodies  sync.Pool         // *bytes.Buffer for request bodies; see bodyBuffer
 }
 
 // New checks opts and returns the HTTP handler.
@@ -109,8 +114,15 @@ func New(opts Options) (http.Handler, error) {
 		return nil, errors.New("api: RateLimit and RateBurst must be finite and not negative")
 	}
 	s := &server{opts: opts, metrics: newHTTPMetrics(opts.Registry)}
-	if opts.RateLimit > 0 {
-		s.limiter = newLimiter(opts.RateLimit, opts.RateBurst, opts.Now)
+	switch {
+	case opts.Limiter != nil:
+		s.limiter = opts.Limiter
+	case opts.RateLimit > 0:
+		l, err := ratelimit.NewLocal(ratelimit.Limit{Rate: opts.RateLimit, Burst: opts.RateBurst}, opts.Now)
+		if err != nil {
+			return nil, fmt.Errorf("api: %w", err)
+		}
+		s.limiter = l
 	}
 
 	r := chi.NewRouter()

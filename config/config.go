@@ -35,7 +35,7 @@ type Config struct {
 	MaxBytesInFlight         int64           // MAILFERRY_MAX_BYTES_IN_FLIGHT, 134217728 (128 MiB), message bytes held by API and submission at once
 	WorkerConcurrency        int             // MAILFERRY_WORKER_CONCURRENCY, 256
 	WorkerPerDomain          int             // MAILFERRY_WORKER_PER_DOMAIN, 8
-	RateLimit                int             // MAILFERRY_RATE_LIMIT, 100 requests a second per API key (burst 2×); 0 = off
+	RateLimit                int             // MAILFERRY_RATE_LIMIT, 100 requests (API) and messages (SMTP) a second per API key, shared (burst 2×); 0 = off
 	SecretKey                []byte          // MAILFERRY_SECRET_KEY, none
 
 	SubmissionAddr       string // MAILFERRY_SUBMISSION_ADDR, ":587"
@@ -43,6 +43,8 @@ type Config struct {
 	TLSCert              string // MAILFERRY_TLS_CERT
 	TLSKey               string // MAILFERRY_TLS_KEY
 	SubmissionHideClient bool   // MAILFERRY_SUBMISSION_HIDE_CLIENT, false: the Received field leaves out the client's address
+	SubmissionMaxPerIP   int    // MAILFERRY_SUBMISSION_MAX_PER_IP, 10 open connections from one client address (IPv6: /64)
+	HTTPMaxConnections   int    // MAILFERRY_HTTP_MAX_CONNECTIONS, 4096 open connections on MAILFERRY_HTTP_ADDR
 
 	AutoMigrate bool   // MAILFERRY_AUTO_MIGRATE, true
 	LogLevel    string // MAILFERRY_LOG_LEVEL, "info"
@@ -78,13 +80,15 @@ func Vars() []Var {
 		{"MAILFERRY_MAX_BYTES_IN_FLIGHT", "134217728", "message bytes the API and submission hold at once (128 MiB, for a 512 MiB pod); beyond it 503 or SMTP 452 4.3.1"},
 		{"MAILFERRY_WORKER_CONCURRENCY", "256", "SMTP transactions in flight per worker process"},
 		{"MAILFERRY_WORKER_PER_DOMAIN", "8", "most transactions in flight to one recipient domain per worker"},
-		{"MAILFERRY_RATE_LIMIT", "100", "API requests a second per key, in bursts of twice that, per process (0: off); beyond it 429"},
+		{"MAILFERRY_RATE_LIMIT", "100", "API requests and SMTP messages a second per key, together, in bursts of twice that, per process (0: off); beyond it 429 or SMTP 451 4.7.0"},
 		{"MAILFERRY_SECRET_KEY", "none", "encrypts DKIM private keys at rest"},
 		{"MAILFERRY_SUBMISSION_ADDR", ":587", "SMTP submission with STARTTLS (empty: off)"},
 		{"MAILFERRY_SUBMISSIONS_ADDR", ":465", "SMTP submission with implicit TLS (empty: off)"},
 		{"MAILFERRY_TLS_CERT", "none", "certificate file for submission"},
 		{"MAILFERRY_TLS_KEY", "none", "private key file for submission"},
 		{"MAILFERRY_SUBMISSION_HIDE_CLIENT", "false", "leave the client's IP address out of the Received field submission adds"},
+		{"MAILFERRY_SUBMISSION_MAX_PER_IP", "10", "open submission connections from one client address (IPv6: one /64); beyond it 421 4.7.0"},
+		{"MAILFERRY_HTTP_MAX_CONNECTIONS", "4096", "open connections on MAILFERRY_HTTP_ADDR; beyond it new ones wait to be accepted (at most half the open-file limit)"},
 		{"MAILFERRY_AUTO_MIGRATE", "true", "serve applies migrations at start"},
 		{"MAILFERRY_LOG_LEVEL", "info", "debug, info, warn or error"},
 		{"MAILFERRY_LOG_FORMAT", "json", "json or text"},
@@ -125,6 +129,8 @@ func Load(lookup func(string) (string, bool)) (Config, error) {
 		TLSCert:                  p.str("MAILFERRY_TLS_CERT", ""),
 		TLSKey:                   p.str("MAILFERRY_TLS_KEY", ""),
 		SubmissionHideClient:     p.boolean("MAILFERRY_SUBMISSION_HIDE_CLIENT", false),
+		SubmissionMaxPerIP:       p.intRange("MAILFERRY_SUBMISSION_MAX_PER_IP", 10, 1, 100000),
+		HTTPMaxConnections:       p.intRange("MAILFERRY_HTTP_MAX_CONNECTIONS", 4096, 16, 10000000),
 		AutoMigrate:              p.boolean("MAILFERRY_AUTO_MIGRATE", true),
 		LogLevel:                 p.oneOf("MAILFERRY_LOG_LEVEL", "info", "debug", "info", "warn", "error"),
 		LogFormat:                p.oneOf("MAILFERRY_LOG_FORMAT", "json", "json", "text"),

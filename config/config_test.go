@@ -33,8 +33,11 @@ func TestLoadDefaults(t *testing.T) {
 	if c.MaxQueueAge != 120*time.Hour || !c.AutoMigrate || c.AllowPrivateDestinations || c.Smarthost != nil {
 		t.Errorf("defaults: %+v", c)
 	}
-	if c.SubmissionAddr != ":587" || c.SubmissionsAddr != ":465" {
-		t.Errorf("submission defaults: %q %q", c.SubmissionAddr, c.SubmissionsAddr)
+	if c.SubmissionAddr != ":587" || c.SubmissionsAddr != ":465" || c.SubmissionMaxPerIP != 10 {
+		t.Errorf("submission defaults: %q %q, %d per address", c.SubmissionAddr, c.SubmissionsAddr, c.SubmissionMaxPerIP)
+	}
+	if c.HTTPMaxConnections != 4096 {
+		t.Errorf("HTTP connection cap %d, want 4096", c.HTTPMaxConnections)
 	}
 	if c.VisibilityTimeout != 30*time.Second || c.ReconcileInterval != 5*time.Minute || c.AttemptRetention != 2160*time.Hour {
 		t.Errorf("visibility timeout %v, reconcile interval %v", c.VisibilityTimeout, c.ReconcileInterval)
@@ -76,6 +79,9 @@ func TestLoadBadValues(t *testing.T) {
 		{"reconcile interval", "MAILFERRY_RECONCILE_INTERVAL", "often", "MAILFERRY_RECONCILE_INTERVAL"},
 		{"rate limit negative", "MAILFERRY_RATE_LIMIT", "-1", "MAILFERRY_RATE_LIMIT: -1 is outside 0..1000000"},
 		{"rate limit not a number", "MAILFERRY_RATE_LIMIT", "fast", "MAILFERRY_RATE_LIMIT"},
+		{"per-address cap zero", "MAILFERRY_SUBMISSION_MAX_PER_IP", "0", "MAILFERRY_SUBMISSION_MAX_PER_IP: 0 is outside 1..100000"},
+		{"per-address cap not a number", "MAILFERRY_SUBMISSION_MAX_PER_IP", "ten", "MAILFERRY_SUBMISSION_MAX_PER_IP"},
+		{"http cap too low", "MAILFERRY_HTTP_MAX_CONNECTIONS", "2", "MAILFERRY_HTTP_MAX_CONNECTIONS: 2 is outside 16..10000000"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -46,6 +46,12 @@ func (s *loginServer) Next(response []byte) (challenge []byte, done bool, err er
 // A client that reaches max failures within window is refused for block
 // from its last failure. Successful logins do not clear the count, so one
 // valid key cannot be used to keep probing for others.
+//
+// An attempt counts from when its key check starts (begin), not when it
+// ends: otherwise parallel sessions all pass the check before the first
+// failure is recorded, and one address gets as many guesses at once as it
+// opens sessions. A check that succeeds, or that the key store cannot
+// answer, gives its attempt back (end).
 type failureLimiter struct {
 	max    int
 	window time.Duration
@@ -57,10 +63,15 @@ type failureLimiter struct {
 }
 
 type failures struct {
-	count int
-	since time.Time // first failure of the current window
-	until time.Time // refused until then; zero when not blocked
+	count    int
+	inflight int       // key checks begun and not yet ended
+	since    time.Time // first failure of the current window
+	until    time.Time // refused until then; zero when not blocked
 }
+
+// busyWait is the wait told to a client refused because its other
+// sessions' checks are in progress: they end within a key check's time.
+const busyWait = time.Second
 
 // maxTracked bounds the limiter's memory. Beyond it, expired entries are
 // dropped; if none has expired, a new address is not tracked (fail open)
@@ -98,23 +109,47 @@ func (l *failureLimiter) wait(ip netip.Addr) time.Duration {
 	return 0
 }
 
-// fail records a failed login from ip and reports whether the address is
-// now refused.
-func (l *failureLimiter) fail(ip netip.Addr) (blocked bool) {
+// begin starts an attempt from ip: it is counted as a failure until end
+// says otherwise. When the address is blocked, or its failures and the
+// checks in progress already reach max, it returns how long to wait and
+// false, and the key must not be checked.
+func (l *failureLimiter) begin(ip netip.Addr) (wait time.Duration, ok bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.now()
-	key := clientKey(ip)
-	f := l.clients[key]
+	f := l.entry(now, clientKey(ip))
+	if f == nil { // not tracked: fail open, see maxTracked
+		return 0, true
+	}
+	if d := f.until.Sub(now); d > 0 {
+		return d, false
+	}
+	if now.Sub(f.since) > l.window {
+		f.count, f.since = 0, now
+	}
+	if f.count+f.inflight >= l.max {
+		return busyWait, false
+	}
+	f.inflight++
+	return 0, true
+}
+
+// end finishes an attempt begun from ip. A failure adds to the count and
+// reports whether the address is now refused; anything else gives the
+// attempt back.
+func (l *failureLimiter) end(ip netip.Addr, failed bool) (blocked bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now()
+	f := l.clients[clientKey(ip)]
 	if f == nil {
-		if len(l.clients) >= maxTracked {
-			l.prune(now)
-			if len(l.clients) >= maxTracked {
-				return false
-			}
-		}
-		f = &failures{}
-		l.clients[key] = f
+		return false
+	}
+	if f.inflight > 0 {
+		f.inflight--
+	}
+	if !failed {
+		return false
 	}
 	if now.Sub(f.since) > l.window {
 		f.count, f.since = 0, now
@@ -128,9 +163,34 @@ func (l *failureLimiter) fail(ip netip.Addr) (blocked bool) {
 	return false
 }
 
+// fail records a failed login from ip that needed no key check and
+// reports whether the address is now refused.
+func (l *failureLimiter) fail(ip netip.Addr) (blocked bool) {
+	if _, ok := l.begin(ip); !ok {
+		return true
+	}
+	return l.end(ip, true)
+}
+
+// entry is key's record, made if need be; nil when the limiter is full.
+func (l *failureLimiter) entry(now time.Time, key netip.Prefix) *failures {
+	if f := l.clients[key]; f != nil {
+		return f
+	}
+	if len(l.clients) >= maxTracked {
+		l.prune(now)
+		if len(l.clients) >= maxTracked {
+			return nil
+		}
+	}
+	f := &failures{}
+	l.clients[key] = f
+	return f
+}
+
 func (l *failureLimiter) prune(now time.Time) {
 	for k, f := range l.clients {
-		if now.Sub(f.since) > l.window && !now.Before(f.until) {
+		if f.inflight == 0 && now.Sub(f.since) > l.window && !now.Before(f.until) {
 			delete(l.clients, k)
 		}
 	}

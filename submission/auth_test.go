@@ -91,3 +91,34 @@ func TestLoginServer(t *testing.T) {
 		t.Errorf("with an initial response: %q", ch)
 	}
 }
+
+// TestFailureLimiterInflight: checks in progress count against the limit
+// from when they begin; a success gives its attempt back.
+func TestFailureLimiterInflight(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	l := newFailureLimiter(3, time.Minute, func() time.Time { return now })
+	ip := netip.MustParseAddr("192.0.2.1")
+	for i := range 3 {
+		if _, ok := l.begin(ip); !ok {
+			t.Fatalf("check %d refused under the limit", i+1)
+		}
+	}
+	if wait, ok := l.begin(ip); ok || wait != busyWait {
+		t.Fatalf("a fourth check at once: ok %v wait %v, want refused for %v", ok, wait, busyWait)
+	}
+	if _, ok := l.begin(netip.MustParseAddr("192.0.2.2")); !ok {
+		t.Fatal("another address is refused")
+	}
+	l.end(ip, false) // a success: the attempt comes back
+	if _, ok := l.begin(ip); !ok {
+		t.Fatal("refused after a check ended in success")
+	}
+	l.end(ip, true)
+	l.end(ip, true)
+	if !l.end(ip, true) {
+		t.Fatal("three failures did not block")
+	}
+	if wait, ok := l.begin(ip); ok || wait != time.Minute {
+		t.Fatalf("after the block: ok %v wait %v, want refused for 1m", ok, wait)
+	}
+}

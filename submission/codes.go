@@ -2,6 +2,7 @@ package submission
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -133,6 +134,15 @@ func errBusy() *smtp.SMTPError {
 		"message not accepted: too many large messages in flight on this server; nothing was kept, try again")
 }
 
+// errRateLimited: the key's budget (MAILFERRY_RATE_LIMIT), shared with
+// the HTTP API, is spent; RFC 3463 3.8 X.7.0: other security or policy
+// status. A 4xx: the client retries after the wait it is told.
+func errRateLimited(waitSeconds int64, rate float64, burst int) *smtp.SMTPError {
+	return reply(codeLocalError, smtp.EnhancedCode{4, 7, 0},
+		"rate limited; try again in %ds: this API key may send %s messages a second (bursts of %d), over the API and SMTP together",
+		waitSeconds, strconv.FormatFloat(rate, 'f', -1, 64), burst)
+}
+
 // errReadAborted: the client stopped sending in mid-message (timeout,
 // reset, closed connection). A 4xx, so a client that reads it retries.
 func errReadAborted() *smtp.SMTPError {
@@ -143,4 +153,10 @@ func errReadAborted() *smtp.SMTPError {
 // 3.5 X.4.5: mail system congestion.
 func connectionLimitLine(hostname string) string {
 	return fmt.Sprintf("%d 4.4.5 %s too many connections, try again later\r\n", codeConnectionLimit, hostname)
+}
+
+// clientLimitLine refuses a connection beyond MaxConnectionsPerIP; RFC
+// 3463 3.8 X.7.0: other security or policy status.
+func clientLimitLine(hostname string) string {
+	return fmt.Sprintf("%d 4.7.0 %s too many connections from your address, try again later\r\n", codeConnectionLimit, hostname)
 }

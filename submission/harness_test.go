@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http/httptest"
 	"regexp"
@@ -27,6 +28,7 @@ import (
 	"github.com/mailferry/mailferry/internal/testmx"
 	"github.com/mailferry/mailferry/internal/teststack"
 	"github.com/mailferry/mailferry/queue"
+	"github.com/mailferry/mailferry/ratelimit"
 	"github.com/mailferry/mailferry/store"
 	"github.com/mailferry/mailferry/submission"
 )
@@ -62,11 +64,21 @@ type harnessOptions struct {
 	maxMessageBytes int64
 	maxRecipients   int
 	maxConnections  int
+	maxPerIP        int // 0 → 1000: most tests open many connections from 127.0.0.1
+	greetingTimeout time.Duration
+	tlsHandshake    time.Duration
 	authFailures    int
 	commandTimeout  time.Duration
 	dataTimeout     time.Duration
 	budget          *budget.Budget
 	hideClient      bool
+	// rateLimit, when set, is one per-key budget shared by the API and
+	// submission, on the harness clock.
+	rateLimit *ratelimit.Limit
+	// logger receives the submission server's log lines.
+	logger *slog.Logger
+	// auth wraps the store the server checks keys against.
+	auth func(submission.Authenticator) submission.Authenticator
 }
 
 func newHarness(t *testing.T, opts harnessOptions) *harness {
@@ -84,6 +96,9 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 	if opts.commandTimeout == 0 {
 		opts.commandTimeout = 30 * time.Second
 	}
+	if opts.maxPerIP == 0 {
+		opts.maxPerIP = 1000
+	}
 	if opts.authFailures == 0 {
 		opts.authFailures = 1000 // only the rate-limit test meets the limit
 	}
@@ -91,22 +106,39 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 	ca := testmx.NewCA(t)
 	cert := ca.Issue(t, hostname, "127.0.0.1")
 	clk := &clock{now: time.Now()}
+	var limiter ratelimit.Limiter
+	if opts.rateLimit != nil {
+		l, err := ratelimit.NewLocal(*opts.rateLimit, clk.Now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		limiter = l
+	}
+	var auth submission.Authenticator = st
+	if opts.auth != nil {
+		auth = opts.auth(st)
+	}
 	srv, err := submission.New(submission.Options{
-		Intake:          in,
-		Auth:            st,
-		TLSConfig:       &tls.Config{Certificates: []tls.Certificate{cert}},
-		Hostname:        hostname,
-		MaxMessageBytes: opts.maxMessageBytes,
-		MaxRecipients:   opts.maxRecipients,
-		Metrics:         submission.NewMetrics(reg),
-		MaxConnections:  opts.maxConnections,
-		CommandTimeout:  opts.commandTimeout,
-		DataTimeout:     opts.dataTimeout,
-		AuthFailures:    opts.authFailures,
-		AuthBlock:       time.Minute,
-		Now:             clk.Now,
-		Budget:          opts.budget,
-		HideClient:      opts.hideClient,
+		Intake:              in,
+		Auth:                auth,
+		Logger:              opts.logger,
+		Limiter:             limiter,
+		TLSConfig:           &tls.Config{Certificates: []tls.Certificate{cert}},
+		Hostname:            hostname,
+		MaxMessageBytes:     opts.maxMessageBytes,
+		MaxRecipients:       opts.maxRecipients,
+		Metrics:             submission.NewMetrics(reg),
+		MaxConnections:      opts.maxConnections,
+		MaxConnectionsPerIP: opts.maxPerIP,
+		GreetingTimeout:     opts.greetingTimeout,
+		TLSHandshakeTimeout: opts.tlsHandshake,
+		CommandTimeout:      opts.commandTimeout,
+		DataTimeout:         opts.dataTimeout,
+		AuthFailures:        opts.authFailures,
+		AuthBlock:           time.Minute,
+		Now:                 clk.Now,
+		Budget:              opts.budget,
+		HideClient:          opts.hideClient,
 	})
 	if err != nil {
 		t.Fatalf("submission.New: %v", err)
@@ -127,7 +159,7 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 	})
 
 	handler, err := api.New(api.Options{Auth: st, Reader: st, Intake: in, Registry: prometheus.NewRegistry(),
-		Hostname: hostname, MaxMessageBytes: opts.maxMessageBytes, MaxRecipients: opts.maxRecipients})
+		Hostname: hostname, MaxMessageBytes: opts.maxMessageBytes, MaxRecipients: opts.maxRecipients, Limiter: limiter})
 	if err != nil {
 		t.Fatalf("api.New: %v", err)
 	}

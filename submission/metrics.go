@@ -21,6 +21,7 @@ const (
 // Refusal reasons, the label values of mailferry_smtp_refusals_total.
 const (
 	refusedConnectionLimit = "connection_limit"
+	refusedClientLimit     = "client_connection_limit" // MaxConnectionsPerIP
 	refusedAuthRequired    = "auth_required"
 	refusedSenderDomain    = "sender_domain"
 	refusedBadAddress      = "bad_address"
@@ -28,6 +29,7 @@ const (
 	refusedInvalidMessage  = "invalid_message"
 	refusedUnavailable     = "unavailable"
 	refusedBusy            = "bytes_in_flight"
+	refusedRateLimited     = "rate_limited" // the key's MAILFERRY_RATE_LIMIT budget, shared with the API
 )
 
 // Reasons for mailferry_smtp_auth_failures_total.
@@ -65,8 +67,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, r := range []string{authFailCredentials, authFailRateLimited, authFailPlaintext} {
 		m.authFailures.WithLabelValues(r)
 	}
-	for _, r := range []string{refusedConnectionLimit, refusedAuthRequired, refusedSenderDomain, refusedBadAddress,
-		refusedTooLarge, refusedInvalidMessage, refusedUnavailable} {
+	for _, r := range []string{refusedConnectionLimit, refusedClientLimit, refusedAuthRequired, refusedSenderDomain, refusedBadAddress,
+		refusedTooLarge, refusedInvalidMessage, refusedUnavailable, refusedBusy, refusedRateLimited} {
 		m.refusals.WithLabelValues(r)
 	}
 	return m

@@ -17,6 +17,7 @@ import (
 
 	"github.com/mailferry/mailferry/budget"
 	"github.com/mailferry/mailferry/intake"
+	"github.com/mailferry/mailferry/ratelimit"
 	"github.com/mailferry/mailferry/store"
 )
 
@@ -60,8 +61,20 @@ type Options struct {
 	// MaxConnections caps open connections over both listeners; beyond it a
 	// new connection gets 421 4.4.5 and is closed. Default 100.
 	MaxConnections int
-	// CommandTimeout bounds the wait for each command line (and a TLS
-	// handshake). Default 5 minutes, RFC 5321 4.5.3.2.7.
+	// MaxConnectionsPerIP caps open connections from one client address
+	// (IPv6: one /64) over both listeners, so that one client cannot take
+	// every slot (MAILFERRY_SUBMISSION_MAX_PER_IP); beyond it a new
+	// connection gets 421 4.7.0 and is closed. Default 10.
+	MaxConnectionsPerIP int
+	// GreetingTimeout bounds the time from accepting a connection to the
+	// client's EHLO or HELO, TLS handshake on 465 included: a client that
+	// connects and says nothing holds a slot this long. Default 30 seconds.
+	GreetingTimeout time.Duration
+	// TLSHandshakeTimeout bounds the TLS handshake on 465, from accepting
+	// the connection. Default 10 seconds.
+	TLSHandshakeTimeout time.Duration
+	// CommandTimeout bounds the wait for each command line after EHLO.
+	// Default 5 minutes, RFC 5321 4.5.3.2.7.
 	CommandTimeout time.Duration
 	// DataTimeout bounds reading one whole message after DATA. Default 10
 	// minutes, RFC 5321 4.5.3.2.6.
@@ -83,6 +96,10 @@ type Options struct {
 	// (MAILFERRY_MAX_BYTES_IN_FLIGHT); past it DATA and BDAT get 452
 	// 4.3.1. Nil: no cap.
 	Budget *budget.Budget
+	// Limiter is the per-key budget (MAILFERRY_RATE_LIMIT) shared with
+	// the HTTP API: each MAIL spends a token, and past the budget MAIL
+	// gets 451 4.7.0 with the wait. Nil: no limit.
+	Limiter ratelimit.Limiter
 	// HideClient leaves the client's IP address out of the Received field
 	// (MAILFERRY_SUBMISSION_HIDE_CLIENT).
 	HideClient bool
@@ -100,7 +117,8 @@ type Server struct {
 
 	mu    sync.Mutex
 	conns map[*trackedConn]struct{}
-	bg    sync.WaitGroup // the refusers
+	perIP map[netip.Prefix]int // open connections by clientKey; no zero counts
+	bg    sync.WaitGroup       // the refusers
 }
 
 // New checks opts and returns a Server. It starts nothing.
@@ -131,6 +149,9 @@ func New(opts Options) (*Server, error) {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	setDefault(&opts.MaxConnections, 100)
+	setDefault(&opts.MaxConnectionsPerIP, 10)
+	setDefault(&opts.GreetingTimeout, 30*time.Second)
+	setDefault(&opts.TLSHandshakeTimeout, 10*time.Second)
 	setDefault(&opts.CommandTimeout, 5*time.Minute) // RFC 5321 4.5.3.2.7
 	setDefault(&opts.DataTimeout, 10*time.Minute)   // RFC 5321 4.5.3.2.6
 	setDefault(&opts.WriteTimeout, time.Minute)
@@ -151,6 +172,7 @@ func New(opts Options) (*Server, error) {
 		slots:    make(chan struct{}, opts.MaxConnections),
 		refusers: make(chan struct{}, 16),
 		conns:    make(map[*trackedConn]struct{}),
+		perIP:    make(map[netip.Prefix]int),
 	}
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
 	srv.Domain = opts.Hostname
@@ -206,8 +228,7 @@ func (s *Server) ServeSubmission(ln net.Listener) error {
 // ServeSubmissions serves port 465: TLS from the first byte (RFC 8314 3.3).
 // It returns ErrServerClosed after Shutdown, or the listener's error.
 func (s *Server) ServeSubmissions(ln net.Listener) error {
-	l := &listener{Listener: ln, srv: s, name: listenerSubmissions, implicitTLS: true}
-	return s.serve(tls.NewListener(l, s.smtp.TLSConfig))
+	return s.serve(&listener{Listener: ln, srv: s, name: listenerSubmissions, implicitTLS: true})
 }
 
 func (s *Server) serve(ln net.Listener) error {
@@ -245,8 +266,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return err
 }
 
-// listener counts connections, holds them to MaxConnections and wraps
-// each so that Shutdown can end it when idle.
+// listener counts connections, holds them to MaxConnections and
+// MaxConnectionsPerIP, and wraps each so that Shutdown can end it when
+// idle and the greeting and handshake timeouts apply. On 465 it starts
+// TLS itself, so that the connection knows when its handshake is done.
 type listener struct {
 	net.Listener
 	srv         *Server
@@ -254,27 +277,70 @@ type listener struct {
 	implicitTLS bool
 }
 
+// Accept returns the listener's errors as they are: go-smtp's Serve backs
+// off on a temporary one (EMFILE, ENFILE) instead of spinning.
 func (l *listener) Accept() (net.Conn, error) {
 	for {
 		c, err := l.Listener.Accept()
 		if err != nil {
 			return nil, err
 		}
+		ip := addrOf(c)
+		if !l.srv.admitIP(ip) {
+			l.srv.opts.Metrics.refused(refusedClientLimit)
+			l.srv.refuse(c, l.implicitTLS, clientLimitLine(l.srv.opts.Hostname))
+			continue
+		}
 		select {
 		case l.srv.slots <- struct{}{}:
 			l.srv.opts.Metrics.session(l.name)
-			return l.srv.track(c), nil
+			tc := l.srv.track(c, ip)
+			if !l.implicitTLS {
+				return tc, nil
+			}
+			tc.tls = tls.Server(tc, l.srv.smtp.TLSConfig)
+			return tc.tls, nil
 		default:
+			l.srv.releaseIP(ip)
 			l.srv.opts.Metrics.refused(refusedConnectionLimit)
-			l.srv.refuse(c, l.implicitTLS)
+			l.srv.refuse(c, l.implicitTLS, connectionLimitLine(l.srv.opts.Hostname))
 		}
 	}
 }
 
-// refuse tells a connection over the limit 421 and closes it, in the
-// background so that accepting goes on. Under a flood, when all refusers
-// are busy, it just closes.
-func (s *Server) refuse(c net.Conn, implicitTLS bool) {
+// admitIP counts a connection from ip against MaxConnectionsPerIP and
+// reports whether it is within it. A connection without an IP address
+// (not TCP) is not limited here.
+func (s *Server) admitIP(ip netip.Addr) bool {
+	if !ip.IsValid() {
+		return true
+	}
+	key := clientKey(ip)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.perIP[key] >= s.opts.MaxConnectionsPerIP {
+		return false
+	}
+	s.perIP[key]++
+	return true
+}
+
+func (s *Server) releaseIP(ip netip.Addr) {
+	if !ip.IsValid() {
+		return
+	}
+	key := clientKey(ip)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.perIP[key]--; s.perIP[key] <= 0 {
+		delete(s.perIP, key) // the map holds open connections only
+	}
+}
+
+// refuse tells a connection over a limit line (421, RFC 5321 3.1) and
+// closes it, in the background so that accepting goes on. Under a flood,
+// when all refusers are busy, it just closes.
+func (s *Server) refuse(c net.Conn, implicitTLS bool, line string) {
 	select {
 	case s.refusers <- struct{}{}:
 	default:
@@ -286,7 +352,7 @@ func (s *Server) refuse(c net.Conn, implicitTLS bool) {
 		defer s.bg.Done()
 		defer func() { <-s.refusers }()
 		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		_ = c.SetDeadline(time.Now().Add(s.opts.TLSHandshakeTimeout))
 		if implicitTLS {
 			tc := tls.Server(c, s.smtp.TLSConfig)
 			if tc.Handshake() != nil {
@@ -294,12 +360,12 @@ func (s *Server) refuse(c net.Conn, implicitTLS bool) {
 			}
 			c = tc
 		}
-		_, _ = c.Write([]byte(connectionLimitLine(s.opts.Hostname))) // RFC 5321 3.1
+		_, _ = c.Write([]byte(line)) // RFC 5321 3.1
 	}()
 }
 
-func (s *Server) track(c net.Conn) *trackedConn {
-	tc := &trackedConn{Conn: c, srv: s}
+func (s *Server) track(c net.Conn, ip netip.Addr) *trackedConn {
+	tc := &trackedConn{Conn: c, srv: s, ip: ip, accepted: time.Now()}
 	s.mu.Lock()
 	s.conns[tc] = struct{}{}
 	s.mu.Unlock()
@@ -312,6 +378,7 @@ func (s *Server) release(c *trackedConn) {
 	delete(s.conns, c)
 	s.mu.Unlock()
 	s.opts.Metrics.open(-1)
+	s.releaseIP(c.ip)
 	<-s.slots
 }
 
@@ -319,11 +386,20 @@ func (s *Server) release(c *trackedConn) {
 // connection outside a mail transaction gets a read deadline in the past:
 // go-smtp then answers 421 4.4.2 and closes it, from its own goroutine, so
 // no reply is ever interleaved with another.
+//
+// Until the client's EHLO or HELO, every read ends by GreetingTimeout
+// after the accept, and on 465, until the handshake is done, by
+// TLSHandshakeTimeout: a silent client or a stalled handshake gives its
+// slot back in seconds, not after the 5-minute command timeout.
 type trackedConn struct {
 	net.Conn
-	srv    *Server
-	busy   atomic.Bool // inside a mail transaction: MAIL accepted, not yet reset
-	closed sync.Once
+	srv      *Server
+	ip       netip.Addr // the client's, zero if not TCP
+	accepted time.Time
+	tls      *tls.Conn   // on 465: the TLS server over this connection
+	greeted  atomic.Bool // EHLO or HELO seen: CommandTimeout alone applies
+	busy     atomic.Bool // inside a mail transaction: MAIL accepted, not yet reset
+	closed   sync.Once
 }
 
 func (c *trackedConn) Close() error {
@@ -337,8 +413,29 @@ func (c *trackedConn) Close() error {
 func (c *trackedConn) SetReadDeadline(t time.Time) error {
 	if c.srv.draining.Load() && !c.busy.Load() {
 		t = time.Unix(1, 0)
+	} else if early := c.earlyDeadline(); !early.IsZero() && (t.IsZero() || early.Before(t)) {
+		t = early
 	}
 	return c.Conn.SetReadDeadline(t)
+}
+
+// earlyDeadline is when the greeting or the handshake must be over; zero
+// once the client has said EHLO or HELO. RFC 5321 4.5.3.2 sets no limit
+// before the first command; these keep idle connections from holding
+// every slot.
+func (c *trackedConn) earlyDeadline() time.Time {
+	if c.greeted.Load() {
+		return time.Time{}
+	}
+	d := c.accepted.Add(c.srv.opts.GreetingTimeout)
+	// go-smtp sets a read deadline just before it starts the handshake;
+	// ConnectionState does not wait here, as no handshake is running yet.
+	if c.tls != nil && !c.tls.ConnectionState().HandshakeComplete {
+		if h := c.accepted.Add(c.srv.opts.TLSHandshakeTimeout); h.Before(d) {
+			d = h
+		}
+	}
+	return d
 }
 
 // kickIfIdle wakes a connection waiting for its next command, so that it
@@ -349,8 +446,9 @@ func (c *trackedConn) kickIfIdle() {
 	}
 }
 
-// remoteIP is the client's address, for the failed-login limiter.
-func (c *trackedConn) remoteIP() netip.Addr {
+// addrOf is a connection's client address, zero when it has none (not
+// TCP).
+func addrOf(c net.Conn) netip.Addr {
 	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
 		return ap.Addr().Unmap()
 	}

@@ -46,8 +46,9 @@ func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
 	if tc == nil {
 		return nil, errors.New("connection not accepted through this server's listener")
 	}
+	tc.greeted.Store(true) // go-smtp starts a session at EHLO or HELO
 	_, isTLS := c.TLSConnectionState()
-	return &session{srv: s, conn: c, tc: tc, ip: tc.remoteIP(), tls: isTLS}, nil
+	return &session{srv: s, conn: c, tc: tc, ip: tc.ip, tls: isTLS}, nil
 }
 
 // log is the server's logger with the client and, once known, its key.
@@ -85,7 +86,7 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 			// RFC 4616 2: an authorization identity other than the user's
 			// own would mean acting as someone else; there is no such right.
 			if identity != "" && identity != username {
-				return s.failed(username, "authorization identity differs from the user name")
+				return s.failed(username, "authorization identity differs from the user name", s.srv.limiter.fail(s.ip))
 			}
 			return s.login(username, password)
 		}), nil
@@ -98,18 +99,28 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 // login checks the API key and that it belongs to the tenant named as the
 // user. The password never reaches a log line or an error.
 func (s *session) login(tenant, secret string) error {
+	// The attempt counts from here, before the check, so that parallel
+	// sessions cannot all be checked before the first failure is counted.
+	if wait, ok := s.srv.limiter.begin(s.ip); !ok {
+		s.srv.opts.Metrics.authFailure(authFailRateLimited)
+		s.log(nil).LogAttrs(context.Background(), slog.LevelDebug, "smtp auth refused: too many failed or concurrent logins from this address",
+			slog.String("user", redactUser(tenant)))
+		return errAuthBlocked(wait)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.srv.opts.OpTimeout)
 	defer cancel()
 	key, err := s.srv.opts.Auth.Authenticate(ctx, secret)
 	switch {
 	case errors.Is(err, store.ErrUnauthorized):
-		return s.failed(tenant, "unknown, wrong or revoked API key")
+		return s.failed(tenant, "unknown, wrong or revoked API key", s.srv.limiter.end(s.ip, true))
 	case err != nil:
+		s.srv.limiter.end(s.ip, false) // our failure, not the client's
 		s.log(nil).LogAttrs(ctx, slog.LevelError, "smtp auth: key store unavailable", slog.Any("error", err))
 		return errAuthUnavailable()
 	case key.TenantID != tenant:
-		return s.failed(tenant, "the API key belongs to another tenant")
+		return s.failed(tenant, "the API key belongs to another tenant", s.srv.limiter.end(s.ip, true))
 	}
+	s.srv.limiter.end(s.ip, false)
 	s.mu.Lock()
 	s.key = &key
 	s.mu.Unlock()
@@ -117,15 +128,18 @@ func (s *session) login(tenant, secret string) error {
 	return nil
 }
 
-func (s *session) failed(user, why string) error {
+// failed logs a failed login and answers it; blocked is what the
+// limiter said on counting it. The user name is redacted when it looks
+// like a credential: a client that swaps user and password sends its key
+// as the user name.
+func (s *session) failed(user, why string, blocked bool) error {
 	s.srv.opts.Metrics.authFailure(authFailCredentials)
-	blocked := s.srv.limiter.fail(s.ip)
 	level := slog.LevelInfo
 	if blocked {
 		level = slog.LevelWarn
 		why += "; too many failures, AUTH from this address refused for " + s.srv.opts.AuthBlock.String()
 	}
-	s.log(nil).LogAttrs(context.Background(), level, "smtp auth failed", slog.String("user", user), slog.String("reason", why))
+	s.log(nil).LogAttrs(context.Background(), level, "smtp auth failed", slog.String("user", redactUser(user)), slog.String("reason", why))
 	return errAuthInvalid()
 }
 
@@ -162,6 +176,9 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		// refused a SIZE over MaxMessageBytes the same way (RFC 1870 6.1).
 		s.srv.opts.Metrics.refused(refusedTooLarge)
 		return errTooLarge(s.srv.opts.Budget.Capacity())
+	}
+	if err := s.rateLimit(s.key); err != nil {
+		return err
 	}
 	s.from, s.rcpts, s.size, s.utf8 = addr.Addr, nil, 0, false
 	if opts != nil {

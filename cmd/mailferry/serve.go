@@ -24,6 +24,7 @@ import (
 	"github.com/mailferry/mailferry/config"
 	"github.com/mailferry/mailferry/intake"
 	"github.com/mailferry/mailferry/queue"
+	"github.com/mailferry/mailferry/ratelimit"
 	"github.com/mailferry/mailferry/scheduler"
 	"github.com/mailferry/mailferry/store"
 )
@@ -45,6 +46,10 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 		return err
 	}
 	log := env.logger(cfg)
+	fileLimit, err := raiseFileLimit(log)
+	if err != nil {
+		log.Warn("open-file limit unknown", "error", err)
+	}
 
 	st, err := openLedger(ctx, cfg, log)
 	if err != nil {
@@ -127,9 +132,21 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 		Name: "mailferry_body_bytes_in_flight",
 		Help: "Message bytes the API and SMTP submission hold now, against MAILFERRY_MAX_BYTES_IN_FLIGHT.",
 	}, func() float64 { return float64(bodies.InUse()) }))
+	// One per-key budget (MAILFERRY_RATE_LIMIT), shared by the API and
+	// submission: a key that sends over both doors spends one budget.
+	var limiter ratelimit.Limiter
+	if cfg.RateLimit > 0 {
+		l, err := ratelimit.NewLocal(ratelimit.Limit{Rate: float64(cfg.RateLimit)}, nil) // bursts of twice the rate
+		if err != nil {
+			return fmt.Errorf("MAILFERRY_RATE_LIMIT: %w", err)
+		}
+		limiter = l
+	}
 	stopSubmission := func(context.Context) error { return nil }
 	if roles["api"] {
-		if stopSubmission, err = startSubmission(ctx, cfg, in, st, bodies, reg, log.With("role", "submission")); err != nil {
+		stopSubmission, err = startSubmission(ctx, cfg, submissionDeps{intake: in, auth: st, bodies: bodies,
+			limiter: limiter, reg: reg, log: log.With("role", "submission")})
+		if err != nil {
 			return err
 		}
 	}
@@ -151,7 +168,7 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 		Hostname:        cfg.Hostname,
 		MaxMessageBytes: cfg.MaxMessageBytes,
 		MaxRecipients:   cfg.MaxRecipients,
-		RateLimit:       float64(cfg.RateLimit), // bursts of twice the rate
+		Limiter:         limiter,
 		Warn:            newDKIMWarner(st, log).warn,
 		Budget:          bodies,
 	})
@@ -162,18 +179,18 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 		// Workers still answer probes and scrapes, never /v1.
 		handler = probesOnly(handler)
 	}
-	srv := &http.Server{
-		Handler:           handler,
+	srv := newHTTPServer(handler, httpOptions{
 		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       2 * time.Minute,
-		WriteTimeout:      2 * time.Minute,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
+		// Longer than the usual load balancer's idle timeout (60 s), so
+		// the balancer, not us, closes a kept-alive connection first.
+		IdleTimeout: 2 * time.Minute,
+		Logger:      log,
+	})
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
 		return fmt.Errorf("listen on MAILFERRY_HTTP_ADDR %s: %w", cfg.HTTPAddr, err)
 	}
+	ln = limitListener(ln, httpConnectionCap(cfg.HTTPMaxConnections, fileLimit, log))
 	log.Info("mailferry started", "version", version, "http", ln.Addr().String(), "roles", *rolesFlag, "hostname", cfg.Hostname)
 	wg.Add(1)
 	go func() {

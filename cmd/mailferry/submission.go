@@ -16,8 +16,19 @@ import (
 	"github.com/mailferry/mailferry/budget"
 	"github.com/mailferry/mailferry/config"
 	"github.com/mailferry/mailferry/intake"
+	"github.com/mailferry/mailferry/ratelimit"
 	"github.com/mailferry/mailferry/submission"
 )
+
+// submissionDeps is what startSubmission shares with the rest of serve.
+type submissionDeps struct {
+	intake  *intake.Intake
+	auth    submission.Authenticator
+	bodies  *budget.Budget    // message bytes in flight, shared with the API
+	limiter ratelimit.Limiter // per-key budget, shared with the API; nil: none
+	reg     prometheus.Registerer
+	log     *slog.Logger
+}
 
 // startSubmission starts the SMTP submission listeners configured by
 // MAILFERRY_SUBMISSION_ADDR (587, STARTTLS) and MAILFERRY_SUBMISSIONS_ADDR
@@ -31,7 +42,8 @@ import (
 // and submission without TLS is no option (AUTH carries the API key). A
 // certificate that is configured but cannot be loaded, or an address that
 // cannot be bound, is an error.
-func startSubmission(ctx context.Context, cfg config.Config, in *intake.Intake, auth submission.Authenticator, bodies *budget.Budget, reg prometheus.Registerer, log *slog.Logger) (stop func(context.Context) error, err error) {
+func startSubmission(ctx context.Context, cfg config.Config, deps submissionDeps) (stop func(context.Context) error, err error) {
+	log := deps.log
 	noop := func(context.Context) error { return nil }
 	if cfg.SubmissionAddr == "" && cfg.SubmissionsAddr == "" {
 		return noop, nil
@@ -47,16 +59,19 @@ func startSubmission(ctx context.Context, cfg config.Config, in *intake.Intake, 
 	}
 	log = log.With("role", "submission")
 	srv, err := submission.New(submission.Options{
-		Intake:          in,
-		Auth:            auth,
+		Intake:          deps.intake,
+		Auth:            deps.auth,
 		TLSConfig:       &tls.Config{GetCertificate: certs.get, MinVersion: tls.VersionTLS12},
 		Hostname:        cfg.Hostname,
 		MaxMessageBytes: cfg.MaxMessageBytes,
 		MaxRecipients:   cfg.MaxRecipients,
 		Logger:          log,
-		Metrics:         submission.NewMetrics(reg),
-		Budget:          bodies,
+		Metrics:         submission.NewMetrics(deps.reg),
+		Budget:          deps.bodies,
+		Limiter:         deps.limiter,
 		HideClient:      cfg.SubmissionHideClient,
+		// Both ports together; MaxConnections keeps its default of 100.
+		MaxConnectionsPerIP: cfg.SubmissionMaxPerIP,
 	})
 	if err != nil {
 		return nil, err

@@ -69,7 +69,7 @@ func TestStartSubmission(t *testing.T) {
 
 	t.Run("both listeners", func(t *testing.T) {
 		logs := &logBuffer{}
-		stop, err := startSubmission(ctx, cfg, in, st, nil, prometheus.NewRegistry(), logs.logger())
+		stop, err := startSubmission(ctx, cfg, submissionDeps{intake: in, auth: st, reg: prometheus.NewRegistry(), log: logs.logger()})
 		if err != nil {
 			t.Fatalf("startSubmission: %v", err)
 		}
@@ -117,7 +117,7 @@ func TestStartSubmission(t *testing.T) {
 		logs := &logBuffer{}
 		c := cfg
 		c.TLSCert, c.TLSKey = "", ""
-		stop, err := startSubmission(ctx, c, in, st, nil, prometheus.NewRegistry(), logs.logger())
+		stop, err := startSubmission(ctx, c, submissionDeps{intake: in, auth: st, reg: prometheus.NewRegistry(), log: logs.logger()})
 		if err != nil || stop == nil {
 			t.Fatalf("startSubmission: %v", err)
 		}
@@ -133,7 +133,7 @@ func TestStartSubmission(t *testing.T) {
 		logs := &logBuffer{}
 		c := cfg
 		c.SubmissionAddr, c.SubmissionsAddr, c.TLSCert, c.TLSKey = "", "", "", ""
-		if _, err := startSubmission(ctx, c, in, st, nil, prometheus.NewRegistry(), logs.logger()); err != nil {
+		if _, err := startSubmission(ctx, c, submissionDeps{intake: in, auth: st, reg: prometheus.NewRegistry(), log: logs.logger()}); err != nil {
 			t.Fatal(err)
 		}
 		if logs.String() != "" {
@@ -144,7 +144,7 @@ func TestStartSubmission(t *testing.T) {
 	t.Run("unreadable certificate", func(t *testing.T) {
 		c := cfg
 		c.TLSCert = filepath.Join(t.TempDir(), "missing.pem")
-		_, err := startSubmission(ctx, c, in, st, nil, prometheus.NewRegistry(), (&logBuffer{}).logger())
+		_, err := startSubmission(ctx, c, submissionDeps{intake: in, auth: st, reg: prometheus.NewRegistry(), log: (&logBuffer{}).logger()})
 		if err == nil || !strings.Contains(err.Error(), "MAILFERRY_TLS_CERT") {
 			t.Errorf("error %v does not name MAILFERRY_TLS_CERT", err)
 		}
@@ -158,7 +158,7 @@ func TestStartSubmission(t *testing.T) {
 		defer busy.Close()
 		c := cfg
 		c.SubmissionsAddr = busy.Addr().String()
-		_, err = startSubmission(ctx, c, in, st, nil, prometheus.NewRegistry(), (&logBuffer{}).logger())
+		_, err = startSubmission(ctx, c, submissionDeps{intake: in, auth: st, reg: prometheus.NewRegistry(), log: (&logBuffer{}).logger()})
 		if err == nil || !strings.Contains(err.Error(), "MAILFERRY_SUBMISSIONS_ADDR") {
 			t.Errorf("error %v does not name MAILFERRY_SUBMISSIONS_ADDR", err)
 		}

@@ -1,7 +1,9 @@
-package api
+package ratelimit
 
 import (
+	"context"
 	"fmt"
+	"math"
 	"sync"
 	"testing"
 	"time"
@@ -12,8 +14,17 @@ type fakeClock struct{ t time.Time }
 func (c *fakeClock) now() time.Time      { return c.t }
 func (c *fakeClock) add(d time.Duration) { c.t = c.t.Add(d) }
 
+func mustLocal(t *testing.T, l Limit, now func() time.Time) *Local {
+	t.Helper()
+	loc, err := NewLocal(l, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return loc
+}
+
 // takeN asks n times and returns how many were let through.
-func takeN(l *limiter, key string, n int) int {
+func takeN(l *Local, key string, n int) int {
 	ok := 0
 	for range n {
 		if took, _ := l.take(key); took {
@@ -25,7 +36,7 @@ func takeN(l *limiter, key string, n int) int {
 
 func TestLimiterBucket(t *testing.T) {
 	clk := &fakeClock{t: time.Unix(1e9, 0)}
-	l := newLimiter(10, 0, clk.now) // burst defaults to 2× the rate
+	l := mustLocal(t, Limit{Rate: 10}, clk.now) // burst defaults to 2× the rate
 	if got := takeN(l, "k1", 25); got != 20 {
 		t.Fatalf("a burst let %d requests through, want 20", got)
 	}
@@ -49,7 +60,7 @@ func TestLimiterBucket(t *testing.T) {
 	if ok, _ := l.take("k2"); ok {
 		t.Error("a clock step back refilled the bucket")
 	}
-	if l := newLimiter(0.25, 0, clk.now); l.burst != 1 {
+	if l := mustLocal(t, Limit{Rate: 0.25}, clk.now); l.burst != 1 {
 		t.Errorf("burst for 0.25/s = %v, want at least 1", l.burst)
 	}
 }
@@ -58,7 +69,7 @@ func TestLimiterBucket(t *testing.T) {
 // that have refilled go first, so no key that is being limited is let off.
 func TestLimiterEviction(t *testing.T) {
 	clk := &fakeClock{t: time.Unix(1e9, 0)}
-	l := newLimiter(1, 2, clk.now)
+	l := mustLocal(t, Limit{Rate: 1, Burst: 2}, clk.now)
 	l.max = 3
 	takeN(l, "busy", 2) // empty
 	takeN(l, "idle", 1)
@@ -86,7 +97,7 @@ func TestLimiterEviction(t *testing.T) {
 	}
 }
 
-func keys(l *limiter) []string {
+func keys(l *Local) []string {
 	var out []string
 	for k := range l.buckets {
 		out = append(out, k)
@@ -98,7 +109,7 @@ func keys(l *limiter) []string {
 // exactly the burst.
 func TestLimiterConcurrent(t *testing.T) {
 	clk := &fakeClock{t: time.Unix(1e9, 0)}
-	l := newLimiter(100, 200, clk.now)
+	l := mustLocal(t, Limit{Rate: 100, Burst: 200}, clk.now)
 	var mu sync.Mutex
 	total := 0
 	var wg sync.WaitGroup
@@ -113,5 +124,36 @@ func TestLimiterConcurrent(t *testing.T) {
 	wg.Wait()
 	if total != 200 {
 		t.Errorf("%d requests let through, want the burst of 200", total)
+	}
+}
+
+// TestAllow: the interface answer carries the wait and the limit, and the
+// wait rounds up to whole seconds for Retry-After and SMTP replies.
+func TestAllow(t *testing.T) {
+	clk := &fakeClock{t: time.Unix(1e9, 0)}
+	l := mustLocal(t, Limit{Rate: 0.4, Burst: 1}, clk.now)
+	ctx := context.Background()
+	if r, err := l.Allow(ctx, "k"); err != nil || !r.Allowed || r.RetryAfter != 0 {
+		t.Fatalf("first: %+v %v, want allowed", r, err)
+	}
+	r, err := l.Allow(ctx, "k")
+	if err != nil || r.Allowed || r.RetryAfter != 2500*time.Millisecond || r.Limit != (Limit{Rate: 0.4, Burst: 1}) {
+		t.Fatalf("second: %+v %v, want refused for 2.5s under 0.4/s burst 1", r, err)
+	}
+	for _, tt := range []struct {
+		wait time.Duration
+		want int64
+	}{{0, 1}, {time.Millisecond, 1}, {time.Second, 1}, {time.Second + 1, 2}, {2500 * time.Millisecond, 3}} {
+		if got := (Result{RetryAfter: tt.wait}).RetrySeconds(); got != tt.want {
+			t.Errorf("RetrySeconds(%v) = %d, want %d", tt.wait, got, tt.want)
+		}
+	}
+}
+
+func TestNewLocal(t *testing.T) {
+	for _, l := range []Limit{{Rate: 0}, {Rate: -1}, {Rate: math.NaN()}, {Rate: math.Inf(1)}, {Rate: 1, Burst: -1}} {
+		if _, err := NewLocal(l, nil); err == nil {
+			t.Errorf("NewLocal(%+v) took it", l)
+		}
 	}
 }
