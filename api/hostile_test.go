@@ -105,3 +105,49 @@ func jsonEscape(s string) string {
 	}
 	return b.String()
 }
+
+// TestQuotedLocalPartsRefused: a local part the relay would not send is
+// refused with 422 naming the field, rather than accepted with 202 and
+// bounced as bad syntax (issue 18 item 11); one it sends is accepted.
+func TestQuotedLocalPartsRefused(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	tests := []struct {
+		name  string
+		body  any
+		field string // "" for a 202
+	}{
+		{"to with <", with("to", []string{`"a<b"@example.com`}), "to[0]"},
+		{"cc with >", with("cc", []string{"carol@example.net", `"x>y"@example.net`}), "cc[1]"},
+		{"bcc with an address inside", with("bcc", []string{`"<bob@evil.test>"@example.net`}), "bcc[0]"},
+		{"from with <", with("from", `Alice <"a<b"@example.com>`), "from"},
+		{"reply_to with >", with("reply_to", `"x>y"@example.com`), "reply_to"},
+		{"raw To with <", map[string]any{"raw": b64("From: alice@example.com\r\nTo: \"a<b\"@example.com\r\n\r\nhi\r\n")}, "raw"},
+		{"raw envelope with >", map[string]any{"raw": b64("From: alice@example.com\r\nTo: bob@example.net\r\n\r\nhi\r\n"), "to": []string{`"x>y"@example.net`}}, "to[0]"},
+		{"quoted with a space", with("to", []string{`"a b"@example.net`}), ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := h.post(tt.body, nil)
+			if tt.field == "" {
+				if r.status != http.StatusAccepted {
+					t.Fatalf("status %d, want 202; body %s", r.status, r.body)
+				}
+				return
+			}
+			if r.status != http.StatusUnprocessableEntity {
+				t.Fatalf("status %d, want 422 naming %s; body %s", r.status, tt.field, r.body)
+			}
+			p := r.problem(t)
+			if !slices.ContainsFunc(p.fields(), func(f string) bool { return f == tt.field || strings.HasPrefix(f, tt.field+".") }) {
+				t.Errorf("422 names %q, want %q; body %s", p.fields(), tt.field, r.body)
+			}
+			if !strings.Contains(string(r.body), `\"\u003c\" or \"\u003e\"`) {
+				t.Errorf("the problem does not say what is wrong with the address: %s", r.body)
+			}
+		})
+	}
+	if n := h.messageCount(); n != 1 {
+		t.Errorf("%d messages stored, want only the one accepted", n)
+	}
+}
