@@ -2,6 +2,7 @@ package api_test
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"slices"
@@ -150,4 +151,82 @@ func TestQuotedLocalPartsRefused(t *testing.T) {
 	if n := h.messageCount(); n != 1 {
 		t.Errorf("%d messages stored, want only the one accepted", n)
 	}
+}
+
+// TestIdempotencyKeyMisuse: a key reused with a different body is a 409
+// (issue 18 item 13; it was a 422), and a key that is blank, given twice,
+// too long or not ASCII is a 400 naming the header; without the header
+// the request is simply not idempotent.
+func TestIdempotencyKeyMisuse(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	first := h.post(basic(), map[string]string{"Idempotency-Key": "order-7"})
+	if first.status != http.StatusAccepted {
+		t.Fatalf("first: %d %s", first.status, first.body)
+	}
+	reused := h.post(with("subject", "another"), map[string]string{"Idempotency-Key": "order-7"})
+	if reused.status != http.StatusConflict {
+		t.Fatalf("key reused with another body: %d, want 409; body %s", reused.status, reused.body)
+	}
+	if p := reused.problem(t); p.Type != "/problems/idempotency-key-reused" || !slices.Contains(p.fields(), "Idempotency-Key") {
+		t.Errorf("409 of type %q naming %q, want idempotency-key-reused naming Idempotency-Key", p.Type, p.fields())
+	}
+	for _, tt := range []struct {
+		name   string
+		values []string // the header's values, each sent as its own line
+		detail string
+	}{
+		{"empty", []string{""}, "blank"},
+		{"spaces", []string{"    "}, "blank"},
+		{"tab", []string{"\t"}, "blank"},
+		{"twice", []string{"order-8", "order-9"}, "given 2 times"},
+		{"256 octets", []string{strings.Repeat("k", 256)}, "the limit is 255"},
+		{"not ASCII", []string{"clé"}, "printable ASCII"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := h.postHeader(basic(), http.Header{"Idempotency-Key": tt.values})
+			if r.status != http.StatusBadRequest {
+				t.Fatalf("status %d, want 400; body %s", r.status, r.body)
+			}
+			p := r.problem(t)
+			if !slices.Contains(p.fields(), "Idempotency-Key") || !strings.Contains(string(r.body), tt.detail) {
+				t.Errorf("400 names %q, want Idempotency-Key and %q: %s", p.fields(), tt.detail, r.body)
+			}
+		})
+	}
+	if n := h.messageCount(); n != 1 {
+		t.Errorf("%d messages stored, want only the first", n)
+	}
+	for i := range 2 { // no header: two sends, two messages
+		if r := h.post(basic(), nil); r.status != http.StatusAccepted {
+			t.Fatalf("send %d without a key: %d %s", i, r.status, r.body)
+		}
+	}
+	if n := h.messageCount(); n != 3 {
+		t.Errorf("%d messages stored, want 3", n)
+	}
+}
+
+// postHeader posts body with header as given: several values of one
+// field are sent as several lines, which post's map cannot say.
+func (h *harness) postHeader(body any, header http.Header) response {
+	h.t.Helper()
+	j, err := json.Marshal(body)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	req, err := http.NewRequest(http.MethodPost, h.srv.URL+"/v1/messages", bytes.NewReader(j))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	req.Header = header.Clone()
+	req.Header.Set("Authorization", "Bearer "+h.key)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := h.srv.Client().Do(req)
+	if err != nil {
+		h.t.Fatalf("POST /v1/messages: %v", err)
+	}
+	b := readBody(h.t, resp)
+	h.spec.validate(h.t, http.MethodPost, "/v1/messages", resp, b)
+	return response{status: resp.StatusCode, header: resp.Header, body: b}
 }

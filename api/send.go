@@ -111,10 +111,9 @@ func (s *server) sendMessage(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, p)
 		return
 	}
-	idemKey := r.Header.Get("Idempotency-Key")
-	if len(idemKey) > maxIdempotencyKey || !printableASCII(idemKey) {
-		writeProblem(w, newProblem(kindInvalid, "Idempotency-Key must be at most 255 printable ASCII characters",
-			FieldProblem{Field: "Idempotency-Key", Detail: "not a valid key"}))
+	idemKey, p := idempotencyKey(r.Header)
+	if p != nil {
+		writeProblem(w, p)
 		return
 	}
 	msg, p := s.build(req)
@@ -178,6 +177,8 @@ func (s *server) sendMessage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !bytes.Equal(existing.RequestHash, sum[:]) {
+		// 409: the request conflicts with the one already recorded under
+		// this key (RFC 9110 15.5.10); nothing was sent.
 		writeProblem(w, newProblem(kindIdemReused, "this Idempotency-Key was used in the last 24 hours for a different request",
 			FieldProblem{Field: "Idempotency-Key", Detail: "reused with a different body"}))
 		return
@@ -187,6 +188,39 @@ func (s *server) sendMessage(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Idempotent-Replayed", "true")
 	w.WriteHeader(existing.Status)
 	_, _ = w.Write(append(bytes.TrimRight(existing.Response, "\n"), '\n'))
+}
+
+// idempotencyKey returns the request's Idempotency-Key, "" when it has
+// none (then the request is not idempotent), or a 400 naming the header
+// when the key is malformed: blank, more than one, longer than 255
+// octets, or not printable ASCII. A blank key is not taken for no key: a
+// client that sent the header meant its retries to be safe, and would
+// otherwise send twice without knowing. 400 as for any malformed request;
+// draft-ietf-httpapi-idempotency-key-header answers a required key that
+// is missing with 400 too.
+func idempotencyKey(h http.Header) (string, *problem) {
+	vals := h.Values("Idempotency-Key")
+	bad := func(detail string) (string, *problem) {
+		return "", newProblem(kindMalformed, "Idempotency-Key must be one key of 1 to 255 printable ASCII characters, not all spaces",
+			FieldProblem{Field: "Idempotency-Key", Detail: detail})
+	}
+	switch {
+	case len(vals) == 0:
+		return "", nil
+	case len(vals) > 1:
+		return bad(fmt.Sprintf("given %d times; send it once", len(vals)))
+	}
+	// net/http has trimmed the value (RFC 9110 5.5), so "   " arrives as "".
+	key := vals[0]
+	switch {
+	case strings.Trim(key, " \t") == "":
+		return bad("blank")
+	case len(key) > maxIdempotencyKey:
+		return bad(fmt.Sprintf("%d octets; the limit is %d", len(key), maxIdempotencyKey))
+	case !printableASCII(key):
+		return bad("not printable ASCII")
+	}
+	return key, nil
 }
 
 // maxPooledBody is the largest request buffer kept for reuse: enough for
