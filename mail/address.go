@@ -61,6 +61,35 @@ func ParseAddress(s string) (Address, error) {
 	return a, nil
 }
 
+// ParsePath parses the mailbox of an SMTP path as go-smtp's server hands
+// it over: local@domain with a quoted local part already unquoted
+// ("a b"@example.com arrives as a b@example.com). Unlike ParseAddress it
+// takes no display name and no comment, which have no place in a path
+// (RFC 5321 4.1.2), so that what a client names in RCPT TO is the mailbox
+// it gets. The local part is quoted again where it needs it and held to
+// CheckLocalPart, the domain to the rules of ParseAddress.
+func ParsePath(s string) (Address, error) {
+	if detail := checkHeaderText(s); detail != "" {
+		return Address{}, errors.New("invalid address: " + detail)
+	}
+	at := strings.LastIndexByte(s, '@')
+	if at < 0 {
+		return Address{}, errors.New(`invalid address: missing "@domain"`)
+	}
+	local, domain := s[:at], s[at+1:]
+	if local == "" {
+		return Address{}, errors.New("invalid address: empty local part")
+	}
+	if strings.HasPrefix(domain, "[") {
+		// RFC 5321 4.1.3: we route by MX only and never deliver to literals.
+		return Address{}, errors.New("invalid address: address literals are not accepted; use a domain name")
+	}
+	if domain == "" || !isDotAtom(domain) {
+		return Address{}, errors.New("invalid address: the domain is not a host name")
+	}
+	return newAddress("", local, domain)
+}
+
 // Domain is the ASCII (A-label) domain of the address.
 func (a Address) Domain() string { return domainOf(a.Addr) }
 

@@ -275,3 +275,44 @@ func TestCheckMailbox(t *testing.T) {
 		}
 	}
 }
+
+// TestParsePath: the mailbox of a path as go-smtp hands it over, its
+// quoted local part unquoted; no display names or comments.
+func TestParsePath(t *testing.T) {
+	for _, tc := range []struct {
+		in, addr string // addr "" when refused
+		why      string
+	}{
+		{"alice@Example.COM", "alice@example.com", ""},
+		{"a b@example.net", `"a b"@example.net`, ""},
+		{`a"b@example.net`, `"a\"b"@example.net`, ""},
+		{"a@b@example.net", `"a@b"@example.net`, ""},
+		{"bøb@bücher.de", "bøb@xn--bcher-kva.de", ""},
+		{"a<b@example.com", "", `"<" or ">"`},
+		{"Bob <bob@evil.test> (x@example.com)", "", "host name"},
+		{"bob@evil.test (x@example.com)", "", "host name"},
+		{"bob@[127.0.0.1]", "", "literals"},
+		{"alice@localhost", "", "no dot"},
+		{"@example.com", "", "empty local part"},
+		{"alice", "", "@domain"},
+		{"a\tb@example.com", "", "tab"},
+		{"a\r\nb@example.com", "", "CR, LF or NUL"},
+		{strings.Repeat("a", 63) + "@example.com", strings.Repeat("a", 63) + "@example.com", ""},
+		{strings.Repeat("a", 63) + " @example.com", "", "RFC 5321 4.5.3.1.1"}, // 66 octets once quoted
+	} {
+		t.Run(tc.in, func(t *testing.T) {
+			a, err := ParsePath(tc.in)
+			switch {
+			case tc.addr != "" && (err != nil || a.Addr != tc.addr || a.Name != ""):
+				t.Fatalf("ParsePath(%q) = %+v, %v; want %q", tc.in, a, err, tc.addr)
+			case tc.addr == "" && (err == nil || !strings.Contains(err.Error(), tc.why)):
+				t.Fatalf("ParsePath(%q) = %+v, %v; want an error saying %q", tc.in, a, err, tc.why)
+			}
+			if err == nil {
+				if err := CheckMailbox(a.Addr); err != nil {
+					t.Errorf("ParsePath(%q) = %q, which the client refuses: %v", tc.in, a.Addr, err)
+				}
+			}
+		})
+	}
+}

@@ -58,8 +58,8 @@ func TestPathAddresses(t *testing.T) {
 	}
 }
 
-// FuzzPathAgreement: whatever mail.ParseAddress accepts, the client
-// sends; an address is never accepted and then bounced as bad syntax.
+// FuzzPathAgreement: whatever mail.ParseAddress (or mail.ParsePath)
+// accepts, the client sends; an address is never accepted and then bounced as bad syntax.
 // What the client refuses, ParseAddress refuses too, when given in the
 // same form.
 func FuzzPathAgreement(f *testing.F) {
@@ -71,6 +71,11 @@ func FuzzPathAgreement(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
+		if p, err := mail.ParsePath(s); err == nil {
+			if bad := badAddr(p.Addr); bad != "" {
+				t.Fatalf("ParsePath(%q) = %q, which the client refuses: %s", s, p.Addr, bad)
+			}
+		}
 		a, err := mail.ParseAddress(s)
 		if err != nil {
 			if strings.ContainsAny(s, " \t()<>,;:[]") || !strings.Contains(s, "@") {
