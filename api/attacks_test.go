@@ -387,7 +387,7 @@ func TestLimits(t *testing.T) {
 		{"51 metadata keys", with("metadata", metadata(51)), 422, "metadata", "at most 50 keys"},
 		{"metadata value of 1025 octets", with("metadata", map[string]string{"k": strings.Repeat("v", 1025)}), 422, "metadata.k", "1024"},
 		{"tag of 65 octets", with("tags", []string{strings.Repeat("t", 65)}), 422, "tags[0]", "64"},
-		{"Idempotency-Key of 256 octets", basic(), 422, "Idempotency-Key", "255"},
+		{"Idempotency-Key of 256 octets", basic(), 400, "Idempotency-Key", "255"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,8 +1,11 @@
 package api
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"reflect"
+	"sort"
 	"strings"
 	"testing"
 
@@ -67,7 +70,58 @@ func legacyDecodeSend(body []byte) (*sendRequest, *problem) {
 	if err := legacyCheckDepth(body, maxJSONDepth); err != nil {
 		return nil, newProblem(kindMalformed, err.Error())
 	}
-	return explainSend(body)
+	return legacyExplainSend(body)
+}
+
+// legacyExplainSend is explainSend as it was before issue 18 item 10: the
+// body into a map, every unknown top-level field listed, in full. Its
+// answers, cut to the first maxListedUnknown names of at most
+// maxListedName octets (boundedLegacy), are what explainSend must give.
+func legacyExplainSend(body []byte) (*sendRequest, *problem) {
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(body, &top); err != nil {
+		return nil, malformedJSON(err)
+	}
+	if top == nil {
+		return nil, newProblem(kindMalformed, "the body must be a JSON object")
+	}
+	var unknown []string
+	for name := range top {
+		if !knownSendField(name) {
+			unknown = append(unknown, name)
+		}
+	}
+	if len(unknown) > 0 {
+		sort.Strings(unknown)
+		return nil, boundedLegacy(unknown)
+	}
+	var req sendRequest
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return nil, malformedJSON(err)
+	}
+	if dec.More() {
+		return nil, newProblem(kindMalformed, "the body holds more than one JSON value")
+	}
+	return &req, nil
+}
+
+// boundedLegacy is the old answer naming every unknown field, sorted,
+// cut as explainSend cuts it.
+func boundedLegacy(unknown []string) *problem {
+	listed := unknown[:min(len(unknown), maxListedUnknown)]
+	fields := make([]FieldProblem, len(listed))
+	quoted := make([]string, len(listed))
+	for i, n := range listed {
+		fields[i] = FieldProblem{Field: clip(n, maxListedName), Detail: "unknown field"}
+		quoted[i] = fmt.Sprintf("%q", fields[i].Field)
+	}
+	detail := "unknown fields: " + strings.Join(quoted, ", ")
+	if more := len(unknown) - len(listed); more > 0 {
+		detail += fmt.Sprintf(" and %d more unknown fields", more)
+	}
+	return newProblem(kindUnknownField, detail, fields...)
 }
 
 func legacyCheckDepth(b []byte, max int) error {
@@ -133,6 +187,19 @@ var decodeCorpus = []string{
 	`{"metadata":` + strings.Repeat(`{"k":`, 32) + `1` + strings.Repeat("}", 32) + `}`,
 	`"` + strings.Repeat("[", 100) + `"`, `{"to":["a"]}` + strings.Repeat("[", 40),
 	strings.Repeat("]", 40) + strings.Repeat("[", 40), strings.Repeat("}", 10) + `{"tos":1}`,
+	// Issue 18 item 10: more unknown fields than are listed, names longer than shown.
+	manyUnknown(21), manyUnknown(45), `{"b":1,"a":[1,"c",{"d":2}],"e":"f","from":"x"}`, `{"` + strings.Repeat("\u00e9", 40) + `":1}`,
+	`{"` + strings.Repeat("k", 100) + `":{"x":[","]},"to":[]}`, `{"a":1,"a":2,"b":{"a":3}}`, " \t\r\n{\"zz\":1} ",
+}
+
+// manyUnknown is a body of n unknown keys, in reverse sort order.
+func manyUnknown(n int) string {
+	var b strings.Builder
+	b.WriteString(`{"to":["a@example.net"]`)
+	for i := n; i > 0; i-- {
+		fmt.Fprintf(&b, `,"k%03d":%d`, i, i)
+	}
+	return b.String() + "}"
 }
 
 func TestDecodeSendSameAsLegacy(t *testing.T) {

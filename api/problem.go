@@ -43,7 +43,7 @@ var (
 	kindTooLarge     = kind{http.StatusRequestEntityTooLarge, "too-large", "Message too large"}
 	kindUnsupported  = kind{http.StatusUnsupportedMediaType, "unsupported-media-type", "Unsupported media type"}
 	kindInvalid      = kind{http.StatusUnprocessableEntity, "invalid-fields", "Invalid fields"}
-	kindIdemReused   = kind{http.StatusUnprocessableEntity, "idempotency-key-reused", "Idempotency key reused with a different request"}
+	kindIdemReused   = kind{http.StatusConflict, "idempotency-key-reused", "Idempotency key reused with a different request"}
 	kindRateLimited  = kind{http.StatusTooManyRequests, "rate-limited", "Rate limit exceeded"}
 	kindUnavailable  = kind{http.StatusServiceUnavailable, "unavailable", "Service unavailable"}
 	kindBusy         = kind{http.StatusServiceUnavailable, "busy", "Too many messages in flight"}

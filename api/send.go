@@ -111,10 +111,9 @@ func (s *server) sendMessage(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, p)
 		return
 	}
-	idemKey := r.Header.Get("Idempotency-Key")
-	if len(idemKey) > maxIdempotencyKey || !printableASCII(idemKey) {
-		writeProblem(w, newProblem(kindInvalid, "Idempotency-Key must be at most 255 printable ASCII characters",
-			FieldProblem{Field: "Idempotency-Key", Detail: "not a valid key"}))
+	idemKey, p := idempotencyKey(r.Header)
+	if p != nil {
+		writeProblem(w, p)
 		return
 	}
 	msg, p := s.build(req)
@@ -178,6 +177,8 @@ func (s *server) sendMessage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !bytes.Equal(existing.RequestHash, sum[:]) {
+		// 409: the request conflicts with the one already recorded under
+		// this key (RFC 9110 15.5.10); nothing was sent.
 		writeProblem(w, newProblem(kindIdemReused, "this Idempotency-Key was used in the last 24 hours for a different request",
 			FieldProblem{Field: "Idempotency-Key", Detail: "reused with a different body"}))
 		return
@@ -187,6 +188,39 @@ func (s *server) sendMessage(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Idempotent-Replayed", "true")
 	w.WriteHeader(existing.Status)
 	_, _ = w.Write(append(bytes.TrimRight(existing.Response, "\n"), '\n'))
+}
+
+// idempotencyKey returns the request's Idempotency-Key, "" when it has
+// none (then the request is not idempotent), or a 400 naming the header
+// when the key is malformed: blank, more than one, longer than 255
+// octets, or not printable ASCII. A blank key is not taken for no key: a
+// client that sent the header meant its retries to be safe, and would
+// otherwise send twice without knowing. 400 as for any malformed request;
+// draft-ietf-httpapi-idempotency-key-header answers a required key that
+// is missing with 400 too.
+func idempotencyKey(h http.Header) (string, *problem) {
+	vals := h.Values("Idempotency-Key")
+	bad := func(detail string) (string, *problem) {
+		return "", newProblem(kindMalformed, "Idempotency-Key must be one key of 1 to 255 printable ASCII characters, not all spaces",
+			FieldProblem{Field: "Idempotency-Key", Detail: detail})
+	}
+	switch {
+	case len(vals) == 0:
+		return "", nil
+	case len(vals) > 1:
+		return bad(fmt.Sprintf("given %d times; send it once", len(vals)))
+	}
+	// net/http has trimmed the value (RFC 9110 5.5), so "   " arrives as "".
+	key := vals[0]
+	switch {
+	case strings.Trim(key, " \t") == "":
+		return bad("blank")
+	case len(key) > maxIdempotencyKey:
+		return bad(fmt.Sprintf("%d octets; the limit is %d", len(key), maxIdempotencyKey))
+	case !printableASCII(key):
+		return bad("not printable ASCII")
+	}
+	return key, nil
 }
 
 // maxPooledBody is the largest request buffer kept for reuse: enough for
@@ -275,30 +309,23 @@ func (s *server) decodeSend(body []byte) (*sendRequest, *problem) {
 }
 
 // explainSend decodes a body that decodeSend found wrong, the slow way,
-// to name what is wrong: a syntax error first, then every unknown field
-// at the top level, then the first wrong type or unknown nested field.
+// to name what is wrong: a syntax error first, then the unknown fields at
+// the top level, then the first wrong type or unknown nested field.
 // Should it find nothing wrong after all, the request stands.
 func explainSend(body []byte) (*sendRequest, *problem) {
-	var top map[string]json.RawMessage
-	if err := json.Unmarshal(body, &top); err != nil {
-		return nil, malformedJSON(err)
+	// The syntax of the whole body first, without building anything of it:
+	// a map of a million unknown keys took seconds and hundreds of
+	// megabytes only to be refused.
+	if !json.Valid(body) {
+		var probe struct{} // for the *SyntaxError, with its offset
+		return nil, malformedJSON(json.Unmarshal(body, &probe))
 	}
-	if top == nil {
+	unknown, ok := unknownTopFields(body)
+	if !ok {
 		return nil, newProblem(kindMalformed, "the body must be a JSON object")
 	}
-	var unknown []FieldProblem
-	for name := range top {
-		if !knownSendField(name) {
-			unknown = append(unknown, FieldProblem{Field: name, Detail: "unknown field"})
-		}
-	}
-	if len(unknown) > 0 {
-		sort.Slice(unknown, func(i, j int) bool { return unknown[i].Field < unknown[j].Field })
-		names := make([]string, len(unknown))
-		for i, u := range unknown {
-			names[i] = fmt.Sprintf("%q", u.Field)
-		}
-		return nil, newProblem(kindUnknownField, "unknown fields: "+strings.Join(names, ", "), unknown...)
+	if p := unknown.problem(); p != nil {
+		return nil, p
 	}
 	var req sendRequest
 	dec := json.NewDecoder(bytes.NewReader(body))
@@ -310,6 +337,129 @@ func explainSend(body []byte) (*sendRequest, *problem) {
 		return nil, newProblem(kindMalformed, "the body holds more than one JSON value")
 	}
 	return &req, nil
+}
+
+// A refusal of unknown fields names a few of them, each cut short: a
+// body of a million unknown keys, or of one key of megabytes, gets an
+// answer of a few kilobytes rather than one larger than itself.
+const (
+	maxListedUnknown = 20
+	maxListedName    = 64 // octets of a name shown
+)
+
+// unknownFields keeps the first maxListedUnknown unknown field names in
+// sort order, however many the body has, and counts the rest.
+type unknownFields struct {
+	names []string // sorted, distinct, at most maxListedUnknown
+	more  int      // unknown keys beyond names (a repeated key counts again)
+}
+
+func (u *unknownFields) add(name string) {
+	i, found := slices.BinarySearch(u.names, name)
+	switch {
+	case found: // a repeated key, already listed
+	case len(u.names) < maxListedUnknown:
+		u.names = slices.Insert(u.names, i, name)
+	case i == len(u.names): // sorts after every name listed
+		u.more++
+	default: // takes the place of the last name listed, which is counted instead
+		copy(u.names[i+1:], u.names[i:len(u.names)-1])
+		u.names[i] = name
+		u.more++
+	}
+}
+
+func (u *unknownFields) problem() *problem {
+	if len(u.names) == 0 {
+		return nil
+	}
+	fields := make([]FieldProblem, len(u.names))
+	quoted := make([]string, len(u.names))
+	for i, n := range u.names {
+		fields[i] = FieldProblem{Field: clip(n, maxListedName), Detail: "unknown field"}
+		quoted[i] = fmt.Sprintf("%q", fields[i].Field)
+	}
+	detail := "unknown fields: " + strings.Join(quoted, ", ")
+	if u.more > 0 {
+		detail += fmt.Sprintf(" and %d more unknown fields", u.more)
+	}
+	return newProblem(kindUnknownField, detail, fields...)
+}
+
+// unknownTopFields reads the keys of the top-level object of body, which
+// must be valid JSON, in one loop over the bytes (json.Decoder's Token
+// took seconds over a million keys); ok is false when the body is not an
+// object (null). Only the names kept are held in memory.
+func unknownTopFields(body []byte) (u unknownFields, ok bool) {
+	i := 0
+	for i < len(body) && isJSONSpace(body[i]) {
+		i++
+	}
+	if i == len(body) || body[i] != '{' {
+		return u, false
+	}
+	depth := 0
+	expectKey := false
+	for ; i < len(body); i++ {
+		switch c := body[i]; c {
+		case '"':
+			end := stringEnd(body, i)
+			if depth == 1 && expectKey {
+				if name := jsonKey(body[i : end+1]); !knownSendField(name) {
+					u.add(name)
+				}
+			}
+			i, expectKey = end, false
+		case '{', '[':
+			depth++
+			expectKey = c == '{'
+		case '}', ']':
+			depth--
+		case ',':
+			expectKey = true // inside an array too, where no string is a key at depth 1
+		}
+	}
+	return u, true
+}
+
+// stringEnd returns the index of the quote that closes the JSON string
+// opening at b[start].
+func stringEnd(b []byte, start int) int {
+	for i := start + 1; i < len(b); i++ {
+		switch b[i] {
+		case '\\':
+			i++
+		case '"':
+			return i
+		}
+	}
+	return len(b) - 1
+}
+
+// jsonKey is the value of the quoted JSON string q, decoded as
+// encoding/json does when it holds an escape or is not valid UTF-8.
+func jsonKey(q []byte) string {
+	text := q[1 : len(q)-1]
+	if bytes.IndexByte(text, '\\') < 0 && utf8.Valid(text) {
+		return string(text)
+	}
+	var s string
+	_ = json.Unmarshal(q, &s)
+	return s
+}
+
+func isJSONSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
+
+// clip cuts s to at most n octets, on a UTF-8 boundary, and marks the cut.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	i := n
+	for i > 0 && !utf8.RuneStart(s[i]) {
+		i--
+	}
+	return s[:i] + "…"
 }
 
 // knownSendField reports whether name is a JSON field of sendRequest,
@@ -343,19 +493,21 @@ func malformedJSON(err error) *problem {
 		return newProblem(kindMalformed, fmt.Sprintf("invalid JSON at byte %d: %v", syn.Offset, syn))
 	case errors.As(err, &typ):
 		// The path names the embedded Draft struct; clients know only JSON names.
-		field := strings.TrimPrefix(typ.Field, "Draft.")
+		// Names and values come from the client and are cut short, so
+		// that the answer never grows with the body.
+		field := clip(strings.TrimPrefix(typ.Field, "Draft."), maxListedName)
 		if field == "" {
 			return newProblem(kindMalformed, "the body must be a JSON object")
 		}
-		return newProblem(kindMalformed, fmt.Sprintf("field %q must be %s, not %s", field, jsonKind(typ.Type), typ.Value),
+		return newProblem(kindMalformed, fmt.Sprintf("field %q must be %s, not %s", field, jsonKind(typ.Type), clip(typ.Value, maxListedName)),
 			FieldProblem{Field: field, Detail: "must be " + jsonKind(typ.Type)})
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
-		name := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
+		name := clip(strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`), maxListedName)
 		return newProblem(kindUnknownField, fmt.Sprintf("unknown field %q", name), FieldProblem{Field: name, Detail: "unknown field"})
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
 		return newProblem(kindMalformed, "the body is empty or truncated JSON")
 	}
-	return newProblem(kindMalformed, "invalid JSON: "+err.Error())
+	return newProblem(kindMalformed, "invalid JSON: "+clip(err.Error(), 256))
 }
 
 func jsonKind(t reflect.Type) string {

@@ -389,7 +389,7 @@ func TestIdempotency(t *testing.T) {
 		t.Errorf("queue %+v, want 1 job", d)
 	}
 	reused := h.post(with("subject", "different"), key)
-	if reused.status != http.StatusUnprocessableEntity {
+	if reused.status != http.StatusConflict {
 		t.Fatalf("key reused with another body: %d %s", reused.status, reused.body)
 	}
 	if p := reused.problem(t); !slices.Contains(p.fields(), "Idempotency-Key") {

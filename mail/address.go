@@ -61,6 +61,35 @@ func ParseAddress(s string) (Address, error) {
 	return a, nil
 }
 
+// ParsePath parses the mailbox of an SMTP path as go-smtp's server hands
+// it over: local@domain with a quoted local part already unquoted
+// ("a b"@example.com arrives as a b@example.com). Unlike ParseAddress it
+// takes no display name and no comment, which have no place in a path
+// (RFC 5321 4.1.2), so that what a client names in RCPT TO is the mailbox
+// it gets. The local part is quoted again where it needs it and held to
+// CheckLocalPart, the domain to the rules of ParseAddress.
+func ParsePath(s string) (Address, error) {
+	if detail := checkHeaderText(s); detail != "" {
+		return Address{}, errors.New("invalid address: " + detail)
+	}
+	at := strings.LastIndexByte(s, '@')
+	if at < 0 {
+		return Address{}, errors.New(`invalid address: missing "@domain"`)
+	}
+	local, domain := s[:at], s[at+1:]
+	if local == "" {
+		return Address{}, errors.New("invalid address: empty local part")
+	}
+	if strings.HasPrefix(domain, "[") {
+		// RFC 5321 4.1.3: we route by MX only and never deliver to literals.
+		return Address{}, errors.New("invalid address: address literals are not accepted; use a domain name")
+	}
+	if domain == "" || !isDotAtom(domain) {
+		return Address{}, errors.New("invalid address: the domain is not a host name")
+	}
+	return newAddress("", local, domain)
+}
+
 // Domain is the ASCII (A-label) domain of the address.
 func (a Address) Domain() string { return domainOf(a.Addr) }
 
@@ -381,17 +410,13 @@ func newAddress(name, local, domain string) (Address, error) {
 	if !utf8.ValidString(local) || !utf8.ValidString(domain) {
 		return Address{}, errors.New("invalid address: not valid UTF-8 (RFC 6532 3.1)")
 	}
-	for i := 0; i < len(local); i++ {
-		// RFC 5321 4.1.2: qtextSMTP and quoted-pairSMTP have no tab or controls.
-		if c := local[i]; c < ' ' || c == 0x7f {
-			return Address{}, errors.New("invalid address: control character or tab in the local part")
-		}
-	}
 	if !isDotAtom(local) {
 		local = quoteString(local) // RFC 5321 4.1.2: dot-atom form when it has one
 	}
-	if len(local) > maxLocalLen {
-		return Address{}, fmt.Errorf("invalid address: the local part is %d octets; the limit is %d (RFC 5321 4.5.3.1.1)", len(local), maxLocalLen)
+	// The local part as it will stand in MAIL FROM and RCPT TO: what
+	// passes here is what the SMTP client will send.
+	if err := CheckLocalPart(local); err != nil {
+		return Address{}, err
 	}
 	d, err := normalizeDomain(domain)
 	if err != nil {
@@ -406,6 +431,79 @@ func newAddress(name, local, domain string) (Address, error) {
 		return Address{}, errors.New("invalid address: the display name " + detail)
 	}
 	return Address{Name: name, Addr: addr}, nil
+}
+
+// CheckLocalPart says why local, a local part as it stands in an SMTP
+// path (a Dot-string, or a Quoted-string with its quotes and backslashes),
+// is not one Mailferry accepts or sends; nil if it is. It is the one rule
+// for local parts: ParseAddress keeps only addresses that pass it, and the
+// SMTP client checks every path against it (CheckMailbox) before MAIL and
+// RCPT, so an address accepted is an address that can be sent.
+//
+// The rule is RFC 5321 4.1.2 Local-part, with UTF-8 where RFC 6531 3.3
+// allows it, within RFC 5321 4.5.3.1.1's 64 octets, less two characters:
+// "<" and ">" are refused even quoted. A Quoted-string may hold them, but
+// a receiver that ends a path at the first ">", or that unquotes the local
+// part before reading it again, reads another address or refuses this
+// one; a relay need not pass on what its receivers choke on.
+func CheckLocalPart(local string) error {
+	switch {
+	case local == "", local == `""`:
+		return errors.New("invalid address: empty local part")
+	case len(local) > maxLocalLen:
+		return fmt.Errorf("invalid address: the local part is %d octets; the limit is %d (RFC 5321 4.5.3.1.1)", len(local), maxLocalLen)
+	case !utf8.ValidString(local):
+		return errors.New("invalid address: not valid UTF-8 (RFC 6532 3.1)")
+	case local[0] != '"':
+		if !isDotAtom(local) {
+			return errors.New("invalid address: the local part is neither a dot-atom nor a quoted string (RFC 5321 4.1.2)")
+		}
+		return nil
+	case len(local) < 2 || local[len(local)-1] != '"':
+		return errors.New("invalid address: unclosed quoted string")
+	}
+	q := local[1 : len(local)-1]
+	for i := 0; i < len(q); i++ {
+		c := q[i]
+		if c == '\\' { // quoted-pairSMTP = %d92 %d32-126
+			if i++; i == len(q) {
+				return errors.New("invalid address: unclosed quoted string")
+			}
+			c = q[i]
+		} else if c == '"' {
+			return errors.New(`invalid address: a '"' inside the quoted local part must be escaped as '\"'`)
+		}
+		switch {
+		// RFC 5321 4.1.2: qtextSMTP and quoted-pairSMTP have no tab or controls.
+		case c < ' ' || c == 0x7f:
+			return errors.New("invalid address: control character or tab in the local part")
+		case c == '<' || c == '>':
+			return errors.New(`invalid address: the local part holds "<" or ">", which receivers misread even quoted; Mailferry does not send such addresses`)
+		}
+	}
+	return nil
+}
+
+// CheckMailbox says why addr, local@domain as Address.Addr holds it,
+// cannot be sent as the Mailbox of MAIL FROM or RCPT TO (RFC 5321 4.1.2);
+// nil if it can. The local part is held to CheckLocalPart, the domain to
+// IsDomainName, in the A-label form ParseAddress gives it, and the whole
+// to the path limit.
+func CheckMailbox(addr string) error {
+	if len(addr) > maxAddrLen {
+		return fmt.Errorf("invalid address: %d octets; the limit is %d (RFC 5321 4.5.3.1.3)", len(addr), maxAddrLen)
+	}
+	at := strings.LastIndexByte(addr, '@')
+	if at < 0 {
+		return errors.New(`invalid address: missing "@domain"`)
+	}
+	if err := CheckLocalPart(addr[:at]); err != nil {
+		return err
+	}
+	if !IsDomainName(addr[at+1:]) {
+		return errors.New("invalid address: the domain is not a host name (RFC 5321 4.1.2 Domain)")
+	}
+	return nil
 }
 
 // normalizeDomain returns the lower-case A-label form of a mail domain, which

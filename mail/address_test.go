@@ -94,6 +94,11 @@ func TestParseAddress(t *testing.T) {
 		bad("alice@example.com bob", "unexpected"),
 		bad("<@relay.example:alice@example.com>", "missing local part"),
 		bad("\"a\tb\"@example.com", "tab"),
+		// Issue 18 item 11: quoted, RFC 5322 allows them; receivers do not.
+		bad(`"a<b"@example.com`, `"<" or ">"`),
+		bad(`"x>y"@example.net`, `"<" or ">"`),
+		bad(`Bob <"a\>b"@example.net>`, `"<" or ">"`),
+		bad(`"<bob@evil.test>"@example.com`, `"<" or ">"`),
 		bad("=?utf-8?q?a=0D=0ABcc=3A_x=40evil.test?= <a@example.com>", "CR, LF or NUL"),
 		bad(strings.Repeat("x", 3000)+" <a@example.com>", "longer than"),
 	} {
@@ -194,6 +199,119 @@ func TestParseAddressList(t *testing.T) {
 			}
 			if strings.Join(addrs, " ") != strings.Join(tc.want, " ") {
 				t.Fatalf("got %v, want %v", addrs, tc.want)
+			}
+		})
+	}
+}
+
+// TestCheckLocalPart: the one rule for local parts, on the form a path
+// carries them in (issue 18 item 11).
+func TestCheckLocalPart(t *testing.T) {
+	for _, tc := range []struct {
+		local string
+		why   string // "" when sent
+	}{
+		{"alice", ""},
+		{"a.b-c+d", ""},
+		{"bøb", ""}, // RFC 6531 3.3
+		{`"a b"`, ""},
+		{`"a\"b"`, ""},
+		{`"a\\b"`, ""},
+		{`"a@b"`, ""},
+		{`"abc"`, ""}, // quoted needlessly, but valid
+		{strings.Repeat("a", 64), ""},
+		{"", "empty"},
+		{`""`, "empty"},
+		{strings.Repeat("a", 65), "RFC 5321 4.5.3.1.1"},
+		{"a..b", "neither"},
+		{".a", "neither"},
+		{"a b", "neither"},
+		{"a<b", "neither"},
+		{`"a<b"`, `"<" or ">"`},
+		{`"a>b"`, `"<" or ">"`},
+		{`"a\<b"`, `"<" or ">"`},
+		{`"a"b"`, "escaped"},
+		{`"ab`, "unclosed"},
+		{`"ab\"`, "unclosed"},
+		{"\"a\tb\"", "tab"},
+		{"\"a\x7fb\"", "control"},
+		{"\"a\\\x01b\"", "control"},
+		{"\"a\xffb\"", "UTF-8"},
+	} {
+		t.Run(tc.local, func(t *testing.T) {
+			err := CheckLocalPart(tc.local)
+			switch {
+			case tc.why == "" && err != nil:
+				t.Fatalf("CheckLocalPart(%q): %v, want nil", tc.local, err)
+			case tc.why != "" && (err == nil || !strings.Contains(err.Error(), tc.why)):
+				t.Fatalf("CheckLocalPart(%q): %v, want an error saying %q", tc.local, err, tc.why)
+			}
+		})
+	}
+}
+
+func TestCheckMailbox(t *testing.T) {
+	for _, tc := range []struct {
+		addr string
+		ok   bool
+	}{
+		{"alice@example.com", true},
+		{`"a b"@example.com`, true},
+		{`"a@b"@example.com`, true},
+		{"alice@xn--bcher-kva.de", true},
+		{"alice@localhost", true}, // a host name; ParseAddress wants a dot, the client need not
+		{"alice", false},
+		{"@example.com", false},
+		{"alice@", false},
+		{"alice@bücher.de", false}, // U-labels: ParseAddress gives A-labels
+		{"alice@exa_mple.com", false},
+		{"alice@example.com\r\nDATA", false},
+		{"alice@[127.0.0.1]", false},
+		{`"a<b"@example.com`, false},
+		{strings.Repeat("a", 20) + "@" + strings.Repeat("b", 60) + "." + strings.Repeat("c", 60) + "." + strings.Repeat("d", 60) + "." + strings.Repeat("e", 60) + ".com", false},
+	} {
+		if err := CheckMailbox(tc.addr); (err == nil) != tc.ok {
+			t.Errorf("CheckMailbox(%q) = %v, want ok %v", tc.addr, err, tc.ok)
+		}
+	}
+}
+
+// TestParsePath: the mailbox of a path as go-smtp hands it over, its
+// quoted local part unquoted; no display names or comments.
+func TestParsePath(t *testing.T) {
+	for _, tc := range []struct {
+		in, addr string // addr "" when refused
+		why      string
+	}{
+		{"alice@Example.COM", "alice@example.com", ""},
+		{"a b@example.net", `"a b"@example.net`, ""},
+		{`a"b@example.net`, `"a\"b"@example.net`, ""},
+		{"a@b@example.net", `"a@b"@example.net`, ""},
+		{"bøb@bücher.de", "bøb@xn--bcher-kva.de", ""},
+		{"a<b@example.com", "", `"<" or ">"`},
+		{"Bob <bob@evil.test> (x@example.com)", "", "host name"},
+		{"bob@evil.test (x@example.com)", "", "host name"},
+		{"bob@[127.0.0.1]", "", "literals"},
+		{"alice@localhost", "", "no dot"},
+		{"@example.com", "", "empty local part"},
+		{"alice", "", "@domain"},
+		{"a\tb@example.com", "", "tab"},
+		{"a\r\nb@example.com", "", "CR, LF or NUL"},
+		{strings.Repeat("a", 63) + "@example.com", strings.Repeat("a", 63) + "@example.com", ""},
+		{strings.Repeat("a", 63) + " @example.com", "", "RFC 5321 4.5.3.1.1"}, // 66 octets once quoted
+	} {
+		t.Run(tc.in, func(t *testing.T) {
+			a, err := ParsePath(tc.in)
+			switch {
+			case tc.addr != "" && (err != nil || a.Addr != tc.addr || a.Name != ""):
+				t.Fatalf("ParsePath(%q) = %+v, %v; want %q", tc.in, a, err, tc.addr)
+			case tc.addr == "" && (err == nil || !strings.Contains(err.Error(), tc.why)):
+				t.Fatalf("ParsePath(%q) = %+v, %v; want an error saying %q", tc.in, a, err, tc.why)
+			}
+			if err == nil {
+				if err := CheckMailbox(a.Addr); err != nil {
+					t.Errorf("ParsePath(%q) = %q, which the client refuses: %v", tc.in, a.Addr, err)
+				}
 			}
 		})
 	}

@@ -2,7 +2,6 @@ package smtpclient
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -14,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mailferry/mailferry/mail"
 	"github.com/mailferry/mailferry/netguard"
 )
 
@@ -190,13 +190,15 @@ func (c *Client) Deliver(ctx context.Context, hosts []Host, env Envelope) (a Att
 
 	sub := prepared{from: env.From, body: env.Body, needs8Bit: env.Needs8Bit, needsUTF8: env.NeedsUTF8}
 	var idx []int
-	if bad := badAddr(env.From); bad != "" {
-		fill(a.Results, allIdx(len(env.To)), localResult(enhBadFromSyntax, fmt.Errorf("MAIL FROM address %q: %s", env.From, bad)))
-		return a
+	if env.From != "" { // "" is the null reverse-path, RFC 5321 4.5.5
+		if bad := badAddr(env.From); bad != "" {
+			fill(a.Results, allIdx(len(env.To)), localResult(enhBadFromSyntax, fmt.Errorf("MAIL FROM address %q: %s", env.From, bad)))
+			return a
+		}
 	}
 	for i, to := range env.To {
-		if bad := badAddr(to); bad != "" || to == "" {
-			a.Results[i] = localResult(enhBadRcptSyntax, fmt.Errorf("RCPT TO address %q: %s", to, cmp.Or(bad, "empty")))
+		if bad := badAddr(to); bad != "" {
+			a.Results[i] = localResult(enhBadRcptSyntax, fmt.Errorf("RCPT TO address %q: %s", to, bad))
 			continue
 		}
 		idx = append(idx, i)
@@ -280,13 +282,14 @@ func allIdx(n int) []int {
 	return idx
 }
 
-// badAddr rejects what would break the command line: RFC 5321 4.1.2 paths
-// never hold CR, LF, NUL or angle brackets. mail/ validates addresses
-// properly; this only keeps a caller's mistake from becoming an SMTP
-// injection.
+// badAddr says why s will not be sent as the mailbox of a path; "" if it
+// will. The rule is mail.CheckMailbox, the one mail.ParseAddress holds
+// every address to, so that what the API or submission accepted is sent
+// rather than bounced here; it also keeps CR, LF and NUL, and a ">" that
+// would end the path early, off the command line.
 func badAddr(s string) string {
-	if strings.ContainsAny(s, "\r\n\x00<>") {
-		return "contains CR, LF, NUL or angle brackets"
+	if err := mail.CheckMailbox(s); err != nil {
+		return strings.TrimPrefix(err.Error(), "invalid address: ")
 	}
 	return ""
 }
