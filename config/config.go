@@ -34,7 +34,8 @@ type Config struct {
 	MaxRecipients            int             // MAILFERRY_MAX_RECIPIENTS, 1000
 	MaxBytesInFlight         int64           // MAILFERRY_MAX_BYTES_IN_FLIGHT, 134217728 (128 MiB), message bytes held by API and submission at once
 	WorkerConcurrency        int             // MAILFERRY_WORKER_CONCURRENCY, 256
-	WorkerPerDomain          int             // MAILFERRY_WORKER_PER_DOMAIN, 8
+	WorkerPerDomain          int             // MAILFERRY_WORKER_PER_DOMAIN, 32: per destination (next hop)
+	SmarthostConnections     int             // MAILFERRY_SMARTHOST_CONNECTIONS, 50
 	RateLimit                int             // MAILFERRY_RATE_LIMIT, 100 requests (API) and messages (SMTP) a second per API key, shared (burst 2×); 0 = off
 	SecretKey                []byte          // MAILFERRY_SECRET_KEY, none
 
@@ -79,7 +80,8 @@ func Vars() []Var {
 		{"MAILFERRY_MAX_RECIPIENTS", "1000", "recipients per message (to+cc+bcc)"},
 		{"MAILFERRY_MAX_BYTES_IN_FLIGHT", "134217728", "message bytes the API and submission hold at once (128 MiB, for a 512 MiB pod); beyond it 503 or SMTP 452 4.3.1"},
 		{"MAILFERRY_WORKER_CONCURRENCY", "256", "SMTP transactions in flight per worker process"},
-		{"MAILFERRY_WORKER_PER_DOMAIN", "8", "most transactions in flight to one recipient domain per worker"},
+		{"MAILFERRY_WORKER_PER_DOMAIN", "32", "most transactions in flight to one destination (an MX host, shared by every domain it serves) per worker"},
+		{"MAILFERRY_SMARTHOST_CONNECTIONS", "50", "most transactions in flight to MAILFERRY_SMARTHOST per worker"},
 		{"MAILFERRY_RATE_LIMIT", "100", "API requests and SMTP messages a second per key, together, in bursts of twice that, per process (0: off); beyond it 429 or SMTP 451 4.7.0"},
 		{"MAILFERRY_SECRET_KEY", "none", "encrypts DKIM private keys at rest"},
 		{"MAILFERRY_SUBMISSION_ADDR", ":587", "SMTP submission with STARTTLS (empty: off)"},
@@ -121,7 +123,8 @@ func Load(lookup func(string) (string, bool)) (Config, error) {
 		MaxRecipients:            p.intRange("MAILFERRY_MAX_RECIPIENTS", 1000, 1, 100000),
 		MaxBytesInFlight:         int64(p.intRange("MAILFERRY_MAX_BYTES_IN_FLIGHT", 128<<20, 1024, 1<<40)),
 		WorkerConcurrency:        p.intRange("MAILFERRY_WORKER_CONCURRENCY", 256, 1, 100000),
-		WorkerPerDomain:          p.intRange("MAILFERRY_WORKER_PER_DOMAIN", 8, 1, 10000),
+		WorkerPerDomain:          p.intRange("MAILFERRY_WORKER_PER_DOMAIN", 32, 1, 10000),
+		SmarthostConnections:     p.intRange("MAILFERRY_SMARTHOST_CONNECTIONS", 50, 1, 10000),
 		RateLimit:                p.intRange("MAILFERRY_RATE_LIMIT", 100, 0, 1000000),
 		SecretKey:                p.secret("MAILFERRY_SECRET_KEY"),
 		SubmissionAddr:           p.addr("MAILFERRY_SUBMISSION_ADDR", ":587", true),

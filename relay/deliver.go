@@ -14,7 +14,7 @@ import (
 
 // deliver runs one attempt for rcpts, the recipients of d in domain that
 // this worker leased, and returns their outcomes.
-func (w *Worker) deliver(ctx context.Context, log *slog.Logger, d *store.Delivery, domain string, rcpts []store.PendingRecipient, expiry time.Time) ([]store.Outcome, Attempt) {
+func (w *Worker) deliver(ctx context.Context, log *slog.Logger, d *store.Delivery, hop *nextHop, rcpts []store.PendingRecipient, expiry time.Time) ([]store.Outcome, Attempt) {
 	now := w.opts.Now()
 	to := make([]string, len(rcpts))
 	fewest := rcpts[0].Attempts
@@ -27,12 +27,12 @@ func (w *Worker) deliver(ctx context.Context, log *slog.Logger, d *store.Deliver
 	if err != nil {
 		log.Error("dkim signing failed; deferring", "error", err)
 		att = Attempt{Started: now, Results: repeat(Result{Enhanced: "4.7.0", Err: fmt.Errorf("dkim signing: %w", err)}, len(to))}
-	} else if hosts, err := w.opts.Route(ctx, domain); err != nil {
-		att = Attempt{Started: now, Results: repeat(RouteResult(err), len(to))}
+	} else if hop.err != nil {
+		att = Attempt{Started: now, Results: repeat(RouteResult(hop.err), len(to))}
 	} else {
 		// The signature and the stored body are read in place, never
 		// joined into a copy of the message.
-		att = w.opts.Client.Deliver(ctx, hosts, smtpclient.Envelope{
+		att = w.opts.Client.Deliver(ctx, hop.hosts, smtpclient.Envelope{
 			From: d.MailFrom, To: to, Body: smtpclient.Message(header, d.Body),
 			Needs8Bit: d.Needs8Bit, NeedsUTF8: d.NeedsUTF8,
 		})
@@ -71,7 +71,7 @@ func (w *Worker) deliver(ctx context.Context, log *slog.Logger, d *store.Deliver
 		w.opts.Metrics.outcome(o.Attempt.Outcome)
 	}
 	log.LogAttrs(ctx, slog.LevelInfo, "delivery attempt",
-		slog.String("mx", att.Host), slog.Int("attempt", fewest+1), slog.Int("recipients", len(outs)),
+		slog.String("destination", hop.dest), slog.String("mx", att.Host), slog.Int("attempt", fewest+1), slog.Int("recipients", len(outs)),
 		slog.Any("results", summarize(outs)), slog.Duration("duration", att.Duration))
 	return outs, att
 }

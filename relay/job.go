@@ -72,14 +72,24 @@ func (w *Worker) process(ctx context.Context, c queue.Claimed) {
 
 // run takes a job through its steps and says how it ends.
 func (w *Worker) run(ctx context.Context, log *slog.Logger, c queue.Claimed, id uuid.UUID) ending {
-	slot, wait := w.domains.acquire(c.Job.Domain, w.opts.Now())
-	if slot == nil {
-		// The domain has its share of transactions; come back once one
-		// may have ended rather than hold a worker. Checked before the
-		// ledger is read: this costs one queue write.
-		return later(w.opts.Now().Add(w.opts.Jitter(wait)))
+	// The route comes first (from the DNS cache, as a rule): it names the
+	// destination whose share of transactions the job must wait for.
+	hop := w.route(ctx, c.Job.Domain)
+	if hop.dest != "" {
+		slot, wait := w.dests.acquire(hop.dest, hop.max, w.opts.Now())
+		if slot == nil {
+			// The destination has its share of transactions; come back once
+			// one may have ended rather than hold a worker. Checked before
+			// the ledger is read: this costs one queue write.
+			return later(w.opts.Now().Add(w.opts.Jitter(wait)))
+		}
+		defer func() {
+			if hop.att != nil {
+				slot.judge(*hop.att)
+			}
+			w.dests.release(slot)
+		}()
 	}
-	defer w.domains.release(slot)
 	d, end, ok := w.load(ctx, log, c, id)
 	if !ok {
 		return end
@@ -98,8 +108,8 @@ func (w *Worker) run(ctx context.Context, log *slog.Logger, c queue.Claimed, id 
 	watch.delivering.Store(true)
 	stopBeat := w.heartbeat(ctx, log, c, lj.d.ID, lj.idxs, lj.owner, watch)
 	defer stopBeat()
-	outs, att, lost := w.attempt(dctx, log, c, lj, watch)
-	slot.judge(att)
+	outs, att, lost := w.attempt(dctx, log, lj, hop, watch)
+	hop.att = &att
 	if lost {
 		// Another claim owns these recipients now; an outcome written
 		// here (our own cancellation) would stand in for its attempt.
@@ -224,8 +234,8 @@ func (w *Worker) lease(ctx context.Context, log *slog.Logger, c queue.Claimed, d
 // attempt delivers the leased recipients under the heartbeat started by
 // run, which stops the delivery before DATA if the lease is lost. lost
 // reports that, with nothing answered that must be recorded.
-func (w *Worker) attempt(ctx context.Context, log *slog.Logger, c queue.Claimed, lj *leasedJob, watch *leaseWatch) (outs []store.Outcome, att Attempt, lost bool) {
-	outs, att = w.deliver(ctx, log, lj.d, c.Job.Domain, lj.due, lj.expiry)
+func (w *Worker) attempt(ctx context.Context, log *slog.Logger, lj *leasedJob, hop *nextHop, watch *leaseWatch) (outs []store.Outcome, att Attempt, lost bool) {
+	outs, att = w.deliver(ctx, log, lj.d, hop, lj.due, lj.expiry)
 	watch.delivering.Store(false)
 	return outs, att, watch.lost.Load() && !anyAnswered(outs)
 }

@@ -42,7 +42,7 @@ func TestDuplicateJobsDeliverOnce(t *testing.T) {
 	}
 	// A lease that lapses is, by design, a worker presumed dead; give it
 	// room so a loaded machine's late heartbeat is not mistaken for one.
-	wide := func(o *WorkerOptions) { o.PerDomain = 64; o.Heartbeat = time.Second; o.Lease = 5 * time.Second }
+	wide := func(o *WorkerOptions) { o.PerDestination = 64; o.Heartbeat = time.Second; o.Lease = 5 * time.Second }
 	p.start("w1", wide)
 	p.start("w2", wide)
 	for _, id := range ids {
@@ -289,11 +289,29 @@ func (q *claimWatch) Claim(ctx context.Context, limit int, block time.Duration) 
 }
 
 // lostLeaseLedger is the real store, but every renewal of a lease reports
-// it lost, as when another owner took the recipients over.
-type lostLeaseLedger struct{ Ledger }
+// it lost, as when another owner took the recipients over; and saving the
+// signature (the first step of the delivery, before any dial) is slow,
+// so several heartbeats happen first. signed says whether the delivery's
+// context was cancelled by then.
+type lostLeaseLedger struct {
+	Ledger
+	signed chan bool
+}
 
 func (l lostLeaseLedger) RenewLease(context.Context, uuid.UUID, []int, string, time.Duration) (int, error) {
 	return 0, nil
+}
+
+func (l lostLeaseLedger) SaveSignature(ctx context.Context, id uuid.UUID, header string) (string, error) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(3 * time.Second):
+	}
+	select {
+	case l.signed <- ctx.Err() != nil:
+	default:
+	}
+	return l.Ledger.SaveSignature(ctx, id, header)
 }
 
 // TestLostLeaseStopsBeforeData: a worker whose heartbeat finds its lease
@@ -301,26 +319,8 @@ func (l lostLeaseLedger) RenewLease(context.Context, uuid.UUID, []int, string, t
 func TestLostLeaseStopsBeforeData(t *testing.T) {
 	p := newPipeline(t)
 	s := p.mx("example.net", "127.0.0.2", testmx.SMTPOptions{})
-	router, err := NewRouter(p.router)
-	if err != nil {
-		t.Fatal(err)
-	}
 	routed := make(chan bool, 1) // whether the delivery context was cancelled
-	p.start("w", func(o *WorkerOptions) {
-		o.Ledger = lostLeaseLedger{p.st}
-		o.Route = func(ctx context.Context, domain string) ([]Host, error) {
-			// A slow route: several heartbeats happen before any dial.
-			select {
-			case <-ctx.Done():
-			case <-time.After(3 * time.Second):
-			}
-			select {
-			case routed <- ctx.Err() != nil:
-			default:
-			}
-			return router.Route(ctx, domain)
-		}
-	})
+	p.start("w", func(o *WorkerOptions) { o.Ledger = lostLeaseLedger{Ledger: p.st, signed: routed} })
 	p.send(mail.Draft{From: "alice@example.com", To: []string{"bob@example.net"}, Text: "hi"})
 	select {
 	case cancelled := <-routed:

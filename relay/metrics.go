@@ -2,6 +2,7 @@ package relay
 
 import (
 	"strconv"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -18,6 +19,7 @@ type Metrics struct {
 	panics     prometheus.Counter
 	parks      prometheus.Counter
 	unrecords  prometheus.Counter
+	dests      *destCollector
 }
 
 // NewMetrics registers the delivery metrics with reg.
@@ -57,7 +59,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Jobs parked because the ledger refused their delivery outcomes: recipients may have been delivered though the ledger shows them pending. Alert on any increase.",
 		}),
 	}
-	reg.MustRegister(m.deliveries, m.duration, m.tls, m.replies, m.roundTrips, m.panics, m.parks, m.unrecords)
+	m.dests = &destCollector{
+		inflight: prometheus.NewDesc("mailferry_destination_inflight",
+			"SMTP transactions in flight per destination (next hop), for the busiest destinations and \"other\".",
+			[]string{"destination"}, nil),
+		limit: prometheus.NewDesc("mailferry_destination_concurrency_limit",
+			"The concurrency each busy destination has earned, for the same destinations as mailferry_destination_inflight.",
+			[]string{"destination"}, nil),
+	}
+	reg.MustRegister(m.deliveries, m.duration, m.tls, m.replies, m.roundTrips, m.panics, m.parks, m.unrecords, m.dests)
 	for _, r := range []string{store.RecipientDelivered, store.RecipientDeferred, store.RecipientBounced} {
 		m.deliveries.WithLabelValues(r)
 	}
@@ -108,4 +118,60 @@ func (m *Metrics) unrecorded() {
 	if m != nil {
 		m.unrecords.Inc()
 	}
+}
+
+// watch adds a worker's destinations to the destination gauges.
+func (m *Metrics) watch(d *destSlots) {
+	if m != nil {
+		m.dests.mu.Lock()
+		m.dests.sources = append(m.dests.sources, d)
+		m.dests.mu.Unlock()
+	}
+}
+
+// topDestinations is how many destinations get their own label; the rest
+// are summed under "other", so the series stay bounded however many
+// destinations there are.
+const topDestinations = 20
+
+// destCollector reads the workers' destination slots at scrape time.
+type destCollector struct {
+	inflight, limit *prometheus.Desc
+
+	mu      sync.Mutex
+	sources []*destSlots
+}
+
+func (c *destCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.inflight
+	ch <- c.limit
+}
+
+func (c *destCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	sources := c.sources
+	c.mu.Unlock()
+	sum := map[string]destLoad{}
+	for _, s := range sources {
+		for _, l := range s.loads() {
+			t := sum[l.dest]
+			t.dest, t.inflight, t.limit = l.dest, t.inflight+l.inflight, t.limit+l.limit
+			sum[l.dest] = t
+		}
+	}
+	all := make([]destLoad, 0, len(sum))
+	for _, l := range sum {
+		all = append(all, l)
+	}
+	sortLoads(all)
+	other := 0
+	for i, l := range all {
+		if i >= topDestinations {
+			other += l.inflight
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(c.inflight, prometheus.GaugeValue, float64(l.inflight), l.dest)
+		ch <- prometheus.MustNewConstMetric(c.limit, prometheus.GaugeValue, float64(l.limit), l.dest)
+	}
+	ch <- prometheus.MustNewConstMetric(c.inflight, prometheus.GaugeValue, float64(other), "other")
 }

@@ -55,11 +55,16 @@ type WorkerOptions struct {
 	// delivery mostly waits on the network, so this bounds connections and
 	// memory (the messages in flight), not CPU.
 	Concurrency int
-	// PerDomain caps concurrent transactions to one destination domain;
-	// default 8. A domain starts at one and earns a slot with each quick
-	// transaction, and falls back to one when a transaction is slow or
-	// reaches no host, so slow destinations cannot take every slot.
-	PerDomain int
+	// PerDestination caps concurrent transactions to one destination, the
+	// next hop (an MX host: every domain it serves shares the cap); default
+	// 32. A destination starts at a few and earns a slot with each quick
+	// transaction, and halves when a transaction is slow, reaches no host
+	// or is answered 421, so slow destinations cannot take every slot.
+	PerDestination int
+	// Smarthost: Route sends every domain to one relay host, which is then
+	// the one destination, capped at SmarthostConnections (default 50).
+	Smarthost            bool
+	SmarthostConnections int
 	// SlowAfter is when a transaction counts as slow; default 10s.
 	SlowAfter time.Duration
 	// KeyCacheTTL is how long a sender domain's opened DKIM keys are
@@ -107,9 +112,9 @@ type WorkerOptions struct {
 // sign → route → SMTP → record → ack or retry. Workers keep no state
 // between jobs, so any number may run.
 type Worker struct {
-	opts    WorkerOptions
-	domains *domainSlots
-	keys    *keyCache
+	opts  WorkerOptions
+	dests *destSlots
+	keys  *keyCache
 	// ledger pauses claiming while PostgreSQL fails: jobs claimed then
 	// could only be put back.
 	ledger backoff
@@ -142,8 +147,11 @@ func NewWorker(opts WorkerOptions) (*Worker, error) {
 	if opts.SlowAfter <= 0 {
 		opts.SlowAfter = 10 * time.Second
 	}
-	if opts.PerDomain <= 0 {
-		opts.PerDomain = 8
+	if opts.PerDestination <= 0 {
+		opts.PerDestination = 32
+	}
+	if opts.SmarthostConnections <= 0 {
+		opts.SmarthostConnections = 50
 	}
 	if opts.Heartbeat <= 0 {
 		opts.Heartbeat = 5 * time.Second
@@ -174,8 +182,9 @@ func NewWorker(opts WorkerOptions) (*Worker, error) {
 			return d + time.Duration((rand.Float64()*0.2-0.1)*float64(d))
 		}
 	}
-	return &Worker{opts: opts, domains: newDomainSlots(opts.PerDomain, opts.SlowAfter),
-		keys: newKeyCache(opts.KeyCacheTTL)}, nil
+	w := &Worker{opts: opts, dests: newDestSlots(opts.SlowAfter), keys: newKeyCache(opts.KeyCacheTTL)}
+	opts.Metrics.watch(w.dests)
+	return w, nil
 }
 
 // Run claims and delivers jobs until ctx ends, then lets deliveries in
@@ -264,7 +273,7 @@ func (w *Worker) promoteLoop(ctx context.Context) {
 			return
 		case <-t.C:
 			w.opts.Client.SweepIdle()
-			w.domains.forget(w.opts.Now())
+			w.dests.forget(w.opts.Now())
 			for ctx.Err() == nil {
 				n, err := w.opts.Queue.PromoteDue(ctx, w.opts.Now(), 1000)
 				if err != nil {

@@ -436,8 +436,8 @@ func TestConcurrentDeliveries(t *testing.T) {
 		p.mx("a.example", "127.0.0.2", testmx.SMTPOptions{}),
 		p.mx("b.example", "127.0.0.3", testmx.SMTPOptions{}),
 	}
-	p.start("w1", func(o *WorkerOptions) { o.PerDomain = 2 })
-	p.start("w2", func(o *WorkerOptions) { o.PerDomain = 2 })
+	p.start("w1", func(o *WorkerOptions) { o.PerDestination = 2 })
+	p.start("w2", func(o *WorkerOptions) { o.PerDestination = 2 })
 	const n = 40
 	ids := make([]uuid.UUID, n)
 	var wg sync.WaitGroup

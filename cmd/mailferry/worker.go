@@ -48,7 +48,8 @@ func newWorker(cfg config.Config, st *store.Store, q *queue.Queue, reg prometheu
 		Signer: dkim.NewSigner(dkim.SignOptions{}), Sealer: sealer,
 		Logger: log, Metrics: relay.NewMetrics(reg),
 		RetrySchedule: cfg.RetrySchedule, MaxQueueAge: cfg.MaxQueueAge,
-		Concurrency: cfg.WorkerConcurrency, PerDomain: cfg.WorkerPerDomain,
+		Concurrency: cfg.WorkerConcurrency, PerDestination: cfg.WorkerPerDomain,
+		Smarthost: cfg.Smarthost != nil, SmarthostConnections: cfg.SmarthostConnections,
 		Heartbeat: cfg.Leases.Heartbeat, Lease: cfg.Leases.Lease,
 	})
 }

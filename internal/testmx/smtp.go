@@ -83,6 +83,9 @@ type SMTP struct {
 	data     []string
 	messages []Message
 	hellos   []Hello
+	// inTx and peakTx count sessions between an accepted MAIL and the end
+	// of its transaction: the concurrency a client's limits must hold to.
+	inTx, peakTx int
 }
 
 // StartSMTP serves SMTP on ln (from Listen) until the test ends.
@@ -171,6 +174,22 @@ func (s *SMTP) Messages() []Message {
 	return append([]Message(nil), s.messages...)
 }
 
+// PeakTransactions is the most mail transactions that were open at once
+// (MAIL accepted, DATA not yet answered), over all connections.
+func (s *SMTP) PeakTransactions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.peakTx
+}
+
+// transaction notes a transaction opening (+1) or ending (-1).
+func (s *SMTP) transaction(delta int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.inTx += delta
+	s.peakTx = max(s.peakTx, s.inTx)
+}
+
 // Hellos returns every EHLO/HELO seen so far, in order.
 func (s *SMTP) Hellos() []Hello {
 	s.mu.Lock()
@@ -232,6 +251,7 @@ type session struct {
 	from string
 	opts smtp.MailOptions
 	to   []string
+	inTx bool
 }
 
 var _ smtp.AuthSession = (*session)(nil)
@@ -264,7 +284,24 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	if opts != nil {
 		s.opts = *opts
 	}
+	s.openTx()
 	return nil
+}
+
+func (s *session) openTx() {
+	if !s.inTx {
+		s.inTx = true
+		s.b.s.transaction(+1)
+	}
+}
+
+// endTx runs before the reply that ends the transaction is sent, so a
+// client that starts the next one on seeing it never overlaps this one.
+func (s *session) endTx() {
+	if s.inTx {
+		s.inTx = false
+		s.b.s.transaction(-1)
+	}
 }
 
 func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
@@ -276,6 +313,7 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 }
 
 func (s *session) Data(r io.Reader) error {
+	defer s.endTx()
 	reply := s.b.s.next(&s.b.s.data)
 	if reply == Drop {
 		io.ReadFull(r, make([]byte, 16))
@@ -300,10 +338,14 @@ func (s *session) Data(r io.Reader) error {
 }
 
 func (s *session) Reset() {
+	s.endTx()
 	s.from, s.opts, s.to = "", smtp.MailOptions{}, nil
 }
 
-func (s *session) Logout() error { return nil }
+func (s *session) Logout() error {
+	s.endTx()
+	return nil
+}
 
 // script turns a scripted reply into what the go-smtp backend returns. 421
 // and Drop also close the connection, as a real server does.
