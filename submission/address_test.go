@@ -19,8 +19,15 @@ func TestQuotedLocalParts(t *testing.T) {
 	if err := c.Mail("alice@example.com", nil); err != nil {
 		t.Fatal(err)
 	}
-	for _, to := range []string{`"a<b"@example.com`, `"x>y"@example.net`, `"<bob@evil.test>"@example.net`} {
+	for _, to := range []string{`"a<b"@example.com`, `"x>y"@example.net`, `"<bob@evil.test>"@example.net`,
+		// Read as a mailbox with a display name this would be bob@evil.test.
+		`"Bob <bob@evil.test> (x"@example.com`} {
 		wantSMTPError(t, "RCPT TO "+to, c.Rcpt(to, nil), 553, smtp.EnhancedCode{5, 1, 3})
+	}
+	// What the API takes, a path takes too: a quoted local part with a
+	// space is a valid mailbox (RFC 5321 4.1.2 Quoted-string).
+	if err := c.Rcpt(`"a b"@example.net`, nil); err != nil {
+		t.Errorf(`RCPT TO "a b"@example.net: %v`, err)
 	}
 	if err := c.Reset(); err != nil {
 		t.Fatal(err)

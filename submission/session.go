@@ -161,7 +161,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		s.srv.opts.Metrics.refused(refusedSenderDomain)
 		return errNullSender()
 	}
-	addr, err := mail.ParseAddress(from)
+	addr, err := mail.ParsePath(from)
 	if err != nil {
 		s.srv.opts.Metrics.refused(refusedBadAddress)
 		return errBadSender(err)
@@ -191,7 +191,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 // Rcpt adds a recipient; go-smtp has counted them against MaxRecipients.
 // Any destination is fine: the client is authenticated (RFC 6409 4.3).
 func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
-	addr, err := mail.ParseAddress(to)
+	addr, err := mail.ParsePath(to)
 	if err != nil {
 		s.srv.opts.Metrics.refused(refusedBadAddress)
 		return errBadRecipient(err)
