@@ -2,7 +2,6 @@ package submission_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -10,17 +9,17 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
+	"github.com/mailferry/mailferry/internal/testlog"
+	"github.com/mailferry/mailferry/internal/testmx"
 	"github.com/mailferry/mailferry/internal/wait"
 	"github.com/mailferry/mailferry/ratelimit"
 	"github.com/mailferry/mailferry/store"
@@ -156,30 +155,12 @@ func TestAuthCheckRefunded(t *testing.T) {
 	}
 }
 
-// syncBuffer is a log sink for several goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // TestAuthUserRedacted: a client that swaps user name and password (or
 // pastes the key in both) never gets the key into the log, at any level,
 // by PLAIN or LOGIN.
 func TestAuthUserRedacted(t *testing.T) {
 	t.Parallel()
-	logs := &syncBuffer{}
+	logs := &testlog.Buffer{}
 	h := newHarness(t, harnessOptions{logger: slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	tests := []struct {
 		name string
@@ -340,32 +321,6 @@ func TestTLSHandshakeTimeout(t *testing.T) {
 	}
 }
 
-// emfileListener fails its first n Accepts with EMFILE, as accept4 does
-// when the process is out of file descriptors, and notes when each came.
-type emfileListener struct {
-	net.Listener
-	mu    sync.Mutex
-	fails int
-	calls []time.Time
-}
-
-func (l *emfileListener) Accept() (net.Conn, error) {
-	l.mu.Lock()
-	l.calls = append(l.calls, time.Now())
-	fail := len(l.calls) <= l.fails
-	l.mu.Unlock()
-	if fail {
-		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", syscall.EMFILE)}
-	}
-	return l.Listener.Accept()
-}
-
-func (l *emfileListener) times() []time.Time {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return append([]time.Time(nil), l.calls...)
-}
-
 // TestAcceptBackoff: out of descriptors, both submission listeners back
 // off between accepts instead of spinning, and serve again after.
 func TestAcceptBackoff(t *testing.T) {
@@ -377,11 +332,11 @@ func TestAcceptBackoff(t *testing.T) {
 		tls   *tls.Config
 	}{{"587", h.srv.ServeSubmission, nil}, {"465", h.srv.ServeSubmissions, h.tls}} {
 		t.Run(port.name, func(t *testing.T) {
-			el := &emfileListener{Listener: listen(t), fails: 4}
+			el := &testmx.EMFILEListener{Listener: listen(t), Fails: 4}
 			go func() { _ = port.serve(el) }()
-			wait.For(t, "accept to be retried past the failures", func() bool { return len(el.times()) > el.fails })
-			calls := el.times()
-			for i := 1; i <= el.fails; i++ {
+			wait.For(t, "accept to be retried past the failures", func() bool { return len(el.Times()) > el.Fails })
+			calls := el.Times()
+			for i := 1; i <= el.Fails; i++ {
 				if gap := calls[i].Sub(calls[i-1]); gap < 4*time.Millisecond {
 					t.Errorf("accept %d came %v after a failed one: no back-off", i+1, gap)
 				}

@@ -7,12 +7,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/mailferry/mailferry/internal/testmx"
 	"github.com/mailferry/mailferry/internal/wait"
 )
 
@@ -120,32 +120,6 @@ func TestHTTPConnectionCap(t *testing.T) {
 	}
 }
 
-// failingListener fails its first n Accepts with EMFILE, as accept4 does
-// when the process is out of file descriptors, and notes when each came.
-type failingListener struct {
-	net.Listener
-	mu    sync.Mutex
-	fails int
-	calls []time.Time
-}
-
-func (l *failingListener) Accept() (net.Conn, error) {
-	l.mu.Lock()
-	l.calls = append(l.calls, time.Now())
-	fail := len(l.calls) <= l.fails
-	l.mu.Unlock()
-	if fail {
-		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", syscall.EMFILE)}
-	}
-	return l.Listener.Accept()
-}
-
-func (l *failingListener) times() []time.Time {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return append([]time.Time(nil), l.calls...)
-}
-
 // TestHTTPAcceptBackoff: out of descriptors, the HTTP server backs off
 // between accepts, through the connection cap, instead of spinning, and
 // serves again once accept works.
@@ -155,13 +129,13 @@ func TestHTTPAcceptBackoff(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fl := &failingListener{Listener: ln, fails: 4}
+	fl := &testmx.EMFILEListener{Listener: ln, Fails: 4}
 	srv := newHTTPServer(healthz(), httpOptions{ReadHeaderTimeout: time.Second, IdleTimeout: time.Second, Logger: slog.New(slog.DiscardHandler)})
 	go func() { _ = srv.Serve(limitListener(fl, 16)) }()
 	t.Cleanup(func() { _ = srv.Shutdown(context.Background()) })
-	wait.For(t, "accept to be retried past the failures", func() bool { return len(fl.times()) > fl.fails })
-	calls := fl.times()
-	for i := 1; i <= fl.fails; i++ {
+	wait.For(t, "accept to be retried past the failures", func() bool { return len(fl.Times()) > fl.Fails })
+	calls := fl.Times()
+	for i := 1; i <= fl.Fails; i++ {
 		if gap := calls[i].Sub(calls[i-1]); gap < 4*time.Millisecond {
 			t.Errorf("accept %d came %v after a failed one: no back-off", i+1, gap)
 		}

@@ -20,7 +20,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -28,6 +27,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/mailferry/mailferry/dkim"
+	"github.com/mailferry/mailferry/internal/testlog"
 	"github.com/mailferry/mailferry/internal/testmx"
 )
 
@@ -454,7 +454,7 @@ func filterEnv(env []string, name string) []string {
 // go into logs.
 type captured struct {
 	cmd  *exec.Cmd
-	logs *syncBuffer
+	logs *testlog.Buffer
 	done chan error
 }
 
@@ -464,7 +464,7 @@ func startCapturing(t *testing.T, c *cli, addr string) *captured {
 	t.Helper()
 	cmd := exec.Command(c.bin, "serve")
 	cmd.Env = append(c.env, "MAILFERRY_HTTP_ADDR="+addr)
-	s := &captured{cmd: cmd, logs: &syncBuffer{}, done: make(chan error, 1)}
+	s := &captured{cmd: cmd, logs: &testlog.Buffer{}, done: make(chan error, 1)}
 	cmd.Stdout, cmd.Stderr = s.logs, s.logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -504,25 +504,6 @@ func (s *captured) stop(t *testing.T) string {
 		t.Fatalf("serve did not stop after SIGTERM")
 	}
 	return s.logs.String()
-}
-
-// syncBuffer is a bytes.Buffer the child's output and the test may use at
-// once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 // waitStatus polls GET until a recipient has status.
