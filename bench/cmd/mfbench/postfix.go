@@ -21,8 +21,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/emersion/go-smtp"
 	msgauth "github.com/emersion/go-msgauth/dkim"
+	"github.com/emersion/go-smtp"
 
 	"github.com/mailferry/mailferry/dkim"
 )
@@ -37,7 +37,9 @@ const (
 // postfixAddr is the address of the private Postfix instance's smtpd:
 // its own loopback address after the sink's and the tarpit's, so nothing
 // on 127.0.0.1:25 is touched.
-func postfixAddr(sinkAddrs int) netip.Addr { return netip.AddrFrom4([4]byte{127, 0, 0, byte(3 + sinkAddrs)}) }
+func postfixAddr(sinkAddrs int) netip.Addr {
+	return netip.AddrFrom4([4]byte{127, 0, 0, byte(3 + sinkAddrs)})
+}
 
 // postfixVariant is Postfix as the relay, with OpenDKIM signing RSA-2048
 // or without signing.
@@ -449,8 +451,10 @@ func (b *bench) postfixRun(ctx context.Context, res *scenarioResult, p postfixVa
 	u := c1.sub(c0)
 	per := func(sec float64) float64 { return 1000 * ratio(sec, float64(n)) }
 	run["cpu_postfix_ms"] = per(u.postfix)
-	run["cpu_opendkim_ms"] = per(u.opendkim)
-	run["cpu_ms"] = run["cpu_postfix_ms"] + run["cpu_opendkim_ms"]
+	run["cpu_ms"] = per(u.postfix + u.opendkim)
+	if p.OpenDKIM {
+		run["cpu_opendkim_ms"] = per(u.opendkim)
+	}
 	run["cpu_bench"] = per(u.bench)
 	wall := c1.at.Sub(c0.at).Seconds()
 	run["busy"] = 100 * ratio(u.postfix+u.opendkim+u.bench, wall*float64(runtime.NumCPU()))
@@ -531,7 +535,7 @@ func (b *bench) startOpenDKIM(ctx context.Context, dir string, port int, selecto
 // relayCPU is the CPU seconds used so far by a relay that is not
 // Mailferry, the bench and the machine.
 type relayCPU struct {
-	at                                  time.Time
+	at                                time.Time
 	postfix, opendkim, bench, machine float64
 }
 
