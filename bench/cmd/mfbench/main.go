@@ -134,7 +134,7 @@ func parseFlags(args []string) (*config, []string, error) {
 	fs.DurationVar(&c.LightDuration, "light-duration", 10*time.Second, "light load: duration per run")
 	fs.IntVar(&c.S5Messages, "s5-messages", 50000, "S5: messages per run and variant, all to one recipient domain")
 	fs.DurationVar(&c.S5Timeout, "s5-timeout", 15*time.Minute, "S5: give up a drain after this")
-	fs.StringVar(&c.S5Variants, "s5-variants", "all", "S5: all, or some of direct-none, direct-ed25519, direct-rsa2048, smarthost-none, smarthost-ed25519, smarthost-rsa2048")
+	fs.StringVar(&c.S5Variants, "s5-variants", "all", "S5: all, none (Postfix alone, with -postfix), or some of direct-none, direct-ed25519, direct-rsa2048, smarthost-none, smarthost-ed25519, smarthost-rsa2048")
 	fs.BoolVar(&c.Postfix, "postfix", false, "S5: also run a private Postfix (with and without OpenDKIM) as the relay of the same messages, for the ratios (needs /usr/sbin/postfix; /usr/sbin/opendkim for the DKIM run)")
 	fs.IntVar(&c.PostfixClients, "postfix-clients", 64, "S5 with -postfix: concurrent SMTP clients submitting to Postfix")
 	fs.DurationVar(&c.CeilDuration, "ceil-duration", 3*time.Second, "S2 ceilings: duration of each sink blast and sign-rate measurement")

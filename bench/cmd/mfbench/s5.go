@@ -44,12 +44,15 @@ func s5Variants() []s5Variant {
 	return out
 }
 
-// parseS5Variants reads -s5-variants: "all" or names such as
-// "direct-ed25519,smarthost-none".
+// parseS5Variants reads -s5-variants: "all", "none" (only Postfix) or
+// names such as "direct-ed25519,smarthost-none".
 func parseS5Variants(s string) ([]s5Variant, error) {
 	all := s5Variants()
-	if strings.TrimSpace(s) == "all" {
+	switch strings.TrimSpace(s) {
+	case "all":
 		return all, nil
+	case "", "none":
+		return nil, nil // Postfix alone, with -postfix
 	}
 	var out []s5Variant
 	for _, w := range strings.Split(s, ",") {

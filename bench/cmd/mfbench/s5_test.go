@@ -70,7 +70,10 @@ func TestParseS5Variants(t *testing.T) {
 	if err != nil || len(got) != 2 || got[0].key() != "s5-smarthost-rsa2048" || !got[0].Smarthost || got[1].Alg != "" {
 		t.Errorf("two variants: %+v, %v", got, err)
 	}
-	for _, bad := range []string{"", "direct", "smarthost-rsa", "direct-none,x"} {
+	if got, err := parseS5Variants("none"); err != nil || len(got) != 0 {
+		t.Errorf("none: %v, %v", got, err)
+	}
+	for _, bad := range []string{"direct", "smarthost-rsa", "direct-none,x"} {
 		if _, err := parseS5Variants(bad); err == nil || !strings.Contains(err.Error(), "-s5-variants") {
 			t.Errorf("%q: error %v, want one naming -s5-variants", bad, err)
 		}
@@ -88,6 +91,7 @@ func TestPostfixConfig(t *testing.T) {
 		"relayhost = [127.0.0.2]:4000",
 		"default_destination_concurrency_limit = 50",
 		"smtp_connection_cache_on_demand = yes",
+		"smtp_tls_connection_reuse = yes",
 		"smtp_tls_security_level = may",
 		"queue_directory = /tmp/pf/queue",
 		"mydestination =\n",
