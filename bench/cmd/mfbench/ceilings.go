@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -47,17 +48,21 @@ func startTrivial() (url string, stop func(), err error) {
 
 // sampleMessage is an RFC 5322 message like the API builds from the S1/S2
 // request: the same headers and a 4 KB text body, CRLF line ends.
-func sampleMessage(id string) []byte {
+func sampleMessage(id string) []byte { return sampleMessageText(id, "d0.bench.test", 4096) }
+
+// sampleMessageText is sampleMessage to a recipient at domain with about
+// textBytes of text.
+func sampleMessageText(id, domain string, textBytes int) []byte {
 	var b strings.Builder
 	b.WriteString("From: Bench <bench@" + senderDomain + ">\r\n")
-	b.WriteString("To: user@d0.bench.test\r\n")
+	b.WriteString("To: user@" + domain + "\r\n")
 	b.WriteString("Subject: Benchmark message\r\n")
 	b.WriteString("Message-ID: <" + id + ">\r\n")
 	b.WriteString("Date: Mon, 02 Mar 2026 10:00:00 +0000\r\n")
 	b.WriteString("MIME-Version: 1.0\r\n")
 	b.WriteString("Content-Type: text/plain; charset=utf-8\r\n")
 	b.WriteString("Content-Transfer-Encoding: 7bit\r\n\r\n")
-	b.WriteString(strings.ReplaceAll(bodyText(4096), "\n", "\r\n"))
+	b.WriteString(strings.ReplaceAll(bodyText(textBytes), "\n", "\r\n"))
 	return []byte(b.String())
 }
 
@@ -98,6 +103,8 @@ type blastOptions struct {
 	// Header is prepended to each message (a DKIM-Signature, so the bytes
 	// match what Mailferry sends).
 	Header string
+	// TextBytes is the size of the message's text; 0 means 4 KB.
+	TextBytes int
 }
 
 // blast sends messages straight to the sink from the bench's own go-smtp
@@ -111,7 +118,7 @@ func blast(ctx context.Context, o blastOptions) (float64, int, error) {
 		first   error
 		wg      sync.WaitGroup
 	)
-	body := sampleMessage("X")
+	body := sampleMessageText("X", "d0.bench.test", cmp.Or(o.TextBytes, 4096))
 	start := time.Now()
 	end := start.Add(o.Duration)
 	tlsCfg := &tls.Config{InsecureSkipVerify: true, ServerName: "mx.sink.bench.test"}

@@ -52,7 +52,7 @@ func requestBodies(domains []string, textBytes int) [][]byte {
 // worker process starts and the sink times the deliveries.
 type drainOptions struct {
 	Name      string
-	Algorithm string // DKIM key of the run
+	Algorithm string // DKIM key of the run; "" none
 	Domains   []string
 	Healthy   func(domain string) bool // nil: all are
 	Count     int
@@ -60,6 +60,8 @@ type drainOptions struct {
 	Timeout   time.Duration
 	Profile   string // name of the profile to take during the drain; "" none
 	Keep      int    // messages kept whole for DKIM verification
+	// WorkerEnv is added to the worker's environment (a smarthost).
+	WorkerEnv []string
 }
 
 type accepted struct {
@@ -145,7 +147,7 @@ func (b *bench) drain(ctx context.Context, o drainOptions) (*drainResult, error)
 	res.tally = st.sink.reset(res.want, o.Keep)
 	c2 := st.cpu()
 	res.workerStart = time.Now()
-	worker, err := st.startMailferry(ctx, r, "worker,scheduler")
+	worker, err := st.startMailferry(ctx, r, "worker,scheduler", o.WorkerEnv...)
 	if err != nil {
 		return nil, err
 	}

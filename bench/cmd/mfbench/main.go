@@ -50,6 +50,14 @@ type config struct {
 	LightRate     float64
 	LightDuration time.Duration
 
+	// S5: one destination, direct and through a smarthost.
+	S5Messages int
+	S5Timeout  time.Duration
+	S5Variants string
+	// Postfix runs a private Postfix (and OpenDKIM) as the relay in S5.
+	Postfix        bool
+	PostfixClients int
+
 	CeilDuration time.Duration
 	BlastClients int
 	SinkAddrs    int
@@ -98,6 +106,8 @@ var quickDefaults = map[string]string{
 	"s3-timeout":     "120s",
 	"s4-timeout":     "15s",
 	"light-duration": "5s",
+	"s5-messages":    "3000",
+	"s5-timeout":     "3m",
 	"ceil-duration":  "2s",
 	"pprof-duration": "5s",
 }
@@ -107,7 +117,7 @@ func parseFlags(args []string) (*config, []string, error) {
 	fs := flag.NewFlagSet("mfbench", flag.ContinueOnError)
 	fs.BoolVar(&c.Quick, "quick", false, "CI-sized run: shorter loads, fewer messages (explicit flags still win)")
 	fs.IntVar(&c.Runs, "runs", 3, "runs per scenario; each figure is their median")
-	fs.StringVar(&c.Scenarios, "scenarios", "all", "comma-separated: s1, s2, s4, light, s3, big (s4 compares with s2), or all")
+	fs.StringVar(&c.Scenarios, "scenarios", "all", "comma-separated: s1, s2, s4, light, s3, big, s5 (s4 compares with s2), or all")
 	fs.IntVar(&c.Clients, "clients", 64, "keep-alive HTTP clients of the load generator")
 	fs.DurationVar(&c.S1Duration, "s1-duration", 20*time.Second, "S1: measured load per run")
 	fs.DurationVar(&c.S1Warmup, "s1-warmup", 2*time.Second, "S1: unmeasured load before it")
@@ -122,6 +132,11 @@ func parseFlags(args []string) (*config, []string, error) {
 	fs.DurationVar(&c.S4Timeout, "s4-timeout", 45*time.Second, "S4: stop waiting for the healthy domains after this")
 	fs.Float64Var(&c.LightRate, "light-rate", 100, "light load: messages per second")
 	fs.DurationVar(&c.LightDuration, "light-duration", 10*time.Second, "light load: duration per run")
+	fs.IntVar(&c.S5Messages, "s5-messages", 50000, "S5: messages per run and variant, all to one recipient domain")
+	fs.DurationVar(&c.S5Timeout, "s5-timeout", 15*time.Minute, "S5: give up a drain after this")
+	fs.StringVar(&c.S5Variants, "s5-variants", "all", "S5: all, none (Postfix alone, with -postfix), or some of direct-none, direct-ed25519, direct-rsa2048, smarthost-none, smarthost-ed25519, smarthost-rsa2048")
+	fs.BoolVar(&c.Postfix, "postfix", false, "S5: also run a private Postfix (with and without OpenDKIM) as the relay of the same messages, for the ratios (needs /usr/sbin/postfix; /usr/sbin/opendkim for the DKIM run)")
+	fs.IntVar(&c.PostfixClients, "postfix-clients", 64, "S5 with -postfix: concurrent SMTP clients submitting to Postfix")
 	fs.DurationVar(&c.CeilDuration, "ceil-duration", 3*time.Second, "S2 ceilings: duration of each sink blast and sign-rate measurement")
 	fs.IntVar(&c.BigSize, "big-size", 20<<20, "big: bytes of each message")
 	fs.IntVar(&c.BigClients, "big-clients", 32, "big: concurrent POSTs, and as many concurrent SMTP submissions")
@@ -163,6 +178,12 @@ func parseFlags(args []string) (*config, []string, error) {
 	}
 	if c.S2Messages < 1 || c.S2Domains < 10 || c.S3Messages < 100 {
 		errs = append(errs, errors.New("-s2-messages ≥ 1, -s2-domains ≥ 10, -s3-messages ≥ 100"))
+	}
+	if c.S5Messages < 2 || c.PostfixClients < 1 {
+		errs = append(errs, errors.New("-s5-messages ≥ 2, -postfix-clients ≥ 1"))
+	}
+	if _, err := parseS5Variants(c.S5Variants); err != nil {
+		errs = append(errs, err)
 	}
 	if c.SinkAddrs < 1 || c.SinkAddrs > 200 {
 		errs = append(errs, errors.New("-sink-addrs must be 1 to 200"))
@@ -304,6 +325,7 @@ func mainErr() error {
 		{"light", func() []*scenarioResult { return one(b.light(ctx)) }},
 		{"s3", func() []*scenarioResult { return one(b.s3(ctx)) }},
 		{"big", func() []*scenarioResult { return one(b.big(ctx)) }},
+		{"s5", func() []*scenarioResult { return b.s5(ctx) }},
 	}
 	for _, s := range steps {
 		if !cfg.want(s.name) || ctx.Err() != nil {

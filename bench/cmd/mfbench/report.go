@@ -66,7 +66,7 @@ func (r *report) markdown() string {
 	fmt.Fprintf(&w, "- Each figure: median of the runs, with the range (min–max) and every run.\n\n")
 
 	if len(r.Targets) > 0 {
-		w.WriteString("## Targets (issue 7)\n\n| target | wanted | got (median) | met | by |\n|---|---|---|---|---|\n")
+		w.WriteString("## Targets (issues 7 and 12)\n\n| target | wanted | got (median) | met | by |\n|---|---|---|---|---|\n")
 		for _, t := range r.Targets {
 			met := "**no**"
 			if t.Met {
@@ -196,5 +196,23 @@ func (r *report) targets() []target {
 	atMost("S3 worker RSS", s3, "worker_hwm", mb300, " MiB", 0)
 	atMost("S3 api RSS", s3, "api_hwm", mb300, " MiB", 0)
 	atLeast("S4 healthy domains vs S2", r.scenario("s4"), "ratio", 90, "%", 1)
+	for _, v := range s5Variants() {
+		s := r.scenario(v.key())
+		atLeast("S5 "+v.name()+" share of sink ceiling (100/conn, same run)", s, "ratio_sink_reuse", 40, "%", 1)
+		atLeast("S5 "+v.name()+" share of sink ceiling (1/conn, same run)", s, "ratio_sink", 40, "%", 1)
+	}
+	cmpS5 := r.scenario("s5-vs-postfix")
+	for _, c := range []struct {
+		key, name string
+		want      float64
+	}{
+		{"rate_s5-smarthost-none", "S5 no DKIM e2e rate ÷ Postfix", 3},
+		{"rate_s5-smarthost-rsa2048", "S5 RSA-2048 e2e rate ÷ Postfix + OpenDKIM", 3},
+		{"rate_s5-smarthost-ed25519", "S5 Ed25519 e2e rate ÷ Postfix + OpenDKIM", 4},
+	} {
+		atLeast(c.name, cmpS5, c.key, c.want, "×", 2)
+	}
+	atMost("S5 no DKIM CPU per message ÷ Postfix", cmpS5, "cpu_s5-smarthost-none", 1.0/3, "×", 2)
+	atMost("S5 RSA-2048 CPU per message ÷ Postfix + OpenDKIM", cmpS5, "cpu_s5-smarthost-rsa2048", 1.0/3, "×", 2)
 	return ts
 }

@@ -50,8 +50,28 @@ type tally struct {
 	target      int
 	done        chan struct{} // closed once target healthy arrivals are in
 	conns       atomic.Int64  // SMTP connections opened to the healthy addresses
+	open        gauge         // of those, how many are open now, and the peak
 	turns       atomic.Int64  // reads that followed a write: the client's round trips
 }
+
+// gauge counts things open now and remembers the most at once.
+type gauge struct {
+	cur, peak atomic.Int64
+}
+
+func (g *gauge) inc() {
+	n := g.cur.Add(1)
+	for {
+		p := g.peak.Load()
+		if n <= p || g.peak.CompareAndSwap(p, n) {
+			return
+		}
+	}
+}
+
+func (g *gauge) dec()         { g.cur.Add(-1) }
+func (g *gauge) max() int64   { return g.peak.Load() }
+func (g *gauge) value() int64 { return g.cur.Load() }
 
 type sinkOptions struct {
 	Healthy     []netip.Addr
@@ -328,6 +348,7 @@ func (l *countingListener) Accept() (net.Conn, error) {
 	}
 	t := l.s.tally()
 	t.conns.Add(1)
+	t.open.inc()
 	return &turnConn{Conn: c, t: t}, nil
 }
 
@@ -336,8 +357,18 @@ func (l *countingListener) Accept() (net.Conn, error) {
 // before it sent more. Commands a client pipelines arrive in one read.
 type turnConn struct {
 	net.Conn
-	t     *tally
-	wrote atomic.Bool
+	t      *tally
+	wrote  atomic.Bool
+	closed atomic.Bool
+}
+
+// Close leaves the open count of the tally the connection was counted in
+// (go-smtp closes a connection once, but a TLS wrapper closes it again).
+func (c *turnConn) Close() error {
+	if !c.closed.Swap(true) {
+		c.t.open.dec()
+	}
+	return c.Conn.Close()
 }
 
 func (c *turnConn) Write(p []byte) (int, error) {
