@@ -51,9 +51,9 @@ type config struct {
 	LightDuration time.Duration
 
 	// S5: one destination, direct and through a smarthost.
-	S5Messages int
-	S5Timeout  time.Duration
-	S5Variants string
+	S5Messages, S5Runs int
+	S5Timeout          time.Duration
+	S5Variants         string
 	// Postfix runs a private Postfix (and OpenDKIM) as the relay in S5.
 	Postfix        bool
 	PostfixClients int
@@ -133,6 +133,7 @@ func parseFlags(args []string) (*config, []string, error) {
 	fs.Float64Var(&c.LightRate, "light-rate", 100, "light load: messages per second")
 	fs.DurationVar(&c.LightDuration, "light-duration", 10*time.Second, "light load: duration per run")
 	fs.IntVar(&c.S5Messages, "s5-messages", 50000, "S5: messages per run and variant, all to one recipient domain")
+	fs.IntVar(&c.S5Runs, "s5-runs", 1, "S5: runs per variant (six variants at 50,000 messages each take a while)")
 	fs.DurationVar(&c.S5Timeout, "s5-timeout", 15*time.Minute, "S5: give up a drain after this")
 	fs.StringVar(&c.S5Variants, "s5-variants", "all", "S5: all, none (Postfix alone, with -postfix), or some of direct-none, direct-ed25519, direct-rsa2048, smarthost-none, smarthost-ed25519, smarthost-rsa2048")
 	fs.BoolVar(&c.Postfix, "postfix", false, "S5: also run a private Postfix (with and without OpenDKIM) as the relay of the same messages, for the ratios (needs /usr/sbin/postfix; /usr/sbin/opendkim for the DKIM run)")
@@ -173,8 +174,8 @@ func parseFlags(args []string) (*config, []string, error) {
 		}
 	}
 	var errs []error
-	if c.Runs < 1 || c.S3Runs < 1 {
-		errs = append(errs, errors.New("-runs and -s3-runs must be at least 1"))
+	if c.Runs < 1 || c.S3Runs < 1 || c.S5Runs < 1 {
+		errs = append(errs, errors.New("-runs, -s3-runs and -s5-runs must be at least 1"))
 	}
 	if c.S2Messages < 1 || c.S2Domains < 10 || c.S3Messages < 100 {
 		errs = append(errs, errors.New("-s2-messages ≥ 1, -s2-domains ≥ 10, -s3-messages ≥ 100"))

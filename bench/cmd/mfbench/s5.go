@@ -150,7 +150,7 @@ func (b *bench) s5(ctx context.Context) []*scenarioResult {
 			add(p.key(), b.postfixTitle(p), postfixMetrics())
 		}
 	}
-	for i := range cfg.Runs {
+	for i := range cfg.S5Runs {
 		if ctx.Err() != nil {
 			break
 		}
