@@ -241,25 +241,7 @@ func (b *bench) sinkCeilings(ctx context.Context, alg dkim.Algorithm, addrs []ne
 			return err
 		}
 	}
-	for _, perConn := range []int{1, 100} {
-		b.st.sink.reset(0, 0)
-		r, errs, err := blast(ctx, blastOptions{
-			Addrs: addrs, Port: b.st.sink.port, Clients: b.cfg.BlastClients,
-			Duration: b.cfg.CeilDuration, PerConn: perConn, Header: hdr, TextBytes: s5TextBytes,
-		})
-		if err != nil {
-			return fmt.Errorf("sink blast: %w", err)
-		}
-		if errs > 0 {
-			b.progress("sink blast (%d per connection): %d errors", perConn, errs)
-		}
-		if perConn == 1 {
-			run["sink_ceiling"] = r
-		} else {
-			run["sink_ceiling_reuse"] = r
-		}
-	}
-	return nil
+	return b.blastCeilings(ctx, hdr, addrs, s5TextBytes, run)
 }
 
 // relayPair names a Mailferry variant measured against a Postfix one.

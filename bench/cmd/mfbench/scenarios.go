@@ -303,11 +303,18 @@ func (b *bench) s2Ceilings(ctx context.Context, alg dkim.Algorithm, run map[stri
 	if err != nil {
 		return err
 	}
+	return b.blastCeilings(ctx, hdr, b.st.sink.healthy, 0, run)
+}
+
+// blastCeilings measures the sink's intake at addrs from the bench's own
+// client, one message per connection and 100 (as a reused connection
+// carries), with messages of textBytes (0: 4 KB) under the header hdr.
+func (b *bench) blastCeilings(ctx context.Context, hdr string, addrs []netip.Addr, textBytes int, run map[string]float64) error {
 	for _, perConn := range []int{1, 100} {
 		b.st.sink.reset(0, 0)
 		r, errs, err := blast(ctx, blastOptions{
-			Addrs: b.st.sink.healthy, Port: b.st.sink.port, Clients: cfg.BlastClients,
-			Duration: cfg.CeilDuration, PerConn: perConn, Header: hdr,
+			Addrs: addrs, Port: b.st.sink.port, Clients: b.cfg.BlastClients,
+			Duration: b.cfg.CeilDuration, PerConn: perConn, Header: hdr, TextBytes: textBytes,
 		})
 		if err != nil {
 			return fmt.Errorf("sink blast: %w", err)
