@@ -233,7 +233,12 @@ var queuedAs = regexp.MustCompile(`^2\.0\.0 queued as ([0-9a-f-]{36})$`)
 // send runs one transaction and returns the id from the 250 reply, or the
 // first error.
 func send(c *smtp.Client, from string, to []string, msg string) (uuid.UUID, error) {
-	if err := c.Mail(from, nil); err != nil {
+	return sendWith(c, nil, from, to, msg)
+}
+
+// sendWith is send with MAIL parameters.
+func sendWith(c *smtp.Client, opts *smtp.MailOptions, from string, to []string, msg string) (uuid.UUID, error) {
+	if err := c.Mail(from, opts); err != nil {
 		return uuid.Nil, err
 	}
 	for _, rcpt := range to {

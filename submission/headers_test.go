@@ -38,20 +38,7 @@ func TestRawHeaderRules(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			c := h.login()
 			before := h.messageCount()
-			if err := c.Mail("alice@example.com", &smtp.MailOptions{UTF8: tc.smtputf8}); err != nil {
-				t.Fatal(err)
-			}
-			if err := c.Rcpt("bob@example.net", nil); err != nil {
-				t.Fatal(err)
-			}
-			w, err := c.Data()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := w.Write([]byte(tc.msg)); err != nil {
-				t.Fatal(err)
-			}
-			_, err = w.CloseWithResponse()
+			_, err := sendWith(c, &smtp.MailOptions{UTF8: tc.smtputf8}, "alice@example.com", []string{"bob@example.net"}, tc.msg)
 			if tc.code == 0 {
 				if err != nil {
 					t.Fatalf("refused: %v", err)
