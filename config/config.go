@@ -47,6 +47,11 @@ type Config struct {
 	SubmissionMaxPerIP   int    // MAILFERRY_SUBMISSION_MAX_PER_IP, 10 open connections from one client address (IPv6: /64)
 	HTTPMaxConnections   int    // MAILFERRY_HTTP_MAX_CONNECTIONS, 4096 open connections on MAILFERRY_HTTP_ADDR
 
+	BounceDomain string // MAILFERRY_BOUNCE_DOMAIN, none: VERP return paths at this domain; "" = envelope sender as stored
+	InboundAddr  string // MAILFERRY_INBOUND_ADDR, ":25": listener for DSNs and complaints; "" = off
+	FBLAddress   string // MAILFERRY_FBL_ADDRESS, none: address at BounceDomain that takes ARF complaints
+	BounceRules  string // MAILFERRY_BOUNCE_RULES, none: file of classification rules tried before the embedded ones
+
 	AutoMigrate bool   // MAILFERRY_AUTO_MIGRATE, true
 	LogLevel    string // MAILFERRY_LOG_LEVEL, "info"
 	LogFormat   string // MAILFERRY_LOG_FORMAT, "json" (or "text")
@@ -91,6 +96,10 @@ func Vars() []Var {
 		{"MAILFERRY_SUBMISSION_HIDE_CLIENT", "false", "leave the client's IP address out of the Received field submission adds"},
 		{"MAILFERRY_SUBMISSION_MAX_PER_IP", "10", "open submission connections from one client address (IPv6: one /64); beyond it 421 4.7.0"},
 		{"MAILFERRY_HTTP_MAX_CONNECTIONS", "4096", "open connections on MAILFERRY_HTTP_ADDR; beyond it new ones wait to be accepted (at most half the open-file limit)"},
+		{"MAILFERRY_BOUNCE_DOMAIN", "none", "VERP return paths at this domain (needs MAILFERRY_SECRET_KEY); unset: envelope sender = From address"},
+		{"MAILFERRY_INBOUND_ADDR", ":25", "listener for DSNs and complaints (role inbound; on by default only with a bounce domain); empty: off"},
+		{"MAILFERRY_FBL_ADDRESS", "none", "address at the bounce domain that takes ARF complaints"},
+		{"MAILFERRY_BOUNCE_RULES", "none", "file of extra classification rules, tried before the embedded ones"},
 		{"MAILFERRY_AUTO_MIGRATE", "true", "serve applies migrations at start"},
 		{"MAILFERRY_LOG_LEVEL", "info", "debug, info, warn or error"},
 		{"MAILFERRY_LOG_FORMAT", "json", "json or text"},
@@ -134,6 +143,10 @@ func Load(lookup func(string) (string, bool)) (Config, error) {
 		SubmissionHideClient:     p.boolean("MAILFERRY_SUBMISSION_HIDE_CLIENT", false),
 		SubmissionMaxPerIP:       p.intRange("MAILFERRY_SUBMISSION_MAX_PER_IP", 10, 1, 100000),
 		HTTPMaxConnections:       p.intRange("MAILFERRY_HTTP_MAX_CONNECTIONS", 4096, 16, 10000000),
+		BounceDomain:             p.optionalHostname("MAILFERRY_BOUNCE_DOMAIN"),
+		InboundAddr:              p.addr("MAILFERRY_INBOUND_ADDR", ":25", true),
+		FBLAddress:               p.str("MAILFERRY_FBL_ADDRESS", ""),
+		BounceRules:              p.file("MAILFERRY_BOUNCE_RULES"),
 		AutoMigrate:              p.boolean("MAILFERRY_AUTO_MIGRATE", true),
 		LogLevel:                 p.oneOf("MAILFERRY_LOG_LEVEL", "info", "debug", "info", "warn", "error"),
 		LogFormat:                p.oneOf("MAILFERRY_LOG_FORMAT", "json", "json", "text"),
@@ -156,7 +169,34 @@ func Load(lookup func(string) (string, bool)) (Config, error) {
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		p.fail("MAILFERRY_TLS_CERT", "MAILFERRY_TLS_CERT and MAILFERRY_TLS_KEY must be set together")
 	}
+	p.bounces(&c)
 	return c, errors.Join(p.errs...)
+}
+
+// bounces checks the bounce settings against each other: the VERP tag is
+// an HMAC keyed by MAILFERRY_SECRET_KEY, and complaints arrive at the
+// bounce domain, whose MX is the inbound listener.
+func (p *parser) bounces(c *Config) {
+	if c.BounceDomain != "" && c.SecretKey == nil {
+		if p.getenv("MAILFERRY_SECRET_KEY") == "" { // a short key has its own error
+			p.fail("MAILFERRY_BOUNCE_DOMAIN", "needs MAILFERRY_SECRET_KEY: it keys the tag that makes return paths unforgeable")
+		}
+	}
+	if c.FBLAddress == "" {
+		return
+	}
+	at := strings.LastIndexByte(c.FBLAddress, '@')
+	switch {
+	case c.BounceDomain == "":
+		p.fail("MAILFERRY_FBL_ADDRESS", "needs MAILFERRY_BOUNCE_DOMAIN: complaints arrive at the inbound listener, the bounce domain's MX")
+	case at <= 0 || strings.ContainsAny(c.FBLAddress, " <>\t\r\n"):
+		p.fail("MAILFERRY_FBL_ADDRESS", "%q is not an address like fbl@%s", c.FBLAddress, c.BounceDomain)
+	case !strings.EqualFold(c.FBLAddress[at+1:], c.BounceDomain):
+		p.fail("MAILFERRY_FBL_ADDRESS", "%q is not at MAILFERRY_BOUNCE_DOMAIN %s", c.FBLAddress, c.BounceDomain)
+	default:
+		// RFC 5321 2.4: the domain is case-insensitive, the local part kept.
+		c.FBLAddress = c.FBLAddress[:at+1] + strings.ToLower(c.FBLAddress[at+1:])
+	}
 }
 
 type parser struct {
@@ -262,6 +302,35 @@ func validHostname(h string) bool {
 		}
 	}
 	return true
+}
+
+// optionalHostname is a host name, or "" when unset.
+func (p *parser) optionalHostname(name string) string {
+	v := strings.TrimSuffix(p.str(name, ""), ".")
+	if v == "" {
+		return ""
+	}
+	if !validHostname(v) || !strings.Contains(v, ".") {
+		p.fail(name, "%q is not a fully qualified host name", v)
+		return ""
+	}
+	return strings.ToLower(v)
+}
+
+// file is the path of a readable regular file, or "" when unset.
+func (p *parser) file(name string) string {
+	v := p.str(name, "")
+	if v == "" {
+		return ""
+	}
+	fi, err := os.Stat(v)
+	switch {
+	case err != nil:
+		p.fail(name, "%v", err)
+	case !fi.Mode().IsRegular():
+		p.fail(name, "%s is not a regular file", v)
+	}
+	return v
 }
 
 func (p *parser) intRange(name string, def, lo, hi int) int {
