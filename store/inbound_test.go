@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+
+	"github.com/mailferry/mailferry/internal/wait"
 )
 
 // TestInboundLifecycle: a saved report is claimed once while its lease
@@ -38,11 +40,10 @@ func TestInboundLifecycle(t *testing.T) {
 	}
 	// The third's lease of a millisecond lapses: it comes back, tries 2.
 	var again []InboundRow
-	for deadline := time.Now().Add(5 * time.Second); len(again) == 0 && time.Now().Before(deadline); {
-		if again, err = s.ClaimInbound(ctx, 5, time.Hour); err != nil {
-			t.Fatal(err)
-		}
-	}
+	wait.For(t, "the lapsed lease to be claimable", func() bool {
+		again, err = s.ClaimInbound(ctx, 5, time.Hour)
+		return err != nil || len(again) > 0
+	})
 	if len(again) != 1 || again[0].ID != ids[2] || again[0].Tries != 2 {
 		t.Fatalf("after the lease lapsed: %+v", again)
 	}
