@@ -94,15 +94,18 @@ WHERE message_id = $1 AND idx = ANY($2) AND lease_owner = $3 AND status NOT IN (
 	// changes nothing.
 	recordAttempts = `WITH o AS (
 	SELECT * FROM unnest($2::smallint[], $3::int[], $4::timestamptz[], $5::int[], $6::text[], $7::inet[], $8::text[],
-		$9::text[], $10::bool[], $11::int[], $12::text[], $13::text[], $14::text[], $15::timestamptz[])
+		$9::text[], $10::bool[], $11::int[], $12::text[], $13::text[], $14::text[], $15::timestamptz[],
+		$16::text[], $17::text[])
 	AS o(idx, attempt, started_at, duration_ms, mx_host, mx_ip, tls_version, tls_cipher, tls_verified,
-		smtp_code, enhanced_code, response, outcome, next_at)
+		smtp_code, enhanced_code, response, outcome, next_at, bounce_type, bounce_class)
 ), moved AS (
 	UPDATE recipients r SET
 		status = o.outcome, attempts = o.attempt, last_attempt_at = o.started_at,
 		next_attempt_at = o.next_at, smtp_code = o.smtp_code, enhanced_code = o.enhanced_code,
 		response = o.response, mx_host = o.mx_host, tls_version = o.tls_version, updated_at = now(),
-		lease_owner = NULL, lease_until = NULL
+		lease_owner = NULL, lease_until = NULL,
+		-- NULL for a delivery: the class is the latest failure's.
+		bounce_type = o.bounce_type, bounce_class = o.bounce_class, bounce_async = false
 	FROM o
 	WHERE r.message_id = $1 AND r.idx = o.idx AND r.attempts = o.attempt - 1
 	AND r.status NOT IN ('delivered', 'bounced', 'suppressed')
@@ -110,7 +113,7 @@ WHERE message_id = $1 AND idx = ANY($2) AND lease_owner = $3 AND status NOT IN (
 )
 INSERT INTO attempts (` + attemptColumnList + `)
 SELECT $1, o.idx, o.attempt, o.started_at, o.duration_ms, o.mx_host, o.mx_ip, o.tls_version, o.tls_cipher,
-	o.tls_verified, o.smtp_code, o.enhanced_code, o.response, o.outcome
+	o.tls_verified, o.smtp_code, o.enhanced_code, o.response, o.outcome, o.bounce_type, o.bounce_class
 FROM o JOIN moved m ON m.idx = o.idx`
 	// completeMessage drops the body once no recipient is left to deliver:
 	// the ledger keeps the metadata, not the mail.
@@ -244,6 +247,10 @@ func (s *Store) RenewLease(ctx context.Context, id uuid.UUID, idxs []int, owner 
 type Outcome struct {
 	Attempt       Attempt    // the attempt row; Attempt.Outcome is the new status
 	NextAttemptAt *time.Time // when deferred
+	// Suppress puts the address on the tenant's suppression list
+	// (hard_bounce) when the outcome is bounced (bounce.Verdict.Suppress);
+	// it is ignored for other outcomes.
+	Suppress bool
 }
 
 // RecordOutcomes writes the attempts and the recipients' new state in one
@@ -276,7 +283,8 @@ func (s *Store) RecordOutcomes(ctx context.Context, id uuid.UUID, outs []Outcome
 	b := &pgx.Batch{}
 	b.Queue(lockMessage, messageLockClass, messageLockKey(id))
 	b.Queue(recordAttempts, id, cols.rcpt, cols.attempt, cols.started, cols.durationMS, cols.mxHost, cols.mxIP,
-		cols.tlsVersion, cols.tlsCipher, cols.tlsVerified, cols.code, cols.enhanced, cols.response, cols.outcome, next)
+		cols.tlsVersion, cols.tlsCipher, cols.tlsVerified, cols.code, cols.enhanced, cols.response, cols.outcome, next,
+		cols.bounceType, cols.bounceClass)
 	// A statement of its own, so that its snapshot sees the recipients just
 	// updated and those of any domain recorded before the lock was granted.
 	b.Queue(completeMessage, id).QueryRow(func(row pgx.Row) error {
