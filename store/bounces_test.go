@@ -2,6 +2,7 @@ package store
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -251,5 +252,64 @@ func TestNormalizeEmail(t *testing.T) {
 		if got := NormalizeEmail(in); got != want {
 			t.Errorf("NormalizeEmail(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// TestGetMessageRecipientEvents: recipient_events rows (reports written by
+// the inbound processor) join the attempts in Events by time, with their
+// class and MTAs, and the recipient shows its class.
+func TestGetMessageRecipientEvents(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	k := newTenant(t, s, "acme")
+	m := testMessage(k, 1)
+	if err := s.AcceptBatch(t.Context(), []NewMessage{m}); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().Truncate(time.Microsecond)
+	delivered := []Outcome{{Attempt: Attempt{Recipient: 0, Attempt: 1, StartedAt: now, SMTPCode: 250, Outcome: RecipientDelivered}}}
+	if _, err := s.RecordOutcomes(t.Context(), m.ID, delivered); err != nil {
+		t.Fatal(err)
+	}
+	for _, ev := range []struct {
+		at          time.Time
+		typ, class  string
+		reportingMT string
+	}{
+		{now.Add(2 * time.Minute), "complained", "", ""},
+		{now.Add(time.Minute), "bounced", "invalid_recipient", "mx.dest0.example"},
+	} {
+		var typ, class any
+		if ev.class != "" {
+			typ, class = BounceHard, ev.class
+		}
+		if _, err := s.pool.Exec(t.Context(), `INSERT INTO recipient_events (message_id, rcpt_idx, at, type, enhanced_code,
+			reporting_mta, remote_mta, bounce_type, bounce_class) VALUES ($1, 0, $2, $3, '5.1.1', $4, 'remote.example', $5, $6)`,
+			m.ID, ev.at, ev.typ, optional(ev.reportingMT), typ, class); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.pool.Exec(t.Context(), `UPDATE recipients SET status = 'bounced', bounce_type = 'hard',
+		bounce_class = 'invalid_recipient', bounce_async = true WHERE message_id = $1`, m.ID); err != nil {
+		t.Fatal(err)
+	}
+	v, err := s.GetMessage(t.Context(), k.TenantID, m.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := eventTypes(v.Events); fmt.Sprint(got) != "[accepted delivered bounced complained]" {
+		t.Fatalf("events %v", got)
+	}
+	b := v.Events[2]
+	if !b.Async || deref(b.ReportingMTA) != "mx.dest0.example" || deref(b.RemoteMTA) != "remote.example" ||
+		deref(b.BounceClass) != "invalid_recipient" || b.Recipient != m.Recipients[0].Email {
+		t.Errorf("bounced event %+v", b)
+	}
+	if v.Events[1].Async {
+		t.Errorf("the attempt is marked async")
+	}
+	r := v.Recipients[0]
+	if !r.BounceAsync || deref(r.BounceClass) != "invalid_recipient" || deref(r.BounceType) != BounceHard {
+		t.Errorf("recipient %+v", r)
 	}
 }
