@@ -39,8 +39,9 @@ type Reader interface {
 // Intake accepts messages.
 type Intake interface {
 	NewReceipt(s intake.Submission) (intake.Receipt, error)
-	Submit(ctx context.Context, r intake.Receipt, s intake.Submission) error
-	SubmitIdempotent(ctx context.Context, r intake.Receipt, s intake.Submission, key store.Idempotency) (*store.Idempotency, error)
+	Accept(ctx context.Context, r intake.Receipt, s intake.Submission) ([]intake.Suppression, error)
+	SubmitIdempotent(ctx context.Context, r intake.Receipt, s intake.Submission, key store.Idempotency,
+		answer func(suppressed []intake.Suppression) ([]byte, error)) (*store.Idempotency, error)
 }
 
 // Check is one readiness probe (Redis, PostgreSQL).

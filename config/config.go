@@ -63,6 +63,8 @@ type Config struct {
 	Leases            lease.Timing
 	ReconcileInterval time.Duration // MAILFERRY_RECONCILE_INTERVAL, 5m
 	AttemptRetention  time.Duration // MAILFERRY_ATTEMPT_RETENTION, 2160h (90 days)
+
+	SoftBounceLimit int // MAILFERRY_SOFT_BOUNCE_LIMIT, 5 soft failures in a row across messages suppress an address; 0 = never
 }
 
 // Var names one environment variable with its default, for help texts.
@@ -107,6 +109,7 @@ func Vars() []Var {
 		{"MAILFERRY_VISIBILITY_TIMEOUT", "30s", "a job whose worker is silent this long goes to another worker; heartbeat (1/6) and recipient lease (1/2) follow from it"},
 		{"MAILFERRY_RECONCILE_INTERVAL", "5m", "how often the queue is checked against PostgreSQL for lost jobs"},
 		{"MAILFERRY_ATTEMPT_RETENTION", "2160h", "attempt history older than this is dropped, a month at a time (90 days)"},
+		{"MAILFERRY_SOFT_BOUNCE_LIMIT", "5", "consecutive soft failures across messages before the address is suppressed (0: never)"},
 	}
 }
 
@@ -130,6 +133,7 @@ func Load(lookup func(string) (string, bool)) (Config, error) {
 		MaxQueueAge:              p.duration("MAILFERRY_MAX_QUEUE_AGE", 120*time.Hour),
 		MaxMessageBytes:          int64(p.intRange("MAILFERRY_MAX_MESSAGE_BYTES", 26214400, 1024, 1<<30)),
 		MaxRecipients:            p.intRange("MAILFERRY_MAX_RECIPIENTS", 1000, 1, 100000),
+		SoftBounceLimit:          p.intRange("MAILFERRY_SOFT_BOUNCE_LIMIT", 5, 0, 1000000),
 		MaxBytesInFlight:         int64(p.intRange("MAILFERRY_MAX_BYTES_IN_FLIGHT", 128<<20, 1024, 1<<40)),
 		WorkerConcurrency:        p.intRange("MAILFERRY_WORKER_CONCURRENCY", 256, 1, 100000),
 		WorkerPerDomain:          p.intRange("MAILFERRY_WORKER_PER_DOMAIN", 32, 1, 10000),

@@ -67,7 +67,10 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 		log.Warn("open-file limit unknown", "error", err)
 	}
 
-	st, err := openLedger(ctx, cfg, log)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	st, err := openLedger(ctx, cfg, reg, log)
 	if err != nil {
 		return err
 	}
@@ -94,8 +97,6 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 		return fmt.Errorf("queue: %w", err)
 	}
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	checks := []api.Check{
 		{Name: "postgres", Ping: st.Ping},
 		{Name: "redis", Ping: q.Ping},
@@ -291,16 +292,16 @@ func parseRoles(s string) (map[string]bool, error) {
 }
 
 // openLedger waits a little for PostgreSQL: in a compose stack or after a
-// reboot the database may come up seconds after Mailferry.
-func openLedger(ctx context.Context, cfg config.Config, log *slog.Logger) (*store.Store, error) {
+// reboot the database may come up seconds after Mailferry. The store's
+// metrics go to reg once Open succeeds (Open pings), so a retry never
+// registers them twice.
+func openLedger(ctx context.Context, cfg config.Config, reg prometheus.Registerer, log *slog.Logger) (*store.Store, error) {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		st, err := store.Open(ctx, store.Options{URL: cfg.DatabaseURL.String()})
+		st, err := store.Open(ctx, store.Options{URL: cfg.DatabaseURL.String(),
+			SoftBounceLimit: cfg.SoftBounceLimit, Registerer: reg})
 		if err == nil {
-			if err = st.Ping(ctx); err == nil {
-				return st, nil
-			}
-			st.Close()
+			return st, nil
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			return nil, fmt.Errorf("connect to MAILFERRY_DATABASE_URL %s: %w", cfg.DatabaseURL.Redacted(), err)
