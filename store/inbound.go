@@ -1,11 +1,13 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/google/uuid"
@@ -111,6 +113,13 @@ func (s *Store) ClaimInbound(ctx context.Context, n int, lease time.Duration) ([
 	if err != nil {
 		return nil, fmt.Errorf("claim inbound: %w", err)
 	}
+	// UPDATE … RETURNING keeps no order: oldest first again.
+	slices.SortFunc(out, func(a, b InboundRow) int {
+		if c := a.ReceivedAt.Compare(b.ReceivedAt); c != 0 {
+			return c
+		}
+		return bytes.Compare(a.ID[:], b.ID[:])
+	})
 	return out, nil
 }
 

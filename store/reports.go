@@ -10,17 +10,11 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// Types of an asynchronous report for one recipient (recipient_events.type).
+// Types of an asynchronous report for one recipient (recipient_events.type),
+// with EventComplained (an ARF complaint).
 const (
-	EventBounced    = "bounced"    // a DSN with action failed
-	EventDeferred   = "deferred"   // a DSN with action delayed: an event, no change of state
-	EventComplained = "complained" // an ARF complaint
-)
-
-// Suppression reasons added by reports.
-const (
-	SuppressHardBounce = "hard_bounce"
-	SuppressComplaint  = "complaint"
+	EventBounced  = RecipientBounced  // a DSN with action failed
+	EventDeferred = RecipientDeferred // a DSN with action delayed: an event, no change of state
 )
 
 // AsyncReport is what a DSN or a complaint says about one recipient of one
@@ -194,12 +188,12 @@ func (s *Store) ApplyReport(ctx context.Context, r AsyncReport) (AsyncResult, er
 		reason := ""
 		switch {
 		case r.Type == EventComplained:
-			reason = SuppressComplaint
+			reason = SuppressedComplaint
 		case r.Type == EventBounced && r.Suppress:
-			reason = SuppressHardBounce
+			reason = SuppressedHardBounce
 		}
 		if reason != "" {
-			err := tx.QueryRow(ctx, insertSuppression, r.MessageID, normalizeEmail(res.Email), reason).Scan(&res.Suppressed)
+			err := tx.QueryRow(ctx, insertSuppression, r.MessageID, NormalizeEmail(res.Email), reason).Scan(&res.Suppressed)
 			if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 				return err
 			}
@@ -219,22 +213,19 @@ func (s *Store) ApplyReport(ctx context.Context, r AsyncReport) (AsyncResult, er
 	if err != nil {
 		return AsyncResult{}, fmt.Errorf("apply report %s: %w", r.MessageID, rejected(err))
 	}
+	if res.Suppressed {
+		reason := SuppressedHardBounce
+		if r.Type == EventComplained {
+			reason = SuppressedComplaint
+		}
+		s.metrics.suppressed(reason, 1)
+	}
 	return res, nil
 }
 
 // errNeverSent rolls ApplyReport's transaction back: the report names a
 // recipient we never sent to.
 var errNeverSent = errors.New("recipient never sent")
-
-// normalizeEmail is an address as suppressions keys it: the local part as
-// written, the domain in lower case (RFC 5321 2.4).
-func normalizeEmail(addr string) string {
-	at := strings.LastIndexByte(addr, '@')
-	if at < 0 {
-		return addr
-	}
-	return addr[:at+1] + strings.ToLower(addr[at+1:])
-}
 
 func nullInt(n int) any {
 	if n == 0 {
