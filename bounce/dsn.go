@@ -88,7 +88,7 @@ func fieldGroups(body []byte) ([]textproto.Header, error) {
 			return nil
 		}
 		if len(groups) >= maxStatusGroups {
-			return fmt.Errorf("more than %d recipient groups: %w", maxRecipients, errTooComplex)
+			return fmt.Errorf("more than %d recipient groups: %w", maxRecipients, ErrTooComplex)
 		}
 		cur.WriteString("\r\n")
 		h, err := textproto.ReadHeader(bufio.NewReader(bytes.NewReader(cur.Bytes())))

@@ -65,8 +65,9 @@ const (
 	maxStatusGroups = maxRecipients + 1
 )
 
-// errTooComplex: the report goes past a limit.
-var errTooComplex = errors.New("report too large or too complex")
+// ErrTooComplex: the message goes past one of Parse's limits (size, MIME
+// parts, nesting, header size). Parse wraps it.
+var ErrTooComplex = errors.New("report too large or too complex")
 
 // Parse reads one report message: an RFC 3464 DSN (RFC 6533 global DSNs
 // too), an RFC 5965 ARF feedback report, or a plain-text bounce of Postfix,
@@ -74,7 +75,7 @@ var errTooComplex = errors.New("report too large or too complex")
 // raw is none of these.
 func Parse(raw []byte) (*Report, error) {
 	if len(raw) > MaxReportSize {
-		return nil, fmt.Errorf("parse report: %d octets, more than %d: %w", len(raw), MaxReportSize, errTooComplex)
+		return nil, fmt.Errorf("parse report: %d octets, more than %d: %w", len(raw), MaxReportSize, ErrTooComplex)
 	}
 	top, err := readEntity(raw, maxHeaderSize)
 	if err != nil {
@@ -142,7 +143,7 @@ func (e *entity) mediaType() (string, map[string]string) {
 func readEntity(raw []byte, maxHeader int) (*entity, error) {
 	head, body := splitHeader(raw)
 	if len(head) > maxHeader {
-		return nil, fmt.Errorf("header of %d octets, more than %d: %w", len(head), maxHeader, errTooComplex)
+		return nil, fmt.Errorf("header of %d octets, more than %d: %w", len(head), maxHeader, ErrTooComplex)
 	}
 	h, err := textproto.ReadHeader(bufio.NewReader(io.MultiReader(bytes.NewReader(head), strings.NewReader("\r\n"))))
 	if err != nil {
@@ -211,13 +212,13 @@ type walker struct {
 func (w *walker) walk(e *entity, depth int) error {
 	w.parts++
 	if w.parts > maxParts {
-		return fmt.Errorf("more than %d MIME parts: %w", maxParts, errTooComplex)
+		return fmt.Errorf("more than %d MIME parts: %w", maxParts, ErrTooComplex)
 	}
 	mt, params := e.mediaType()
 	switch {
 	case strings.HasPrefix(mt, "multipart/"):
 		if depth >= maxDepth {
-			return fmt.Errorf("multipart nested deeper than %d: %w", maxDepth, errTooComplex)
+			return fmt.Errorf("multipart nested deeper than %d: %w", maxDepth, ErrTooComplex)
 		}
 		boundary := params["boundary"]
 		if boundary == "" {
