@@ -122,6 +122,7 @@ func fieldGroups(body []byte) ([]textproto.Header, error) {
 // 3) has its \x{HEX} escapes decoded. No type: the value is taken as the
 // address.
 func typedAddress(v string) string {
+	v = removeComments(v)
 	typ, addr, ok := strings.Cut(v, ";")
 	if !ok {
 		return cleanAddress(v)
@@ -172,9 +173,9 @@ func mtaName(v string) string {
 	if _, name, ok := strings.Cut(v, ";"); ok {
 		v = name
 	}
-	// The name is a host name or address; what follows it is a comment
+	// The name is a host name or address, perhaps with a comment
 	// ("gmail-smtp-in.l.google.com. (192.0.2.30, the server for …)").
-	v = strings.TrimSuffix(firstWord(cleanText(v)), ".")
+	v = strings.TrimSuffix(firstWord(cleanText(removeComments(v))), ".")
 	if len(v) > 255 {
 		return ""
 	}
@@ -210,4 +211,29 @@ func isAtom(s string) bool {
 		}
 	}
 	return true
+}
+
+// removeComments drops RFC 5322 3.2.2 comments, "(…)" nested, which MTAs
+// add after addresses and host names; a backslash quotes the next
+// character, and an unclosed comment runs to the end.
+func removeComments(s string) string {
+	if !strings.Contains(s, "(") {
+		return s
+	}
+	var b strings.Builder
+	depth := 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '\\' && depth > 0:
+			i++
+		case c == '(':
+			depth++
+		case c == ')' && depth > 0:
+			depth--
+		case depth == 0:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
 }

@@ -58,7 +58,6 @@ const (
 	maxParts        = 100      // MIME parts in all, at any depth
 	maxDepth        = 5        // multipart nesting
 	maxHeaderSize   = 256 << 10
-	maxPartHeader   = 64 << 10
 	maxRecipients   = 1000
 	maxFieldLen     = 2048 // a DSN field value we keep
 	maxAddressLen   = 512

@@ -121,6 +121,36 @@ func TestCorpus(t *testing.T) {
 	}
 }
 
+func TestDSNFieldForms(t *testing.T) {
+	for _, tc := range []struct{ in, addr string }{
+		{"rfc822; user@example.com", "user@example.com"},
+		{"RFC822;<user@example.com>", "user@example.com"},
+		{"rfc822; user@example.com (the user)", "user@example.com"},
+		{"rfc822; user@example.com (nested (comment))", "user@example.com"},
+		{"user@example.com", "user@example.com"},
+		{"utf-8; j\\x{F6}rg@example.com", "jörg@example.com"},
+		{"utf-8; bad\\x{110000}@example.com", "bad\\x{110000}@example.com"},
+		{"rfc822; not an address", ""},
+		{"rfc822; user@", ""},
+		{"x400; /C=US/ADMD=x/", ""},
+	} {
+		if got := typedAddress(tc.in); got != tc.addr {
+			t.Errorf("typedAddress(%q) = %q; want %q", tc.in, got, tc.addr)
+		}
+	}
+	for _, tc := range []struct{ in, name string }{
+		{"dns; mx.example.com", "mx.example.com"},
+		{"dns;mx.example.com.", "mx.example.com"},
+		{"dns; mx.example.com (192.0.2.1)", "mx.example.com"},
+		{"mx.example.com", "mx.example.com"},
+		{"", ""},
+	} {
+		if got := mtaName(tc.in); got != tc.name {
+			t.Errorf("mtaName(%q) = %q; want %q", tc.in, got, tc.name)
+		}
+	}
+}
+
 func TestNotReport(t *testing.T) {
 	files, _ := filepath.Glob(filepath.Join("testdata", "not-report-*.eml"))
 	if len(files) == 0 {
