@@ -15,28 +15,35 @@ import (
 // parseDSN reads the body of a message/delivery-status part (RFC 3464 2.1)
 // or message/global-delivery-status part (RFC 6533 3.1): the per-message
 // fields, then one group of per-recipient fields for each recipient,
-// groups separated by blank lines.
-func parseDSN(body []byte) (*Report, error) {
+// groups separated by blank lines. sender is the envelope sender when the
+// MTA names it in an extension field (Postfix's X-Postfix-Sender).
+func parseDSN(body []byte) (r *Report, sender string, err error) {
 	groups, err := fieldGroups(body)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	if len(groups) < 2 {
-		return nil, errors.New("no per-recipient fields (RFC 3464 2.1)")
+	if len(groups) == 0 {
+		return nil, "", errors.New("empty delivery-status part (RFC 3464 2.1)")
 	}
-	r := &Report{Kind: "dsn"}
+	r = &Report{Kind: "dsn"}
+	sender = typedAddress(groups[0].Get("X-Postfix-Sender"))
 	// RFC 3464 2.2.2: Reporting-MTA: mta-name-type; mta-name.
 	r.ReportingMTA = mtaName(groups[0].Get("Reporting-Mta"))
-	for _, g := range groups[1:] {
+	rcptGroups := groups[1:]
+	if g := groups[0]; !g.Has("Reporting-Mta") && (g.Has("Final-Recipient") || g.Has("Action")) {
+		// No per-message group, as some MTAs write it: all are recipients.
+		rcptGroups = groups
+	}
+	for _, g := range rcptGroups {
 		rcpt, ok := dsnRecipient(g)
 		if ok {
 			r.Recipients = append(r.Recipients, rcpt)
 		}
 	}
 	if len(r.Recipients) == 0 {
-		return nil, errors.New("no recipient with Final-Recipient or Action (RFC 3464 2.3)")
+		return nil, "", errors.New("no per-recipient fields: Final-Recipient, Action (RFC 3464 2.3)")
 	}
-	return r, nil
+	return r, sender, nil
 }
 
 func dsnRecipient(g textproto.Header) (ReportRecipient, bool) {

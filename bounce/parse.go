@@ -92,11 +92,16 @@ func Parse(raw []byte) (*Report, error) {
 		// RFC 3464 2: multipart/report; report-type=delivery-status. RFC 6533
 		// 6.3 keeps that report-type; some senders write
 		// global-delivery-status.
-		r, err := parseDSN(w.deliveryStatus)
+		r, sender, err := parseDSN(w.deliveryStatus)
 		if err != nil {
 			return nil, fmt.Errorf("parse dsn: %w", err)
 		}
 		r.Original = w.original()
+		if r.Original.ReturnPath == "" {
+			// The returned headers seldom have a Return-Path (it is added
+			// at final delivery); Postfix names the envelope sender.
+			r.Original.ReturnPath = sender
+		}
 		return r, nil
 	case w.feedback != nil:
 		// RFC 5965 2: multipart/report; report-type=feedback-report.

@@ -60,6 +60,10 @@ var corpus = []corpusCase{
 	{file: "gmail-plain-over-quota.eml", kind: "plain", rcpt: "stuffed@gmail.example", action: "failed", status: "5.2.2", smtpCode: 552, class: MailboxFull, typ: Soft},
 	{file: "yahoo-plain-blocked.eml", kind: "plain", rcpt: "friend@listed.example", action: "failed", status: "5.7.1", smtpCode: 550, class: SpamBlock, typ: Hard, messageID: "20261207.abc123@mailferry.example"},
 	{file: "qmail-plain-no-mailbox.eml", kind: "plain", rcpt: "nobody@mail.example.org", action: "failed", status: "5.1.1", class: InvalidRecipient, typ: Hard, reporting: "mail.example.org", messageID: "20261207.abc123@mailferry.example"},
+	{file: "exchange2010-plain-expired.eml", kind: "plain", rcpt: "someone@partner.example", action: "failed", status: "4.4.7", smtpCode: 550, class: Expired, typ: Soft, reporting: "EXCH01.corp.example", messageID: "20261207.abc123@mailferry.example"},
+	{file: "gmail-plain-delayed.eml", kind: "plain", rcpt: "busy@gmail.example", action: "delayed", status: "4.2.1", smtpCode: 450, class: RateLimited, typ: Soft},
+	{file: "postfix-plain-delayed-timeout.eml", kind: "plain", rcpt: "ops@slow.example", action: "delayed", class: ConnectionFailure, typ: Soft, reporting: "old.example.org", messageID: "20261207.abc123@mailferry.example"},
+	{file: "exim-mixed-base64.eml", kind: "plain", rcpt: "gone@old-isp.example", action: "failed", status: "5.1.1", smtpCode: 550, class: InvalidRecipient, typ: Hard, messageID: "20261207.abc123@mailferry.example"},
 	{file: "qmail-plain-remote-full.eml", kind: "plain", rcpt: "stuffed@remote.example", action: "failed", status: "5.2.2", smtpCode: 552, class: MailboxFull, typ: Soft, reporting: "mail.example.org"},
 }
 
@@ -197,6 +201,19 @@ func TestCorpusDetails(t *testing.T) {
 		o := r.Original
 		if o.ReturnPath != testVERP || o.From != "news@shop.example" || !slices.Equal(o.To, []string{"nobody@example.com"}) {
 			t.Errorf("Original = %+v", o)
+		}
+	})
+	t.Run("return path from X-Postfix-Sender", func(t *testing.T) {
+		raw := "Content-Type: multipart/report; report-type=delivery-status; boundary=q\r\n\r\n" +
+			"--q\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example\r\nX-Postfix-Sender: rfc822; " + testVERP +
+			"\r\n\r\nFinal-Recipient: rfc822; a@example.com\r\nAction: failed\r\nStatus: 5.1.1\r\n" +
+			"--q\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-ID: <x@y>\r\nTo: a@example.com\r\n--q--\r\n"
+		r, err := Parse([]byte(raw))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Original.ReturnPath != testVERP || r.Original.MessageID != "x@y" {
+			t.Errorf("Original = %+v", r.Original)
 		}
 	})
 	t.Run("two recipients", func(t *testing.T) {
