@@ -7,7 +7,7 @@ import (
 
 // parseARF reads the body of a message/feedback-report part (RFC 5965
 // 3.1): one block of fields. The complained-about recipients are the
-// Original-Rcpt-To fields (RFC 5965 3.2, optional, may repeat); without
+// Original-Rcpt-To fields (RFC 5965 3.3, optional, may repeat); without
 // them, the To of the embedded message. Original-Mail-From (RFC 5965 3.2)
 // is the envelope sender, our return path, which names the message and
 // recipient even when the provider has redacted the rest.

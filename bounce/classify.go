@@ -140,7 +140,7 @@ func cutReplyCode(s string) (int, string, bool) {
 
 // normalizeText joins the lines of a reply into one, without the reply
 // code and enhanced code that start each line of a multi-line reply
-// (RFC 5321 4.2.1; RFC 2034 3), and with every white space run made one
+// (RFC 5321 4.2.1; RFC 2034), and with every white space run made one
 // space, so that a pattern matches across a line break.
 func normalizeText(text string) string {
 	var b strings.Builder

@@ -13,7 +13,7 @@ import (
 )
 
 // parseDSN reads the body of a message/delivery-status part (RFC 3464 2.1)
-// or message/global-delivery-status part (RFC 6533 3.1): the per-message
+// or message/global-delivery-status part (RFC 6533): the per-message
 // fields, then one group of per-recipient fields for each recipient,
 // groups separated by blank lines. sender is the envelope sender when the
 // MTA names it in an extension field (Postfix's X-Postfix-Sender).
@@ -125,8 +125,8 @@ func fieldGroups(body []byte) ([]textproto.Header, error) {
 }
 
 // typedAddress reads address-type ";" generic-address (RFC 3464 2.3.1,
-// 2.3.2). An rfc822 address is kept as written; a utf-8 address (RFC 6533
-// 3) has its \x{HEX} escapes decoded. No type: the value is taken as the
+// 2.3.2). An rfc822 address is kept as written; a utf-8 address (RFC
+// 6533) has its \x{HEX} escapes decoded. No type: the value is taken as the
 // address.
 func typedAddress(v string) string {
 	v = removeComments(v)
@@ -142,7 +142,7 @@ func typedAddress(v string) string {
 	return cleanAddress(addr)
 }
 
-// decodeUnitext decodes the embedded-unicode-char escapes of RFC 6533 3
+// decodeUnitext decodes the embedded-unicode-char escapes of RFC 6533
 // (\x{HEXPOINT}).
 func decodeUnitext(s string) string {
 	if !strings.Contains(s, `\x{`) {

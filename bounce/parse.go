@@ -89,9 +89,9 @@ func Parse(raw []byte) (*Report, error) {
 	switch {
 	case w.deliveryStatus != nil && (mt != "multipart/report" || reportType == "" ||
 		reportType == "delivery-status" || reportType == "global-delivery-status"):
-		// RFC 3464 2: multipart/report; report-type=delivery-status. RFC 6533
-		// 6.3 keeps that report-type; some senders write
-		// global-delivery-status.
+		// RFC 3464 2: multipart/report; report-type=delivery-status. For
+		// RFC 6533 global DSNs senders write either that or
+		// global-delivery-status; both are taken.
 		r, sender, err := parseDSN(w.deliveryStatus)
 		if err != nil {
 			return nil, fmt.Errorf("parse dsn: %w", err)
@@ -257,7 +257,7 @@ func (w *walker) walk(e *entity, depth int) error {
 		}
 	case mt == "message/rfc822" || mt == "message/global" || mt == "text/rfc822-headers" ||
 		mt == "message/rfc822-headers" || mt == "message/global-headers":
-		// RFC 3462 (text/rfc822-headers), RFC 6533 3.3 (message/global-headers).
+		// RFC 6522 (text/rfc822-headers), RFC 6533 (message/global, message/global-headers).
 		w.headers = append(w.headers, e.body)
 	case mt == "text/plain" || mt == "":
 		w.texts = append(w.texts, e.body)
