@@ -140,7 +140,7 @@ func cutReplyCode(s string) (int, string, bool) {
 
 // normalizeText joins the lines of a reply into one, without the reply
 // code and enhanced code that start each line of a multi-line reply
-// (RFC 5321 4.2.1; RFC 2034 3), and with every white space run made one
+// (RFC 5321 4.2.1; RFC 2034), and with every white space run made one
 // space, so that a pattern matches across a line break.
 func normalizeText(text string) string {
 	var b strings.Builder
@@ -155,6 +155,9 @@ func normalizeText(text string) string {
 			}
 		}
 		for f := range strings.FieldsSeq(line) {
+			if isContinuation(f) {
+				continue // "550-5.7.1" of a multi-line reply unfolded into one line
+			}
 			if b.Len() > 0 {
 				b.WriteByte(' ')
 			}
@@ -171,4 +174,18 @@ func cutSMTP(s string) string {
 		return strings.TrimLeft(s[5:], " \t")
 	}
 	return s
+}
+
+// isContinuation: a token like "550-5.7.1" or "550-", the start of a line
+// of a multi-line reply (RFC 5321 4.2.1) that a DSN has unfolded.
+func isContinuation(f string) bool {
+	code, rest, ok := cutReplyCode(f)
+	if !ok || code == 0 || len(f) < 4 || f[3] != '-' {
+		return false
+	}
+	if rest == "" {
+		return true
+	}
+	_, ok = parseStatus(rest)
+	return ok
 }

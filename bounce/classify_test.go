@@ -110,6 +110,28 @@ var classifyCases = []verdictCase{
 	{"smtp; prefix in text", 0, "", "smtp; 550 5.1.1 <nobody@example.com>: Recipient address rejected: User unknown", InvalidRecipient, Hard, true},
 	{"code in text only", 0, "", "550 5.2.2 mailbox full", MailboxFull, Soft, false},
 
+	// More provider and MTA texts.
+	{"gmail too quickly", 450, "4.2.1", "The user you are trying to contact is receiving mail too quickly. Please resend your message at a later time.", RateLimited, Soft, false},
+	{"aol will not accept", 521, "5.2.1", ": AOL will not accept delivery of this message.", Policy, Hard, false},
+	{"postfix unknown client hostname", 450, "4.7.1", "Client host rejected: cannot find your hostname, [192.0.2.1]", AuthFailure, Soft, false},
+	{"gmail suspicious", 421, "4.7.0", "[192.0.2.1] Our system has detected that this message is suspicious due to the nature of the content and/or the links within.", SpamBlock, Soft, false},
+	{"gmail low reputation", 550, "5.7.1", "[192.0.2.1] Gmail has detected that this message is likely suspicious due to the very low reputation of the sending domain.", SpamBlock, Hard, false},
+	{"gmail security issue", 552, "5.7.0", "This message was blocked because its content presents a potential security issue.", ContentRejected, Hard, false},
+	{"gmail missing from", 550, "5.7.1", "Messages missing a valid address in From: header, or having no From: header, are not accepted.", ContentRejected, Hard, false},
+	{"exim failing long", 0, "", "all hosts for 'example.com' have been failing for a long time (and retry time not reached)", Expired, Soft, false},
+	{"exim verification failed", 550, "", "Verification failed for <bounce@example.org>", Policy, Hard, false},
+	{"m365 dmarc", 550, "5.7.509", "Access denied, sending domain example.org does not pass DMARC verification and has a DMARC policy of reject.", AuthFailure, Hard, false},
+	{"m365 expired 5.4.316", 550, "5.4.316", "Message expired, connection refused(Socket error code 10061)", Expired, Soft, false},
+	{"m365 relay denied", 550, "5.7.64", "TenantAttribution; Relay Access Denied", Policy, Hard, false},
+	{"gmx block listed", 554, "", "gmx.net (mxgmx1) Nemesis ESMTP Service not available\n554-No SMTP service\n554-IP address is block listed.", SpamBlock, Hard, false},
+	{"yahoo BL21", 553, "5.7.1", "[BL21] Connections will not be accepted from 192.0.2.1, because the ip is in Spamhaus's list; see https://postmaster.yahooinc.com/error-codes", SpamBlock, Hard, false},
+	{"comcast not our customer", 550, "5.1.1", "Not our Customer", InvalidRecipient, Hard, true},
+	{"mimecast invalid", 550, "", "Invalid Recipient - https://community.mimecast.com/docs/DOC-1369#550", InvalidRecipient, Hard, true},
+	{"exim unrouteable", 550, "", "Unrouteable address", InvalidRecipient, Hard, true},
+	{"postfix domain not found 4.1.2", 450, "4.1.2", "<x@nowhere.example>: Recipient address rejected: Domain not found", DNSFailure, Soft, false},
+	{"media not supported", 554, "5.6.1", "Body type not supported by Remote Host", ContentRejected, Hard, false},
+	{"gmail daily quota", 550, "5.4.5", "Daily sending quota exceeded.", RateLimited, Soft, false},
+
 	// Code-only fallback.
 	{"550 nothing", 550, "", "", Other, Hard, false},
 	{"451 nothing", 451, "", "Local error in processing", Other, Soft, false},

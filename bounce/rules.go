@@ -12,31 +12,6 @@ import (
 	"sync"
 )
 
-// The rule file format, shared by the embedded rules.txt and an operator's
-// MAILFERRY_BOUNCE_RULES file. One rule a line; blank lines and lines whose
-// first non-blank character is '#' are skipped, and a token starting with
-// '#' ends the line:
-//
-//	[reply PATTERN] [status PATTERN] [text /REGEXP/FLAGS] CLASS [hard|soft] [suppress]
-//
-//   - reply 550, reply 5xx, reply 45x: the three-digit reply code, 'x' any
-//     digit. Code 0 (no reply) matches no pattern.
-//   - status 5.1.1, status x.7.x, status 5.7.606: the RFC 3463 enhanced
-//     status code, 'x' any number in that field.
-//   - text /…/i: an RE2 regexp (Go's regexp syntax), searched for in the
-//     reply text with the reply codes and enhanced codes at the start of
-//     each line taken out and white space runs made one space; a '/' in it
-//     is written '\/'. The only flag is i (case-insensitive).
-//   - CLASS: one of the classes of this package (invalid_recipient, …).
-//   - hard or soft: the type, when the class alone does not say it (see
-//     Classify). A transient reply (4xx) is soft whatever the rule says.
-//   - suppress: a permanent failure of this kind puts the address on the
-//     suppression list.
-//
-// A rule needs at least one of reply, status and text, and matches when all
-// it has match. Rules are tried in order, the operator's before the
-// embedded ones, and the first match decides.
-
 //go:embed rules.txt
 var embeddedRules string
 
@@ -46,6 +21,31 @@ var embeddedRules string
 const maxText = 2048
 
 // Rules classifies failures. Immutable once built; safe for concurrent use.
+//
+// The rule file format, shared by the embedded rules.txt and an operator's
+// MAILFERRY_BOUNCE_RULES file: one rule a line; blank lines and lines whose
+// first non-blank character is '#' are skipped, and a token starting with
+// '#' ends the line:
+//
+//		[reply PATTERN] [status PATTERN] [text /REGEXP/FLAGS] CLASS [hard|soft] [suppress]
+//
+//	  - reply 550, reply 5xx, reply 45x: the three-digit reply code, 'x' any
+//	    digit. Code 0 (no reply) matches no pattern.
+//	  - status 5.1.1, status x.7.x, status 5.7.606: the RFC 3463 enhanced
+//	    status code, 'x' any number in that field.
+//	  - text /…/i: an RE2 regexp (Go's regexp syntax), searched for in the
+//	    reply text with the reply codes and enhanced codes at the start of
+//	    each line taken out and white space runs made one space; a '/' in it
+//	    is written '\/'. The only flag is i (case-insensitive).
+//	  - CLASS: one of the classes of this package (invalid_recipient, …).
+//	  - hard or soft: the type, when the class alone does not say it (see
+//	    Classify). A transient reply (4xx) is soft whatever the rule says.
+//	  - suppress: a permanent failure of this kind puts the address on the
+//	    suppression list.
+//
+// A rule needs at least one of reply, status and text, and matches when all
+// it has match. Rules are tried in order, the operator's before the
+// embedded ones, and the first match decides.
 type Rules struct {
 	list []rule
 }
