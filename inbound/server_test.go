@@ -79,7 +79,7 @@ func TestListenerLimits(t *testing.T) {
 	e := newEnv(t)
 	addr := e.listen(func(o *ServerOptions) { o.MaxMessageBytes = 64 << 10; o.MaxConnectionsPerIP = 2 })
 	rp := e.signer.Address(uuid.Must(uuid.NewV7()), 0)
-	big := dsn(rp, "user0@dest.example", "failed", "5.1.1", strings.Repeat("x", 70<<10))
+	big := dsn(rp, "user0@dest.example", "failed", "5.1.1", "550 no") + strings.Repeat("xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\r\n", 2000)
 	if got := code(send(addr, "", []string{rp}, big)); !strings.HasPrefix(got, "552") {
 		t.Errorf("oversized report: %q, want 552", got)
 	}
@@ -156,7 +156,7 @@ func TestListenerHostile(t *testing.T) {
 		"no header end":     "Content-Type: multipart/report; boundary=\"",
 		"boundary missing":  "MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status\r\n\r\n--\r\n--\r\n",
 		"binary":            "\x00\x01\x02\xff\xfe\r\n\r\n\x00",
-		"huge header":       "Subject: " + strings.Repeat("a", 2<<20) + "\r\n\r\nbody\r\n",
+		"huge header":       "Subject: " + strings.Repeat(strings.Repeat("a", 900)+"\r\n ", 2500) + "\r\n\r\nbody\r\n",
 		"many headers":      strings.Repeat("X-H: v\r\n", 100000) + "\r\nbody\r\n",
 		"report bomb":       bomb.String(),
 		"nesting":           nested.String(),
@@ -168,6 +168,11 @@ func TestListenerHostile(t *testing.T) {
 		if err := send(addr, "", []string{rp}, body); err != nil {
 			t.Errorf("%s: %v", name, err)
 		}
+	}
+	// A line past go-smtp's limit (2000 octets; RFC 5321 4.5.3.1.6 allows
+	// 1000) is refused, and the listener goes on.
+	if err := send(addr, "", []string{rp}, "Subject: "+strings.Repeat("a", 1<<20)+"\r\n\r\n"); err == nil {
+		t.Error("a 1 MiB line was taken")
 	}
 	if err := send(addr, "", []string{rp}, dsn(rp, "user0@dest.example", "failed", "5.1.1", "550 5.1.1 no such user")); err != nil {
 		t.Fatal(err)
