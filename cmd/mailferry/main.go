@@ -36,6 +36,7 @@ func commands() []command {
 		{"dkim", "create and list DKIM signing keys", runDKIM},
 		{"requeue", "rebuild the Redis queue from PostgreSQL", runRequeue},
 		{"parked", "list or release jobs parked after repeated panics", runParked},
+		{"suppressions", "list, add and remove addresses on a tenant's suppression list", runSuppressions},
 		{"version", "print version and build information", runVersion},
 	}
 }
