@@ -280,3 +280,26 @@ func TestSuppressionAPIPages(t *testing.T) {
 		}
 	}
 }
+
+// TestSuppressionAPIEscapedAddress: a local part holding characters a
+// path must escape ("/", "%", "+") is found again by its escaped form.
+func TestSuppressionAPIEscapedAddress(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	for _, email := range []string{"a/b@example.net", "100%@example.net", "x+tag@example.net", `"a b"@example.net`} {
+		t.Run(email, func(t *testing.T) {
+			r := h.suppression(http.MethodPut, email, h.key, "")
+			var a suppressionAnswer
+			r.json(t, &a)
+			if r.status != http.StatusOK || a.Email != email {
+				t.Fatalf("PUT: %d %s", r.status, r.body)
+			}
+			if r := h.suppression(http.MethodGet, email, h.key, ""); r.status != http.StatusOK {
+				t.Errorf("GET: %d %s", r.status, r.body)
+			}
+			if r := h.suppression(http.MethodDelete, email, h.key, ""); r.status != http.StatusNoContent {
+				t.Errorf("DELETE: %d %s", r.status, r.body)
+			}
+		})
+	}
+}
