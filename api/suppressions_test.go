@@ -303,3 +303,28 @@ func TestSuppressionAPIEscapedAddress(t *testing.T) {
 		})
 	}
 }
+
+// TestSuppressedIdempotent: with an Idempotency-Key the first answer,
+// stored with the message, already names the suppressed recipient, and a
+// repeat returns it byte for byte.
+func TestSuppressedIdempotent(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	if r := h.suppression(http.MethodPut, "gone@example.net", h.key, ""); r.status != http.StatusOK {
+		t.Fatalf("PUT: %d %s", r.status, r.body)
+	}
+	body := map[string]any{"from": "alice@example.com", "to": []string{"gone@example.net"}, "subject": "hi", "text": "x"}
+	first := h.post(body, map[string]string{"Idempotency-Key": "k-1"})
+	var sent sendAnswer
+	first.json(t, &sent)
+	if first.status != http.StatusAccepted || sent.Recipients[0].Status != "suppressed" || len(sent.Warnings) != 1 {
+		t.Fatalf("first: %d %s", first.status, first.body)
+	}
+	again := h.post(body, map[string]string{"Idempotency-Key": "k-1"})
+	if again.status != http.StatusAccepted || string(again.body) != string(first.body) || again.header.Get("Idempotent-Replayed") != "true" {
+		t.Errorf("repeat: %d %s, want the first answer %s", again.status, again.body, first.body)
+	}
+	if d := h.depth(); d.Ready != 0 {
+		t.Errorf("%d jobs queued for a message with every recipient suppressed", d.Ready)
+	}
+}
