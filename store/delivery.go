@@ -98,6 +98,8 @@ WHERE message_id = $1 AND idx = ANY($2) AND lease_owner = $3 AND status NOT IN (
 	// so it counts no failure twice and adds no suppression. Addresses are
 	// compared as NormalizeEmail gives them (suppressionAddr). An entry
 	// that expired is replaced; a live one is kept, with its older reason.
+	// Rows are written in address order, so that two messages' outcomes
+	// recorded at once lock shared addresses in the same order.
 	// It returns how many suppressions it added, by reason.
 	recordAttempts = `WITH o AS (
 	SELECT * FROM unnest($2::smallint[], $3::int[], $4::timestamptz[], $5::int[], $6::text[], $7::inet[], $8::text[],
@@ -126,21 +128,21 @@ WHERE message_id = $1 AND idx = ANY($2) AND lease_owner = $3 AND status NOT IN (
 	SELECT tenant_id FROM messages WHERE id = $1
 ), hard AS (
 	INSERT INTO suppressions AS s (tenant_id, email, reason, message_id)
-	SELECT DISTINCT t.tenant_id, m.addr, 'hard_bounce', $1::uuid FROM moved m, t WHERE m.suppress
+	SELECT DISTINCT t.tenant_id, m.addr, 'hard_bounce', $1::uuid FROM moved m, t WHERE m.suppress ORDER BY m.addr
 	` + replaceExpired + `
 	RETURNING 1
 ), soft AS (
 	INSERT INTO soft_bounces AS b (tenant_id, email, failures, last_message_id)
 	SELECT t.tenant_id, m.addr, count(*), $1 FROM moved m, t
 	WHERE m.outcome = 'bounced' AND m.bounce_type = 'soft' AND NOT m.suppress
-	GROUP BY t.tenant_id, m.addr
+	GROUP BY t.tenant_id, m.addr ORDER BY m.addr
 	ON CONFLICT (tenant_id, email) DO UPDATE SET failures = b.failures + excluded.failures,
 		last_message_id = excluded.last_message_id, updated_at = now()
 	RETURNING b.tenant_id, b.email, b.failures
 ), limited AS (
 	INSERT INTO suppressions AS s (tenant_id, email, reason, message_id)
 	SELECT tenant_id, email, 'soft_bounce_limit', $1::uuid FROM soft
-	WHERE $19::int > 0 AND failures >= $19 AND email NOT IN (SELECT addr FROM moved WHERE suppress)
+	WHERE $19::int > 0 AND failures >= $19 AND email NOT IN (SELECT addr FROM moved WHERE suppress) ORDER BY email
 	` + replaceExpired + `
 	RETURNING 1
 ), reset AS (

@@ -82,11 +82,14 @@ type SuppressionKey struct {
 }
 
 // lookupSuppressions finds the live entries among the keys: one statement
-// whatever their number, so that intake asks once per group commit.
+// whatever their number, so that intake asks once per group commit. The
+// LATERAL probes the primary key once per key, so the cost follows the
+// batch, never the size of the list (a hash join would read a tenant's
+// whole list).
 const lookupSuppressions = `SELECT s.tenant_id, s.email, s.reason
-FROM suppressions s JOIN unnest($1::text[], $2::text[]) AS k(tenant_id, email)
-	ON s.tenant_id = k.tenant_id AND s.email = k.email
-WHERE s.expires_at IS NULL OR s.expires_at > now()`
+FROM unnest($1::text[], $2::text[]) AS k(tenant_id, email)
+CROSS JOIN LATERAL (SELECT tenant_id, email, reason FROM suppressions
+	WHERE tenant_id = k.tenant_id AND email = k.email AND (expires_at IS NULL OR expires_at > now())) s`
 
 // LookupSuppressions returns the reason of every live (unexpired) entry
 // among keys, by key with its Email normalised (NormalizeEmail); keys not

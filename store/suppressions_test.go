@@ -166,3 +166,23 @@ func TestSuppressionCRUD(t *testing.T) {
 		t.Errorf("put with unknown reason: %v", err)
 	}
 }
+
+// TestNormalizeEmailMatchesSQL: RecordOutcomes normalises in SQL
+// (suppressionAddr), the lookups and the API in Go (NormalizeEmail); an
+// address must come out the same both ways or a suppression would miss.
+func TestNormalizeEmailMatchesSQL(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	for _, addr := range []string{
+		"Alice@Example.COM", `"a@b"@Example.com`, `"A@B@C"@MIXED.Case.example`, "ÜSER@Example.org",
+		"user+tag@xn--BCHER-kva.example", "plain@lower.example", "x@Y",
+	} {
+		var got string
+		if err := s.pool.QueryRow(t.Context(), `SELECT `+suppressionAddr+` FROM (VALUES ($1::text)) AS r(email)`, addr).Scan(&got); err != nil {
+			t.Fatal(err)
+		}
+		if want := NormalizeEmail(addr); got != want {
+			t.Errorf("%q: SQL gives %q, NormalizeEmail %q", addr, got, want)
+		}
+	}
+}

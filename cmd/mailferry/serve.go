@@ -196,7 +196,7 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	var draining atomic.Bool
 	handler, err := api.New(api.Options{
 		Draining: draining.Load,
-		Auth:     keys, Reader: st, Intake: in, Registry: reg, Logger: log,
+		Auth:     keys, Reader: st, Intake: in, Suppressions: st, Registry: reg, Logger: log,
 		Ready:           checks,
 		Hostname:        cfg.Hostname,
 		MaxMessageBytes: cfg.MaxMessageBytes,
