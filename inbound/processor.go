@@ -63,17 +63,19 @@ type ProcessorOptions struct {
 	// Batch is how many reports one claim takes; default 20.
 	Batch int
 	// Lease is how long a claimed report stays this processor's; a report
-	// not finished by then (the process died) goes to another. Default 1
-	// minute.
+	// not finished by then (the process died) goes to another. Default 20
+	// seconds: a report is applied in milliseconds, and one applied twice
+	// (a slow processor outlived its lease) changes nothing the second
+	// time (store.ApplyReport).
 	Lease time.Duration
 	// Poll is how often the processor looks for reports without being
 	// woken: those stored by another process, or whose lease lapsed.
-	// Default 10 seconds.
+	// Default 5 seconds.
 	Poll time.Duration
 	// MaxTries: a report claimed this many times without being finished
 	// (it crashes or hangs its processor) is kept as unparseable. Default 5.
 	MaxTries int
-	// OpTimeout bounds the ledger work on one report. Default 30 seconds.
+	// OpTimeout bounds the ledger work on one report. Default 10 seconds.
 	OpTimeout time.Duration
 
 	Logger  *slog.Logger
@@ -102,10 +104,10 @@ func NewProcessor(opts ProcessorOptions) (*Processor, error) {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	setDefault(&opts.Batch, 20)
-	setDefault(&opts.Lease, time.Minute)
-	setDefault(&opts.Poll, 10*time.Second)
+	setDefault(&opts.Lease, 20*time.Second)
+	setDefault(&opts.Poll, 5*time.Second)
 	setDefault(&opts.MaxTries, 5)
-	setDefault(&opts.OpTimeout, 30*time.Second)
+	setDefault(&opts.OpTimeout, 10*time.Second)
 	return &Processor{opts: opts, wake: make(chan struct{}, 1)}, nil
 }
 

@@ -42,7 +42,8 @@ func TestDefaultRoles(t *testing.T) {
 // TestBounceThroughBinary is the README's test bounce, automated: with a
 // bounce domain the delivered message's envelope sender is a return path;
 // a DSN to it at the inbound listener turns the recipient bounced
-// asynchronously; a forged tag is refused; `inbound list` shows the report
+// asynchronously, even when the process is killed (-9) right after its
+// 250; a forged tag is refused; `inbound list` shows the report
 // and a report that is none as unparseable, with its reason.
 func TestBounceThroughBinary(t *testing.T) {
 	c := newCLI(t)
@@ -99,6 +100,13 @@ func TestBounceThroughBinary(t *testing.T) {
 	if err := smtpSend(inboundAddr, verp, dsnFor(verp, "bob@example.net")); err != nil {
 		t.Fatalf("DSN: %v\n%s", err, srv.logs.String())
 	}
+	// kill -9 right after the 250: the report was stored before it, so a
+	// restarted process applies it if the dead one had not yet.
+	if err := srv.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-srv.done
+	srv = c.start(t, addr)
 	if err := smtpSend(inboundAddr, verp, "Subject: hi\r\n\r\nnot a report\r\n"); err != nil {
 		t.Fatalf("non-report: %v", err)
 	}
@@ -114,7 +122,8 @@ func TestBounceThroughBinary(t *testing.T) {
 			BounceClass string `json:"bounce_class"`
 		}
 	}
-	wait.Within(t, 30*time.Second, "the recipient to be bounced", func() bool {
+	// A report the killed process had claimed waits out its lease (20 s).
+	wait.Within(t, time.Minute, "the recipient to be bounced", func() bool {
 		_, b := request(t, "GET", base+"/v1/messages/"+sent.ID, secret, "")
 		json.Unmarshal(b, &msg)
 		return len(msg.Recipients) == 1 && msg.Recipients[0].Status == "bounced"
