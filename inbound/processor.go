@@ -174,6 +174,10 @@ func (p *Processor) process(ctx context.Context, row store.InboundRow) {
 	} else {
 		var err error
 		out, err = p.apply(ctx, log, row)
+		if errors.Is(err, store.ErrRecipientBusy) {
+			log.Info("inbound: report waits for the attempt it answers to be recorded", "error", err)
+			return
+		}
 		if err != nil {
 			// Left pending: claimed again once the lease lapses.
 			log.Warn("inbound: apply report; it will be tried again", "error", err)
@@ -259,6 +263,12 @@ func (p *Processor) apply(ctx context.Context, log *slog.Logger, row store.Inbou
 				class = ar.BounceClass
 			}
 			res, err := p.opts.Applier.ApplyReport(ctx, ar)
+			if errors.Is(err, store.ErrRecipientBusy) {
+				// The worker has yet to record the attempt this report
+				// answers; the report stays pending and comes back when
+				// its lease lapses.
+				return out, err
+			}
 			if err != nil {
 				return out, err
 			}

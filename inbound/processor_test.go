@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/mailferry/mailferry/internal/wait"
+	"github.com/mailferry/mailferry/store"
 )
 
 // TestProcessReports: each kind of report, received over SMTP and
@@ -171,5 +172,46 @@ func TestCrashSafety(t *testing.T) {
 	}
 	if n := e.count(`SELECT count(*) FROM recipient_events WHERE message_id = $1`, m.ID); n != 1 {
 		t.Errorf("%d events, want 1", n)
+	}
+}
+
+// TestReportBeforeOutcome: a DSN can arrive before the worker has recorded
+// the 250 it answers. The report waits (pending) while the worker holds
+// the recipient, and is applied after: the delivered attempt stays on
+// record and the recipient ends bounced.
+func TestReportBeforeOutcome(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	addr := e.listen(nil)
+	p := e.processor(func(o *ProcessorOptions) { o.Lease = 100 * time.Millisecond })
+	m := e.message(1, 0)
+	now := time.Now()
+	if _, err := e.st.TakeLease(t.Context(), m.ID, []int{0}, store.Lease{Owner: "w1", For: time.Minute,
+		Next: now.Add(time.Minute), DueBy: now.Add(time.Second)}); err != nil {
+		t.Fatal(err)
+	}
+	rp := e.signer.Address(m.ID, 0)
+	if err := send(addr, "", []string{rp}, dsn(rp, "user0@dest.example", "failed", "5.1.1", "550 5.1.1 no such user")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.RunOnce(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.count(`SELECT count(*) FROM inbound_messages WHERE status = 'pending'`); n != 1 {
+		t.Fatal("the report did not wait for the worker")
+	}
+	if _, err := e.st.RecordOutcomes(t.Context(), m.ID, []store.Outcome{{Attempt: store.Attempt{Recipient: 0, Attempt: 1,
+		StartedAt: now, SMTPCode: 250, Response: "250 ok", Outcome: store.RecipientDelivered}}}); err != nil {
+		t.Fatal(err)
+	}
+	wait.For(t, "the report to be applied once the lease lapsed", func() bool {
+		_, _ = p.RunOnce(t.Context())
+		return e.count(`SELECT count(*) FROM inbound_messages WHERE status = 'processed'`) == 1
+	})
+	if n := e.count(`SELECT count(*) FROM attempts WHERE message_id = $1 AND outcome = 'delivered'`, m.ID); n != 1 {
+		t.Error("the delivered attempt was lost")
+	}
+	if n := e.count(`SELECT count(*) FROM recipients WHERE message_id = $1 AND status = 'bounced' AND bounce_async`, m.ID); n != 1 {
+		t.Error("the recipient is not bounced")
 	}
 }

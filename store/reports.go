@@ -73,7 +73,12 @@ const (
 	response = $5, bounce_type = $6, bounce_class = $7, next_attempt_at = NULL, lease_owner = NULL, lease_until = NULL,
 	updated_at = now()
 WHERE message_id = $1 AND idx = $2 AND status <> 'suppressed'
+AND NOT (status IN ('queued', 'deferred') AND lease_owner IS NOT NULL AND lease_until > now())
 RETURNING email`
+	// recipientLeased: a worker holds the recipient, in an SMTP
+	// transaction or recording its outcome.
+	recipientLeased = `SELECT EXISTS (SELECT FROM recipients WHERE message_id = $1 AND idx = $2
+	AND status IN ('queued', 'deferred') AND lease_owner IS NOT NULL AND lease_until > now())`
 	selectRecipientEmail = `SELECT email FROM recipients WHERE message_id = $1 AND idx = $2 AND status <> 'suppressed'`
 	insertRecipientEvent = `INSERT INTO recipient_events (message_id, rcpt_idx, type, async, smtp_code, enhanced_code,
 	response, reporting_mta, remote_mta, bounce_type, bounce_class, inbound_id)
@@ -178,6 +183,15 @@ func (s *Store) ApplyReport(ctx context.Context, r AsyncReport) (AsyncResult, er
 		} else {
 			err = tx.QueryRow(ctx, selectRecipientEmail, r.MessageID, int16(r.RcptIdx)).Scan(&res.Email)
 		}
+		if errors.Is(err, pgx.ErrNoRows) && r.Type == EventBounced {
+			var leased bool
+			if err := tx.QueryRow(ctx, recipientLeased, r.MessageID, int16(r.RcptIdx)).Scan(&leased); err != nil {
+				return err
+			}
+			if leased {
+				return ErrRecipientBusy
+			}
+		}
 		if errors.Is(err, pgx.ErrNoRows) {
 			return errNeverSent
 		}
@@ -205,6 +219,9 @@ func (s *Store) ApplyReport(ctx context.Context, r AsyncReport) (AsyncResult, er
 		}
 		return nil
 	})
+	if errors.Is(err, ErrRecipientBusy) {
+		return AsyncResult{}, fmt.Errorf("apply report %s: recipient %d: %w", r.MessageID, r.RcptIdx, err)
+	}
 	if errors.Is(err, errNeverSent) {
 		// No such recipient, or one that was suppressed: the transaction
 		// rolled back, event included.
@@ -222,6 +239,13 @@ func (s *Store) ApplyReport(ctx context.Context, r AsyncReport) (AsyncResult, er
 	}
 	return res, nil
 }
+
+// ErrRecipientBusy: a worker holds the recipient's lease, so its attempt
+// is not recorded yet. A DSN can come back faster than the worker records
+// the 250 it answers; bounced now, the recipient would lose that attempt
+// (RecordOutcomes moves no final recipient). Apply the report again once
+// the lease is gone.
+var ErrRecipientBusy = errors.New("recipient attempt in progress")
 
 // errNeverSent rolls ApplyReport's transaction back: the report names a
 // recipient we never sent to.

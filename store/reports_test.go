@@ -1,6 +1,7 @@
 package store
 
 import (
+	"errors"
 	"testing"
 	"time"
 
@@ -64,6 +65,24 @@ func TestApplyReport(t *testing.T) {
 		}
 		if n := count(t, s, `SELECT count(*) FROM recipients WHERE message_id = $1 AND idx = 1 AND status = 'queued'`, m.ID); n != 1 {
 			t.Error("a delay changed the recipient's state")
+		}
+	})
+	t.Run("bounce of a recipient a worker holds waits", func(t *testing.T) {
+		m2 := testMessage(k, 1)
+		if err := s.AcceptBatch(ctx, []NewMessage{m2}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.TakeLease(ctx, m2.ID, []int{0}, Lease{Owner: "w1", For: time.Minute, Next: time.Now().Add(time.Minute),
+			DueBy: time.Now().Add(time.Second)}); err != nil {
+			t.Fatal(err)
+		}
+		b := bounce
+		b.MessageID, b.RcptIdx = m2.ID, 0
+		if _, err := s.ApplyReport(ctx, b); !errors.Is(err, ErrRecipientBusy) {
+			t.Fatalf("ApplyReport on a leased recipient: %v, want ErrRecipientBusy", err)
+		}
+		if n := count(t, s, `SELECT count(*) FROM recipient_events WHERE message_id = $1`, m2.ID); n != 0 {
+			t.Errorf("%d events recorded for a report that must wait", n)
 		}
 	})
 	t.Run("bounce of a queued recipient stops it", func(t *testing.T) {
