@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"slices"
 	"testing"
 	"time"
 
@@ -16,7 +17,8 @@ import (
 // TestVERPAndSyncClass: with a bounce domain each transaction's MAIL FROM
 // is a return path naming the message (and the recipient when it is the
 // only one), which the signer verifies; a 550 5.1.1 bounces the recipient
-// as a hard invalid_recipient, counted as a sync bounce.
+// as a hard invalid_recipient, a null MX (a route failure) gets a class
+// too, and both are counted as sync bounces.
 func TestVERPAndSyncClass(t *testing.T) {
 	p := newPipeline(t)
 	net1 := p.mx("example.net", "127.0.0.2", testmx.SMTPOptions{})
@@ -33,7 +35,8 @@ func TestVERPAndSyncClass(t *testing.T) {
 		o.Rules = bounce.DefaultRules()
 		o.CountBounce = func(class string) { countc <- class }
 	})
-	id := p.send(mail.Draft{From: "Alice <alice@example.com>", To: []string{"bob@example.net", "gone@example.net", "carol@example.org"},
+	p.dns.MX("nullmx.example", 0, ".") // RFC 7505: a route failure, bounced at once
+	id := p.send(mail.Draft{From: "Alice <alice@example.com>", To: []string{"bob@example.net", "gone@example.net", "carol@example.org", "dan@nullmx.example"},
 		Subject: "VERP", Text: "hi"})
 	v := p.wait(id, 20*time.Second)
 
@@ -60,6 +63,7 @@ func TestVERPAndSyncClass(t *testing.T) {
 	if r := rcpt(t, v, "gone@example.net"); r.Status != store.RecipientBounced {
 		t.Errorf("gone@example.net: %s", r.Status)
 	}
+	var nullMXClass string
 	db, err := pgx.Connect(t.Context(), p.dbURL)
 	if err != nil {
 		t.Fatal(err)
@@ -68,23 +72,31 @@ func TestVERPAndSyncClass(t *testing.T) {
 	for _, tc := range []struct {
 		idx        int
 		typ, class string
-	}{{0, "", ""}, {1, "hard", "invalid_recipient"}} {
+	}{{0, "", ""}, {1, "hard", "invalid_recipient"}, {3, "hard", "*"}} {
 		var typ, class *string
 		var async bool
 		if err := db.QueryRow(t.Context(), `SELECT bounce_type, bounce_class, bounce_async FROM recipients WHERE message_id = $1 AND idx = $2`,
 			id, tc.idx).Scan(&typ, &class, &async); err != nil {
 			t.Fatal(err)
 		}
+		if tc.class == "*" { // a route failure: whatever class the rules give it, it has one
+			nullMXClass = deref(class)
+			if nullMXClass == "" || deref(typ) == "" {
+				t.Errorf("null MX recipient: type %q class %q", deref(typ), deref(class))
+			}
+			continue
+		}
 		if deref(typ) != tc.typ || deref(class) != tc.class || async {
 			t.Errorf("recipient %d: type %q class %q async %v; want %q %q", tc.idx, deref(typ), deref(class), async, tc.typ, tc.class)
 		}
 	}
-	select {
-	case c := <-countc:
-		counted = append(counted, c)
-	default:
+	for len(countc) > 0 {
+		counted = append(counted, <-countc)
 	}
-	if len(counted) != 1 || counted[0] != "invalid_recipient" {
-		t.Errorf("sync bounces counted %v, want [invalid_recipient]", counted)
+	slices.Sort(counted)
+	want := []string{"invalid_recipient", nullMXClass}
+	slices.Sort(want)
+	if !slices.Equal(counted, want) {
+		t.Errorf("sync bounces counted %v, want %v", counted, want)
 	}
 }
