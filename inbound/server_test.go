@@ -3,14 +3,17 @@ package inbound
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"net"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/emersion/go-smtp"
 	"github.com/google/uuid"
 
+	"github.com/mailferry/mailferry/internal/testmx"
 	"github.com/mailferry/mailferry/internal/wait"
 	"github.com/mailferry/mailferry/returnpath"
 	"github.com/mailferry/mailferry/store"
@@ -189,5 +192,38 @@ func TestListenerHostile(t *testing.T) {
 	}
 	if n := e.count(`SELECT count(*) FROM recipients WHERE message_id = $1 AND status = 'bounced' AND bounce_async`, m.ID); n != 1 {
 		t.Error("the good report after the hostile ones was not applied")
+	}
+}
+
+// TestListenerSTARTTLS: with a certificate the listener offers STARTTLS
+// (RFC 3207) and takes a report over it; without one it offers none.
+func TestListenerSTARTTLS(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	cert := testmx.SelfSigned(t, "inbound.test")
+	withTLS := e.listen(func(o *ServerOptions) { o.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}} })
+	plain := e.listen(nil)
+	rp := e.signer.Address(uuid.Must(uuid.NewV7()), 0)
+	c, err := smtp.DialStartTLS(withTLS, &tls.Config{InsecureSkipVerify: true}) // a self-signed test certificate
+	if err != nil {
+		t.Fatalf("STARTTLS: %v", err)
+	}
+	defer c.Close()
+	if _, ok := c.TLSConnectionState(); !ok {
+		t.Fatal("no TLS after STARTTLS")
+	}
+	if err := c.SendMail("", []string{rp}, strings.NewReader(dsn(rp, "user0@dest.example", "failed", "5.1.1", "550 no"))); err != nil {
+		t.Errorf("report over TLS: %v", err)
+	}
+	p, err := smtp.Dial(plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if err := p.Hello("mx.remote.test"); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := p.Extension("STARTTLS"); ok {
+		t.Error("STARTTLS offered without a certificate")
 	}
 }
