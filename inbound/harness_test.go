@@ -96,8 +96,7 @@ func (e *env) listen(mutate func(*ServerOptions)) string {
 // processor returns a Processor on the env's ledger.
 func (e *env) processor(mutate func(*ProcessorOptions)) *Processor {
 	e.t.Helper()
-	opts := ProcessorOptions{Claimer: e.st, Messages: e.st, Applier: e.st, ReturnPaths: e.signer,
-		FBLAddress: fblAddress, Metrics: e.metrics}
+	opts := ProcessorOptions{Claimer: e.st, Messages: e.st, Applier: e.st, ReturnPaths: e.signer, Metrics: e.metrics}
 	if mutate != nil {
 		mutate(&opts)
 	}

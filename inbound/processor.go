@@ -53,8 +53,6 @@ type ProcessorOptions struct {
 	Messages    Messages
 	Applier     Applier
 	ReturnPaths ReturnPaths
-	// FBLAddress is where complaints arrive (MAILFERRY_FBL_ADDRESS).
-	FBLAddress string
 	// Rules classify failures; nil: bounce.DefaultRules().
 	Rules Classifier
 	// Parse reads a report; nil: bounce.Parse.
@@ -306,8 +304,8 @@ func hasFailure(rep *bounce.Report) bool {
 }
 
 // resolve finds the message a report is about: the return path it was
-// sent to (its tag verified at RCPT and again here), else, for a report
-// to the FBL address, the return path or Message-ID of the original it
+// sent to (its tag verified at RCPT and again here), else (a complaint to
+// the FBL address) the return path or Message-ID of the original it
 // quotes. A quoted return path whose tag does not verify is never
 // trusted. tgt is nil with a reason when nothing matches.
 func (p *Processor) resolve(ctx context.Context, row store.InboundRow, rep *bounce.Report) (tgt *target, reason string, err error) {

@@ -67,7 +67,7 @@ func startInbound(ctx context.Context, cfg config.Config, deps inboundDeps, wg *
 	}
 	proc, err := inbound.NewProcessor(inbound.ProcessorOptions{
 		Claimer: deps.store, Messages: deps.store, Applier: deps.store,
-		ReturnPaths: deps.bounces.signer, FBLAddress: cfg.FBLAddress, Rules: deps.bounces.rules,
+		ReturnPaths: deps.bounces.signer, Rules: deps.bounces.rules,
 		Logger: log, Metrics: deps.metrics,
 	})
 	if err != nil {
