@@ -62,6 +62,13 @@ const (
 	maxFieldLen     = 2048 // a DSN field value we keep
 	maxAddressLen   = 512
 	maxStatusGroups = maxRecipients + 1
+	// maxStatusSize bounds a delivery-status or feedback-report part: a
+	// thousand recipients of a kilobyte each.
+	maxStatusSize = 1 << 20
+	// maxPlainText is how much of each text part the plain-text formats
+	// read: the notice and its address list come first, the returned
+	// message after.
+	maxPlainText = 64 << 10
 )
 
 // ErrTooComplex: the message goes past one of Parse's limits (size, MIME
@@ -226,7 +233,7 @@ func (w *walker) walk(e *entity, depth int) error {
 		}
 		boundary := params["boundary"]
 		if boundary == "" {
-			w.texts = append(w.texts, e.body)
+			w.texts = append(w.texts, clip(e.body, maxPlainText))
 			return nil
 		}
 		mr := textproto.NewMultipartReader(bytes.NewReader(e.body), boundary)
@@ -248,10 +255,16 @@ func (w *walker) walk(e *entity, depth int) error {
 			}
 		}
 	case mt == "message/delivery-status" || mt == "message/global-delivery-status":
+		if len(e.body) > maxStatusSize {
+			return fmt.Errorf("%s part of %d octets, more than %d: %w", mt, len(e.body), maxStatusSize, ErrTooComplex)
+		}
 		if w.deliveryStatus == nil {
 			w.deliveryStatus = e.body
 		}
 	case mt == "message/feedback-report":
+		if len(e.body) > maxStatusSize {
+			return fmt.Errorf("%s part of %d octets, more than %d: %w", mt, len(e.body), maxStatusSize, ErrTooComplex)
+		}
 		if w.feedback == nil {
 			w.feedback = e.body
 		}
@@ -260,7 +273,19 @@ func (w *walker) walk(e *entity, depth int) error {
 		// RFC 6522 (text/rfc822-headers), RFC 6533 (message/global, message/global-headers).
 		w.headers = append(w.headers, e.body)
 	case mt == "text/plain" || mt == "":
-		w.texts = append(w.texts, e.body)
+		w.texts = append(w.texts, clip(e.body, maxPlainText))
 	}
 	return nil
+}
+
+// clip returns at most n octets of b, cut at a line end when there is one.
+func clip(b []byte, n int) []byte {
+	if len(b) <= n {
+		return b
+	}
+	b = b[:n]
+	if i := bytes.LastIndexByte(b, '\n'); i > 0 {
+		b = b[:i+1]
+	}
+	return b
 }
