@@ -64,6 +64,7 @@ var corpus = []corpusCase{
 	{file: "gmail-plain-delayed.eml", kind: "plain", rcpt: "busy@gmail.example", action: "delayed", status: "4.2.1", smtpCode: 450, class: RateLimited, typ: Soft},
 	{file: "postfix-plain-delayed-timeout.eml", kind: "plain", rcpt: "ops@slow.example", action: "delayed", class: ConnectionFailure, typ: Soft, reporting: "old.example.org", messageID: "20261207.abc123@mailferry.example"},
 	{file: "exim-mixed-base64.eml", kind: "plain", rcpt: "gone@old-isp.example", action: "failed", status: "5.1.1", smtpCode: 550, class: InvalidRecipient, typ: Hard, messageID: "20261207.abc123@mailferry.example"},
+	{file: "m365-plain-dbeb.eml", kind: "plain", rcpt: "ghost@contoso.example", action: "failed", status: "5.4.1", smtpCode: 550, class: InvalidRecipient, typ: Hard, reporting: "DM6PR12MB4567.namprd12.prod.outlook.example", messageID: "20261207.abc123@mailferry.example"},
 	{file: "qmail-plain-remote-full.eml", kind: "plain", rcpt: "stuffed@remote.example", action: "failed", status: "5.2.2", smtpCode: 552, class: MailboxFull, typ: Soft, reporting: "mail.example.org"},
 }
 
