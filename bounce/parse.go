@@ -18,9 +18,16 @@ import (
 // bounce. Parse wraps it.
 var ErrNotReport = errors.New("not a delivery status or feedback report")
 
+// The kinds of Report.
+const (
+	KindDSN   = "dsn"   // RFC 3464 or RFC 6533 delivery status notification
+	KindARF   = "arf"   // RFC 5965 feedback report (a complaint)
+	KindPlain = "plain" // a plain-text bounce of a known MTA
+)
+
 // Report is what Parse found in one report message.
 type Report struct {
-	Kind         string // "dsn", "arf" or "plain"
+	Kind         string // KindDSN, KindARF or KindPlain
 	ReportingMTA string
 	// DSN: the per-recipient fields; ARF: the complained-about
 	// recipient(s); plain: the failed addresses found.
