@@ -192,21 +192,16 @@ func splitHeader(raw []byte) (head, body []byte) {
 func decodeTransfer(cte string, body []byte) []byte {
 	switch strings.ToLower(strings.TrimSpace(cte)) {
 	case "base64":
+		// Padding is optional here: senders differ, and a part cut short
+		// still gives what it has.
 		clean := bytes.Map(func(r rune) rune {
-			if r == '\r' || r == '\n' || r == ' ' || r == '\t' {
+			if r == '\r' || r == '\n' || r == ' ' || r == '\t' || r == '=' {
 				return -1
 			}
 			return r
 		}, body)
-		out := make([]byte, base64.StdEncoding.DecodedLen(len(clean)))
-		n, err := base64.StdEncoding.Decode(out, clean)
-		if err != nil {
-			n2, err2 := base64.RawStdEncoding.Decode(out, bytes.TrimRight(clean, "="))
-			if err2 != nil {
-				return out[:n]
-			}
-			n = n2
-		}
+		out := make([]byte, base64.RawStdEncoding.DecodedLen(len(clean)))
+		n, _ := base64.RawStdEncoding.Decode(out, clean)
 		return out[:n]
 	case "quoted-printable":
 		b, err := io.ReadAll(quotedprintable.NewReader(bytes.NewReader(body)))

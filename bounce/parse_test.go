@@ -252,3 +252,22 @@ func TestCorpusDetails(t *testing.T) {
 		}
 	})
 }
+
+func TestDecodeTransfer(t *testing.T) {
+	for _, tc := range []struct{ cte, in, want string }{
+		{"base64", "aGVsbG8=", "hello"},
+		{"BASE64", "aGVs\r\nbG8=\r\n", "hello"},
+		{"base64", "aGVsbG8", "hello"},
+		{"base64", "00", "\xd3"},
+		{"base64", "0", ""},
+		{"base64", "", ""},
+		{"base64", "!!!!", ""},
+		{"quoted-printable", "a=3Db=\r\nc", "a=bc"},
+		{"7bit", "as is", "as is"},
+		{"", "as is", "as is"},
+	} {
+		if got := string(decodeTransfer(tc.cte, []byte(tc.in))); got != tc.want {
+			t.Errorf("decodeTransfer(%q, %q) = %q; want %q", tc.cte, tc.in, got, tc.want)
+		}
+	}
+}
