@@ -27,7 +27,7 @@ func parseARF(body []byte, orig OriginalHeaders) (*Report, error) {
 	if !safeText(ft) || len(ft) > 64 {
 		return nil, errors.New("bad Feedback-Type")
 	}
-	r := &Report{Kind: "arf", Feedback: ft, Original: orig}
+	r := &Report{Kind: KindARF, Feedback: ft, Original: orig}
 	r.ReportingMTA = mtaName(g.Get("Reporting-Mta"))
 	if orig.ReturnPath == "" {
 		r.Original.ReturnPath = cleanAddress(g.Get("Original-Mail-From"))

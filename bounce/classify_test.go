@@ -299,3 +299,24 @@ func FuzzClassify(f *testing.F) {
 		}
 	})
 }
+
+// Rules are shared by every relay worker and the inbound processor.
+func TestClassifyConcurrent(t *testing.T) {
+	r := DefaultRules()
+	done := make(chan struct{})
+	for g := range 4 {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for i := range 200 {
+				tc := classifyCases[(g*31+i)%len(classifyCases)]
+				if v := r.Classify(tc.code, tc.enhanced, tc.text); v.Class != tc.class {
+					t.Errorf("%s: %+v", tc.name, v)
+					return
+				}
+			}
+		}()
+	}
+	for range 4 {
+		<-done
+	}
+}

@@ -25,7 +25,7 @@ func parseDSN(body []byte) (r *Report, sender string, err error) {
 	if len(groups) == 0 {
 		return nil, "", errors.New("empty delivery-status part (RFC 3464 2.1)")
 	}
-	r = &Report{Kind: "dsn"}
+	r = &Report{Kind: KindDSN}
 	sender = typedAddress(groups[0].Get("X-Postfix-Sender"))
 	// RFC 3464 2.2.2: Reporting-MTA: mta-name-type; mta-name.
 	r.ReportingMTA = mtaName(groups[0].Get("Reporting-Mta"))

@@ -282,6 +282,40 @@ func TestParseLimits(t *testing.T) {
 	}
 }
 
+// TestParseBigInputsFast: the largest input Parse takes, shaped to make
+// each format work hardest, is answered well within the inbound
+// listener's patience.
+func TestParseBigInputsFast(t *testing.T) {
+	for _, tc := range []struct{ name, header, body string }{
+		{"plain garbage", "", strings.Repeat("qwerty uiop asdf ghjkl\n", MaxReportSize/24)},
+		{"postfix lines", "", "This is the mail system at host x.\n" + strings.Repeat("<a@example.com>: host x said: 550 user unknown\n", MaxReportSize/50)},
+		{"gmail list", "", "Delivery to the following recipient failed permanently:\n\n" + strings.Repeat("     a@example.com\n", MaxReportSize/20)},
+		{"exim list", "", "This message was created automatically by mail delivery software.\nThe following address(es) failed:\n\n" + strings.Repeat("  a@example.com\n    x\n", MaxReportSize/30)},
+		{"exchange list", "", "Delivery has failed to these recipients or groups:\n\nDiagnostic information for administrators:\n" + strings.Repeat("a@example.com\nRemote Server returned '550 5.1.1 x'\n", MaxReportSize/60)},
+		{"huge diagnostic", "Content-Type: multipart/report; report-type=delivery-status; boundary=z\n",
+			"--z\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; x\n\nFinal-Recipient: rfc822; a@example.com\nAction: failed\nDiagnostic-Code: smtp; " + strings.Repeat("x ", MaxReportSize/3) + "\n--z--\n"},
+		{"long lines", "Content-Type: multipart/report; report-type=delivery-status; boundary=z\n",
+			"--z\nContent-Type: text/plain\n\n" + strings.Repeat("x", MaxReportSize-200) + "\n--z--\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			raw := []byte("Subject: x\n" + tc.header + "\n" + tc.body)
+			if len(raw) > MaxReportSize {
+				raw = raw[:MaxReportSize]
+			}
+			start := time.Now()
+			r, err := Parse(raw)
+			// Some 50 ms each here, ten times that under -race on a busy
+			// machine; a slip to quadratic work would take minutes.
+			if d := time.Since(start); d > 5*time.Second {
+				t.Fatalf("Parse of %d octets took %v", len(raw), d)
+			}
+			if err == nil {
+				checkReport(t, r)
+			}
+		})
+	}
+}
+
 func TestParseMalformed(t *testing.T) {
 	for _, tc := range []struct {
 		name string

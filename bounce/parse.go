@@ -18,9 +18,16 @@ import (
 // bounce. Parse wraps it.
 var ErrNotReport = errors.New("not a delivery status or feedback report")
 
+// The kinds of Report.
+const (
+	KindDSN   = "dsn"   // RFC 3464 or RFC 6533 delivery status notification
+	KindARF   = "arf"   // RFC 5965 feedback report (a complaint)
+	KindPlain = "plain" // a plain-text bounce of a known MTA
+)
+
 // Report is what Parse found in one report message.
 type Report struct {
-	Kind         string // "dsn", "arf" or "plain"
+	Kind         string // KindDSN, KindARF or KindPlain
 	ReportingMTA string
 	// DSN: the per-recipient fields; ARF: the complained-about
 	// recipient(s); plain: the failed addresses found.
@@ -62,6 +69,13 @@ const (
 	maxFieldLen     = 2048 // a DSN field value we keep
 	maxAddressLen   = 512
 	maxStatusGroups = maxRecipients + 1
+	// maxStatusSize bounds a delivery-status or feedback-report part: a
+	// thousand recipients of a kilobyte each.
+	maxStatusSize = 1 << 20
+	// maxPlainText is how much of each text part the plain-text formats
+	// read: the notice and its address list come first, the returned
+	// message after.
+	maxPlainText = 64 << 10
 )
 
 // ErrTooComplex: the message goes past one of Parse's limits (size, MIME
@@ -178,21 +192,16 @@ func splitHeader(raw []byte) (head, body []byte) {
 func decodeTransfer(cte string, body []byte) []byte {
 	switch strings.ToLower(strings.TrimSpace(cte)) {
 	case "base64":
+		// Padding is optional here: senders differ, and a part cut short
+		// still gives what it has.
 		clean := bytes.Map(func(r rune) rune {
-			if r == '\r' || r == '\n' || r == ' ' || r == '\t' {
+			if r == '\r' || r == '\n' || r == ' ' || r == '\t' || r == '=' {
 				return -1
 			}
 			return r
 		}, body)
-		out := make([]byte, base64.StdEncoding.DecodedLen(len(clean)))
-		n, err := base64.StdEncoding.Decode(out, clean)
-		if err != nil {
-			n2, err2 := base64.RawStdEncoding.Decode(out, bytes.TrimRight(clean, "="))
-			if err2 != nil {
-				return out[:n]
-			}
-			n = n2
-		}
+		out := make([]byte, base64.RawStdEncoding.DecodedLen(len(clean)))
+		n, _ := base64.RawStdEncoding.Decode(out, clean)
 		return out[:n]
 	case "quoted-printable":
 		b, err := io.ReadAll(quotedprintable.NewReader(bytes.NewReader(body)))
@@ -226,7 +235,7 @@ func (w *walker) walk(e *entity, depth int) error {
 		}
 		boundary := params["boundary"]
 		if boundary == "" {
-			w.texts = append(w.texts, e.body)
+			w.texts = append(w.texts, clip(e.body, maxPlainText))
 			return nil
 		}
 		mr := textproto.NewMultipartReader(bytes.NewReader(e.body), boundary)
@@ -248,10 +257,16 @@ func (w *walker) walk(e *entity, depth int) error {
 			}
 		}
 	case mt == "message/delivery-status" || mt == "message/global-delivery-status":
+		if len(e.body) > maxStatusSize {
+			return fmt.Errorf("%s part of %d octets, more than %d: %w", mt, len(e.body), maxStatusSize, ErrTooComplex)
+		}
 		if w.deliveryStatus == nil {
 			w.deliveryStatus = e.body
 		}
 	case mt == "message/feedback-report":
+		if len(e.body) > maxStatusSize {
+			return fmt.Errorf("%s part of %d octets, more than %d: %w", mt, len(e.body), maxStatusSize, ErrTooComplex)
+		}
 		if w.feedback == nil {
 			w.feedback = e.body
 		}
@@ -260,7 +275,19 @@ func (w *walker) walk(e *entity, depth int) error {
 		// RFC 6522 (text/rfc822-headers), RFC 6533 (message/global, message/global-headers).
 		w.headers = append(w.headers, e.body)
 	case mt == "text/plain" || mt == "":
-		w.texts = append(w.texts, e.body)
+		w.texts = append(w.texts, clip(e.body, maxPlainText))
 	}
 	return nil
+}
+
+// clip returns at most n octets of b, cut at a line end when there is one.
+func clip(b []byte, n int) []byte {
+	if len(b) <= n {
+		return b
+	}
+	b = b[:n]
+	if i := bytes.LastIndexByte(b, '\n'); i > 0 {
+		b = b[:i+1]
+	}
+	return b
 }

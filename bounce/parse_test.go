@@ -64,6 +64,7 @@ var corpus = []corpusCase{
 	{file: "gmail-plain-delayed.eml", kind: "plain", rcpt: "busy@gmail.example", action: "delayed", status: "4.2.1", smtpCode: 450, class: RateLimited, typ: Soft},
 	{file: "postfix-plain-delayed-timeout.eml", kind: "plain", rcpt: "ops@slow.example", action: "delayed", class: ConnectionFailure, typ: Soft, reporting: "old.example.org", messageID: "20261207.abc123@mailferry.example"},
 	{file: "exim-mixed-base64.eml", kind: "plain", rcpt: "gone@old-isp.example", action: "failed", status: "5.1.1", smtpCode: 550, class: InvalidRecipient, typ: Hard, messageID: "20261207.abc123@mailferry.example"},
+	{file: "m365-plain-dbeb.eml", kind: "plain", rcpt: "ghost@contoso.example", action: "failed", status: "5.4.1", smtpCode: 550, class: InvalidRecipient, typ: Hard, reporting: "DM6PR12MB4567.namprd12.prod.outlook.example", messageID: "20261207.abc123@mailferry.example"},
 	{file: "qmail-plain-remote-full.eml", kind: "plain", rcpt: "stuffed@remote.example", action: "failed", status: "5.2.2", smtpCode: 552, class: MailboxFull, typ: Soft, reporting: "mail.example.org"},
 }
 
@@ -250,4 +251,23 @@ func TestCorpusDetails(t *testing.T) {
 			t.Errorf("recipient = %+v; want remote mail.example.org, diagnostic %q", rc, want)
 		}
 	})
+}
+
+func TestDecodeTransfer(t *testing.T) {
+	for _, tc := range []struct{ cte, in, want string }{
+		{"base64", "aGVsbG8=", "hello"},
+		{"BASE64", "aGVs\r\nbG8=\r\n", "hello"},
+		{"base64", "aGVsbG8", "hello"},
+		{"base64", "00", "\xd3"},
+		{"base64", "0", ""},
+		{"base64", "", ""},
+		{"base64", "!!!!", ""},
+		{"quoted-printable", "a=3Db=\r\nc", "a=bc"},
+		{"7bit", "as is", "as is"},
+		{"", "as is", "as is"},
+	} {
+		if got := string(decodeTransfer(tc.cte, []byte(tc.in))); got != tc.want {
+			t.Errorf("decodeTransfer(%q, %q) = %q; want %q", tc.cte, tc.in, got, tc.want)
+		}
+	}
 }

@@ -2,6 +2,7 @@ package bounce
 
 import (
 	"regexp"
+	"strconv"
 	"strings"
 )
 
@@ -54,7 +55,7 @@ func parsePlain(texts [][]byte) *Report {
 				continue
 			}
 			if r := f.parse(s); r != nil && len(r.Recipients) > 0 {
-				r.Kind = "plain"
+				r.Kind = KindPlain
 				return r
 			}
 		}
@@ -151,14 +152,7 @@ func setDiagnostic(rc *ReportRecipient, text string) {
 }
 
 func statusText(st [3]int) string {
-	return itoa(st[0]) + "." + itoa(st[1]) + "." + itoa(st[2])
-}
-
-func itoa(n int) string {
-	if n < 10 {
-		return string(rune('0' + n))
-	}
-	return itoa(n/10) + string(rune('0'+n%10))
+	return strconv.Itoa(st[0]) + "." + strconv.Itoa(st[1]) + "." + strconv.Itoa(st[2])
 }
 
 var (
