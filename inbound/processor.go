@@ -227,7 +227,7 @@ func (p *Processor) apply(ctx context.Context, log *slog.Logger, row store.Inbou
 		out.status, out.reason = store.InboundUnmatched, why
 		return out, nil
 	}
-	complaint := rep.Kind == "arf"
+	complaint := rep.Kind == bounce.KindARF
 	var applied, matched int
 	for _, rr := range rep.Recipients {
 		action := strings.ToLower(rr.Action)
@@ -300,7 +300,7 @@ func hasFailure(rep *bounce.Report) bool {
 			return true
 		}
 	}
-	return rep.Kind == "arf" && len(rep.Recipients) > 0
+	return rep.Kind == bounce.KindARF && len(rep.Recipients) > 0
 }
 
 // resolve finds the message a report is about: the return path it was
