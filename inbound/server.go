@@ -23,6 +23,7 @@ import (
 	"github.com/emersion/go-smtp"
 	"github.com/google/uuid"
 
+	"github.com/mailferry/mailferry/budget"
 	"github.com/mailferry/mailferry/connlimit"
 	"github.com/mailferry/mailferry/returnpath"
 	"github.com/mailferry/mailferry/store"
@@ -78,6 +79,10 @@ type ServerOptions struct {
 	// Stored is called after each report is stored, to wake the
 	// processor; nil: nothing.
 	Stored func()
+	// Budget caps the message bytes in flight, shared with the API and
+	// submission (MAILFERRY_MAX_BYTES_IN_FLIGHT): past it DATA gets 452
+	// 4.3.1 and the sender tries again later. Nil: no cap.
+	Budget *budget.Budget
 
 	Logger  *slog.Logger
 	Metrics *Metrics
@@ -85,11 +90,12 @@ type ServerOptions struct {
 
 // Server is the inbound SMTP listener.
 type Server struct {
-	opts  ServerOptions
-	smtp  *smtp.Server
-	perIP *connlimit.PerClient
-	slots chan struct{}
-	bg    sync.WaitGroup
+	opts     ServerOptions
+	smtp     *smtp.Server
+	perIP    *connlimit.PerClient
+	slots    chan struct{}
+	refusers chan struct{} // goroutines saying 421 to connections over a limit
+	bg       sync.WaitGroup
 }
 
 // NewServer checks opts and returns a Server. It starts nothing.
@@ -118,7 +124,7 @@ func NewServer(opts ServerOptions) (*Server, error) {
 	setDefault(&opts.WriteTimeout, time.Minute)
 	setDefault(&opts.SaveTimeout, 30*time.Second)
 	s := &Server{opts: opts, perIP: connlimit.NewPerClient(opts.MaxConnectionsPerIP),
-		slots: make(chan struct{}, opts.MaxConnections)}
+		slots: make(chan struct{}, opts.MaxConnections), refusers: make(chan struct{}, 16)}
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
 	srv.Domain = opts.Hostname
 	if opts.TLSConfig != nil {
@@ -196,11 +202,18 @@ func (l *listener) Accept() (net.Conn, error) {
 
 // refuse says line (RFC 5321 3.1: a 421 greeting) and closes c, in the
 // background, with a short deadline so a peer that does not read cannot
-// hold it.
+// hold it. Under a flood, when every refuser is busy, it just closes.
 func (s *Server) refuse(c net.Conn, line string) {
+	select {
+	case s.refusers <- struct{}{}:
+	default:
+		c.Close()
+		return
+	}
 	s.bg.Add(1)
 	go func() {
 		defer s.bg.Done()
+		defer func() { <-s.refusers }()
 		defer c.Close()
 		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 		_, _ = io.WriteString(c, line)
@@ -286,8 +299,17 @@ func (s *Server) isFBL(addr string) bool {
 // Data stores the report and only then answers 250; if it cannot be
 // stored, 451 4.3.0 makes the sender try again later.
 func (s *session) Data(r io.Reader) error {
+	// The bytes are reserved as they arrive and given back once stored.
+	res, err := s.srv.opts.Budget.Reserve(0)
+	if err != nil {
+		return errBusy
+	}
+	defer res.Release()
 	var buf bytes.Buffer
-	if _, err := buf.ReadFrom(r); err != nil {
+	if _, err := buf.ReadFrom(res.Reader(r)); err != nil {
+		if errors.Is(err, budget.ErrFull) {
+			return errBusy
+		}
 		return err // go-smtp answers 552 for too large, or the connection is gone
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.srv.opts.SaveTimeout)
@@ -306,6 +328,10 @@ func (s *session) Data(r io.Reader) error {
 	}
 	return nil
 }
+
+// errBusy: the bytes in flight are at MAILFERRY_MAX_BYTES_IN_FLIGHT. RFC
+// 3463 3.4 X.3.1: mail system full.
+var errBusy = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1}, Message: "Too busy now, try again later"}
 
 func (s *session) Reset()        { s.from, s.rcpts = "", nil }
 func (s *session) Logout() error { return nil }

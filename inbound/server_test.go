@@ -13,6 +13,7 @@ import (
 	"github.com/emersion/go-smtp"
 	"github.com/google/uuid"
 
+	"github.com/mailferry/mailferry/budget"
 	"github.com/mailferry/mailferry/internal/testmx"
 	"github.com/mailferry/mailferry/internal/wait"
 	"github.com/mailferry/mailferry/returnpath"
@@ -225,5 +226,34 @@ func TestListenerSTARTTLS(t *testing.T) {
 	}
 	if ok, _ := p.Extension("STARTTLS"); ok {
 		t.Error("STARTTLS offered without a certificate")
+	}
+}
+
+// TestListenerBudget: with the bytes in flight at their cap (shared with
+// the API and submission), a report gets 452 4.3.1 and is sent again
+// later; once bytes are given back it is taken.
+func TestListenerBudget(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	b, err := budget.New(1 << 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := e.listen(func(o *ServerOptions) { o.Budget = b })
+	held, err := b.Reserve(1 << 20) // the API holds it all
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp := e.signer.Address(uuid.Must(uuid.NewV7()), 0)
+	report := dsn(rp, "user0@dest.example", "failed", "5.1.1", "550 no")
+	if got := code(send(addr, "", []string{rp}, report)); got != "452 4.3.1" {
+		t.Errorf("budget full: %q, want 452 4.3.1", got)
+	}
+	held.Release()
+	if err := send(addr, "", []string{rp}, report); err != nil {
+		t.Errorf("budget free: %v", err)
+	}
+	if b.InUse() != 0 {
+		t.Errorf("%d bytes still held after the reports", b.InUse())
 	}
 }

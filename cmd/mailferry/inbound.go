@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/mailferry/mailferry/bounce"
+	"github.com/mailferry/mailferry/budget"
 	"github.com/mailferry/mailferry/config"
 	"github.com/mailferry/mailferry/inbound"
 	"github.com/mailferry/mailferry/returnpath"
@@ -52,6 +53,7 @@ type inboundDeps struct {
 	store   *store.Store
 	bounces bounceSetup
 	metrics *inbound.Metrics
+	bodies  *budget.Budget // message bytes in flight, shared with the API and submission
 	log     *slog.Logger
 }
 
@@ -92,7 +94,7 @@ func startInbound(ctx context.Context, cfg config.Config, deps inboundDeps, wg *
 		Saver: deps.store, ReturnPaths: deps.bounces.signer, FBLAddress: cfg.FBLAddress,
 		Hostname: cfg.Hostname, TLSConfig: tlsConfig,
 		MaxMessageBytes: min(cfg.MaxMessageBytes, 10<<20),
-		Stored:          proc.Wake, Logger: log, Metrics: deps.metrics,
+		Stored:          proc.Wake, Budget: deps.bodies, Logger: log, Metrics: deps.metrics,
 	})
 	if err != nil {
 		return nil, err

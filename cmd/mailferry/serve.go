@@ -169,7 +169,7 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	}
 	stopInbound := func(context.Context) error { return nil }
 	if roles["inbound"] {
-		stopInbound, err = startInbound(ctx, cfg, inboundDeps{store: st, bounces: bounces, metrics: inboundMetrics,
+		stopInbound, err = startInbound(ctx, cfg, inboundDeps{store: st, bounces: bounces, metrics: inboundMetrics, bodies: bodies,
 			log: log.With("role", "inbound")}, &wg, errc)
 		if err != nil {
 			return err
