@@ -111,12 +111,22 @@ func (e *env) processor(mutate func(*ProcessorOptions)) *Processor {
 // records the first delivered ones as delivered.
 func (e *env) message(n, delivered int) store.NewMessage {
 	e.t.Helper()
+	var to []string
+	for i := range n {
+		to = append(to, fmt.Sprintf("user%d@dest.example", i))
+	}
+	return e.messageTo(to, delivered)
+}
+
+// messageTo is message to the addresses to.
+func (e *env) messageTo(to []string, delivered int) store.NewMessage {
+	e.t.Helper()
 	id := uuid.Must(uuid.NewV7())
 	m := store.NewMessage{ID: id, TenantID: e.key.TenantID, APIKeyID: e.key.ID, Ingress: "api",
 		MessageID: id.String() + "@example.com", MailFrom: "alice@example.com", From: "Alice <alice@example.com>",
 		Subject: "hello", Body: []byte("From: alice@example.com\r\n\r\nhi\r\n"), CreatedAt: time.Now().Truncate(time.Microsecond)}
-	for i := range n {
-		m.Recipients = append(m.Recipients, store.NewRecipient{Email: fmt.Sprintf("user%d@dest.example", i)})
+	for _, a := range to {
+		m.Recipients = append(m.Recipients, store.NewRecipient{Email: a})
 	}
 	if err := e.st.AcceptBatch(e.t.Context(), []store.NewMessage{m}); err != nil {
 		e.t.Fatal(err)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -204,8 +205,9 @@ func (p *Processor) parse(raw []byte) (r *bounce.Report, err error) {
 // target is a message a report is about, and the recipient its return
 // path names (-1: none).
 type target struct {
-	msg *store.ReportMessage
-	idx int
+	msg  *store.ReportMessage
+	idx  int
+	verp bool // found by a verified return path, not by Message-ID
 }
 
 // apply parses a report, finds the message and recipients it is about and
@@ -314,7 +316,7 @@ func (p *Processor) resolve(ctx context.Context, row store.InboundRow, rep *boun
 		if perr != nil {
 			continue
 		}
-		return p.load(ctx, id, idx)
+		return p.load(ctx, id, idx, true)
 	}
 	if rp := rep.Original.ReturnPath; rp != "" {
 		id, idx, perr := p.opts.ReturnPaths.Parse(rp)
@@ -322,7 +324,7 @@ func (p *Processor) resolve(ctx context.Context, row store.InboundRow, rep *boun
 		case errors.Is(perr, returnpath.ErrForged):
 			return nil, "the quoted return path's tag does not verify", nil
 		case perr == nil:
-			return p.load(ctx, id, idx)
+			return p.load(ctx, id, idx, true)
 		}
 	}
 	if mid := rep.Original.MessageID; mid != "" {
@@ -331,13 +333,13 @@ func (p *Processor) resolve(ctx context.Context, row store.InboundRow, rep *boun
 			return nil, "", err
 		}
 		if len(ids) > 0 {
-			return p.load(ctx, ids[0], -1)
+			return p.load(ctx, ids[0], -1, false)
 		}
 	}
 	return nil, "names no message of ours (no verified return path, no known Message-ID)", nil
 }
 
-func (p *Processor) load(ctx context.Context, id uuid.UUID, idx int) (*target, string, error) {
+func (p *Processor) load(ctx context.Context, id uuid.UUID, idx int, verp bool) (*target, string, error) {
 	m, err := p.opts.Messages.LoadReportMessage(ctx, id)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, fmt.Sprintf("message %s is not in the ledger (deleted?)", id), nil
@@ -345,18 +347,17 @@ func (p *Processor) load(ctx context.Context, id uuid.UUID, idx int) (*target, s
 	if err != nil {
 		return nil, "", err
 	}
-	return &target{msg: m, idx: idx}, "", nil
+	return &target{msg: m, idx: idx, verp: verp}, "", nil
 }
 
-// recipientsFor are the recipients of tgt a report recipient is about:
-// the one its address names; else the one the return path names; else,
-// for a complaint without Original-Rcpt-To, those of the original's To.
+// recipientsFor are the recipients of tgt a report recipient is about.
+// A return path that names a recipient decides: that one, whatever
+// address the report gives (a forwarded mailbox reports its new one),
+// and never another, so a recipient cannot bounce the others. One of a
+// transaction of several recipients names none: then the address the
+// report gives, or, for a complaint without Original-Rcpt-To, the
+// original's To.
 func recipientsFor(tgt *target, addr string, rep *bounce.Report, complaint bool) []int {
-	if addr != "" {
-		if idx, ok := findRecipient(tgt.msg, addr); ok {
-			return []int{idx}
-		}
-	}
 	if tgt.idx >= 0 {
 		for _, r := range tgt.msg.Recipients {
 			if r.Idx == tgt.idx {
@@ -365,19 +366,50 @@ func recipientsFor(tgt *target, addr string, rep *bounce.Report, complaint bool)
 		}
 		return nil
 	}
-	if addr == "" && len(tgt.msg.Recipients) == 1 {
-		return []int{tgt.msg.Recipients[0].Idx}
-	}
-	if complaint && addr == "" {
-		var out []int
+	var out []int
+	switch {
+	case addr != "":
+		if idx, ok := findRecipient(tgt.msg, addr); ok {
+			out = []int{idx}
+		}
+	case len(tgt.msg.Recipients) == 1:
+		out = []int{tgt.msg.Recipients[0].Idx}
+	case complaint:
 		for _, to := range rep.Original.To {
 			if idx, ok := findRecipient(tgt.msg, to); ok {
 				out = append(out, idx)
 			}
 		}
-		return out
 	}
-	return nil
+	if tgt.verp {
+		out = slices.DeleteFunc(out, func(idx int) bool { return !sharesTransaction(tgt.msg, idx) })
+	}
+	return out
+}
+
+// sharesTransaction reports whether recipient idx can have been in a
+// transaction of several recipients: one per message and domain, so its
+// domain has others. A recipient alone in its domain was sent with a
+// return path naming it, and a report to a return path of several
+// recipients (another domain's) cannot be about it.
+func sharesTransaction(m *store.ReportMessage, idx int) bool {
+	var domain string
+	for _, r := range m.Recipients {
+		if r.Idx == idx {
+			domain = domainOf(r.Email)
+		}
+	}
+	n := 0
+	for _, r := range m.Recipients {
+		if strings.EqualFold(domainOf(r.Email), domain) {
+			n++
+		}
+	}
+	return n > 1
+}
+
+func domainOf(addr string) string {
+	return addr[strings.LastIndexByte(addr, '@')+1:]
 }
 
 // findRecipient matches an address the way suppressions compare them:

@@ -73,6 +73,30 @@ func TestProcessReports(t *testing.T) {
 			t.Error("recipient 2 not matched by its address")
 		}
 	})
+	t.Run("a return path naming one recipient bounces only that one", func(t *testing.T) {
+		m := e.message(2, 2)
+		rp := e.signer.Address(m.ID, 0)
+		if status, reason := process(t, rp, dsn(rp, "user1@dest.example", "failed", "5.1.1", "550 5.1.1 no")); status != "processed" {
+			t.Fatalf("status %s (%s)", status, reason)
+		}
+		if n := e.count(`SELECT count(*) FROM recipients WHERE message_id = $1 AND status = 'bounced'`, m.ID); n != 1 {
+			t.Fatalf("%d bounced, want 1", n)
+		}
+		if n := e.count(`SELECT count(*) FROM recipients WHERE message_id = $1 AND idx = 0 AND status = 'bounced'`, m.ID); n != 1 {
+			t.Error("the report bounced another recipient than the one its return path names")
+		}
+	})
+	t.Run("a return path of several recipients cannot bounce another domain's", func(t *testing.T) {
+		m := e.messageTo([]string{"a@x.example", "b@x.example", "c@y.example"}, 3)
+		rp := e.signer.Address(m.ID, -1) // the x.example transaction's
+		status, _ := process(t, rp, dsn(rp, "c@y.example", "failed", "5.1.1", "550 5.1.1 no"))
+		if status != "unmatched" {
+			t.Errorf("status %s, want unmatched", status)
+		}
+		if n := e.count(`SELECT count(*) FROM recipients WHERE message_id = $1 AND status = 'bounced'`, m.ID); n != 0 {
+			t.Errorf("%d recipients bounced by a report about another transaction", n)
+		}
+	})
 	t.Run("delayed is an event only", func(t *testing.T) {
 		m := e.message(1, 1)
 		rp := e.signer.Address(m.ID, 0)
