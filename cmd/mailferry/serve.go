@@ -40,7 +40,8 @@ var defaultRoles = []string{"api", "worker", "scheduler"}
 
 func runServe(ctx context.Context, env *environment, args []string) error {
 	fs := flagSet(env, "serve", "serve [--roles api,worker,scheduler,inbound]\n\nRuns the HTTP API, the delivery workers, the scheduler and, with MAILFERRY_BOUNCE_DOMAIN set, the inbound listener for DSNs and complaints (by default all of them) until SIGINT or SIGTERM.")
-	rolesFlag := fs.String("roles", strings.Join(defaultRoles, ",")+" (and inbound with MAILFERRY_BOUNCE_DOMAIN)", "comma-separated roles to run: "+strings.Join(allRoles, ", "))
+	rolesFlag := fs.String("roles", "", "comma-separated roles to run: "+strings.Join(allRoles, ", ")+
+		" (default "+strings.Join(defaultRoles, ",")+", and inbound when MAILFERRY_BOUNCE_DOMAIN is set)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
