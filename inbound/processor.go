@@ -230,8 +230,14 @@ func (p *Processor) apply(ctx context.Context, log *slog.Logger, row store.Inbou
 		return out, nil
 	}
 	complaint := rep.Kind == bounce.KindARF
-	var applied, matched int
-	for _, rr := range rep.Recipients {
+	rcpts := rep.Recipients
+	if complaint && len(rcpts) == 0 {
+		// RFC 5965 3.2: Original-Rcpt-To is optional; the original's To
+		// (recipientsFor) or the return path names the complainer.
+		rcpts = []bounce.ReportRecipient{{Action: "complained"}}
+	}
+	matched := 0
+	for _, rr := range rcpts {
 		action := strings.ToLower(rr.Action)
 		var typ string
 		switch {
@@ -263,19 +269,15 @@ func (p *Processor) apply(ctx context.Context, log *slog.Logger, row store.Inbou
 				class = ar.BounceClass
 			}
 			res, err := p.opts.Applier.ApplyReport(ctx, ar)
-			if errors.Is(err, store.ErrRecipientBusy) {
-				// The worker has yet to record the attempt this report
-				// answers; the report stays pending and comes back when
-				// its lease lapses.
-				return out, err
-			}
 			if err != nil {
+				// The ledger failed, or (store.ErrRecipientBusy) the worker
+				// has yet to record the attempt this report answers: the
+				// report stays pending and comes back when its lease lapses.
 				return out, err
 			}
 			if !res.Applied {
 				continue
 			}
-			applied++
 			switch typ {
 			case store.EventBounced:
 				p.opts.Metrics.Bounced(class, KindAsync)
@@ -287,7 +289,7 @@ func (p *Processor) apply(ctx context.Context, log *slog.Logger, row store.Inbou
 		}
 	}
 	switch {
-	case matched == 0 && hasFailure(rep):
+	case matched == 0 && (complaint || hasFailure(rep)):
 		out.status, out.reason = store.InboundUnmatched, fmt.Sprintf("no recipient of message %s matches the report", tgt.msg.ID)
 	default:
 		out.status = store.InboundProcessed
@@ -295,6 +297,9 @@ func (p *Processor) apply(ctx context.Context, log *slog.Logger, row store.Inbou
 	return out, nil
 }
 
+// hasFailure reports whether a report says anything went wrong: one of
+// only successes (delivered, relayed, expanded) matches no one and is
+// still processed.
 func hasFailure(rep *bounce.Report) bool {
 	for _, rr := range rep.Recipients {
 		switch strings.ToLower(rr.Action) {
@@ -302,7 +307,7 @@ func hasFailure(rep *bounce.Report) bool {
 			return true
 		}
 	}
-	return rep.Kind == bounce.KindARF && len(rep.Recipients) > 0
+	return false
 }
 
 // resolve finds the message a report is about: the return path it was

@@ -9,6 +9,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/mailferry/mailferry/bounce"
 	"github.com/mailferry/mailferry/internal/wait"
 	"github.com/mailferry/mailferry/store"
 )
@@ -237,5 +238,33 @@ func TestReportBeforeOutcome(t *testing.T) {
 	}
 	if n := e.count(`SELECT count(*) FROM recipients WHERE message_id = $1 AND status = 'bounced' AND bounce_async`, m.ID); n != 1 {
 		t.Error("the recipient is not bounced")
+	}
+}
+
+// TestComplaintWithoutRecipients: an ARF report whose parse names no
+// recipient at all (no Original-Rcpt-To) is still a complaint about the
+// original's To.
+func TestComplaintWithoutRecipients(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	addr := e.listen(nil)
+	m := e.message(2, 2)
+	p := e.processor(func(o *ProcessorOptions) {
+		o.Parse = func([]byte) (*bounce.Report, error) {
+			return &bounce.Report{Kind: bounce.KindARF, Feedback: "abuse",
+				Original: bounce.OriginalHeaders{MessageID: m.MessageID, To: []string{"user1@dest.example"}}}, nil
+		}
+	})
+	if err := send(addr, "", []string{fblAddress}, "Subject: complaint\r\n\r\nsee above\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := p.RunOnce(t.Context()); err != nil || n != 1 {
+		t.Fatalf("RunOnce: %d, %v", n, err)
+	}
+	if n := e.count(`SELECT count(*) FROM recipient_events WHERE message_id = $1 AND rcpt_idx = 1 AND type = 'complained'`, m.ID); n != 1 {
+		t.Error("no complaint recorded")
+	}
+	if n := e.count(`SELECT count(*) FROM suppressions WHERE email = 'user1@dest.example' AND reason = 'complaint'`); n != 1 {
+		t.Error("complainer not suppressed")
 	}
 }
