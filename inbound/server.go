@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -239,9 +240,13 @@ func (c *conn) Close() error {
 
 // session is one client from EHLO on.
 type session struct {
-	srv   *Server
-	ip    netip.Addr
-	helo  string
+	srv  *Server
+	ip   netip.Addr
+	helo string
+
+	// With CHUNKING, go-smtp runs Data in its own goroutine while the
+	// connection's goroutine may call Reset: mu guards what both touch.
+	mu    sync.Mutex
 	from  string
 	rcpts []string
 }
@@ -261,6 +266,8 @@ func (s *session) log() *slog.Logger {
 // Mail takes any sender: a DSN comes from the null path (RFC 3464 2), an
 // ARF report from the feedback provider. Nothing is ever sent back to it.
 func (s *session) Mail(from string, _ *smtp.MailOptions) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	s.from, s.rcpts = from, nil
 	return nil
 }
@@ -269,18 +276,17 @@ func (s *session) Mail(from string, _ *smtp.MailOptions) error {
 // everything else is refused, so this is never a relay. A forged or
 // altered tag gets the same answer as a stranger.
 func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
-	if s.srv.isFBL(to) {
-		s.rcpts = append(s.rcpts, to)
-		return nil
-	}
 	_, _, err := s.srv.opts.ReturnPaths.Parse(to)
-	if err == nil {
+	if err == nil || s.srv.isFBL(to) {
+		s.mu.Lock()
 		s.rcpts = append(s.rcpts, to)
+		s.mu.Unlock()
 		return nil
 	}
 	s.srv.opts.Metrics.message(ResultRejected)
 	if errors.Is(err, returnpath.ErrForged) {
-		s.log().Warn("inbound: forged return path refused", "rcpt", to)
+		// Info, not Warn: anyone can send these, as often as they like.
+		s.log().Info("inbound: forged return path refused", "rcpt", to)
 	}
 	// RFC 3463 3.8 X.7.1: delivery not authorized.
 	return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "No such recipient here; relaying denied"}
@@ -312,10 +318,13 @@ func (s *session) Data(r io.Reader) error {
 		}
 		return err // go-smtp answers 552 for too large, or the connection is gone
 	}
+	s.mu.Lock()
+	from, rcpts := s.from, slices.Clone(s.rcpts)
+	s.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), s.srv.opts.SaveTimeout)
 	defer cancel()
 	id, err := s.srv.opts.Saver.SaveInbound(ctx, store.InboundMessage{RemoteIP: s.ip, Helo: s.helo,
-		MailFrom: s.from, RcptTo: s.rcpts, Body: buf.Bytes()})
+		MailFrom: from, RcptTo: rcpts, Body: buf.Bytes()})
 	if err != nil {
 		s.log().Error("inbound: store report", "error", err)
 		// RFC 3463 3.4 X.3.0: other mail system status.
@@ -333,7 +342,12 @@ func (s *session) Data(r io.Reader) error {
 // 3463 3.4 X.3.1: mail system full.
 var errBusy = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1}, Message: "Too busy now, try again later"}
 
-func (s *session) Reset()        { s.from, s.rcpts = "", nil }
+func (s *session) Reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.from, s.rcpts = "", nil
+}
+
 func (s *session) Logout() error { return nil }
 
 // errorLog takes go-smtp's own lines (dropped connections, failed
