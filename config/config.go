@@ -321,7 +321,8 @@ func (p *parser) optionalHostname(name string) string {
 	return strings.ToLower(v)
 }
 
-// file is the path of a readable regular file, or "" when unset.
+// file is the path of an existing regular file, or "" when unset; its
+// contents are read and checked where they are used.
 func (p *parser) file(name string) string {
 	v := p.str(name, "")
 	if v == "" {
