@@ -20,6 +20,7 @@ import (
 // *store.Store is one.
 type Claimer interface {
 	ClaimInbound(ctx context.Context, n int, lease time.Duration) ([]store.InboundRow, error)
+	RetryInbound(ctx context.Context, id uuid.UUID, after time.Duration) error
 	FinishInbound(ctx context.Context, id uuid.UUID, status, kind, reason string) error
 }
 
@@ -174,7 +175,12 @@ func (p *Processor) process(ctx context.Context, row store.InboundRow) {
 		var err error
 		out, err = p.apply(ctx, log, row)
 		if errors.Is(err, store.ErrRecipientBusy) {
+			// The worker records its outcome in milliseconds, or within its
+			// lease when the ledger is slow: look again in a second.
 			log.Info("inbound: report waits for the attempt it answers to be recorded", "error", err)
+			if err := p.opts.Claimer.RetryInbound(ctx, row.ID, time.Second); err != nil {
+				log.Warn("inbound: put back report; it comes back when its lease lapses", "error", err)
+			}
 			return
 		}
 		if err != nil {

@@ -62,6 +62,8 @@ WHERE m.id IN (
 RETURNING ` + inboundColumns + `, m.body`
 	inboundColumns = `m.id, m.received_at, m.remote_ip, m.helo, m.mail_from, m.rcpt_to, length(m.body), m.status,
 	coalesce(m.kind, ''), coalesce(m.reason, ''), m.tries, m.processed_at`
+	retryInbound = `UPDATE inbound_messages SET lease_until = now() + $2::bigint * interval '1 microsecond'
+WHERE id = $1 AND status = 'pending'`
 	finishInbound = `UPDATE inbound_messages SET status = $2, kind = $3, reason = $4, processed_at = now(), lease_until = NULL
 WHERE id = $1`
 	listInbound = `SELECT ` + inboundColumns + ` FROM inbound_messages m
@@ -121,6 +123,16 @@ func (s *Store) ClaimInbound(ctx context.Context, n int, lease time.Duration) ([
 		return bytes.Compare(a.ID[:], b.ID[:])
 	})
 	return out, nil
+}
+
+// RetryInbound keeps a claimed report pending and makes it claimable
+// again after d, sooner than its lease would: for a report that must wait
+// a moment (store.ErrRecipientBusy).
+func (s *Store) RetryInbound(ctx context.Context, id uuid.UUID, d time.Duration) error {
+	if _, err := s.pool.Exec(ctx, retryInbound, id, d.Microseconds()); err != nil {
+		return fmt.Errorf("retry inbound %s: %w", id, err)
+	}
+	return nil
 }
 
 // FinishInbound records what became of a report: InboundProcessed,

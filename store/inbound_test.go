@@ -121,3 +121,34 @@ func TestClaimInboundShared(t *testing.T) {
 		t.Errorf("%d claimed, want %d", len(seen), n)
 	}
 }
+
+// TestRetryInbound: a claimed report put back comes back after the delay
+// asked for, not after its lease; a finished one is never put back.
+func TestRetryInbound(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	ctx := t.Context()
+	id, err := s.SaveInbound(ctx, InboundMessage{RcptTo: []string{"x@b.example"}, Body: []byte("x")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rows, err := s.ClaimInbound(ctx, 1, time.Hour); err != nil || len(rows) != 1 {
+		t.Fatalf("claim: %d, %v", len(rows), err)
+	}
+	if err := s.RetryInbound(ctx, id, 0); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := s.ClaimInbound(ctx, 1, time.Hour)
+	if err != nil || len(rows) != 1 || rows[0].Tries != 2 {
+		t.Fatalf("claim after retry: %+v, %v", rows, err)
+	}
+	if err := s.FinishInbound(ctx, id, InboundProcessed, "dsn", ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RetryInbound(ctx, id, 0); err != nil {
+		t.Fatal(err)
+	}
+	if rows, err := s.ClaimInbound(ctx, 1, time.Hour); err != nil || len(rows) != 0 {
+		t.Errorf("a finished report was claimed again: %+v, %v", rows, err)
+	}
+}
