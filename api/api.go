@@ -39,8 +39,9 @@ type Reader interface {
 // Intake accepts messages.
 type Intake interface {
 	NewReceipt(s intake.Submission) (intake.Receipt, error)
-	Submit(ctx context.Context, r intake.Receipt, s intake.Submission) error
-	SubmitIdempotent(ctx context.Context, r intake.Receipt, s intake.Submission, key store.Idempotency) (*store.Idempotency, error)
+	Accept(ctx context.Context, r intake.Receipt, s intake.Submission) ([]intake.Suppression, error)
+	SubmitIdempotent(ctx context.Context, r intake.Receipt, s intake.Submission, key store.Idempotency,
+		answer func(suppressed []intake.Suppression) ([]byte, error)) (*store.Idempotency, error)
 }
 
 // Check is one readiness probe (Redis, PostgreSQL).
@@ -51,12 +52,14 @@ type Check struct {
 
 // Options configures the HTTP handler.
 type Options struct {
-	Auth     Authenticator
-	Reader   Reader
-	Intake   Intake
-	Ready    []Check
-	Logger   *slog.Logger
-	Registry *prometheus.Registry // /metrics serves it; the HTTP metrics register in it
+	Auth   Authenticator
+	Reader Reader
+	Intake Intake
+	// Suppressions serves /v1/suppressions; nil: those routes are 404.
+	Suppressions Suppressions
+	Ready        []Check
+	Logger       *slog.Logger
+	Registry     *prometheus.Registry // /metrics serves it; the HTTP metrics register in it
 
 	Hostname        string // Message-ID domain
 	MaxMessageBytes int64
@@ -140,6 +143,12 @@ func New(opts Options) (http.Handler, error) {
 		r.Use(s.authenticate, s.rateLimit)
 		r.Post("/messages", s.sendMessage)
 		r.Get("/messages/{id}", s.getMessage)
+		if opts.Suppressions != nil {
+			r.Get("/suppressions", s.listSuppressions)
+			r.Get("/suppressions/{email}", s.getSuppression)
+			r.Put("/suppressions/{email}", s.putSuppression)
+			r.Delete("/suppressions/{email}", s.deleteSuppression)
+		}
 	})
 	return r, nil
 }

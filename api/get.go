@@ -22,6 +22,10 @@ type recipientState struct {
 	Response      *string    `json:"response"`
 	MXHost        *string    `json:"mx_host"`
 	TLSVersion    *string    `json:"tls_version"`
+	// null when the recipient has not failed / is not suppressed
+	BounceType       *string `json:"bounce_type"`
+	BounceClass      *string `json:"bounce_class"`
+	SuppressedReason *string `json:"suppressed_reason"`
 }
 
 type eventState struct {
@@ -38,6 +42,11 @@ type eventState struct {
 	TLSCipher    *string   `json:"tls_cipher,omitempty"`
 	TLSVerified  *bool     `json:"tls_verified,omitempty"`
 	DurationMS   *int      `json:"duration_ms,omitempty"`
+	BounceType   *string   `json:"bounce_type"`
+	BounceClass  *string   `json:"bounce_class"`
+	Async        bool      `json:"async"`
+	ReportingMTA *string   `json:"reporting_mta,omitempty"`
+	RemoteMTA    *string   `json:"remote_mta,omitempty"`
 }
 
 type messageState struct {
@@ -95,11 +104,13 @@ func toState(m *store.MessageView) messageState {
 			LastAttemptAt: utcPtr(r.LastAttemptAt), NextAttemptAt: utcPtr(r.NextAttemptAt),
 			SMTPCode: r.SMTPCode, EnhancedCode: r.EnhancedCode, Response: r.Response,
 			MXHost: r.MXHost, TLSVersion: r.TLSVersion,
+			BounceType: r.BounceType, BounceClass: r.BounceClass, SuppressedReason: r.SuppressedReason,
 		}
 	}
 	for i, e := range m.Events {
 		ev := eventState{At: e.At.UTC(), Type: e.Type, SMTPCode: e.SMTPCode, EnhancedCode: e.EnhancedCode, Response: e.Response, MXHost: e.MXHost,
-			Attempt: e.Attempt, MXIP: e.MXIP, TLSVersion: e.TLSVersion, TLSCipher: e.TLSCipher, TLSVerified: e.TLSVerified, DurationMS: e.DurationMS}
+			Attempt: e.Attempt, MXIP: e.MXIP, TLSVersion: e.TLSVersion, TLSCipher: e.TLSCipher, TLSVerified: e.TLSVerified, DurationMS: e.DurationMS,
+			BounceType: e.BounceType, BounceClass: e.BounceClass, Async: e.Async, ReportingMTA: e.ReportingMTA, RemoteMTA: e.RemoteMTA}
 		if e.Recipient != "" {
 			rc := e.Recipient
 			ev.Recipient = &rc

@@ -96,7 +96,7 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 		}
 	}
 	h, err := api.New(api.Options{
-		Auth: keys, Reader: st, Intake: in, Registry: reg,
+		Auth: keys, Reader: st, Intake: in, Registry: reg, Suppressions: st,
 		Ready:           []api.Check{{Name: "postgres", Ping: st.Ping}, {Name: "redis", Ping: q.Ping}},
 		Hostname:        "relay.test",
 		MaxMessageBytes: opts.maxMessageBytes,

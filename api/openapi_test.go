@@ -68,6 +68,7 @@ func pointer(tok string) string {
 // match finds the path template of the spec for a request path.
 func (s *spec) match(path string) (string, bool) {
 	paths, _ := s.doc["paths"].(map[string]any)
+	path, _, _ = strings.Cut(path, "?")
 	reqParts := strings.Split(strings.Trim(path, "/"), "/")
 	for tmpl := range paths {
 		parts := strings.Split(strings.Trim(tmpl, "/"), "/")
@@ -112,6 +113,13 @@ func (s *spec) validate(t testing.TB, method, path string, resp *http.Response, 
 		name := strings.TrimPrefix(ref, "#/components/responses/")
 		r = s.doc["components"].(map[string]any)["responses"].(map[string]any)[name].(map[string]any)
 		ptr = "#/components/responses/" + pointer(name)
+	}
+	if _, ok := r["content"]; !ok {
+		// A response documented without content (204) must have none.
+		if len(body) > 0 {
+			t.Errorf("openapi: %s %s %d: documented without content, got %s", method, tmpl, resp.StatusCode, body)
+		}
+		return
 	}
 	mt, _, err := mime.ParseMediaType(resp.Header.Get("Content-Type"))
 	if err != nil {

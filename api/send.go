@@ -58,6 +58,26 @@ type sendResponse struct {
 	Warnings   []string           `json:"warnings"`
 }
 
+// suppress marks the recipients that were on the tenant's suppression
+// list and says so in a warning each: the message is accepted all the
+// same, and they are never sent.
+func (resp sendResponse) suppress(suppressed []intake.Suppression) sendResponse {
+	if len(suppressed) == 0 {
+		return resp
+	}
+	resp.Recipients = slices.Clone(resp.Recipients)
+	resp.Warnings = slices.Clone(resp.Warnings)
+	for _, sup := range suppressed {
+		for i := range resp.Recipients {
+			if resp.Recipients[i].Email == sup.Email {
+				resp.Recipients[i].Status = store.RecipientSuppressed
+			}
+		}
+		resp.Warnings = append(resp.Warnings, fmt.Sprintf("recipient %s is on the suppression list (%s) and will not be sent to", sup.Email, sup.Reason))
+	}
+	return resp
+}
+
 // maxRequestBytes allows for base64 (4/3) around a message of the maximum
 // size; the built message itself is held to MaxMessageBytes afterwards.
 func (s *server) maxRequestBytes() int64 {
@@ -144,27 +164,28 @@ func (s *server) sendMessage(w http.ResponseWriter, r *http.Request) {
 	resp := sendResponse{ID: receipt.ID.String(), MessageID: receipt.MessageID, Warnings: []string{},
 		Recipients: make([]recipientReceipt, 0, len(receipt.Recipients))}
 	for _, rc := range receipt.Recipients {
-		resp.Recipients = append(resp.Recipients, recipientReceipt{Email: rc, Status: "queued"})
+		resp.Recipients = append(resp.Recipients, recipientReceipt{Email: rc, Status: store.RecipientQueued})
 	}
 	if s.opts.Warn != nil && len(msg.From) > 0 {
 		resp.Warnings = append(resp.Warnings, s.opts.Warn(r.Context(), msg.From[0].Domain())...)
 	}
 
 	if idemKey == "" {
-		if err := s.opts.Intake.Submit(r.Context(), receipt, sub); err != nil {
+		suppressed, err := s.opts.Intake.Accept(r.Context(), receipt, sub)
+		if err != nil {
 			s.unavailable(w, r, err)
 			return
 		}
-		writeJSON(w, http.StatusAccepted, resp)
+		writeJSON(w, http.StatusAccepted, resp.suppress(suppressed))
 		return
 	}
-	encoded, err := json.Marshal(resp)
-	if err != nil {
-		s.internal(w, r, err)
-		return
-	}
+	var encoded []byte
 	existing, err := s.opts.Intake.SubmitIdempotent(r.Context(), receipt, sub, store.Idempotency{
-		Key: idemKey, RequestHash: sum[:], Status: http.StatusAccepted, Response: encoded,
+		Key: idemKey, RequestHash: sum[:], Status: http.StatusAccepted,
+	}, func(suppressed []intake.Suppression) ([]byte, error) {
+		b, merr := json.Marshal(resp.suppress(suppressed))
+		encoded = b
+		return b, merr
 	})
 	if err != nil {
 		s.unavailable(w, r, err)

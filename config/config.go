@@ -47,6 +47,11 @@ type Config struct {
 	SubmissionMaxPerIP   int    // MAILFERRY_SUBMISSION_MAX_PER_IP, 10 open connections from one client address (IPv6: /64)
 	HTTPMaxConnections   int    // MAILFERRY_HTTP_MAX_CONNECTIONS, 4096 open connections on MAILFERRY_HTTP_ADDR
 
+	BounceDomain string // MAILFERRY_BOUNCE_DOMAIN, none: VERP return paths at this domain; "" = envelope sender as stored
+	InboundAddr  string // MAILFERRY_INBOUND_ADDR, ":25": listener for DSNs and complaints; "" = off
+	FBLAddress   string // MAILFERRY_FBL_ADDRESS, none: address at BounceDomain that takes ARF complaints
+	BounceRules  string // MAILFERRY_BOUNCE_RULES, none: file of classification rules tried before the embedded ones
+
 	AutoMigrate bool   // MAILFERRY_AUTO_MIGRATE, true
 	LogLevel    string // MAILFERRY_LOG_LEVEL, "info"
 	LogFormat   string // MAILFERRY_LOG_FORMAT, "json" (or "text")
@@ -58,6 +63,8 @@ type Config struct {
 	Leases            lease.Timing
 	ReconcileInterval time.Duration // MAILFERRY_RECONCILE_INTERVAL, 5m
 	AttemptRetention  time.Duration // MAILFERRY_ATTEMPT_RETENTION, 2160h (90 days)
+
+	SoftBounceLimit int // MAILFERRY_SOFT_BOUNCE_LIMIT, 5 soft failures in a row across messages suppress an address; 0 = never
 }
 
 // Var names one environment variable with its default, for help texts.
@@ -91,6 +98,10 @@ func Vars() []Var {
 		{"MAILFERRY_SUBMISSION_HIDE_CLIENT", "false", "leave the client's IP address out of the Received field submission adds"},
 		{"MAILFERRY_SUBMISSION_MAX_PER_IP", "10", "open submission connections from one client address (IPv6: one /64); beyond it 421 4.7.0"},
 		{"MAILFERRY_HTTP_MAX_CONNECTIONS", "4096", "open connections on MAILFERRY_HTTP_ADDR; beyond it new ones wait to be accepted (at most half the open-file limit)"},
+		{"MAILFERRY_BOUNCE_DOMAIN", "none", "VERP return paths at this domain (needs MAILFERRY_SECRET_KEY); unset: envelope sender = From address"},
+		{"MAILFERRY_INBOUND_ADDR", ":25", "listener for DSNs and complaints (role inbound; on by default only with a bounce domain); empty: off"},
+		{"MAILFERRY_FBL_ADDRESS", "none", "address at the bounce domain that takes ARF complaints"},
+		{"MAILFERRY_BOUNCE_RULES", "none", "file of extra classification rules, tried before the embedded ones"},
 		{"MAILFERRY_AUTO_MIGRATE", "true", "serve applies migrations at start"},
 		{"MAILFERRY_LOG_LEVEL", "info", "debug, info, warn or error"},
 		{"MAILFERRY_LOG_FORMAT", "json", "json or text"},
@@ -98,6 +109,7 @@ func Vars() []Var {
 		{"MAILFERRY_VISIBILITY_TIMEOUT", "30s", "a job whose worker is silent this long goes to another worker; heartbeat (1/6) and recipient lease (1/2) follow from it"},
 		{"MAILFERRY_RECONCILE_INTERVAL", "5m", "how often the queue is checked against PostgreSQL for lost jobs"},
 		{"MAILFERRY_ATTEMPT_RETENTION", "2160h", "attempt history older than this is dropped, a month at a time (90 days)"},
+		{"MAILFERRY_SOFT_BOUNCE_LIMIT", "5", "consecutive soft failures across messages before the address is suppressed (0: never)"},
 	}
 }
 
@@ -121,6 +133,7 @@ func Load(lookup func(string) (string, bool)) (Config, error) {
 		MaxQueueAge:              p.duration("MAILFERRY_MAX_QUEUE_AGE", 120*time.Hour),
 		MaxMessageBytes:          int64(p.intRange("MAILFERRY_MAX_MESSAGE_BYTES", 26214400, 1024, 1<<30)),
 		MaxRecipients:            p.intRange("MAILFERRY_MAX_RECIPIENTS", 1000, 1, 100000),
+		SoftBounceLimit:          p.intRange("MAILFERRY_SOFT_BOUNCE_LIMIT", 5, 0, 1000000),
 		MaxBytesInFlight:         int64(p.intRange("MAILFERRY_MAX_BYTES_IN_FLIGHT", 128<<20, 1024, 1<<40)),
 		WorkerConcurrency:        p.intRange("MAILFERRY_WORKER_CONCURRENCY", 256, 1, 100000),
 		WorkerPerDomain:          p.intRange("MAILFERRY_WORKER_PER_DOMAIN", 32, 1, 10000),
@@ -134,6 +147,10 @@ func Load(lookup func(string) (string, bool)) (Config, error) {
 		SubmissionHideClient:     p.boolean("MAILFERRY_SUBMISSION_HIDE_CLIENT", false),
 		SubmissionMaxPerIP:       p.intRange("MAILFERRY_SUBMISSION_MAX_PER_IP", 10, 1, 100000),
 		HTTPMaxConnections:       p.intRange("MAILFERRY_HTTP_MAX_CONNECTIONS", 4096, 16, 10000000),
+		BounceDomain:             p.optionalHostname("MAILFERRY_BOUNCE_DOMAIN"),
+		InboundAddr:              p.addr("MAILFERRY_INBOUND_ADDR", ":25", true),
+		FBLAddress:               p.str("MAILFERRY_FBL_ADDRESS", ""),
+		BounceRules:              p.file("MAILFERRY_BOUNCE_RULES"),
 		AutoMigrate:              p.boolean("MAILFERRY_AUTO_MIGRATE", true),
 		LogLevel:                 p.oneOf("MAILFERRY_LOG_LEVEL", "info", "debug", "info", "warn", "error"),
 		LogFormat:                p.oneOf("MAILFERRY_LOG_FORMAT", "json", "json", "text"),
@@ -156,7 +173,34 @@ func Load(lookup func(string) (string, bool)) (Config, error) {
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		p.fail("MAILFERRY_TLS_CERT", "MAILFERRY_TLS_CERT and MAILFERRY_TLS_KEY must be set together")
 	}
+	p.bounces(&c)
 	return c, errors.Join(p.errs...)
+}
+
+// bounces checks the bounce settings against each other: the VERP tag is
+// an HMAC keyed by MAILFERRY_SECRET_KEY, and complaints arrive at the
+// bounce domain, whose MX is the inbound listener.
+func (p *parser) bounces(c *Config) {
+	if c.BounceDomain != "" && c.SecretKey == nil {
+		if p.getenv("MAILFERRY_SECRET_KEY") == "" { // a short key has its own error
+			p.fail("MAILFERRY_BOUNCE_DOMAIN", "needs MAILFERRY_SECRET_KEY: it keys the tag that makes return paths unforgeable")
+		}
+	}
+	if c.FBLAddress == "" {
+		return
+	}
+	at := strings.LastIndexByte(c.FBLAddress, '@')
+	switch {
+	case c.BounceDomain == "":
+		p.fail("MAILFERRY_FBL_ADDRESS", "needs MAILFERRY_BOUNCE_DOMAIN: complaints arrive at the inbound listener, the bounce domain's MX")
+	case at <= 0 || strings.ContainsAny(c.FBLAddress, " <>\t\r\n"):
+		p.fail("MAILFERRY_FBL_ADDRESS", "%q is not an address like fbl@%s", c.FBLAddress, c.BounceDomain)
+	case !strings.EqualFold(c.FBLAddress[at+1:], c.BounceDomain):
+		p.fail("MAILFERRY_FBL_ADDRESS", "%q is not at MAILFERRY_BOUNCE_DOMAIN %s", c.FBLAddress, c.BounceDomain)
+	default:
+		// RFC 5321 2.4: the domain is case-insensitive, the local part kept.
+		c.FBLAddress = c.FBLAddress[:at+1] + strings.ToLower(c.FBLAddress[at+1:])
+	}
 }
 
 type parser struct {
@@ -262,6 +306,36 @@ func validHostname(h string) bool {
 		}
 	}
 	return true
+}
+
+// optionalHostname is a host name, or "" when unset.
+func (p *parser) optionalHostname(name string) string {
+	v := strings.TrimSuffix(p.str(name, ""), ".")
+	if v == "" {
+		return ""
+	}
+	if !validHostname(v) || !strings.Contains(v, ".") {
+		p.fail(name, "%q is not a fully qualified host name", v)
+		return ""
+	}
+	return strings.ToLower(v)
+}
+
+// file is the path of an existing regular file, or "" when unset; its
+// contents are read and checked where they are used.
+func (p *parser) file(name string) string {
+	v := p.str(name, "")
+	if v == "" {
+		return ""
+	}
+	fi, err := os.Stat(v)
+	switch {
+	case err != nil:
+		p.fail(name, "%v", err)
+	case !fi.Mode().IsRegular():
+		p.fail(name, "%s is not a regular file", v)
+	}
+	return v
 }
 
 func (p *parser) intRange(name string, def, lo, hi int) int {

@@ -135,3 +135,51 @@ func TestEmptyDisablesSubmission(t *testing.T) {
 		t.Errorf("want submission off, got %q %q", c.SubmissionAddr, c.SubmissionsAddr)
 	}
 }
+
+func TestBounceSettings(t *testing.T) {
+	const key = "0123456789abcdef0123456789abcdef"
+	base := func(kv ...string) map[string]string {
+		m := map[string]string{"MAILFERRY_HOSTNAME": "mx.example.com"}
+		for i := 0; i < len(kv); i += 2 {
+			m[kv[i]] = kv[i+1]
+		}
+		return m
+	}
+	t.Run("defaults", func(t *testing.T) {
+		c, err := Load(env(base()))
+		if err != nil || c.BounceDomain != "" || c.InboundAddr != ":25" || c.FBLAddress != "" || c.BounceRules != "" {
+			t.Fatalf("%q %q %q %q, %v", c.BounceDomain, c.InboundAddr, c.FBLAddress, c.BounceRules, err)
+		}
+	})
+	t.Run("good", func(t *testing.T) {
+		c, err := Load(env(base("MAILFERRY_BOUNCE_DOMAIN", "Bounces.Example.com", "MAILFERRY_SECRET_KEY", key,
+			"MAILFERRY_FBL_ADDRESS", "FBL@bounces.EXAMPLE.com", "MAILFERRY_INBOUND_ADDR", "")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.BounceDomain != "bounces.example.com" || c.FBLAddress != "FBL@bounces.example.com" || c.InboundAddr != "" {
+			t.Errorf("%q %q %q", c.BounceDomain, c.FBLAddress, c.InboundAddr)
+		}
+	})
+	for _, tc := range []struct {
+		name, want string
+		vars       map[string]string
+	}{
+		{"domain without key", "MAILFERRY_BOUNCE_DOMAIN: needs MAILFERRY_SECRET_KEY", base("MAILFERRY_BOUNCE_DOMAIN", "bounces.example.com")},
+		{"bad domain", "MAILFERRY_BOUNCE_DOMAIN:", base("MAILFERRY_BOUNCE_DOMAIN", "bounces_example", "MAILFERRY_SECRET_KEY", key)},
+		{"fbl without domain", "MAILFERRY_FBL_ADDRESS: needs MAILFERRY_BOUNCE_DOMAIN", base("MAILFERRY_FBL_ADDRESS", "fbl@example.com")},
+		{"fbl elsewhere", "MAILFERRY_FBL_ADDRESS: \"fbl@example.com\" is not at", base("MAILFERRY_BOUNCE_DOMAIN", "bounces.example.com",
+			"MAILFERRY_SECRET_KEY", key, "MAILFERRY_FBL_ADDRESS", "fbl@example.com")},
+		{"fbl not an address", "MAILFERRY_FBL_ADDRESS:", base("MAILFERRY_BOUNCE_DOMAIN", "bounces.example.com",
+			"MAILFERRY_SECRET_KEY", key, "MAILFERRY_FBL_ADDRESS", "fbl")},
+		{"inbound addr", "MAILFERRY_INBOUND_ADDR:", base("MAILFERRY_INBOUND_ADDR", "25")},
+		{"rules missing", "MAILFERRY_BOUNCE_RULES:", base("MAILFERRY_BOUNCE_RULES", "/nonexistent/rules")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Load(env(tc.vars))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %v, want it to contain %q", err, tc.want)
+			}
+		})
+	}
+}

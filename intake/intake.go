@@ -108,6 +108,10 @@ type Ledger interface {
 	MessageExists(ctx context.Context, id uuid.UUID) (bool, error)
 	// LookupIdempotency finds a repeat before its jobs are queued.
 	LookupIdempotency(ctx context.Context, tenant, key string, at time.Time) (*store.Idempotency, error)
+	// LookupSuppressions finds the recipients on their tenant's
+	// suppression list, for a whole batch at once, before its jobs are
+	// queued.
+	LookupSuppressions(ctx context.Context, keys []store.SuppressionKey) (map[store.SuppressionKey]string, error)
 }
 
 // Queue is the part of the queue intake writes to.
@@ -226,12 +230,28 @@ func (in *Intake) NewReceipt(s Submission) (Receipt, error) {
 	}, nil
 }
 
-// Submit queues and records a message under the receipt's id. It returns
-// once that message is written or refused, within MaxWait plus its
-// batch's writes (see Options.MaxWait): a message not yet taken into a batch when ctx ends or
-// MaxWait passes is withdrawn (ErrUnavailable, nothing accepted); one
-// already taken waits for its batch, whose outcome is the answer.
+// Suppression is a recipient on its tenant's suppression list when the
+// message was accepted: it is recorded suppressed and never sent.
+type Suppression struct {
+	Email  string // as the message names it
+	Reason string // store.Suppressed*
+}
+
+// Submit is Accept for a caller that need not know which recipients were
+// suppressed (SMTP submission answers 250 all the same).
 func (in *Intake) Submit(ctx context.Context, r Receipt, s Submission) error {
+	_, err := in.Accept(ctx, r, s)
+	return err
+}
+
+// Accept queues and records a message under the receipt's id, and
+// returns the recipients that were on the tenant's suppression list:
+// those are recorded suppressed and get no job. It returns once that
+// message is written or refused, within MaxWait plus its batch's writes
+// (see Options.MaxWait): a message not yet taken into a batch when ctx
+// ends or MaxWait passes is withdrawn (ErrUnavailable, nothing accepted);
+// one already taken waits for its batch, whose outcome is the answer.
+func (in *Intake) Accept(ctx context.Context, r Receipt, s Submission) ([]Suppression, error) {
 	p := &pending{msg: record(r, s), done: make(chan struct{})}
 	in.mu.Lock()
 	in.queue = append(in.queue, p)
@@ -251,10 +271,11 @@ func (in *Intake) Submit(ctx context.Context, r Receipt, s Submission) error {
 		in.withdraw(p, context.Cause(wait))
 		<-p.done
 	}
-	if p.err == nil {
-		in.accepted(ctx, r, s)
+	if p.err != nil {
+		return nil, p.err
 	}
-	return p.err
+	in.accepted(ctx, r, s)
+	return suppressions(p.msg), nil
 }
 
 var errWaitedTooLong = errors.New("waited too long for a commit")
@@ -319,7 +340,12 @@ func (in *Intake) accepted(ctx context.Context, r Receipt, s Submission) {
 // before anything is queued, so it costs Redis nothing; only a repeat
 // racing its first request leaves jobs, which find no message and are
 // dropped.
-func (in *Intake) SubmitIdempotent(ctx context.Context, r Receipt, s Submission, key store.Idempotency) (*store.Idempotency, error) {
+//
+// The answer stored with the key is answer's, given the recipients on the
+// suppression list (looked up before anything is queued); key.Response is
+// not used.
+func (in *Intake) SubmitIdempotent(ctx context.Context, r Receipt, s Submission, key store.Idempotency,
+	answer func(suppressed []Suppression) ([]byte, error)) (*store.Idempotency, error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), in.opts.CommitTimeout)
 	defer cancel()
 	msg := record(r, s)
@@ -334,6 +360,14 @@ func (in *Intake) SubmitIdempotent(ctx context.Context, r Receipt, s Submission,
 	}
 	if existing != nil {
 		return existing, nil
+	}
+	one := []*pending{{msg: msg}}
+	if err := in.suppress(ctx, one); err != nil {
+		return nil, err
+	}
+	msg = one[0].msg
+	if key.Response, err = answer(suppressions(msg)); err != nil {
+		return nil, fmt.Errorf("answer message %s: %w", r.ID, err)
 	}
 	if err := in.opts.Queue.Enqueue(ctx, jobs(msg)...); err != nil {
 		in.opts.Logger.LogAttrs(ctx, slog.LevelError, "queue message", slog.String("message_id", r.ID.String()), slog.Any("error", err))
@@ -363,6 +397,12 @@ func (in *Intake) SubmitIdempotent(ctx context.Context, r Receipt, s Submission,
 func (in *Intake) commit(batch []*pending) {
 	ctx, cancel := context.WithTimeout(context.Background(), in.opts.CommitTimeout)
 	defer cancel()
+	if err := in.suppress(ctx, batch); err != nil {
+		for _, p := range batch {
+			p.err = err
+		}
+		return
+	}
 	var items []queue.Item
 	for _, p := range batch {
 		items = append(items, jobs(p.msg)...)
@@ -375,6 +415,53 @@ func (in *Intake) commit(batch []*pending) {
 		return
 	}
 	_ = in.record(ctx, batch) // each message's err says it
+}
+
+// suppress marks the recipients of batch that are on their tenant's
+// suppression list, asking the ledger once for the whole batch: it is one
+// more round trip per group commit, not per message. It runs before the
+// jobs are queued, since a domain whose recipients are all suppressed gets
+// none.
+func (in *Intake) suppress(ctx context.Context, batch []*pending) error {
+	n := 0
+	for _, p := range batch {
+		n += len(p.msg.Recipients)
+	}
+	keys := make([]store.SuppressionKey, 0, n)
+	for _, p := range batch {
+		for _, r := range p.msg.Recipients {
+			keys = append(keys, store.SuppressionKey{TenantID: p.msg.TenantID, Email: store.NormalizeEmail(r.Email)})
+		}
+	}
+	found, err := in.opts.Ledger.LookupSuppressions(ctx, keys)
+	if err != nil {
+		in.opts.Logger.LogAttrs(ctx, slog.LevelError, "look up suppressions", slog.Int("messages", len(batch)), slog.Any("error", err))
+		return fmt.Errorf("look up suppressions: %w: %w", ErrUnavailable, err)
+	}
+	if len(found) == 0 {
+		return nil
+	}
+	for _, p := range batch {
+		for i, r := range p.msg.Recipients {
+			reason, ok := found[store.SuppressionKey{TenantID: p.msg.TenantID, Email: store.NormalizeEmail(r.Email)}]
+			if !ok {
+				continue
+			}
+			p.msg.Recipients[i].Suppressed = reason // record made the slice; it is ours
+		}
+	}
+	return nil
+}
+
+// suppressions lists m's suppressed recipients.
+func suppressions(m store.NewMessage) []Suppression {
+	var out []Suppression
+	for _, r := range m.Recipients {
+		if r.Suppressed != "" {
+			out = append(out, Suppression{Email: r.Email, Reason: r.Suppressed})
+		}
+	}
+	return out
 }
 
 // record writes batch's rows in one transaction. When PostgreSQL refuses
@@ -477,12 +564,13 @@ func record(r Receipt, s Submission) store.NewMessage {
 }
 
 // jobs gives one job per recipient domain (README.md, Delivery: one SMTP
-// transaction per message and destination domain).
+// transaction per message and destination domain), none for a domain
+// whose recipients are all suppressed.
 func jobs(m store.NewMessage) []queue.Item {
 	var items []queue.Item
 	seen := make(map[string]bool, 1)
 	for _, r := range m.Recipients {
-		if seen[r.Domain] {
+		if r.Suppressed != "" || seen[r.Domain] {
 			continue
 		}
 		seen[r.Domain] = true

@@ -33,7 +33,7 @@ func (w *Worker) deliver(ctx context.Context, log *slog.Logger, d *store.Deliver
 		// The signature and the stored body are read in place, never
 		// joined into a copy of the message.
 		att = w.opts.Client.Deliver(ctx, hop.hosts, smtpclient.Envelope{
-			From: d.MailFrom, To: to, Body: smtpclient.Message(header, d.Body),
+			From: w.mailFrom(d, rcpts), To: to, Body: smtpclient.Message(header, d.Body),
 			Needs8Bit: d.Needs8Bit, NeedsUTF8: d.NeedsUTF8,
 		})
 	}
@@ -67,6 +67,9 @@ func (w *Worker) deliver(ctx context.Context, log *slog.Logger, d *store.Deliver
 				o.NextAttemptAt = &n
 			}
 		}
+		if o.Attempt.Outcome != store.RecipientDelivered {
+			w.classify(&o, res.Code)
+		}
 		outs[i] = o
 		w.opts.Metrics.outcome(o.Attempt.Outcome)
 	}
@@ -74,6 +77,36 @@ func (w *Worker) deliver(ctx context.Context, log *slog.Logger, d *store.Deliver
 		slog.String("destination", hop.dest), slog.String("mx", att.Host), slog.Int("attempt", fewest+1), slog.Int("recipients", len(outs)),
 		slog.Any("results", summarize(outs)), slog.Duration("duration", att.Duration))
 	return outs, att
+}
+
+// mailFrom is the envelope sender of a transaction: with a bounce domain
+// a VERP address naming the message and, for a single recipient, its
+// index, so that a later DSN says which recipient failed; else the stored
+// MAIL FROM.
+func (w *Worker) mailFrom(d *store.Delivery, rcpts []store.PendingRecipient) string {
+	if w.opts.ReturnPaths == nil {
+		return d.MailFrom
+	}
+	idx := -1
+	if len(rcpts) == 1 {
+		idx = rcpts[0].Idx
+	}
+	return w.opts.ReturnPaths.Address(d.ID, idx)
+}
+
+// classify gives a failed outcome its bounce type and class, from the
+// reply code (0: no reply), the enhanced code and the text; a bounce the
+// rules mark as suppressing adds the address to the suppression list.
+func (w *Worker) classify(o *store.Outcome, code int) {
+	a := &o.Attempt
+	v := w.opts.Rules.Classify(code, a.EnhancedCode, a.Response)
+	a.BounceType, a.BounceClass = string(v.Type), string(v.Class)
+	if a.Outcome == store.RecipientBounced {
+		o.Suppress = v.Suppress
+		if w.opts.CountBounce != nil {
+			w.opts.CountBounce(a.BounceClass)
+		}
+	}
 }
 
 // nextAttempt is when attempt n+1 is due after attempt n fails, never past

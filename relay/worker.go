@@ -11,8 +11,10 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/mailferry/mailferry/bounce"
 	"github.com/mailferry/mailferry/dkim"
 	"github.com/mailferry/mailferry/queue"
+	"github.com/mailferry/mailferry/returnpath"
 	"github.com/mailferry/mailferry/store"
 )
 
@@ -37,6 +39,23 @@ type Queue interface {
 	PromoteDue(ctx context.Context, now time.Time, limit int) (int, error)
 }
 
+// Classifier puts a failed result in the failure taxonomy; *bounce.Rules
+// is one.
+type Classifier interface {
+	Classify(code int, enhanced, text string) bounce.Verdict
+}
+
+// ReturnPaths makes the envelope sender of a transaction; a
+// *returnpath.Signer is one.
+type ReturnPaths interface {
+	Address(messageID uuid.UUID, rcptIdx int) string
+}
+
+var (
+	_ Classifier  = (*bounce.Rules)(nil)
+	_ ReturnPaths = (*returnpath.Signer)(nil)
+)
+
 // WorkerOptions configure a Worker.
 type WorkerOptions struct {
 	Ledger Ledger
@@ -50,6 +69,17 @@ type WorkerOptions struct {
 	Logger *slog.Logger
 	// Metrics may be nil.
 	Metrics *Metrics
+	// ReturnPaths, when set (MAILFERRY_BOUNCE_DOMAIN), gives each
+	// transaction a VERP envelope sender naming the message and, when the
+	// transaction has one recipient, that recipient; nil keeps the stored
+	// MAIL FROM.
+	ReturnPaths ReturnPaths
+	// Rules classify every failed result (bounced or deferred) into a
+	// bounce type and class; nil: bounce.DefaultRules().
+	Rules Classifier
+	// CountBounce counts a recipient bounced in the SMTP session, by
+	// class (mailferry_bounces_total{kind="sync"}); nil: not counted.
+	CountBounce func(class string)
 
 	// Concurrency is how many deliveries run at once; default 256. A
 	// delivery mostly waits on the network, so this bounds connections and
@@ -137,6 +167,9 @@ func NewWorker(opts WorkerOptions) (*Worker, error) {
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Rules == nil {
+		opts.Rules = bounce.DefaultRules()
 	}
 	if opts.Concurrency <= 0 {
 		opts.Concurrency = 256

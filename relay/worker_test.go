@@ -373,10 +373,18 @@ func TestDeliveryOutcomes(t *testing.T) {
 		if v.Status != store.StatusBounced || r.Attempts < 2 || deref(r.EnhancedCode) != "5.4.7" || !strings.Contains(deref(r.Response), "expired") {
 			t.Fatalf("status %s, %+v %s %s", v.Status, r, deref(r.EnhancedCode), deref(r.Response))
 		}
+		// Every failure is classified: the expiry as expired (soft: the
+		// address may be fine), each deferral by its cause.
+		if deref(r.BounceClass) != "expired" || deref(r.BounceType) != "soft" {
+			t.Errorf("expired recipient: type %q class %q", deref(r.BounceType), deref(r.BounceClass))
+		}
 		var deferred int
 		for _, e := range v.Events {
 			if e.Type == "deferred" {
 				deferred++
+				if deref(e.BounceClass) == "" || deref(e.BounceType) == "" {
+					t.Errorf("deferred attempt without a class: %+v", e)
+				}
 			}
 		}
 		if deferred == 0 {

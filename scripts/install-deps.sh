@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs what Mailferry's tests and `make run` need, when missing. Always
-# redis-server, the PostgreSQL server and swaks (an outside SMTP client the
-# submission tests use); with arguments also:
+# redis-server, the PostgreSQL server, swaks (an outside SMTP client the
+# submission tests use) and Postfix (the bounce test runs its own instance
+# as a real MTA that bounces after queueing); with arguments also:
 #
 #   node      Node.js 20 or later and npm, for MailDev (`make run`)
 #   chromium  headless Chromium (`make demo-test`)
@@ -15,6 +16,7 @@ command -v swaks >/dev/null 2>&1 || need="$need swaks"
 # swaks speaks TLS only through Net::SSLeay and IO::Socket::SSL, which it
 # merely recommends: --no-install-recommends leaves them out.
 perl -MNet::SSLeay -MIO::Socket::SSL -e1 >/dev/null 2>&1 || need="$need libnet-ssleay-perl libio-socket-ssl-perl"
+[ -x /usr/sbin/postfix ] || need="$need postfix"
 if ! command -v pg_config >/dev/null 2>&1 || [ ! -x "$(pg_config --bindir 2>/dev/null)/initdb" ]; then
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need="$need postgresql"
 fi
@@ -39,6 +41,12 @@ if [ -n "$need" ]; then
 	SUDO=""
 	[ "$(id -u)" -ne 0 ] && SUDO="sudo"
 	export DEBIAN_FRONTEND=noninteractive
+	# Postfix unconfigured: no system instance set up or started; the test
+	# runs its own, with its own configuration and queue.
+	case "$need" in *postfix*)
+		echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
+		;;
+	esac
 	$SUDO apt-get update -qq
 	# The postgresql package would start a system cluster on 5432; tests run
 	# their own, so only the server binaries matter.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -38,6 +39,10 @@ type NewMessage struct {
 // empty, and stored lower case.
 type NewRecipient struct {
 	Email, Domain string
+	// Suppressed is the reason the address is on the tenant's suppression
+	// list (LookupSuppressions), "" when it is not: the recipient is then
+	// recorded suppressed, bounce class "suppressed", and never sent.
+	Suppressed string
 }
 
 // Idempotency is the first answer to a request with an Idempotency-Key.
@@ -231,6 +236,8 @@ func (m *NewMessage) check() error {
 			errs = append(errs, fmt.Errorf("recipient %d: %q is not valid UTF-8 without NUL", i, r.Email))
 		case r.Domain == "" && domainOf(r.Email) == "":
 			errs = append(errs, fmt.Errorf("recipient %d: %q has no domain", i, r.Email))
+		case r.Suppressed != "" && !slices.Contains(SuppressionReasons(), r.Suppressed):
+			errs = append(errs, fmt.Errorf("recipient %d: suppression reason %q is not one of %v", i, r.Suppressed, SuppressionReasons()))
 		}
 	}
 	return errors.Join(errs...)
@@ -287,35 +294,59 @@ func copyMessages(ctx context.Context, tx pgx.Tx, msgs []NewMessage, now time.Ti
 		if !m.SendAt.IsZero() {
 			due, sendAt = m.SendAt, m.SendAt
 		}
+		// A message whose every recipient is suppressed is complete at
+		// once, and its body is not kept (as completeMessage does).
+		body, completed := nonNil(m.Body), any(nil)
+		if m.allSuppressed() {
+			body, completed = nil, created
+		}
 		// The header-derived columns are descriptive (the body holds the
 		// fields as sent): intake refuses bad ones, and here they are
 		// cleaned so that one that slips through never fails a batch.
 		rows[i] = []any{
 			m.ID, m.TenantID, nullString(m.APIKeyID), m.Ingress, cleanLine(m.MessageID, maxHeaderText), m.MailFrom,
 			cleanLine(m.From, maxHeaderText), cleanLine(m.Subject, maxHeaderText), cleanTags(m.Tags),
-			cleanMetadata(m.Metadata), len(m.Body), nonNil(m.Body), sendAt, created, m.Needs8Bit, m.NeedsUTF8,
+			cleanMetadata(m.Metadata), len(m.Body), body, sendAt, created, m.Needs8Bit, m.NeedsUTF8, completed,
 		}
 		for j, r := range m.Recipients {
 			d := r.Domain
 			if d == "" {
 				d = domainOf(r.Email)
 			}
-			rrows = append(rrows, []any{m.ID, int16(j), r.Email, strings.ToLower(d), due})
+			if r.Suppressed != "" {
+				rrows = append(rrows, []any{m.ID, int16(j), r.Email, strings.ToLower(d), nil,
+					RecipientSuppressed, r.Suppressed, BounceHard, BounceSuppressed})
+				continue
+			}
+			rrows = append(rrows, []any{m.ID, int16(j), r.Email, strings.ToLower(d), due,
+				RecipientQueued, nil, nil, nil})
 		}
 	}
 	messageColumns := []string{
 		"id", "tenant_id", "api_key_id", "ingress", "message_id", "mail_from", "from_header",
 		"subject", "tags", "metadata", "size", "body", "send_at", "created_at", "needs_8bit", "needs_smtputf8",
+		"completed_at",
 	}
 	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"messages"}, messageColumns, pgx.CopyFromRows(rows)); err != nil {
 		return fmt.Errorf("copy messages: %w", err)
 	}
-	// status, attempts and updated_at take their defaults: 'queued', 0, now().
-	recipientColumns := []string{"message_id", "idx", "email", "domain", "next_attempt_at"}
+	// attempts and updated_at take their defaults: 0, now().
+	recipientColumns := []string{"message_id", "idx", "email", "domain", "next_attempt_at",
+		"status", "suppressed_reason", "bounce_type", "bounce_class"}
 	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"recipients"}, recipientColumns, pgx.CopyFromRows(rrows)); err != nil {
 		return fmt.Errorf("copy recipients: %w", err)
 	}
 	return nil
+}
+
+// allSuppressed reports whether no recipient of m is to be sent.
+func (m *NewMessage) allSuppressed() bool {
+	for _, r := range m.Recipients {
+		if r.Suppressed == "" {
+			return false
+		}
+	}
+	return len(m.Recipients) > 0
 }
 
 // domainOf returns the part of an address after its last "@".

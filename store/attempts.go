@@ -28,6 +28,10 @@ type Attempt struct {
 	EnhancedCode string
 	Response     string
 	Outcome      string // delivered, deferred or bounced
+	// BounceType ("hard" or "soft") and BounceClass (one of BounceClasses)
+	// classify a failure (package bounce); both "" for a delivery.
+	BounceType  string
+	BounceClass string
 }
 
 const (
@@ -40,13 +44,13 @@ WHERE i.inhparent = 'attempts'::regclass ORDER BY c.relname`
 // attemptColumnList names the attempts columns in the order of
 // attemptArrays.
 const attemptColumnList = `message_id, rcpt_idx, attempt, started_at, duration_ms, mx_host, mx_ip,
-	tls_version, tls_cipher, tls_verified, smtp_code, enhanced_code, response, outcome`
+	tls_version, tls_cipher, tls_verified, smtp_code, enhanced_code, response, outcome, bounce_type, bounce_class`
 
 // insertAttempts inserts attempts from arrays, one per column. Rows go to
 // the partition of their started_at month (the default one if it has none).
 const insertAttempts = `INSERT INTO attempts (` + attemptColumnList + `)
 SELECT * FROM unnest($1::uuid[], $2::smallint[], $3::int[], $4::timestamptz[], $5::int[], $6::text[], $7::inet[],
-	$8::text[], $9::text[], $10::bool[], $11::int[], $12::text[], $13::text[], $14::text[])`
+	$8::text[], $9::text[], $10::bool[], $11::int[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[])`
 
 // InsertAttempts records attempts in one statement.
 func (s *Store) InsertAttempts(ctx context.Context, as []Attempt) error {
@@ -61,7 +65,7 @@ func (s *Store) InsertAttempts(ctx context.Context, as []Attempt) error {
 	}
 	if _, err := s.pool.Exec(ctx, insertAttempts, cols.message, cols.rcpt, cols.attempt, cols.started, cols.durationMS,
 		cols.mxHost, cols.mxIP, cols.tlsVersion, cols.tlsCipher, cols.tlsVerified, cols.code, cols.enhanced,
-		cols.response, cols.outcome); err != nil {
+		cols.response, cols.outcome, cols.bounceType, cols.bounceClass); err != nil {
 		return fmt.Errorf("insert attempts: %w", rejected(err))
 	}
 	return nil
@@ -90,6 +94,9 @@ func checkAttempt(a Attempt) (netip.Addr, error) {
 	case RecipientDelivered, RecipientDeferred, RecipientBounced:
 	default:
 		errs = append(errs, fmt.Errorf("outcome %q is not delivered, deferred or bounced", a.Outcome))
+	}
+	if err := checkBounce(a); err != nil {
+		errs = append(errs, err)
 	}
 	var ip netip.Addr
 	if a.MXIP != "" {
@@ -120,6 +127,8 @@ type attemptArrays struct {
 	enhanced    []*string
 	response    []*string
 	outcome     []string
+	bounceType  []*string
+	bounceClass []*string
 }
 
 // add appends a, checked as InsertAttempts checks it.
@@ -153,6 +162,8 @@ func (c *attemptArrays) add(a Attempt) error {
 	c.enhanced = append(c.enhanced, optional(cleanLine(a.EnhancedCode, maxHostText)))
 	c.response = append(c.response, optional(cleanText(a.Response, maxReplyText)))
 	c.outcome = append(c.outcome, a.Outcome)
+	c.bounceType = append(c.bounceType, optional(a.BounceType))
+	c.bounceClass = append(c.bounceClass, optional(a.BounceClass))
 	return nil
 }
 

@@ -92,26 +92,74 @@ WHERE message_id = $1 AND idx = ANY($2) AND lease_owner = $3 AND status NOT IN (
 	// only the attempts of recipients that moved are inserted, so a retry
 	// after a lost commit reply (the worker cannot tell it committed)
 	// changes nothing.
+	//
+	// The suppression list and the soft-bounce counts follow from the
+	// recipients that moved too, for the same reason: a retry moves none,
+	// so it counts no failure twice and adds no suppression. Addresses are
+	// compared as NormalizeEmail gives them (suppressionAddr). An entry
+	// that expired is replaced; a live one is kept, with its older reason.
+	// Rows are written in address order, so that two messages' outcomes
+	// recorded at once lock shared addresses in the same order.
+	// It returns how many suppressions it added, by reason.
 	recordAttempts = `WITH o AS (
 	SELECT * FROM unnest($2::smallint[], $3::int[], $4::timestamptz[], $5::int[], $6::text[], $7::inet[], $8::text[],
-		$9::text[], $10::bool[], $11::int[], $12::text[], $13::text[], $14::text[], $15::timestamptz[])
+		$9::text[], $10::bool[], $11::int[], $12::text[], $13::text[], $14::text[], $15::timestamptz[],
+		$16::text[], $17::text[], $18::bool[])
 	AS o(idx, attempt, started_at, duration_ms, mx_host, mx_ip, tls_version, tls_cipher, tls_verified,
-		smtp_code, enhanced_code, response, outcome, next_at)
+		smtp_code, enhanced_code, response, outcome, next_at, bounce_type, bounce_class, suppress)
 ), moved AS (
 	UPDATE recipients r SET
 		status = o.outcome, attempts = o.attempt, last_attempt_at = o.started_at,
 		next_attempt_at = o.next_at, smtp_code = o.smtp_code, enhanced_code = o.enhanced_code,
 		response = o.response, mx_host = o.mx_host, tls_version = o.tls_version, updated_at = now(),
-		lease_owner = NULL, lease_until = NULL
+		lease_owner = NULL, lease_until = NULL,
+		-- NULL for a delivery: the class is the latest failure's.
+		bounce_type = o.bounce_type, bounce_class = o.bounce_class, bounce_async = false
 	FROM o
 	WHERE r.message_id = $1 AND r.idx = o.idx AND r.attempts = o.attempt - 1
 	AND r.status NOT IN ('delivered', 'bounced', 'suppressed')
-	RETURNING r.idx
+	RETURNING r.idx, ` + suppressionAddr + ` AS addr, o.outcome, o.bounce_type, o.outcome = 'bounced' AND o.suppress AS suppress
+), inserted AS (
+	INSERT INTO attempts (` + attemptColumnList + `)
+	SELECT $1, o.idx, o.attempt, o.started_at, o.duration_ms, o.mx_host, o.mx_ip, o.tls_version, o.tls_cipher,
+		o.tls_verified, o.smtp_code, o.enhanced_code, o.response, o.outcome, o.bounce_type, o.bounce_class
+	FROM o JOIN moved m ON m.idx = o.idx
+), t AS (
+	SELECT tenant_id FROM messages WHERE id = $1
+), hard AS (
+	INSERT INTO suppressions AS s (tenant_id, email, reason, message_id)
+	SELECT DISTINCT t.tenant_id, m.addr, 'hard_bounce', $1::uuid FROM moved m, t WHERE m.suppress ORDER BY m.addr
+	` + replaceExpired + `
+	RETURNING 1
+), soft AS (
+	INSERT INTO soft_bounces AS b (tenant_id, email, failures, last_message_id)
+	SELECT t.tenant_id, m.addr, count(*), $1 FROM moved m, t
+	WHERE m.outcome = 'bounced' AND m.bounce_type = 'soft' AND NOT m.suppress
+	GROUP BY t.tenant_id, m.addr ORDER BY m.addr
+	ON CONFLICT (tenant_id, email) DO UPDATE SET failures = b.failures + excluded.failures,
+		last_message_id = excluded.last_message_id, updated_at = now()
+	RETURNING b.tenant_id, b.email, b.failures
+), limited AS (
+	INSERT INTO suppressions AS s (tenant_id, email, reason, message_id)
+	SELECT tenant_id, email, 'soft_bounce_limit', $1::uuid FROM soft
+	WHERE $19::int > 0 AND failures >= $19 AND email NOT IN (SELECT addr FROM moved WHERE suppress) ORDER BY email
+	` + replaceExpired + `
+	RETURNING 1
+), reset AS (
+	DELETE FROM soft_bounces b USING t
+	WHERE b.tenant_id = t.tenant_id AND b.email IN (SELECT addr FROM moved WHERE outcome = 'delivered')
 )
-INSERT INTO attempts (` + attemptColumnList + `)
-SELECT $1, o.idx, o.attempt, o.started_at, o.duration_ms, o.mx_host, o.mx_ip, o.tls_version, o.tls_cipher,
-	o.tls_verified, o.smtp_code, o.enhanced_code, o.response, o.outcome
-FROM o JOIN moved m ON m.idx = o.idx`
+SELECT (SELECT count(*) FROM hard), (SELECT count(*) FROM limited)`
+	// replaceExpired keeps a live entry and replaces one that expired.
+	replaceExpired = `ON CONFLICT (tenant_id, email) DO UPDATE SET reason = excluded.reason,
+		message_id = excluded.message_id, created_at = now(), expires_at = NULL
+	WHERE s.expires_at IS NOT NULL AND s.expires_at <= now()`
+	// clearSoftLimit ends the runs that reached the limit (recordAttempts
+	// suppressed them): a statement of its own, since one statement cannot
+	// both count a row and delete it. On a retry nothing is at the limit.
+	clearSoftLimit = `DELETE FROM soft_bounces b USING messages m, recipients r
+WHERE m.id = $1 AND r.message_id = $1 AND r.idx = ANY($2) AND b.tenant_id = m.tenant_id
+AND b.email = ` + suppressionAddr + ` AND $3::int > 0 AND b.failures >= $3`
 	// completeMessage drops the body once no recipient is left to deliver:
 	// the ledger keeps the metadata, not the mail.
 	completeMessage = `UPDATE messages SET body = NULL, completed_at = now()
@@ -244,11 +292,19 @@ func (s *Store) RenewLease(ctx context.Context, id uuid.UUID, idxs []int, owner 
 type Outcome struct {
 	Attempt       Attempt    // the attempt row; Attempt.Outcome is the new status
 	NextAttemptAt *time.Time // when deferred
+	// Suppress puts the address on the tenant's suppression list
+	// (hard_bounce) when the outcome is bounced (bounce.Verdict.Suppress);
+	// it is ignored for other outcomes.
+	Suppress bool
 }
 
 // RecordOutcomes writes the attempts and the recipients' new state in one
 // transaction, frees the recipients' lease, and drops the body when no
-// recipient is left pending. It reports whether the message is now
+// recipient is left pending. In the same transaction it keeps the tenant's
+// suppression list: a bounced outcome with Suppress adds the address
+// (hard_bounce); a soft one (BounceType soft, Outcome bounced) counts one
+// failure in the address's run, and Options.SoftBounceLimit of them in a
+// row add it (soft_bounce_limit) and end the run; a delivery ends the run. It reports whether the message is now
 // complete. Recording is safe to repeat: an outcome counts only for the
 // recipient's next attempt number (Attempt.Attempt = attempts made + 1),
 // so a repeat, or a stale attempt of a recipient recorded since, changes
@@ -263,7 +319,9 @@ func (s *Store) RecordOutcomes(ctx context.Context, id uuid.UUID, outs []Outcome
 	}
 	var cols attemptArrays
 	next := make([]*time.Time, len(outs))
+	suppress := make([]bool, len(outs))
 	for i, o := range outs {
+		suppress[i] = o.Suppress
 		a := o.Attempt
 		a.MessageID = id
 		if err := cols.add(a); err != nil {
@@ -275,8 +333,15 @@ func (s *Store) RecordOutcomes(ctx context.Context, id uuid.UUID, outs []Outcome
 	}
 	b := &pgx.Batch{}
 	b.Queue(lockMessage, messageLockClass, messageLockKey(id))
+	var hard, limited int64
 	b.Queue(recordAttempts, id, cols.rcpt, cols.attempt, cols.started, cols.durationMS, cols.mxHost, cols.mxIP,
-		cols.tlsVersion, cols.tlsCipher, cols.tlsVerified, cols.code, cols.enhanced, cols.response, cols.outcome, next)
+		cols.tlsVersion, cols.tlsCipher, cols.tlsVerified, cols.code, cols.enhanced, cols.response, cols.outcome, next,
+		cols.bounceType, cols.bounceClass, suppress, s.softBounceLimit).QueryRow(func(row pgx.Row) error {
+		return row.Scan(&hard, &limited)
+	})
+	if s.softBounceLimit > 0 {
+		b.Queue(clearSoftLimit, id, cols.rcpt, s.softBounceLimit)
+	}
 	// A statement of its own, so that its snapshot sees the recipients just
 	// updated and those of any domain recorded before the lock was granted.
 	b.Queue(completeMessage, id).QueryRow(func(row pgx.Row) error {
@@ -289,6 +354,8 @@ func (s *Store) RecordOutcomes(ctx context.Context, id uuid.UUID, outs []Outcome
 	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
 		return false, fmt.Errorf("record outcomes %s: %w", id, rejected(err))
 	}
+	s.metrics.suppressed(SuppressedHardBounce, hard)
+	s.metrics.suppressed(SuppressedSoftBounceLimit, limited)
 	return complete, nil
 }
 

@@ -1,6 +1,7 @@
 // Package store is Mailferry's PostgreSQL ledger: tenants, API keys,
-// messages and their recipients, delivery attempts and Idempotency-Key
-// answers. It uses pgx directly (pgxpool, CopyFrom, pgx.Batch).
+// messages and their recipients, delivery attempts, Idempotency-Key
+// answers, and each tenant's suppression list with the runs of soft
+// bounces that lead to it. It uses pgx directly (pgxpool, CopyFrom, pgx.Batch).
 //
 // PostgreSQL is the system of record. A message is accepted once its rows
 // are committed here, before it is put on the Redis queue, and every
@@ -12,5 +13,7 @@
 // Retention: delivery attempts live in monthly partitions that
 // EnsureAttemptPartitions creates ahead of time and DropAttemptPartitionsBefore
 // drops whole; Idempotency-Key rows are purged after IdempotencyTTL by
-// PurgeIdempotency; message bodies are cleared once every recipient is final.
+// PurgeIdempotency; message bodies are cleared once every recipient is final
+// (at accept when every recipient is suppressed); suppressions stay until
+// deleted and stop counting at their expires_at.
 package store

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/google/uuid"
@@ -61,10 +62,20 @@ type RecipientView struct {
 	Response      *string
 	MXHost        *string
 	TLSVersion    *string
+	// BounceType and BounceClass classify the latest failure (nil when
+	// none failed); SuppressedReason is why a suppressed recipient was on
+	// the suppression list at accept. BounceAsync: the latest failure came
+	// as a report after the SMTP session.
+	BounceType       *string
+	BounceClass      *string
+	SuppressedReason *string
+	BounceAsync      bool
 }
 
-// Event is one thing that happened to a message: accepted, scheduled, or
-// an attempt for one recipient with its outcome as Type.
+// Event is one thing that happened to a message: accepted, scheduled, an
+// attempt for one recipient with its outcome as Type, or a recipient event
+// after the SMTP session (a report's bounced or deferred, complained,
+// suppressed).
 type Event struct {
 	At           time.Time
 	Type         string
@@ -80,15 +91,29 @@ type Event struct {
 	TLSCipher   *string
 	TLSVerified *bool
 	DurationMS  *int
+	// The failure's class, for an attempt or a report; nil otherwise.
+	BounceType  *string
+	BounceClass *string
+	// Async: the event came after the SMTP session (a DSN, a complaint),
+	// with the report's MTAs (RFC 3464 2.2.2 Reporting-MTA, 2.3.5
+	// Remote-MTA) when it named them.
+	Async        bool
+	ReportingMTA *string
+	RemoteMTA    *string
 }
 
-// The three reads of GetMessage, each limited to the tenant so that no row
+// EventComplained is a recipient's complaint (an ARF report); the other
+// recipient event types are recipient statuses.
+const EventComplained = "complained"
+
+// The reads of GetMessage, each limited to the tenant so that no row
 // of another tenant's message is ever read.
 const (
 	selectMessage = `SELECT message_id, from_header, subject, tags, metadata, send_at, created_at
 FROM messages WHERE id = $1 AND tenant_id = $2`
 	selectRecipients = `SELECT r.idx, r.email, r.status, r.attempts, r.last_attempt_at, r.next_attempt_at,
-	r.smtp_code, r.enhanced_code, r.response, r.mx_host, r.tls_version
+	r.smtp_code, r.enhanced_code, r.response, r.mx_host, r.tls_version,
+	r.bounce_type, r.bounce_class, r.suppressed_reason, r.bounce_async
 FROM recipients r JOIN messages m ON m.id = r.message_id
 WHERE r.message_id = $1 AND m.tenant_id = $2
 ORDER BY r.idx`
@@ -96,11 +121,17 @@ ORDER BY r.idx`
 	// than the message at run time; the hour allows for clock skew between
 	// the API and worker machines.
 	selectAttemptEvents = `SELECT a.rcpt_idx, a.started_at, a.outcome, a.smtp_code, a.enhanced_code,
-	a.response, a.mx_host, a.attempt, host(a.mx_ip), a.tls_version, a.tls_cipher, a.tls_verified, a.duration_ms
+	a.response, a.mx_host, a.attempt, host(a.mx_ip), a.tls_version, a.tls_cipher, a.tls_verified, a.duration_ms,
+	a.bounce_type, a.bounce_class
 FROM attempts a
 WHERE a.message_id = $1
 	AND a.started_at >= (SELECT created_at - interval '1 hour' FROM messages WHERE id = $1 AND tenant_id = $2)
 ORDER BY a.started_at, a.rcpt_idx, a.attempt`
+	selectRecipientEvents = `SELECT e.rcpt_idx, e.at, e.type, e.async, e.smtp_code, e.enhanced_code, e.response,
+	e.reporting_mta, e.remote_mta, e.bounce_type, e.bounce_class
+FROM recipient_events e JOIN messages m ON m.id = e.message_id
+WHERE e.message_id = $1 AND m.tenant_id = $2
+ORDER BY e.at, e.rcpt_idx`
 )
 
 // GetMessage returns a message of tenantID with its recipients and events,
@@ -120,7 +151,8 @@ func (s *Store) GetMessage(ctx context.Context, tenantID string, id uuid.UUID) (
 			var r RecipientView
 			var idx int
 			err := row.Scan(&idx, &r.Email, &r.Status, &r.Attempts, &r.LastAttemptAt, &r.NextAttemptAt,
-				&r.SMTPCode, &r.EnhancedCode, &r.Response, &r.MXHost, &r.TLSVersion)
+				&r.SMTPCode, &r.EnhancedCode, &r.Response, &r.MXHost, &r.TLSVersion,
+				&r.BounceType, &r.BounceClass, &r.SuppressedReason, &r.BounceAsync)
 			for len(emails) <= idx {
 				emails = append(emails, "")
 			}
@@ -135,9 +167,29 @@ func (s *Store) GetMessage(ctx context.Context, tenantID string, id uuid.UUID) (
 			var e Event
 			var idx int
 			err := row.Scan(&idx, &e.At, &e.Type, &e.SMTPCode, &e.EnhancedCode, &e.Response, &e.MXHost,
-				&e.Attempt, &e.MXIP, &e.TLSVersion, &e.TLSCipher, &e.TLSVerified, &e.DurationMS)
+				&e.Attempt, &e.MXIP, &e.TLSVersion, &e.TLSCipher, &e.TLSVerified, &e.DurationMS,
+				&e.BounceType, &e.BounceClass)
 			if err == nil && idx < len(emails) {
 				e.Recipient = emails[idx]
+			}
+			return e, err
+		})
+		return err
+	})
+	var later []Event
+	suppressedEvent := map[int]bool{}
+	b.Queue(selectRecipientEvents, id, tenantID).Query(func(rows pgx.Rows) error {
+		var err error
+		later, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (Event, error) {
+			var e Event
+			var idx int
+			err := row.Scan(&idx, &e.At, &e.Type, &e.Async, &e.SMTPCode, &e.EnhancedCode, &e.Response,
+				&e.ReportingMTA, &e.RemoteMTA, &e.BounceType, &e.BounceClass)
+			if err == nil && idx < len(emails) {
+				e.Recipient = emails[idx]
+			}
+			if e.Type == RecipientSuppressed {
+				suppressedEvent[idx] = true
 			}
 			return e, err
 		})
@@ -156,7 +208,20 @@ func (s *Store) GetMessage(ctx context.Context, tenantID string, id uuid.UUID) (
 	if v.SendAt != nil && v.SendAt.After(v.CreatedAt) {
 		v.Events = append(v.Events, Event{At: v.CreatedAt, Type: EventScheduled})
 	}
-	v.Events = append(v.Events, attempts...)
+	// A recipient suppressed at accept has its event at the accept, unless
+	// one was written for it.
+	rest := attempts
+	for idx, r := range v.Recipients {
+		if r.Status == RecipientSuppressed && r.Attempts == 0 && !suppressedEvent[idx] {
+			rest = append(rest, Event{At: v.CreatedAt, Type: RecipientSuppressed, Recipient: r.Email,
+				BounceType: r.BounceType, BounceClass: r.BounceClass})
+		}
+	}
+	// The message's own events first, then what happened to the
+	// recipients, by time (stable: the attempts' order is kept).
+	rest = append(rest, later...)
+	slices.SortStableFunc(rest, func(a, b Event) int { return a.At.Compare(b.At) })
+	v.Events = append(v.Events, rest...)
 	return v, nil
 }
 

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Errors callers match with errors.Is.
@@ -52,6 +54,13 @@ type Options struct {
 	// MaxConns caps the pool. 0: pool_max_conns from URL, else pgxpool's
 	// default but at least 8.
 	MaxConns int32
+	// SoftBounceLimit is how many soft failures in a row, across
+	// messages, put an address on its tenant's suppression list
+	// (MAILFERRY_SOFT_BOUNCE_LIMIT); 0: never.
+	SoftBounceLimit int
+	// Registerer takes the store's metrics (mailferry_suppressions_total);
+	// nil: none.
+	Registerer prometheus.Registerer
 }
 
 func (o Options) validate() error {
@@ -62,12 +71,17 @@ func (o Options) validate() error {
 	if o.MaxConns < 0 {
 		errs = append(errs, fmt.Errorf("MaxConns %d is negative", o.MaxConns))
 	}
+	if o.SoftBounceLimit < 0 || o.SoftBounceLimit > math.MaxInt32 {
+		errs = append(errs, fmt.Errorf("SoftBounceLimit %d is out of range", o.SoftBounceLimit))
+	}
 	return errors.Join(errs...)
 }
 
 // Store is the PostgreSQL ledger. It is safe for concurrent use.
 type Store struct {
-	pool *pgxpool.Pool
+	pool            *pgxpool.Pool
+	softBounceLimit int32
+	metrics         *metrics
 }
 
 // Open connects to PostgreSQL and checks the connection. It does not
@@ -95,7 +109,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		pool.Close()
 		return nil, fmt.Errorf("open store: %w", err)
 	}
-	return &Store{pool: pool}, nil
+	return &Store{pool: pool, softBounceLimit: int32(opts.SoftBounceLimit), metrics: newMetrics(opts.Registerer)}, nil
 }
 
 // Close waits for borrowed connections to return and closes the pool.

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/emersion/go-sasl"
+
+	"github.com/mailferry/mailferry/connlimit"
 )
 
 // loginServer is the server side of the obsolete but ubiquitous LOGIN
@@ -82,24 +84,11 @@ func newFailureLimiter(max int, block time.Duration, now func() time.Time) *fail
 	return &failureLimiter{max: max, window: block, block: block, now: now, clients: make(map[netip.Prefix]*failures)}
 }
 
-func clientKey(ip netip.Addr) netip.Prefix {
-	ip = ip.Unmap()
-	bits := 32
-	if ip.Is6() {
-		bits = 64
-	}
-	p, err := ip.Prefix(bits)
-	if err != nil { // the zero Addr: a connection without an IP address
-		return netip.Prefix{}
-	}
-	return p
-}
-
 // wait is how long AUTH from ip is still refused; 0 when it is allowed.
 func (l *failureLimiter) wait(ip netip.Addr) time.Duration {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	f := l.clients[clientKey(ip)]
+	f := l.clients[connlimit.ClientKey(ip)]
 	if f == nil {
 		return 0
 	}
@@ -117,7 +106,7 @@ func (l *failureLimiter) begin(ip netip.Addr) (wait time.Duration, ok bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.now()
-	f := l.entry(now, clientKey(ip))
+	f := l.entry(now, connlimit.ClientKey(ip))
 	if f == nil { // not tracked: fail open, see maxTracked
 		return 0, true
 	}
@@ -141,7 +130,7 @@ func (l *failureLimiter) end(ip netip.Addr, failed bool) (blocked bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.now()
-	f := l.clients[clientKey(ip)]
+	f := l.clients[connlimit.ClientKey(ip)]
 	if f == nil {
 		return false
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/mailferry/mailferry/budget"
+	"github.com/mailferry/mailferry/connlimit"
 	"github.com/mailferry/mailferry/intake"
 	"github.com/mailferry/mailferry/ratelimit"
 	"github.com/mailferry/mailferry/store"
@@ -117,7 +118,7 @@ type Server struct {
 
 	mu    sync.Mutex
 	conns map[*trackedConn]struct{}
-	perIP map[netip.Prefix]int // open connections by clientKey; no zero counts
+	perIP *connlimit.PerClient // open connections by client, MaxConnectionsPerIP
 	bg    sync.WaitGroup       // the refusers
 }
 
@@ -172,7 +173,7 @@ func New(opts Options) (*Server, error) {
 		slots:    make(chan struct{}, opts.MaxConnections),
 		refusers: make(chan struct{}, 16),
 		conns:    make(map[*trackedConn]struct{}),
-		perIP:    make(map[netip.Prefix]int),
+		perIP:    connlimit.NewPerClient(opts.MaxConnectionsPerIP),
 	}
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
 	srv.Domain = opts.Hostname
@@ -309,33 +310,10 @@ func (l *listener) Accept() (net.Conn, error) {
 }
 
 // admitIP counts a connection from ip against MaxConnectionsPerIP and
-// reports whether it is within it. A connection without an IP address
-// (not TCP) is not limited here.
-func (s *Server) admitIP(ip netip.Addr) bool {
-	if !ip.IsValid() {
-		return true
-	}
-	key := clientKey(ip)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.perIP[key] >= s.opts.MaxConnectionsPerIP {
-		return false
-	}
-	s.perIP[key]++
-	return true
-}
+// reports whether it is within it.
+func (s *Server) admitIP(ip netip.Addr) bool { return s.perIP.Admit(ip) }
 
-func (s *Server) releaseIP(ip netip.Addr) {
-	if !ip.IsValid() {
-		return
-	}
-	key := clientKey(ip)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.perIP[key]--; s.perIP[key] <= 0 {
-		delete(s.perIP, key) // the map holds open connections only
-	}
-}
+func (s *Server) releaseIP(ip netip.Addr) { s.perIP.Release(ip) }
 
 // refuse tells a connection over a limit line (421, RFC 5321 3.1) and
 // closes it, in the background so that accepting goes on. Under a flood,
@@ -448,12 +426,7 @@ func (c *trackedConn) kickIfIdle() {
 
 // addrOf is a connection's client address, zero when it has none (not
 // TCP).
-func addrOf(c net.Conn) netip.Addr {
-	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
-		return ap.Addr().Unmap()
-	}
-	return netip.Addr{}
-}
+func addrOf(c net.Conn) netip.Addr { return connlimit.AddrOf(c) }
 
 // unwrap finds the trackedConn under a go-smtp connection, through TLS.
 func unwrap(c net.Conn) *trackedConn {

@@ -36,6 +36,8 @@ func commands() []command {
 		{"dkim", "create and list DKIM signing keys", runDKIM},
 		{"requeue", "rebuild the Redis queue from PostgreSQL", runRequeue},
 		{"parked", "list or release jobs parked after repeated panics", runParked},
+		{"inbound", "list the DSNs and complaints the inbound listener received", runInbound},
+		{"suppressions", "list, add and remove addresses on a tenant's suppression list", runSuppressions},
 		{"version", "print version and build information", runVersion},
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
 	"net"
@@ -22,6 +23,7 @@ import (
 	"github.com/mailferry/mailferry/api"
 	"github.com/mailferry/mailferry/budget"
 	"github.com/mailferry/mailferry/config"
+	"github.com/mailferry/mailferry/inbound"
 	"github.com/mailferry/mailferry/intake"
 	"github.com/mailferry/mailferry/queue"
 	"github.com/mailferry/mailferry/ratelimit"
@@ -29,21 +31,36 @@ import (
 	"github.com/mailferry/mailferry/store"
 )
 
-var allRoles = []string{"api", "worker", "scheduler"}
+var allRoles = []string{"api", "worker", "scheduler", "inbound"}
+
+// defaultRoles run without --roles; inbound joins them when a bounce
+// domain is configured (defaultRolesFor), so that a machine whose port 25
+// is taken, or that has no use for it, runs serve as before.
+var defaultRoles = []string{"api", "worker", "scheduler"}
 
 func runServe(ctx context.Context, env *environment, args []string) error {
-	fs := flagSet(env, "serve", "serve [--roles api,worker,scheduler]\n\nRuns the HTTP API, the delivery workers and the scheduler (by default all roles) until SIGINT or SIGTERM.")
-	rolesFlag := fs.String("roles", strings.Join(allRoles, ","), "comma-separated roles to run: "+strings.Join(allRoles, ", "))
+	fs := flagSet(env, "serve", "serve [--roles api,worker,scheduler,inbound]\n\nRuns the HTTP API, the delivery workers, the scheduler and, with MAILFERRY_BOUNCE_DOMAIN set, the inbound listener for DSNs and complaints (by default all of them) until SIGINT or SIGTERM.")
+	rolesFlag := fs.String("roles", "", "comma-separated roles to run: "+strings.Join(allRoles, ", ")+
+		" (default "+strings.Join(defaultRoles, ",")+", and inbound when MAILFERRY_BOUNCE_DOMAIN is set)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	roles, err := parseRoles(*rolesFlag)
-	if err != nil {
-		return err
+	rolesSet := false
+	fs.Visit(func(f *flag.Flag) { rolesSet = rolesSet || f.Name == "roles" })
+	var roles map[string]bool
+	var err error
+	if rolesSet {
+		if roles, err = parseRoles(*rolesFlag); err != nil {
+			return err
+		}
 	}
 	cfg, err := env.config()
 	if err != nil {
 		return err
+	}
+	if !rolesSet {
+		roles, _ = parseRoles(strings.Join(defaultRolesFor(cfg), ","))
+		*rolesFlag = strings.Join(defaultRolesFor(cfg), ",")
 	}
 	log := env.logger(cfg)
 	fileLimit, err := raiseFileLimit(log)
@@ -51,7 +68,10 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 		log.Warn("open-file limit unknown", "error", err)
 	}
 
-	st, err := openLedger(ctx, cfg, log)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	st, err := openLedger(ctx, cfg, reg, log)
 	if err != nil {
 		return err
 	}
@@ -78,8 +98,6 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 		return fmt.Errorf("queue: %w", err)
 	}
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	checks := []api.Check{
 		{Name: "postgres", Ping: st.Ping},
 		{Name: "redis", Ping: q.Ping},
@@ -93,7 +111,7 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	errc := make(chan error, 6)
+	errc := make(chan error, 8)
 
 	if roles["scheduler"] {
 		sch, err := scheduler.New(scheduler.Options{Queue: q, Ledger: st, Logger: log.With("role", "scheduler"),
@@ -110,8 +128,16 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 		go func() { defer wg.Done(); errc <- rec.Run(ctx) }()
 	}
 
+	bounces, err := newBounceSetup(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	// mailferry_bounces_total is one collector for both kinds: relay
+	// counts sync bounces into it, the inbound processor async ones.
+	inboundMetrics := inbound.NewMetrics(reg)
 	if roles["worker"] {
-		w, err := newWorker(cfg, st, q, reg, log.With("role", "worker"))
+		w, err := newWorker(cfg, st, q, reg, log.With("role", "worker"), workerBounces{bounceSetup: bounces,
+			count: func(class string) { inboundMetrics.Bounced(class, inbound.KindSync) }})
 		if err != nil {
 			return err
 		}
@@ -142,6 +168,14 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 		}
 		limiter = l
 	}
+	stopInbound := func(context.Context) error { return nil }
+	if roles["inbound"] {
+		stopInbound, err = startInbound(ctx, cfg, inboundDeps{store: st, bounces: bounces, metrics: inboundMetrics, bodies: bodies,
+			log: log.With("role", "inbound")}, &wg, errc)
+		if err != nil {
+			return err
+		}
+	}
 	stopSubmission := func(context.Context) error { return nil }
 	if roles["api"] {
 		stopSubmission, err = startSubmission(ctx, cfg, submissionDeps{intake: in, auth: st, bodies: bodies,
@@ -163,7 +197,7 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	var draining atomic.Bool
 	handler, err := api.New(api.Options{
 		Draining: draining.Load,
-		Auth:     keys, Reader: st, Intake: in, Registry: reg, Logger: log,
+		Auth:     keys, Reader: st, Intake: in, Suppressions: st, Registry: reg, Logger: log,
 		Ready:           checks,
 		Hostname:        cfg.Hostname,
 		MaxMessageBytes: cfg.MaxMessageBytes,
@@ -220,10 +254,24 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	if err := stopSubmission(shutdownCtx); err != nil {
 		log.Warn("smtp submission shutdown", "error", err)
 	}
+	if err := stopInbound(shutdownCtx); err != nil {
+		log.Warn("inbound listener shutdown", "error", err)
+	}
 	cancel()
 	wg.Wait()
 	log.Info("stopped")
 	return runErr
+}
+
+// defaultRolesFor is what serve runs without --roles: the inbound role
+// too when there is a bounce domain to receive reports for and a listener
+// address.
+func defaultRolesFor(cfg config.Config) []string {
+	roles := slices.Clone(defaultRoles)
+	if cfg.BounceDomain != "" && cfg.InboundAddr != "" {
+		roles = append(roles, "inbound")
+	}
+	return roles
 }
 
 func parseRoles(s string) (map[string]bool, error) {
@@ -245,16 +293,16 @@ func parseRoles(s string) (map[string]bool, error) {
 }
 
 // openLedger waits a little for PostgreSQL: in a compose stack or after a
-// reboot the database may come up seconds after Mailferry.
-func openLedger(ctx context.Context, cfg config.Config, log *slog.Logger) (*store.Store, error) {
+// reboot the database may come up seconds after Mailferry. The store's
+// metrics go to reg once Open succeeds (Open pings), so a retry never
+// registers them twice.
+func openLedger(ctx context.Context, cfg config.Config, reg prometheus.Registerer, log *slog.Logger) (*store.Store, error) {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		st, err := store.Open(ctx, store.Options{URL: cfg.DatabaseURL.String()})
+		st, err := store.Open(ctx, store.Options{URL: cfg.DatabaseURL.String(),
+			SoftBounceLimit: cfg.SoftBounceLimit, Registerer: reg})
 		if err == nil {
-			if err = st.Ping(ctx); err == nil {
-				return st, nil
-			}
-			st.Close()
+			return st, nil
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			return nil, fmt.Errorf("connect to MAILFERRY_DATABASE_URL %s: %w", cfg.DatabaseURL.Redacted(), err)

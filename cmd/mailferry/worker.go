@@ -17,11 +17,19 @@ import (
 	"github.com/mailferry/mailferry/dkim"
 	"github.com/mailferry/mailferry/queue"
 	"github.com/mailferry/mailferry/relay"
+	"github.com/mailferry/mailferry/returnpath"
 	"github.com/mailferry/mailferry/smtpclient"
 	"github.com/mailferry/mailferry/store"
 )
 
-func newWorker(cfg config.Config, st *store.Store, q *queue.Queue, reg prometheus.Registerer, log *slog.Logger) (*relay.Worker, error) {
+// workerBounces is what a worker needs for bounces: the VERP signer (nil:
+// the stored MAIL FROM), the rules, and the sync bounce counter.
+type workerBounces struct {
+	bounceSetup
+	count func(class string)
+}
+
+func newWorker(cfg config.Config, st *store.Store, q *queue.Queue, reg prometheus.Registerer, log *slog.Logger, b workerBounces) (*relay.Worker, error) {
 	sealer, err := dkim.NewSealer(cfg.SecretKey)
 	if err != nil {
 		return nil, fmt.Errorf("MAILFERRY_SECRET_KEY: %w", err)
@@ -51,7 +59,17 @@ func newWorker(cfg config.Config, st *store.Store, q *queue.Queue, reg prometheu
 		Concurrency: cfg.WorkerConcurrency, PerDestination: cfg.WorkerPerDomain,
 		Smarthost: cfg.Smarthost != nil, SmarthostConnections: cfg.SmarthostConnections,
 		Heartbeat: cfg.Leases.Heartbeat, Lease: cfg.Leases.Lease,
+		ReturnPaths: returnPaths(b.signer), Rules: b.rules, CountBounce: b.count,
 	})
+}
+
+// returnPaths keeps a nil signer a nil interface: relay tells "no bounce
+// domain" by a nil ReturnPaths.
+func returnPaths(s *returnpath.Signer) relay.ReturnPaths {
+	if s == nil {
+		return nil
+	}
+	return s
 }
 
 // smarthostRoute sends every domain's mail to the configured relay host.
