@@ -29,7 +29,10 @@ CREATE TABLE events (
     message_id uuid,     -- NULL for domain events
     rcpt_idx   smallint, -- NULL for events of no one recipient
     sequence   integer,  -- per recipient, 1, 2, 3… (recipients.event_seq)
-    data       jsonb NOT NULL -- the payload's "data", as sent
+    data       jsonb NOT NULL, -- the payload's "data", as sent
+    -- An event of a message names its recipient and number; a missing
+    -- recipient fails the insert, and with it the change it came with.
+    CHECK (message_id IS NULL OR (rcpt_idx IS NOT NULL AND sequence IS NOT NULL))
 );
 
 CREATE INDEX events_feed_idx ON events (tenant_id, xid, pos);

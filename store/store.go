@@ -52,6 +52,9 @@ type Options struct {
 	// MaxConns caps the pool. 0: pool_max_conns from URL, else pgxpool's
 	// default but at least 8.
 	MaxConns int32
+	// OnEvents, if set, is called after events with webhook deliveries
+	// commit (EventsAdded): the in-process webhook sender's wake-up.
+	OnEvents func()
 }
 
 func (o Options) validate() error {
@@ -67,7 +70,8 @@ func (o Options) validate() error {
 
 // Store is the PostgreSQL ledger. It is safe for concurrent use.
 type Store struct {
-	pool *pgxpool.Pool
+	pool     *pgxpool.Pool
+	onEvents func()
 }
 
 // Open connects to PostgreSQL and checks the connection. It does not
@@ -95,7 +99,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		pool.Close()
 		return nil, fmt.Errorf("open store: %w", err)
 	}
-	return &Store{pool: pool}, nil
+	return &Store{pool: pool, onEvents: opts.OnEvents}, nil
 }
 
 // Close waits for borrowed connections to return and closes the pool.
