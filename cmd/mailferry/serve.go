@@ -27,12 +27,13 @@ import (
 	"github.com/mailferry/mailferry/ratelimit"
 	"github.com/mailferry/mailferry/scheduler"
 	"github.com/mailferry/mailferry/store"
+	"github.com/mailferry/mailferry/webhooks"
 )
 
-var allRoles = []string{"api", "worker", "scheduler"}
+var allRoles = []string{"api", "worker", "scheduler", "webhooks"}
 
 func runServe(ctx context.Context, env *environment, args []string) error {
-	fs := flagSet(env, "serve", "serve [--roles api,worker,scheduler]\n\nRuns the HTTP API, the delivery workers and the scheduler (by default all roles) until SIGINT or SIGTERM.")
+	fs := flagSet(env, "serve", "serve [--roles api,worker,scheduler,webhooks]\n\nRuns the HTTP API, the delivery workers, the scheduler and the webhook sender (by default all roles) until SIGINT or SIGTERM.")
 	rolesFlag := fs.String("roles", strings.Join(allRoles, ","), "comma-separated roles to run: "+strings.Join(allRoles, ", "))
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -51,7 +52,15 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 		log.Warn("open-file limit unknown", "error", err)
 	}
 
-	st, err := openLedger(ctx, cfg, log)
+	// The store wakes this process's webhook sender when it commits
+	// events with deliveries; other processes' senders find them by polling.
+	wakeWebhooks := make(chan struct{}, 1)
+	st, err := openLedger(ctx, cfg, log, func() {
+		select {
+		case wakeWebhooks <- struct{}{}:
+		default:
+		}
+	})
 	if err != nil {
 		return err
 	}
@@ -93,11 +102,11 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	errc := make(chan error, 6)
+	errc := make(chan error, 7)
 
 	if roles["scheduler"] {
 		sch, err := scheduler.New(scheduler.Options{Queue: q, Ledger: st, Logger: log.With("role", "scheduler"),
-			AttemptRetention: cfg.AttemptRetention})
+			AttemptRetention: cfg.AttemptRetention, EventRetention: cfg.EventRetention})
 		if err != nil {
 			return err
 		}
@@ -117,6 +126,19 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 		}
 		wg.Add(1)
 		go func() { defer wg.Done(); errc <- w.Run(ctx) }()
+	}
+
+	if roles["webhooks"] {
+		sender, err := webhooks.New(webhooks.Options{
+			Store: st, Logger: log.With("role", "webhooks"), Registerer: reg,
+			RetrySchedule: cfg.WebhookRetrySchedule, Wake: wakeWebhooks,
+			Transport: webhooks.Transport(webhooks.TransportOptions{AllowPrivate: cfg.AllowPrivateDestinations, DNSServer: cfg.DNSServer}),
+		})
+		if err != nil {
+			return err
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); errc <- sender.Run(ctx) }()
 	}
 
 	in, err := intake.New(intake.Options{Ledger: st, Queue: q, Logger: log, Metrics: intake.NewMetrics(reg)})
@@ -171,6 +193,9 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 		Limiter:         limiter,
 		Warn:            newDKIMWarner(st, log).warn,
 		Budget:          bodies,
+		Webhooks:        st,
+
+		AllowPrivateDestinations: cfg.AllowPrivateDestinations,
 	})
 	if err != nil {
 		return err
@@ -246,10 +271,10 @@ func parseRoles(s string) (map[string]bool, error) {
 
 // openLedger waits a little for PostgreSQL: in a compose stack or after a
 // reboot the database may come up seconds after Mailferry.
-func openLedger(ctx context.Context, cfg config.Config, log *slog.Logger) (*store.Store, error) {
+func openLedger(ctx context.Context, cfg config.Config, log *slog.Logger, onEvents func()) (*store.Store, error) {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		st, err := store.Open(ctx, store.Options{URL: cfg.DatabaseURL.String()})
+		st, err := store.Open(ctx, store.Options{URL: cfg.DatabaseURL.String(), OnEvents: onEvents})
 		if err == nil {
 			if err = st.Ping(ctx); err == nil {
 				return st, nil
