@@ -12,5 +12,11 @@
 // Retention: delivery attempts live in monthly partitions that
 // EnsureAttemptPartitions creates ahead of time and DropAttemptPartitionsBefore
 // drops whole; Idempotency-Key rows are purged after IdempotencyTTL by
-// PurgeIdempotency; message bodies are cleared once every recipient is final.
+// PurgeIdempotency; message bodies are cleared once every recipient is final;
+// events, with their webhook deliveries and attempts, are deleted after
+// MAILFERRY_EVENT_RETENTION by PurgeEvents.
+//
+// Events (events.go) are an outbox: QueueEvents and InsertEvents put them
+// into the batch or transaction of the change they describe, fanned out to
+// webhook deliveries (webhooks.go) in the same statement.
 package store

@@ -33,11 +33,10 @@ func TestMain(m *testing.M) { testenv.Main(m) }
 
 // env is a migrated store on a fresh database with one tenant, "acme".
 type env struct {
-	st    *store.Store
-	db    *pgxpool.Pool // direct SQL, to move the clock of a row
-	key   store.APIKey
-	wake  chan struct{}
-	owner int
+	st   *store.Store
+	db   *pgxpool.Pool // direct SQL, to move the clock of a row
+	key  store.APIKey
+	wake chan struct{}
 }
 
 func newEnv(t *testing.T) *env {
