@@ -55,7 +55,10 @@ func IsEventType(t string) bool { return slices.Contains(EventTypes(), t) }
 // An event of no message (domain.*) needs TenantID and carries Data as
 // its payload's data.
 type NewEvent struct {
-	ID        uuid.UUID // uuid.Nil: a new uuid v7
+	// ID is the event's id; uuid.Nil: a new uuid v7. A writer whose change
+	// is safe to repeat (RecordOutcomes after a lost commit reply) passes
+	// EventID(...) instead, so that a repeat stores no second event.
+	ID        uuid.UUID
 	Type      string
 	MessageID uuid.UUID
 	RcptIdx   int
@@ -68,6 +71,16 @@ type NewEvent struct {
 	Sequence int
 	TenantID string         // events of no message only
 	Data     map[string]any // events of no message only
+}
+
+// EventID is the id of the event typ about recipient rcpt of message msg
+// at step n (the attempt number for an attempt's outcome, else 0): the
+// same arguments give the same id (a name-based UUID, RFC 9562 5.5), so
+// writing the event again is a no-op.
+func EventID(msg uuid.UUID, rcpt int, typ string, n int) uuid.UUID {
+	// The namespace scopes these name-based UUIDs to Mailferry events.
+	ns := uuid.UUID{0x6d, 0x66, 0xe7, 0xf1, 0x2a, 0x0c, 0x4d, 0x8e, 0x9a, 0x57, 0x0f, 0x3b, 0x5f, 0x0d, 0x1e, 0x14}
+	return uuid.NewSHA1(ns, fmt.Appendf(nil, "%s/%d/%s/%d", msg, rcpt, typ, n))
 }
 
 // EventDetail is what an attempt or a failure adds to an event's data;
@@ -113,12 +126,16 @@ func (d EventDetail) json() []byte {
 // deliveries. The recipients' event_seq is advanced by the events that
 // take their number from it, under the row lock of that UPDATE, so two
 // transactions changing one recipient number its events apart and in
-// commit order. It returns the number of events and of deliveries.
+// commit order. An event whose id is already stored is skipped, and takes
+// no number: see EventID. It returns the number of events and of
+// deliveries written.
 const insertEvents = `WITH input AS (
 	SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::smallint[], $5::int[], $6::text[], $7::jsonb[])
 		WITH ORDINALITY AS i(id, type, message_id, rcpt_idx, given_seq, tenant_id, detail, ord)
+), fresh AS (
+	SELECT * FROM input i WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.id = i.id)
 ), counts AS (
-	SELECT message_id, rcpt_idx, count(*)::int AS n FROM input
+	SELECT message_id, rcpt_idx, count(*)::int AS n FROM fresh
 	WHERE message_id IS NOT NULL AND given_seq = 0 GROUP BY message_id, rcpt_idx
 ), seq AS (
 	UPDATE recipients r SET event_seq = r.event_seq + c.n FROM counts c
@@ -130,7 +147,7 @@ const insertEvents = `WITH input AS (
 		WHEN i.given_seq > 0 THEN i.given_seq
 		ELSE s.base + row_number() OVER (PARTITION BY i.message_id, i.rcpt_idx, i.given_seq = 0 ORDER BY i.ord)
 	END::int AS sequence
-	FROM input i LEFT JOIN seq s ON s.message_id = i.message_id AND s.idx = i.rcpt_idx
+	FROM fresh i LEFT JOIN seq s ON s.message_id = i.message_id AND s.idx = i.rcpt_idx
 ), ev AS (
 	INSERT INTO events (id, tenant_id, type, message_id, rcpt_idx, sequence, data)
 	SELECT n.id, coalesce(m.tenant_id, n.tenant_id), n.type, n.message_id, n.rcpt_idx, n.sequence,
@@ -141,6 +158,7 @@ const insertEvents = `WITH input AS (
 	LEFT JOIN messages m ON m.id = n.message_id
 	LEFT JOIN recipients r ON r.message_id = n.message_id AND r.idx = n.rcpt_idx
 	ORDER BY n.ord
+	ON CONFLICT (id) DO NOTHING
 	RETURNING id, tenant_id, type, message_id, rcpt_idx, sequence
 ), dl AS (
 	INSERT INTO webhook_deliveries (endpoint_id, event_id, message_id, rcpt_idx, sequence)

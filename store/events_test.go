@@ -196,6 +196,32 @@ func TestEventsAreWrittenWithTheirChangeOrNotAtAll(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+	t.Run("a repeat with the same EventID writes nothing twice", func(t *testing.T) {
+		id := EventID(m.ID, 1, EventMessageDeferred, 1)
+		if id != EventID(m.ID, 1, EventMessageDeferred, 1) || id == EventID(m.ID, 1, EventMessageDeferred, 2) {
+			t.Fatal("EventID is not a function of its arguments")
+		}
+		before := count(t, s, `SELECT count(*) FROM webhook_deliveries`)
+		for range 2 {
+			b := &pgx.Batch{}
+			var ne, nd int
+			if err := QueueEvents(b, []NewEvent{{ID: id, Type: EventMessageDeferred, MessageID: m.ID, RcptIdx: 1}}, func(e, d int) { ne, nd = ne+e, nd+d }); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.pool.SendBatch(t.Context(), b).Close(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if n := count(t, s, `SELECT count(*) FROM events WHERE id = $1`, id); n != 1 {
+			t.Errorf("%d events with one id", n)
+		}
+		if n := count(t, s, `SELECT count(*) FROM webhook_deliveries`) - before; n != 1 {
+			t.Errorf("%d deliveries for one event", n)
+		}
+		if n := count(t, s, `SELECT event_seq FROM recipients WHERE message_id = $1 AND idx = 1`, m.ID); n != 1 {
+			t.Errorf("event_seq %d after one event and its repeat, want 1", n)
+		}
+	})
 	t.Run("unknown type", func(t *testing.T) {
 		if err := s.AppendEvents(t.Context(), []NewEvent{{Type: "message.opened", MessageID: m.ID}}); !errors.Is(err, ErrRejected) {
 			t.Errorf("append = %v, want ErrRejected", err)
