@@ -61,6 +61,9 @@ type Options struct {
 	// Registerer takes the store's metrics (mailferry_suppressions_total);
 	// nil: none.
 	Registerer prometheus.Registerer
+	// OnEvents, if set, is called after events with webhook deliveries
+	// commit (EventsAdded): the in-process webhook sender's wake-up.
+	OnEvents func()
 }
 
 func (o Options) validate() error {
@@ -82,6 +85,7 @@ type Store struct {
 	pool            *pgxpool.Pool
 	softBounceLimit int32
 	metrics         *metrics
+	onEvents        func()
 }
 
 // Open connects to PostgreSQL and checks the connection. It does not
@@ -109,7 +113,8 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		pool.Close()
 		return nil, fmt.Errorf("open store: %w", err)
 	}
-	return &Store{pool: pool, softBounceLimit: int32(opts.SoftBounceLimit), metrics: newMetrics(opts.Registerer)}, nil
+	return &Store{pool: pool, softBounceLimit: int32(opts.SoftBounceLimit), metrics: newMetrics(opts.Registerer),
+		onEvents: opts.OnEvents}, nil
 }
 
 // Close waits for borrowed connections to return and closes the pool.
