@@ -98,11 +98,16 @@ func (s *Store) AcceptBatch(ctx context.Context, msgs []NewMessage) error {
 			return fmt.Errorf("accept batch: %w: message %d: %w", ErrRejected, i, err)
 		}
 	}
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		return copyMessages(ctx, tx, msgs, time.Now())
+	var deliveries int
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) (err error) {
+		deliveries, err = copyMessages(ctx, tx, msgs, time.Now())
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("accept batch: %w", rejected(err))
+	}
+	if deliveries > 0 {
+		s.EventsAdded()
 	}
 	return nil
 }
@@ -120,6 +125,7 @@ func (s *Store) AcceptIdempotent(ctx context.Context, msg NewMessage, key Idempo
 		return nil, fmt.Errorf("accept idempotent: %w: key must be 1 to %d bytes of UTF-8 without NUL", ErrRejected, maxIdempotencyKey)
 	}
 	now := time.Now()
+	var deliveries int
 	if key.CreatedAt.IsZero() {
 		key.CreatedAt = msg.CreatedAt
 		if key.CreatedAt.IsZero() {
@@ -146,13 +152,17 @@ func (s *Store) AcceptIdempotent(ctx context.Context, msg NewMessage, key Idempo
 		if err != nil {
 			return fmt.Errorf("claim key: %w", err)
 		}
-		return copyMessages(ctx, tx, []NewMessage{msg}, now)
+		deliveries, err = copyMessages(ctx, tx, []NewMessage{msg}, now)
+		return err
 	})
 	if errors.Is(err, errRepeat) {
 		return existing, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("accept idempotent: %w", rejected(err))
+	}
+	if deliveries > 0 {
+		s.EventsAdded()
 	}
 	return nil, nil
 }
@@ -276,14 +286,24 @@ func cleanMetadata(md map[string]string) map[string]string {
 	return md
 }
 
-// copyMessages writes checked messages and their recipients with two COPYs.
-func copyMessages(ctx context.Context, tx pgx.Tx, msgs []NewMessage, now time.Time) error {
-	nrcpt := 0
+// copyMessages writes checked messages and their recipients with two COPYs,
+// and their events (InsertEvents) in the same transaction: per recipient
+// message.accepted, then message.scheduled (send_at) or message.suppressed
+// (on the suppression list). The COPY sets event_seq to the number of
+// events, so the insert numbers them itself and updates no recipient. It
+// returns the number of webhook deliveries written.
+func copyMessages(ctx context.Context, tx pgx.Tx, msgs []NewMessage, now time.Time) (int, error) {
+	nrcpt, nevents := 0, 0
 	for i := range msgs {
 		nrcpt += len(msgs[i].Recipients)
+		nevents += len(msgs[i].Recipients)
+		if !msgs[i].SendAt.IsZero() {
+			nevents += len(msgs[i].Recipients)
+		}
 	}
 	rows := make([][]any, len(msgs))
 	rrows := make([][]any, 0, nrcpt)
+	evs := make([]NewEvent, 0, nevents)
 	for i := range msgs {
 		m := &msgs[i]
 		created := m.CreatedAt
@@ -313,13 +333,24 @@ func copyMessages(ctx context.Context, tx pgx.Tx, msgs []NewMessage, now time.Ti
 			if d == "" {
 				d = domainOf(r.Email)
 			}
+			evs = append(evs, NewEvent{ID: EventID(m.ID, j, EventMessageAccepted, 0), Type: EventMessageAccepted,
+				MessageID: m.ID, RcptIdx: j, Sequence: 1})
 			if r.Suppressed != "" {
+				evs = append(evs, NewEvent{ID: EventID(m.ID, j, EventMessageSuppressed, 0), Type: EventMessageSuppressed,
+					MessageID: m.ID, RcptIdx: j, Sequence: 2,
+					Detail: EventDetail{BounceType: BounceHard, BounceClass: BounceSuppressed}})
 				rrows = append(rrows, []any{m.ID, int16(j), r.Email, strings.ToLower(d), nil,
-					RecipientSuppressed, r.Suppressed, BounceHard, BounceSuppressed})
+					RecipientSuppressed, r.Suppressed, BounceHard, BounceSuppressed, int32(2)})
 				continue
 			}
+			seq := int32(1)
+			if sendAt != nil {
+				seq = 2
+				evs = append(evs, NewEvent{ID: EventID(m.ID, j, EventMessageScheduled, 0), Type: EventMessageScheduled,
+					MessageID: m.ID, RcptIdx: j, Sequence: 2})
+			}
 			rrows = append(rrows, []any{m.ID, int16(j), r.Email, strings.ToLower(d), due,
-				RecipientQueued, nil, nil, nil})
+				RecipientQueued, nil, nil, nil, seq})
 		}
 	}
 	messageColumns := []string{
@@ -328,15 +359,15 @@ func copyMessages(ctx context.Context, tx pgx.Tx, msgs []NewMessage, now time.Ti
 		"completed_at",
 	}
 	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"messages"}, messageColumns, pgx.CopyFromRows(rows)); err != nil {
-		return fmt.Errorf("copy messages: %w", err)
+		return 0, fmt.Errorf("copy messages: %w", err)
 	}
 	// attempts and updated_at take their defaults: 0, now().
 	recipientColumns := []string{"message_id", "idx", "email", "domain", "next_attempt_at",
-		"status", "suppressed_reason", "bounce_type", "bounce_class"}
+		"status", "suppressed_reason", "bounce_type", "bounce_class", "event_seq"}
 	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"recipients"}, recipientColumns, pgx.CopyFromRows(rrows)); err != nil {
-		return fmt.Errorf("copy recipients: %w", err)
+		return 0, fmt.Errorf("copy recipients: %w", err)
 	}
-	return nil
+	return InsertEvents(ctx, tx, evs)
 }
 
 // allSuppressed reports whether no recipient of m is to be sent.

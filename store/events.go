@@ -71,7 +71,24 @@ type NewEvent struct {
 	Sequence int
 	TenantID string         // events of no message only
 	Data     map[string]any // events of no message only
+	// When makes the event conditional on the change it describes having
+	// happened in this transaction, for writers that cannot tell in Go:
+	// WhenAlways (""), WhenAttempt, WhenSuppressed.
+	When string
 }
+
+// Conditions of NewEvent.When.
+const (
+	WhenAlways = ""
+	// WhenAttempt: only if the recipient's attempts equal Detail.Attempt
+	// (RecordOutcomes: a stale outcome that moved no recipient adds no
+	// event).
+	WhenAttempt = "attempt"
+	// WhenSuppressed: only if this transaction put the recipient's address
+	// on its tenant's suppression list because of this message (an address
+	// listed before adds no event).
+	WhenSuppressed = "suppressed"
+)
 
 // EventID is the id of the event typ about recipient rcpt of message msg
 // at step n (the attempt number for an attempt's outcome, else 0): the
@@ -97,7 +114,15 @@ type EventDetail struct {
 	Async        bool // the failure came as a report after the SMTP session
 }
 
+// zeroDetail is the data of an event with no detail (accepted, scheduled),
+// built once: accept writes one per recipient.
+var zeroDetail = []byte(`{"async":false,"attempt":null,"smtp_code":null,"enhanced_code":null,"response":null,` +
+	`"mx_host":null,"tls_version":null,"bounce_type":null,"bounce_class":null}`)
+
 func (d EventDetail) json() []byte {
+	if d == (EventDetail{}) {
+		return zeroDetail
+	}
 	v := map[string]any{
 		"attempt": nil, "smtp_code": nil, "enhanced_code": nil, "response": nil, "mx_host": nil,
 		"tls_version": nil, "bounce_type": nil, "bounce_class": nil, "async": d.Async,
@@ -109,8 +134,11 @@ func (d EventDetail) json() []byte {
 		v["smtp_code"] = d.SMTPCode
 	}
 	for k, s := range map[string]string{
-		"enhanced_code": d.EnhancedCode, "response": cleanText(d.Response, maxHeaderText), "mx_host": d.MXHost,
-		"tls_version": d.TLSVersion, "bounce_type": d.BounceType, "bounce_class": d.BounceClass,
+		// Cleaned as the ledger's columns are: a NUL would fail the
+		// jsonb, and with it the change (SQLSTATE 22P05).
+		"enhanced_code": cleanLine(d.EnhancedCode, maxHostText), "response": cleanText(d.Response, maxReplyText),
+		"mx_host": cleanLine(d.MXHost, maxHostText), "tls_version": cleanLine(d.TLSVersion, maxHostText),
+		"bounce_type": d.BounceType, "bounce_class": d.BounceClass,
 	} {
 		if s != "" {
 			v[k] = s
@@ -130,10 +158,16 @@ func (d EventDetail) json() []byte {
 // no number: see EventID. It returns the number of events and of
 // deliveries written.
 const insertEvents = `WITH input AS (
-	SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::smallint[], $5::int[], $6::text[], $7::jsonb[])
-		WITH ORDINALITY AS i(id, type, message_id, rcpt_idx, given_seq, tenant_id, detail, ord)
+	SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::smallint[], $5::int[], $6::text[], $7::jsonb[], $8::text[])
+		WITH ORDINALITY AS i(id, type, message_id, rcpt_idx, given_seq, tenant_id, detail, cond, ord)
 ), fresh AS (
 	SELECT * FROM input i WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.id = i.id)
+	AND (i.cond = '' OR (i.cond = 'attempt' AND EXISTS (SELECT 1 FROM recipients r
+			WHERE r.message_id = i.message_id AND r.idx = i.rcpt_idx AND r.attempts = (i.detail->>'attempt')::int))
+		OR (i.cond = 'suppressed' AND EXISTS (SELECT 1 FROM recipients r JOIN messages m ON m.id = r.message_id
+			JOIN suppressions s ON s.tenant_id = m.tenant_id AND s.email = ` + suppressionAddr + `
+			WHERE r.message_id = i.message_id AND r.idx = i.rcpt_idx AND s.message_id = i.message_id
+			AND s.created_at = now())))
 ), counts AS (
 	SELECT message_id, rcpt_idx, count(*)::int AS n FROM fresh
 	WHERE message_id IS NOT NULL AND given_seq = 0 GROUP BY message_id, rcpt_idx
@@ -175,13 +209,14 @@ type eventArgs struct {
 	seq       []int32
 	tenants   []*string
 	details   [][]byte
+	conds     []string
 }
 
 func buildEventArgs(evs []NewEvent) (eventArgs, error) {
 	a := eventArgs{
 		ids: make([]uuid.UUID, len(evs)), msgs: make([]uuid.UUID, len(evs)), types: make([]string, len(evs)),
 		idx: make([]int16, len(evs)), seq: make([]int32, len(evs)), tenants: make([]*string, len(evs)),
-		details: make([][]byte, len(evs)),
+		details: make([][]byte, len(evs)), conds: make([]string, len(evs)),
 	}
 	var errs []error
 	for i, e := range evs {
@@ -193,6 +228,19 @@ func buildEventArgs(evs []NewEvent) (eventArgs, error) {
 			id = uuid.Must(uuid.NewV7())
 		}
 		a.ids[i], a.types[i] = id, e.Type
+		switch e.When {
+		case WhenAlways:
+		case WhenAttempt, WhenSuppressed:
+			if e.MessageID == uuid.Nil {
+				errs = append(errs, fmt.Errorf("event %d: condition %q needs a message", i, e.When))
+			}
+			if e.When == WhenAttempt && e.Detail.Attempt <= 0 {
+				errs = append(errs, fmt.Errorf("event %d: condition %q needs Detail.Attempt", i, e.When))
+			}
+		default:
+			errs = append(errs, fmt.Errorf("event %d: unknown condition %q", i, e.When))
+		}
+		a.conds[i] = e.When
 		if e.MessageID == uuid.Nil {
 			if e.TenantID == "" {
 				errs = append(errs, fmt.Errorf("event %d: no message and no tenant", i))
@@ -224,7 +272,7 @@ func (a eventArgs) args() []any {
 			msgs[i] = &a.msgs[i]
 		}
 	}
-	return []any{a.ids, a.types, msgs, a.idx, a.seq, a.tenants, a.details}
+	return []any{a.ids, a.types, msgs, a.idx, a.seq, a.tenants, a.details, a.conds}
 }
 
 // QueueEvents queues the INSERT of evs into b, for a writer that commits a

@@ -14,12 +14,21 @@ import (
 	"github.com/mailferry/mailferry/internal/wait"
 )
 
-// acceptedMessage accepts a message of k's tenant to n recipients.
+// acceptedMessage accepts a message of k's tenant to n recipients, then
+// deletes the events the accept wrote (and restarts the recipients'
+// numbering), so that the tests of the outbox's primitives below start
+// from an empty feed. events_wiring_test.go tests what accept writes.
 func acceptedMessage(t *testing.T, s *Store, k APIKey, n int) NewMessage {
 	t.Helper()
 	m := testMessage(k, n)
 	if err := s.AcceptBatch(t.Context(), []NewMessage{m}); err != nil {
 		t.Fatalf("accept: %v", err)
+	}
+	if _, err := s.pool.Exec(t.Context(), `DELETE FROM events WHERE message_id = $1`, m.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.pool.Exec(t.Context(), `UPDATE recipients SET event_seq = 0 WHERE message_id = $1`, m.ID); err != nil {
+		t.Fatal(err)
 	}
 	return m
 }
