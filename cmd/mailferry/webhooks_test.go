@@ -6,30 +6,31 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 
-	"github.com/google/uuid"
 	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
 
+	"github.com/mailferry/mailferry/internal/testmx"
 	"github.com/mailferry/mailferry/internal/wait"
-	"github.com/mailferry/mailferry/store"
 )
 
-// TestServeSendsWebhooks: `serve` runs the webhooks role by default; an
-// endpoint created through the API receives an event, signed with the
-// secret the API showed, and the metrics count it. The event is appended
-// by the test, as accept and delivery will once they write the outbox.
+// TestServeSendsWebhooks, end to end: `serve` runs the webhooks role by
+// default; a message POSTed to it and delivered to an SMTP server reaches
+// an endpoint created through the API as message.accepted, then
+// message.delivered, each signed with the secret the API showed (verified
+// with the Standard Webhooks library), and the metrics count them.
 func TestServeSendsWebhooks(t *testing.T) {
 	c := newCLI(t)
-	c.env = append(c.env, "MAILFERRY_ALLOW_PRIVATE_DESTINATIONS=true")
-	var dbURL string
-	for _, kv := range c.env {
-		if v, ok := strings.CutPrefix(kv, "MAILFERRY_DATABASE_URL="); ok {
-			dbURL = v
-		}
-	}
+	dns := testmx.StartDNS(t) // replaces newCLI's empty one
+	port, lns := testmx.Listen(t, "127.0.0.2")
+	testmx.StartSMTP(t, lns[0], testmx.SMTPOptions{})
+	dns.MX("example.net", 10, "mx.example.net")
+	dns.A("mx.example.net", "127.0.0.2")
+	c.env = append(c.env, "MAILFERRY_ALLOW_PRIVATE_DESTINATIONS=true", "MAILFERRY_DNS_SERVER="+dns.Addr(),
+		fmt.Sprintf("MAILFERRY_SMTP_PORT=%d", port))
 	if _, stderr, err := c.run("migrate"); err != nil {
 		t.Fatalf("migrate: %v %s", err, stderr)
 	}
@@ -74,39 +75,46 @@ func TestServeSendsWebhooks(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	st, err := store.Open(t.Context(), store.Options{URL: dbURL})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	if err := st.AppendEvents(t.Context(), []store.NewEvent{{Type: store.EventMessageAccepted, MessageID: uuid.MustParse(sent.ID), RcptIdx: 0}}); err != nil {
-		t.Fatal(err)
-	}
-	wait.For(t, "the webhook at the receiver", func() bool {
+	wait.For(t, "two webhooks at the receiver", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
-		return len(received) > 0
+		return len(received) >= 2
 	})
-	mu.Lock()
-	r := received[0]
-	mu.Unlock()
 	wh, err := standardwebhooks.NewWebhook(ep.Secret)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := wh.Verify(r.body, r.header); err != nil {
-		t.Errorf("signature: %v", err)
+	mu.Lock()
+	recs := slices.Clone(received)
+	mu.Unlock()
+	var types []string
+	for _, r := range recs {
+		if err := wh.Verify(r.body, r.header); err != nil {
+			t.Errorf("signature: %v", err)
+		}
+		var ev struct {
+			ID, Type string
+			Data     struct {
+				ID, Recipient string
+				Sequence      int
+				SMTPCode      *int `json:"smtp_code"`
+			}
+		}
+		if err := json.Unmarshal(r.body, &ev); err != nil || ev.Data.ID != sent.ID || ev.Data.Recipient != "bob@example.net" ||
+			r.header.Get("webhook-id") != ev.ID {
+			t.Errorf("webhook body %s (%v)", r.body, err)
+		}
+		if ev.Type == "message.delivered" && (ev.Data.SMTPCode == nil || *ev.Data.SMTPCode != 250 || ev.Data.Sequence != 2) {
+			t.Errorf("delivered event %s", r.body)
+		}
+		types = append(types, ev.Type)
 	}
-	var ev struct {
-		Type string
-		Data struct{ ID, Recipient string }
-	}
-	if err := json.Unmarshal(r.body, &ev); err != nil || ev.Type != "message.accepted" || ev.Data.ID != sent.ID || ev.Data.Recipient != "bob@example.net" {
-		t.Errorf("webhook body %s (%v)", r.body, err)
+	if !slices.Equal(types, []string{"message.accepted", "message.delivered"}) {
+		t.Errorf("events %v, want accepted then delivered", types)
 	}
 	wait.For(t, "the delivery counted in /metrics", func() bool {
 		_, m := request(t, "GET", base+"/metrics", "", "")
-		return strings.Contains(string(m), `mailferry_webhook_deliveries_total{result="delivered"} 1`)
+		return strings.Contains(string(m), `mailferry_webhook_deliveries_total{result="delivered"} 2`)
 	})
 	srv.stop(t)
 }
