@@ -164,14 +164,11 @@ func TestEventsFeedDeliveriesAndReplay(t *testing.T) {
 	var ans sendAnswer
 	sent.json(t, &ans)
 	msg := mustUUID(t, ans.ID)
-	// The outbox is not yet written by accept and delivery (issue 14's
-	// wiring); the events are appended as that wiring will.
-	if err := h.store.AppendEvents(t.Context(), []store.NewEvent{
-		{Type: store.EventMessageAccepted, MessageID: msg, RcptIdx: 0},
-		{Type: store.EventMessageAccepted, MessageID: msg, RcptIdx: 1},
-		{Type: store.EventMessageDelivered, MessageID: msg, RcptIdx: 0, Detail: store.EventDetail{Attempt: 1, SMTPCode: 250,
-			EnhancedCode: "2.0.0", Response: "2.0.0 ok", MXHost: "mx.example.net", TLSVersion: "TLS1.3"}},
-	}); err != nil {
+	// Accept wrote message.accepted for both recipients; a worker's record
+	// of recipient 0's delivery writes message.delivered.
+	if _, err := h.store.RecordOutcomes(t.Context(), msg, []store.Outcome{{Attempt: store.Attempt{Recipient: 0, Attempt: 1,
+		StartedAt: time.Now(), SMTPCode: 250, EnhancedCode: "2.0.0", Response: "2.0.0 ok", MXHost: "mx.example.net",
+		TLSVersion: "TLS1.3", Outcome: store.RecipientDelivered}}}); err != nil {
 		t.Fatal(err)
 	}
 
