@@ -15,7 +15,7 @@
 -- do: ids are taken before commit, so a reader could pass id 6 while the
 -- transaction holding id 5 is still open, and never see 5.
 CREATE TABLE events (
-    id         uuid PRIMARY KEY, -- uuid v7; the payload's "id" and the webhook-id header
+    id         uuid PRIMARY KEY, -- store.EventID (name-based) or v7; the payload's "id" and the webhook-id header
     pos        bigint GENERATED ALWAYS AS IDENTITY, -- order within one transaction
     xid        xid8 NOT NULL DEFAULT pg_current_xact_id(),
     tenant_id  text NOT NULL REFERENCES tenants (id),
