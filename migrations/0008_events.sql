@@ -52,8 +52,9 @@ CREATE TABLE webhook_endpoints (
     url             text NOT NULL,
     events          text[] NOT NULL CHECK (cardinality(events) > 0),
     description     text NOT NULL DEFAULT '',
-    -- HMAC keys (the bytes behind whsec_…). Stored as they are: signing
-    -- needs them, a hash would not do.
+    -- HMAC keys (the bytes behind whsec_…), sealed under
+    -- MAILFERRY_SECRET_KEY as DKIM keys are (store.Options.Secrets):
+    -- signing needs them back, a hash would not do.
     secret          bytea NOT NULL CHECK (length(secret) >= 24),
     -- After a rotation the old secret signs too until previous_expires_at.
     previous_secret     bytea,

@@ -1,12 +1,16 @@
 package store
 
 import (
+	"bytes"
 	"encoding/json"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
+
+	"github.com/mailferry/mailferry/dkim"
+	"github.com/mailferry/mailferry/internal/testenv"
 )
 
 // wired is one event of a message as the outbox holds it.
@@ -258,5 +262,66 @@ CREATE TRIGGER refuse_delivered BEFORE INSERT ON events FOR EACH ROW EXECUTE FUN
 	}
 	if n := count(t, s, `SELECT count(*) FROM events`); n != before {
 		t.Errorf("a failed accept wrote %d events", n-before)
+	}
+}
+
+// TestWebhookSecretsSealed: with Options.Secrets the signing secret is
+// stored sealed, and a claim opens it again (both secrets after a
+// rotation); under another key the claim fails rather than sign wrong.
+func TestWebhookSecretsSealed(t *testing.T) {
+	t.Parallel()
+	sealer, err := dkim.NewSealer([]byte("0123456789abcdef0123456789abcdef"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := testenv.Database(t)
+	s, err := Open(t.Context(), Options{URL: url, Secrets: sealer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	if _, err := s.Migrate(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	k := newTenant(t, s, "acme")
+	ep, secret := newEndpoint(t, s, "acme", EventTypes()...)
+	var stored []byte
+	if err := s.pool.QueryRow(t.Context(), `SELECT secret FROM webhook_endpoints WHERE id = $1`, ep.ID).Scan(&stored); err != nil {
+		t.Fatal(err)
+	}
+	if !dkim.IsSealed(stored) || bytes.Contains(stored, secret) {
+		t.Fatalf("secret stored in the clear: %x", stored)
+	}
+	_, rotated, err := s.RotateWebhookSecret(t.Context(), "acme", ep.ID, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	acceptedMessage(t, s, k, 1)
+	if err := s.AppendEvents(t.Context(), []NewEvent{{Type: EventMessageAccepted, MessageID: uuid.Nil, TenantID: "acme"}}); err != nil {
+		t.Fatal(err)
+	}
+	claim := WebhookClaim{Owner: "t", Lease: time.Minute, Limit: 10, PerEndpoint: 10}
+	ds, err := s.ClaimWebhookDeliveries(t.Context(), claim)
+	if err != nil || len(ds) != 1 {
+		t.Fatalf("claim: %d, %v", len(ds), err)
+	}
+	if len(ds[0].Secrets) != 2 || !bytes.Equal(ds[0].Secrets[0], rotated) || !bytes.Equal(ds[0].Secrets[1], secret) {
+		t.Errorf("claimed secrets do not open to the new and the old one")
+	}
+
+	other, err := dkim.NewSealer([]byte("another key, another key, another key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2, err := Open(t.Context(), Options{URL: url, Secrets: other})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s2.Close)
+	if _, err := s.pool.Exec(t.Context(), `UPDATE webhook_deliveries SET lease_until = now() - interval '1 s'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s2.ClaimWebhookDeliveries(t.Context(), claim); err == nil {
+		t.Error("a claim under another MAILFERRY_SECRET_KEY succeeded")
 	}
 }

@@ -102,11 +102,39 @@ func (s *Store) CreateWebhookEndpoint(ctx context.Context, n NewWebhookEndpoint)
 		return WebhookEndpoint{}, nil, fmt.Errorf("create webhook endpoint: %w: URL or description not storable", ErrRejected)
 	}
 	secret := newWebhookSecret()
-	e, err := scanEndpoint(s.pool.QueryRow(ctx, insertEndpoint, uuid.Must(uuid.NewV7()), n.TenantID, n.URL, n.Events, n.Description, secret))
+	sealed, err := s.sealSecret(secret)
+	if err != nil {
+		return WebhookEndpoint{}, nil, fmt.Errorf("create webhook endpoint: %w", err)
+	}
+	e, err := scanEndpoint(s.pool.QueryRow(ctx, insertEndpoint, uuid.Must(uuid.NewV7()), n.TenantID, n.URL, n.Events, n.Description, sealed))
 	if err != nil {
 		return WebhookEndpoint{}, nil, fmt.Errorf("create webhook endpoint: %w", rejected(err))
 	}
 	return e, secret, nil
+}
+
+// sealSecret and openSecret pass a signing secret through
+// Options.Secrets, if set.
+func (s *Store) sealSecret(secret []byte) ([]byte, error) {
+	if s.secrets == nil {
+		return secret, nil
+	}
+	b, err := s.secrets.Seal(secret)
+	if err != nil {
+		return nil, fmt.Errorf("seal secret: %w", err)
+	}
+	return b, nil
+}
+
+func (s *Store) openSecret(blob []byte) ([]byte, error) {
+	if s.secrets == nil || blob == nil {
+		return blob, nil
+	}
+	b, err := s.secrets.Open(blob)
+	if err != nil {
+		return nil, fmt.Errorf("open webhook secret (MAILFERRY_SECRET_KEY): %w", err)
+	}
+	return b, nil
 }
 
 func newWebhookSecret() []byte {
@@ -149,7 +177,11 @@ func (s *Store) UpdateWebhookEndpoint(ctx context.Context, tenant string, id uui
 // switch without losing a delivery.
 func (s *Store) RotateWebhookSecret(ctx context.Context, tenant string, id uuid.UUID, overlap time.Duration) (WebhookEndpoint, []byte, error) {
 	secret := newWebhookSecret()
-	e, err := s.endpointQuery(ctx, "rotate webhook secret", rotateSecret, tenant, id, secret, overlap.Microseconds())
+	sealed, err := s.sealSecret(secret)
+	if err != nil {
+		return WebhookEndpoint{}, nil, fmt.Errorf("rotate webhook secret: %w", err)
+	}
+	e, err := s.endpointQuery(ctx, "rotate webhook secret", rotateSecret, tenant, id, sealed, overlap.Microseconds())
 	if err != nil {
 		return WebhookEndpoint{}, nil, err
 	}
@@ -263,11 +295,20 @@ func (s *Store) ClaimWebhookDeliveries(ctx context.Context, c WebhookClaim) ([]W
 		var cur, prev []byte
 		err := row.Scan(&d.ID, &d.EndpointID, &d.URL, &cur, &prev, &d.Attempt, &d.CreatedAt,
 			&d.Event.ID, &d.Event.Type, &d.Event.CreatedAt, &d.Event.Data)
+		if err != nil {
+			return d, err
+		}
+		if cur, err = s.openSecret(cur); err != nil {
+			return d, err
+		}
+		if prev, err = s.openSecret(prev); err != nil {
+			return d, err
+		}
 		d.Secrets = [][]byte{cur}
 		if prev != nil {
 			d.Secrets = append(d.Secrets, prev)
 		}
-		return d, err
+		return d, nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("claim webhook deliveries: %w", err)

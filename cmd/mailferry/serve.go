@@ -23,6 +23,7 @@ import (
 	"github.com/mailferry/mailferry/api"
 	"github.com/mailferry/mailferry/budget"
 	"github.com/mailferry/mailferry/config"
+	"github.com/mailferry/mailferry/dkim"
 	"github.com/mailferry/mailferry/inbound"
 	"github.com/mailferry/mailferry/intake"
 	"github.com/mailferry/mailferry/queue"
@@ -322,10 +323,15 @@ func parseRoles(s string) (map[string]bool, error) {
 // metrics go to reg once Open succeeds (Open pings), so a retry never
 // registers them twice. onEvents wakes this process's webhook sender.
 func openLedger(ctx context.Context, cfg config.Config, reg prometheus.Registerer, log *slog.Logger, onEvents func()) (*store.Store, error) {
+	// Webhook signing secrets are sealed like DKIM keys.
+	sealer, err := dkim.NewSealer(cfg.SecretKey)
+	if err != nil {
+		return nil, fmt.Errorf("MAILFERRY_SECRET_KEY: %w", err)
+	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		st, err := store.Open(ctx, store.Options{URL: cfg.DatabaseURL.String(),
-			SoftBounceLimit: cfg.SoftBounceLimit, Registerer: reg, OnEvents: onEvents})
+			SoftBounceLimit: cfg.SoftBounceLimit, Registerer: reg, OnEvents: onEvents, Secrets: sealer})
 		if err == nil {
 			return st, nil
 		}
