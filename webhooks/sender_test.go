@@ -69,7 +69,10 @@ func newEnv(t *testing.T) *env {
 	return e
 }
 
-// message accepts a message to n recipients.
+// message accepts a message to n recipients. The events accept writes
+// (and their deliveries) are deleted, and the recipients' numbering
+// restarted, so that each test sends exactly the events it appends
+// (store's tests cover what accept writes).
 func (e *env) message(t *testing.T, n int) uuid.UUID {
 	t.Helper()
 	id := uuid.Must(uuid.NewV7())
@@ -81,6 +84,11 @@ func (e *env) message(t *testing.T, n int) uuid.UUID {
 	}
 	if err := e.st.AcceptBatch(t.Context(), []store.NewMessage{m}); err != nil {
 		t.Fatal(err)
+	}
+	for _, q := range []string{`DELETE FROM events WHERE message_id = $1`, `UPDATE recipients SET event_seq = 0 WHERE message_id = $1`} {
+		if _, err := e.db.Exec(t.Context(), q, id); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return id
 }
