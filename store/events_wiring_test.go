@@ -86,6 +86,8 @@ func TestEventsOfEveryChange(t *testing.T) {
 	t.Run("accept", func(t *testing.T) {
 		m := testMessage(k, 3)
 		m.Recipients[2].Suppressed = SuppressedComplaint
+		m.Tags = append(m.Tags, `q"<&>é`)
+		m.Metadata["k"] = "line\nbreak"
 		later := testMessage(k, 1)
 		later.SendAt = now.Add(time.Hour)
 		if err := s.AcceptBatch(t.Context(), []NewMessage{m, later}); err != nil {
@@ -98,6 +100,15 @@ func TestEventsOfEveryChange(t *testing.T) {
 		}
 		if d := evs[3].Data; d.BounceClass == nil || *d.BounceClass != BounceSuppressed || d.Recipient != m.Recipients[2].Email {
 			t.Errorf("suppressed event data %+v", d)
+		}
+		// The data accept builds for its COPY is what insertEvents builds
+		// from the rows.
+		if n := count(t, s, `SELECT count(*) FROM events e JOIN messages m ON m.id = e.message_id
+			JOIN recipients r ON r.message_id = e.message_id AND r.idx = e.rcpt_idx
+			WHERE e.message_id = $1 AND e.type = 'message.accepted' AND e.data = jsonb_build_object('id', m.id,
+				'message_id', m.message_id, 'recipient', r.email, 'tenant', m.tenant_id, 'tags', to_jsonb(m.tags),
+				'metadata', m.metadata, 'sequence', e.sequence) || $2::jsonb`, m.ID, string(zeroDetail)); n != 3 {
+			t.Errorf("%d of 3 accepted events carry the payload the rows give", n)
 		}
 		if got := kinds(messageEvents(t, s, later.ID)); !slices.Equal(got, []string{"message.accepted/0/1", "message.scheduled/0/2"}) {
 			t.Errorf("scheduled message: %v", got)
