@@ -12,7 +12,7 @@ import (
 )
 
 // MaxMessagePage is the most messages ListMessages returns at once.
-const MaxMessagePage = 200
+const MaxMessagePage = 1000
 
 // MessageStatuses are the statuses ListMessages filters on.
 func MessageStatuses() []string {
