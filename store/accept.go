@@ -67,7 +67,11 @@ const maxRecipients = math.MaxInt16 + 1
 const maxIdempotencyKey = 255
 
 const (
-	deleteMessages = `DELETE FROM messages WHERE id = ANY($1)` // recipients and idempotency rows cascade
+	// Recipients and idempotency rows cascade; message_tags has no foreign
+	// key (migration 0010) and goes through its primary key.
+	deleteMessages = `WITH gone AS (DELETE FROM messages WHERE id = ANY($1) RETURNING id, tenant_id, tags, created_at)
+DELETE FROM message_tags t USING gone g
+WHERE t.tenant_id = g.tenant_id AND t.tag = ANY (g.tags) AND t.created_at = g.created_at AND t.message_id = g.id`
 	messageExists  = `SELECT EXISTS (SELECT 1 FROM messages WHERE id = $1)`
 
 	// claimIdempotency takes the key, or takes over one older than the TTL.
@@ -350,7 +354,7 @@ func copyMessages(ctx context.Context, tx pgx.Tx, msgs []NewMessage, now time.Ti
 			if r.Suppressed != "" {
 				ev.add(m, j, EventMessageSuppressed, 2, common, r.Email, suppressedDetail)
 				rrows = append(rrows, []any{m.ID, int16(j), r.Email, strings.ToLower(d), nil,
-					RecipientSuppressed, r.Suppressed, BounceHard, BounceSuppressed, int32(2), m.TenantID, created})
+					RecipientSuppressed, r.Suppressed, BounceHard, BounceSuppressed, int32(2), m.TenantID, created, NormalizeEmail(r.Email)})
 				continue
 			}
 			seq := int32(1)
@@ -359,7 +363,7 @@ func copyMessages(ctx context.Context, tx pgx.Tx, msgs []NewMessage, now time.Ti
 				ev.add(m, j, EventMessageScheduled, 2, common, r.Email, zeroDetail)
 			}
 			rrows = append(rrows, []any{m.ID, int16(j), r.Email, strings.ToLower(d), due,
-				RecipientQueued, nil, nil, nil, seq, m.TenantID, created})
+				RecipientQueued, nil, nil, nil, seq, m.TenantID, created, NormalizeEmail(r.Email)})
 		}
 	}
 	messageColumns := []string{
@@ -372,7 +376,7 @@ func copyMessages(ctx context.Context, tx pgx.Tx, msgs []NewMessage, now time.Ti
 	}
 	// attempts and updated_at take their defaults: 0, now().
 	recipientColumns := []string{"message_id", "idx", "email", "domain", "next_attempt_at",
-		"status", "suppressed_reason", "bounce_type", "bounce_class", "event_seq", "tenant_id", "created_at"}
+		"status", "suppressed_reason", "bounce_type", "bounce_class", "event_seq", "tenant_id", "created_at", "addr"}
 	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"recipients"}, recipientColumns, pgx.CopyFromRows(rrows)); err != nil {
 		return 0, fmt.Errorf("copy recipients: %w", err)
 	}

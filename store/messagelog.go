@@ -63,10 +63,6 @@ type RecipientSummary struct {
 // Key is m's place in the log, for the next page's After.
 func (m *MessageSummary) Key() MessageKey { return MessageKey{CreatedAt: m.CreatedAt, ID: m.ID} }
 
-// logAddr is NormalizeEmail in SQL over recipients k, the expression of
-// recipients_log_idx (migration 0010), which the planner matches as text.
-const logAddr = `(substring(k.email from '^(.*)@') || '@' || lower(substring(k.email from '[^@]*$')))`
-
 // listMessagesQuery builds the log's query. One source drives it, the
 // most selective the filter allows, each read through an index that
 // starts (tenant, value, created_at DESC, id DESC): a page is one range
@@ -89,7 +85,7 @@ func listMessagesQuery(f MessageFilter) (string, []any) {
 		// A message with the address twice is listed once: DISTINCT ON
 		// keeps the order (its keys come first in ORDER BY).
 		from, id = "recipients k JOIN messages m ON m.id = k.message_id", "k.message_id"
-		where = append(where, "k.tenant_id = "+arg(nil), logAddr+" = "+arg(NormalizeEmail(f.Recipient)))
+		where = append(where, "k.tenant_id = "+arg(nil), "k.addr = "+arg(NormalizeEmail(f.Recipient)))
 	default:
 		from, id = "messages m", "m.id"
 		where = append(where, "m.tenant_id = "+arg(nil))
@@ -103,7 +99,7 @@ func listMessagesQuery(f MessageFilter) (string, []any) {
 	}
 	if f.Tag != "" && f.Recipient != "" {
 		where = append(where, "EXISTS (SELECT FROM recipients k WHERE k.message_id = m.id AND "+
-			logAddr+" = "+arg(NormalizeEmail(f.Recipient))+")")
+			"k.addr = "+arg(NormalizeEmail(f.Recipient))+")")
 	}
 	if !f.Since.IsZero() {
 		where = append(where, created+" >= "+arg(f.Since))
