@@ -72,7 +72,7 @@ const (
 	deleteMessages = `WITH gone AS (DELETE FROM messages WHERE id = ANY($1) RETURNING id, tenant_id, tags, created_at)
 DELETE FROM message_tags t USING gone g
 WHERE t.tenant_id = g.tenant_id AND t.tag = ANY (g.tags) AND t.created_at = g.created_at AND t.message_id = g.id`
-	messageExists  = `SELECT EXISTS (SELECT 1 FROM messages WHERE id = $1)`
+	messageExists = `SELECT EXISTS (SELECT 1 FROM messages WHERE id = $1)`
 
 	// claimIdempotency takes the key, or takes over one older than the TTL.
 	// When a live key exists it returns no row and leaves the row locked
