@@ -33,6 +33,7 @@ const maxRcptsPerTx = 100
 // extensions is what a server's EHLO reply offers (RFC 5321 4.1.1.1).
 type extensions struct {
 	pipelining, eightBit, utf8, startTLS bool
+	requireTLS                           bool // RFC 8689 2
 	sizeOffered                          bool
 	size                                 int64 // 0: no limit declared
 	rcptMax                              int   // LIMITS RCPTMAX (RFC 9422 4.2); 0: none
@@ -58,6 +59,8 @@ func parseEHLO(text string) extensions {
 			x.utf8 = true
 		case "STARTTLS": // RFC 3207
 			x.startTLS = true
+		case "REQUIRETLS": // RFC 8689 2
+			x.requireTLS = true
 		case "SIZE": // RFC 1870 4: "SIZE" [SP number]; 0 or none means no fixed limit
 			x.sizeOffered = true
 			if len(f) > 1 {
@@ -94,6 +97,7 @@ type session struct {
 	w    *bufio.Writer
 	ext  extensions
 	tls  *TLSInfo
+	peer []*x509.Certificate // the chain the server presented
 	// broken: the connection cannot carry another command.
 	broken bool
 	// open: a MAIL was accepted and its transaction has not ended, so the
@@ -210,6 +214,11 @@ func (s *session) run(env *prepared, tryTLS bool) outcome {
 			return outcome{err: fmt.Errorf("%w: server does not offer STARTTLS", errTLSRequired)}
 		}
 	}
+	if err := s.checkPolicy(env.tls); err != nil {
+		// A policy's demand unmet: not this host, never in plaintext.
+		s.quit()
+		return outcome{err: err}
+	}
 	if s.c.opts.Username != "" {
 		if err := s.auth(); err != nil {
 			s.quit()
@@ -309,6 +318,7 @@ func (s *session) handshake() (*tls.Conn, error) {
 	}
 	s.conn.SetDeadline(time.Time{})
 	st := tc.ConnectionState()
+	s.peer = st.PeerCertificates
 	s.tls = &TLSInfo{
 		Version:  strings.ReplaceAll(tls.VersionName(st.Version), " ", ""),
 		Cipher:   tls.CipherSuiteName(st.CipherSuite),
