@@ -14,9 +14,12 @@ CREATE TABLE mta_sts_policies (
     checked_at timestamptz NOT NULL    -- the last refresh that found it current
 );
 
--- The TLS policy each attempt ran under and, when the policy ruled hosts
--- out, the TLS-RPT result type (RFC 8460 4.3) of the failure.
-ALTER TABLE attempts ADD COLUMN tls_policy text, ADD COLUMN tls_failure text;
+-- The TLS policy each attempt ran under (none, mta-sts, dane, requiretls),
+-- when the policy ruled hosts out the TLS-RPT result type (RFC 8460 4.3) of
+-- the failure, and whether "TLS-Required: No" (RFC 8689 5) set policies
+-- aside.
+ALTER TABLE attempts ADD COLUMN tls_policy text, ADD COLUMN tls_failure text,
+    ADD COLUMN tls_opt_out boolean NOT NULL DEFAULT false;
 ALTER TABLE recipients ADD COLUMN tls_policy text, ADD COLUMN tls_verified boolean;
 
 -- REQUIRETLS (RFC 8689) asked for by the sender, API or SMTP.

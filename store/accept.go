@@ -30,6 +30,7 @@ type NewMessage struct {
 	Body       []byte // whole RFC 5322 message
 	Needs8Bit  bool   // body has 8-bit octets: send with BODY=8BITMIME (RFC 6152)
 	NeedsUTF8  bool   // needs SMTPUTF8 (RFC 6531)
+	RequireTLS bool   // REQUIRETLS (RFC 8689)
 	CreatedAt  time.Time
 	SendAt     time.Time // zero: now
 	Recipients []NewRecipient
@@ -307,6 +308,7 @@ func copyMessages(ctx context.Context, tx pgx.Tx, msgs []NewMessage, now time.Ti
 			m.ID, m.TenantID, nullString(m.APIKeyID), m.Ingress, cleanLine(m.MessageID, maxHeaderText), m.MailFrom,
 			cleanLine(m.From, maxHeaderText), cleanLine(m.Subject, maxHeaderText), cleanTags(m.Tags),
 			cleanMetadata(m.Metadata), len(m.Body), body, sendAt, created, m.Needs8Bit, m.NeedsUTF8, completed,
+			m.RequireTLS,
 		}
 		for j, r := range m.Recipients {
 			d := r.Domain
@@ -325,7 +327,7 @@ func copyMessages(ctx context.Context, tx pgx.Tx, msgs []NewMessage, now time.Ti
 	messageColumns := []string{
 		"id", "tenant_id", "api_key_id", "ingress", "message_id", "mail_from", "from_header",
 		"subject", "tags", "metadata", "size", "body", "send_at", "created_at", "needs_8bit", "needs_smtputf8",
-		"completed_at",
+		"completed_at", "require_tls",
 	}
 	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"messages"}, messageColumns, pgx.CopyFromRows(rows)); err != nil {
 		return fmt.Errorf("copy messages: %w", err)

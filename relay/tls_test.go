@@ -1,0 +1,142 @@
+package relay
+
+import (
+	"context"
+	"crypto/tls"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/mailferry/mailferry/intake"
+	"github.com/mailferry/mailferry/internal/testmx"
+	"github.com/mailferry/mailferry/internal/wait"
+	"github.com/mailferry/mailferry/mail"
+	"github.com/mailferry/mailferry/smtpclient"
+	"github.com/mailferry/mailferry/store"
+	"github.com/mailferry/mailferry/tlspolicy"
+)
+
+// TestTLSPolicyRecorded: the worker with the TLS policy layer delivers
+// under MTA-STS and REQUIRETLS, and the ledger's status view shows the
+// policy, whether the certificate verified and the failure type.
+func TestTLSPolicyRecorded(t *testing.T) {
+	p := newPipeline(t)
+	ca := testmx.NewCA(t)
+	good := ca.Issue(t, "mx.sts.test", "mx.plain-rtls.test")
+	p.mx("sts.test", "127.0.0.2", testmx.SMTPOptions{Cert: &good})
+	p.mx("plain-rtls.test", "127.0.0.3", testmx.SMTPOptions{Cert: &good}) // no REQUIRETLS
+	self := testmx.SelfSigned(t, "mx.bad-sts.test")
+	bad := p.mx("bad-sts.test", "127.0.0.4", testmx.SMTPOptions{Cert: &self})
+
+	// The policy server for sts.test and bad-sts.test.
+	ln, err := net.Listen("tcp", "127.0.0.10:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		switch r.Host {
+		case "mta-sts.sts.test":
+			w.Write([]byte("version: STSv1\nmode: enforce\nmx: mx.sts.test\nmax_age: 86400\n"))
+		case "mta-sts.bad-sts.test":
+			w.Write([]byte("version: STSv1\nmode: enforce\nmx: mx.bad-sts.test\nmax_age: 86400\n"))
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	srv.Listener.Close()
+	srv.Listener = ln
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{ca.Issue(t, "mta-sts.sts.test", "mta-sts.bad-sts.test")}}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	for _, d := range []string{"sts.test", "bad-sts.test"} {
+		p.dns.TXT("_mta-sts."+d, "v=STSv1; id=1;")
+		p.dns.A("mta-sts."+d, "127.0.0.10")
+	}
+
+	p.start("w1", func(o *WorkerOptions) {
+		inner, err := smtpclient.New(smtpclient.Options{Hostname: "relay.test", Port: p.port, AllowPrivate: true, RootCAs: ca.Pool,
+			Timeouts: smtpclient.Timeouts{Connect: time.Second, Greeting: 2 * time.Second, Mail: 2 * time.Second}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.Client, err = tlspolicy.New(tlspolicy.Options{Inner: inner, Cache: p.st, MTASTS: true, DNSServer: p.dns.Addr(),
+			AllowPrivate: true, RootCAs: ca.Pool, HTTPSPort: ln.Addr().(*net.TCPAddr).Port, FetchTimeout: 2 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	send := func(to string, requireTLS bool) uuid.UUID {
+		msg, err := mail.Build(mail.Draft{From: "a@example.com", To: []string{to}, Subject: "s", Text: "t"},
+			mail.BuildOptions{Hostname: "relay.test"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := intake.Submission{TenantID: p.key.TenantID, APIKeyID: p.key.ID, Ingress: "api", Message: msg, RequireTLS: requireTLS}
+		r, err := p.in.NewReceipt(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.in.Submit(context.Background(), r, s); err != nil {
+			t.Fatal(err)
+		}
+		return r.ID
+	}
+
+	for _, tc := range []struct {
+		name, to     string
+		requireTLS   bool
+		wantStatus   string
+		wantEnh      string
+		wantPolicy   string
+		wantVerified bool
+		wantFailure  string
+	}{
+		{"MTA-STS enforce, verified", "bob@sts.test", false, store.RecipientDelivered, "", "mta-sts", true, ""},
+		{"REQUIRETLS, server without it", "bob@plain-rtls.test", true, store.RecipientBounced, "5.7.30", "requiretls", false, "requiretls-not-supported"},
+		{"MTA-STS enforce, self-signed", "bob@bad-sts.test", false, store.RecipientDeferred, "4.7.5", "mta-sts", false, "certificate-not-trusted"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id := send(tc.to, tc.requireTLS)
+			var v *store.MessageView
+			wait.Within(t, 10*time.Second, "the first attempt recorded", func() bool {
+				var err error
+				if v, err = p.st.GetMessage(context.Background(), p.key.TenantID, id); err != nil {
+					t.Fatal(err)
+				}
+				return rcpt(t, v, tc.to).Attempts > 0
+			})
+			r := rcpt(t, v, tc.to)
+			if r.Status != tc.wantStatus || deref(r.EnhancedCode) != tc.wantEnh && tc.wantEnh != "" {
+				t.Fatalf("status %s %s (%s), want %s %s", r.Status, deref(r.EnhancedCode), deref(r.Response), tc.wantStatus, tc.wantEnh)
+			}
+			if deref(r.TLSPolicy) != tc.wantPolicy {
+				t.Errorf("recipient tls_policy %q, want %q", deref(r.TLSPolicy), tc.wantPolicy)
+			}
+			var ev *store.Event
+			for i := range v.Events {
+				if v.Events[i].Attempt != nil {
+					ev = &v.Events[i]
+				}
+			}
+			if ev == nil {
+				t.Fatalf("no attempt event in %+v", v.Events)
+			}
+			if deref(ev.TLSPolicy) != tc.wantPolicy || deref(ev.TLSFailure) != tc.wantFailure || deref(ev.TLSVerified) != tc.wantVerified {
+				t.Errorf("event tls_policy %q failure %q verified %v, want %q %q %v", deref(ev.TLSPolicy), deref(ev.TLSFailure),
+					deref(ev.TLSVerified), tc.wantPolicy, tc.wantFailure, tc.wantVerified)
+			}
+			if tc.wantStatus == store.RecipientBounced && deref(r.BounceClass) != "tls_failure" {
+				t.Errorf("bounce class %q, want tls_failure", deref(r.BounceClass))
+			}
+		})
+	}
+	if n := len(bad.Messages()); n != 0 {
+		t.Errorf("the self-signed MX under enforce received %d messages", n)
+	}
+}
