@@ -102,6 +102,9 @@ func (s *session) checkPolicy(req *TLSRequirement) error {
 		}
 		return err
 	}
+	if req.Verify != nil {
+		s.tls.Verified = true // by the policy's own verifier (DANE)
+	}
 	if req.RequireTLS && !s.ext.requireTLS {
 		// RFC 8689 4.1: REQUIRETLS must be advertised, else not this server.
 		return &TLSError{Type: TLSNoRequireTLS, Err: fmt.Errorf("%s does not offer REQUIRETLS (RFC 8689)", s.host.Name)}

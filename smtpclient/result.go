@@ -65,7 +65,7 @@ type Result struct {
 type TLSInfo struct {
 	Version  string // "TLS1.3"
 	Cipher   string // tls.CipherSuiteName
-	Verified bool   // chain verified against RootCAs for the host name
+	Verified bool   // chain verified against RootCAs for the host name, or by a TLSRequirement's Verify (DANE)
 }
 
 // Host is one mail host in delivery order, its addresses in the order to

@@ -2,6 +2,7 @@ package tlspolicy
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"crypto/x509"
 	"errors"
@@ -45,6 +46,9 @@ type Options struct {
 	Cache Cache
 	// MTASTS turns MTA-STS on (MAILFERRY_MTA_STS, default true).
 	MTASTS bool
+	// DNSSEC turns DANE on (MAILFERRY_DNSSEC, default false): DNSServer
+	// must then be a validating resolver on a trusted path (dane.go).
+	DNSSEC bool
 	// DNSServer is "host:port" (MAILFERRY_DNS_SERVER); "" reads ResolvConf
 	// (default /etc/resolv.conf).
 	DNSServer, ResolvConf string
@@ -130,8 +134,40 @@ func (c *Client) Deliver(ctx context.Context, hosts []smtpclient.Host, env smtpc
 	if optOut {
 		log.InfoContext(ctx, "TLS-Required: No: MTA-STS and DANE set aside for this message (RFC 8689 5)")
 	}
+	label, rptType := PolicyNone, ""
+	if c.opts.DNSSEC && !optOut && domain != "" {
+		tlsa, err := c.daneHosts(ctx, domain, hosts)
+		if err != nil {
+			// RFC 7672 2.1: a bogus or failed lookup is no licence to
+			// send without DANE; wait for the zone or resolver to recover.
+			enh, typ := "4.4.3", ""
+			if errors.Is(err, errBogus) {
+				enh, typ = "4.7.5", resultDNSSECInvalid
+			}
+			att := deferAll(env, enh, &smtpclient.TLSError{Type: cmp.Or(typ, smtpclient.TLSValidationFailure), Err: fmt.Errorf("DANE lookup for %s: %w", domain, err)})
+			att.TLSPolicy, att.TLSFailure = PolicyDANE, typ
+			c.record(ctx, log, domain, PolicyDANE, "tlsa", att, firstHost(hosts))
+			return att
+		}
+		if len(tlsa) > 0 {
+			// RFC 8461 2: DANE takes precedence over MTA-STS. Only the hosts
+			// with usable TLSA records are used, each verified against them
+			// (stricter than RFC 7672 2.2, which lets a host without TLSA
+			// records take mail opportunistically).
+			var kept []smtpclient.Host
+			for _, h := range hosts {
+				if tlsa[h.Name] != nil {
+					kept = append(kept, h)
+				}
+			}
+			hosts, label, rptType = kept, PolicyDANE, "tlsa"
+			env.TLS = &smtpclient.TLSRequirement{RequireTLS: requireTLS, Verify: func(host string, chain []*x509.Certificate) error {
+				return VerifyDANE(host, chain, tlsa[host], c.opts.Now())
+			}}
+		}
+	}
 	var pol *store.STSPolicy
-	if c.opts.MTASTS && !optOut && domain != "" {
+	if c.opts.MTASTS && !optOut && domain != "" && label == PolicyNone {
 		p, err := c.stsPolicy(ctx, domain)
 		if err != nil {
 			// The shared cache cannot be read: a policy may be in it, so
@@ -144,10 +180,9 @@ func (c *Client) Deliver(ctx context.Context, hosts []smtpclient.Host, env smtpc
 			pol = p
 		}
 	}
-	label := PolicyNone
 	policy := Policy{}
 	if pol != nil {
-		label = PolicyMTASTS
+		label, rptType = PolicyMTASTS, "sts"
 		policy = Policy{Mode: pol.Mode, MX: pol.MX, MaxAge: pol.MaxAge}
 	}
 	if pol != nil && pol.Mode == ModeEnforce {
@@ -163,18 +198,14 @@ func (c *Client) Deliver(ctx context.Context, hosts []smtpclient.Host, env smtpc
 			att := deferAll(env, "4.7.5", &smtpclient.TLSError{Type: smtpclient.TLSValidationFailure,
 				Err: fmt.Errorf("no MX host of %s matches its MTA-STS policy (RFC 8461 4.1)", domain)})
 			att.TLSPolicy, att.TLSFailure = label, smtpclient.TLSValidationFailure
-			mx := ""
-			if len(hosts) > 0 {
-				mx = hosts[0].Name
-			}
-			c.record(ctx, log, domain, label, true, att, mx)
+			c.record(ctx, log, domain, label, rptType, att, firstHost(hosts))
 			return att
 		}
 		hosts = kept
 		env.TLS = &smtpclient.TLSRequirement{RequireTLS: requireTLS}
 	}
-	if requireTLS {
-		label = PolicyRequireTLS
+	if requireTLS && label == PolicyNone {
+		label = PolicyRequireTLS // WebPKI verification, no domain policy
 	}
 	att := c.opts.Inner.Deliver(ctx, hosts, env)
 	att.TLSPolicy, att.TLSOptOut = label, optOut
@@ -194,16 +225,17 @@ func (c *Client) Deliver(ctx context.Context, hosts []smtpclient.Host, env smtpc
 	if mx == "" && len(att.Tried) > 0 {
 		mx = att.Tried[len(att.Tried)-1].Host
 	}
-	c.record(ctx, log, domain, label, pol != nil, att, mx)
+	c.record(ctx, log, domain, label, rptType, att, mx)
 	if pol != nil && att.TLSFailure != "" {
 		log.WarnContext(ctx, "MTA-STS policy failure", "mode", pol.Mode, "failure", att.TLSFailure, "mx", att.Host)
 	}
 	return att
 }
 
-// record counts the attempt in the metrics and, under an MTA-STS policy
-// (sts), in the day's TLS-RPT counts (RFC 8460 4.4) against mx.
-func (c *Client) record(ctx context.Context, log *slog.Logger, domain, label string, sts bool, att smtpclient.Attempt, mx string) {
+// record counts the attempt in the metrics and, under a policy TLS-RPT
+// reports on (rptType "sts" or "tlsa", RFC 8460 4.4), in the day's counts
+// against mx.
+func (c *Client) record(ctx context.Context, log *slog.Logger, domain, label, rptType string, att smtpclient.Attempt, mx string) {
 	result := "success"
 	switch {
 	case att.TLSFailure != "":
@@ -214,10 +246,10 @@ func (c *Client) record(ctx context.Context, log *slog.Logger, domain, label str
 		result = "failure"
 	}
 	c.counts.WithLabelValues(label, result).Inc()
-	if !sts {
+	if rptType == "" {
 		return
 	}
-	if err := c.opts.Cache.CountTLSResult(ctx, c.opts.Now(), domain, "sts", mx, att.TLSFailure); err != nil {
+	if err := c.opts.Cache.CountTLSResult(ctx, c.opts.Now(), domain, rptType, mx, att.TLSFailure); err != nil {
 		log.WarnContext(ctx, "TLS-RPT count not recorded", "error", err)
 	}
 }
@@ -281,6 +313,16 @@ func (c *Client) stsPolicy(ctx context.Context, domain string) (*store.STSPolicy
 
 func (c *Client) refreshAfter(p *store.STSPolicy) time.Duration {
 	return min(c.opts.Refresh, p.MaxAge/2)
+}
+
+// resultDNSSECInvalid is RFC 8460 4.3.2's result type for a bogus answer.
+const resultDNSSECInvalid = "dnssec-invalid"
+
+func firstHost(hosts []smtpclient.Host) string {
+	if len(hosts) == 0 {
+		return ""
+	}
+	return hosts[0].Name
 }
 
 func domainOf(to []string) string {

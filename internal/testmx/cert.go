@@ -136,3 +136,6 @@ func serial(t testing.TB) *big.Int {
 	}
 	return n
 }
+
+// Cert is the CA's own certificate (a DANE-TA trust anchor, say).
+func (ca *CA) Cert() *x509.Certificate { return ca.cert }
