@@ -68,6 +68,7 @@ type Config struct {
 
 	// TLS policy (README.md, TLS policy).
 	MTASTS bool // MAILFERRY_MTA_STS, true: apply recipient domains' MTA-STS policies (RFC 8461)
+	DNSSEC bool // MAILFERRY_DNSSEC, false: trust the AD bit of MAILFERRY_DNS_SERVER and apply DANE (RFC 7672)
 }
 
 // Var names one environment variable with its default, for help texts.
@@ -101,6 +102,7 @@ func Vars() []Var {
 		{"MAILFERRY_SUBMISSION_HIDE_CLIENT", "false", "leave the client's IP address out of the Received field submission adds"},
 		{"MAILFERRY_SUBMISSION_MAX_PER_IP", "10", "open submission connections from one client address (IPv6: one /64); beyond it 421 4.7.0"},
 		{"MAILFERRY_MTA_STS", "true", "apply recipient domains' MTA-STS policies (RFC 8461): enforce means verified TLS to listed MX hosts or no delivery"},
+		{"MAILFERRY_DNSSEC", "false", "DANE (RFC 7672): trust the AD bit of MAILFERRY_DNS_SERVER, which must be a validating resolver on a trusted path (a local unbound)"},
 		{"MAILFERRY_HTTP_MAX_CONNECTIONS", "4096", "open connections on MAILFERRY_HTTP_ADDR; beyond it new ones wait to be accepted (at most half the open-file limit)"},
 		{"MAILFERRY_BOUNCE_DOMAIN", "none", "VERP return paths at this domain (needs MAILFERRY_SECRET_KEY); unset: envelope sender = From address"},
 		{"MAILFERRY_INBOUND_ADDR", ":25", "listener for DSNs and complaints (role inbound; on by default only with a bounce domain); empty: off"},
@@ -164,6 +166,7 @@ func Load(lookup func(string) (string, bool)) (Config, error) {
 		// A floor of a day catches a unit typo (90m for 90 days).
 		AttemptRetention: p.durationAtLeast("MAILFERRY_ATTEMPT_RETENTION", 90*24*time.Hour, 24*time.Hour),
 		MTASTS:           p.boolean("MAILFERRY_MTA_STS", true),
+		DNSSEC:           p.boolean("MAILFERRY_DNSSEC", false),
 	}
 	if t, err := lease.New(c.VisibilityTimeout); err != nil {
 		p.errs = append(p.errs, err) // names the variable itself

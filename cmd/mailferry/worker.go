@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -56,12 +57,16 @@ func newWorker(cfg config.Config, st *store.Store, q *queue.Queue, reg prometheu
 	// a smarthost, whose name no recipient domain's policy lists) and
 	// REQUIRETLS/TLS-Required of the message.
 	client, err := tlspolicy.New(tlspolicy.Options{
-		Inner: inner, Cache: st, MTASTS: cfg.MTASTS && cfg.Smarthost == nil,
+		Inner: inner, Cache: st, MTASTS: cfg.MTASTS && cfg.Smarthost == nil, DNSSEC: cfg.DNSSEC && cfg.Smarthost == nil,
 		DNSServer: cfg.DNSServer, AllowPrivate: cfg.AllowPrivateDestinations,
 		Logger: log, Registerer: reg,
 	})
 	if err != nil {
 		return nil, err
+	}
+	if cfg.DNSSEC {
+		log.Info("DANE on: trusting the AD bit of the DNS server, which must validate and be reached over a trusted path",
+			"dns_server", cmp.Or(cfg.DNSServer, "/etc/resolv.conf"))
 	}
 	return relay.NewWorker(relay.WorkerOptions{
 		Ledger: st, Queue: q, Route: route, Client: client,
