@@ -36,3 +36,13 @@ CREATE TABLE tlsrpt_counts (
     count         bigint NOT NULL,
     PRIMARY KEY (day, policy_domain, policy_type, mx_host, result_type)
 );
+
+-- One TLS-RPT report per UTC day and policy domain for the whole fleet:
+-- the process that inserts the row sends it (RFC 8460 4.1: one report per
+-- 24-hour period).
+CREATE TABLE tlsrpt_sent (
+    day           date NOT NULL,
+    policy_domain text NOT NULL,
+    sent_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (day, policy_domain)
+);

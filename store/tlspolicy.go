@@ -131,3 +131,28 @@ WHERE policy_domain = $1 AND day >= $2 AND day < $3 ORDER BY day, policy_type, m
 	}
 	return out, nil
 }
+
+// TLSReportDomains lists the policy domains with counts on day (UTC) for
+// which no report has been claimed yet.
+func (s *Store) TLSReportDomains(ctx context.Context, day time.Time) ([]string, error) {
+	d := day.UTC().Truncate(24 * time.Hour)
+	rows, _ := s.pool.Query(ctx, `SELECT DISTINCT c.policy_domain FROM tlsrpt_counts c
+WHERE c.day = $1 AND NOT EXISTS (SELECT FROM tlsrpt_sent s WHERE s.day = $1 AND s.policy_domain = c.policy_domain)
+ORDER BY 1`, d)
+	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("list TLS-RPT domains: %w", err)
+	}
+	return out, nil
+}
+
+// ClaimTLSReport reserves the report of policyDomain for day: true for the
+// one caller in the fleet that gets to send it.
+func (s *Store) ClaimTLSReport(ctx context.Context, day time.Time, policyDomain string) (bool, error) {
+	d := day.UTC().Truncate(24 * time.Hour)
+	tag, err := s.pool.Exec(ctx, `INSERT INTO tlsrpt_sent (day, policy_domain) VALUES ($1, $2) ON CONFLICT DO NOTHING`, d, policyDomain)
+	if err != nil {
+		return false, fmt.Errorf("claim TLS-RPT report of %s: %w", policyDomain, err)
+	}
+	return tag.RowsAffected() == 1, nil
+}

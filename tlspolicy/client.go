@@ -56,7 +56,7 @@ type Options struct {
 	AllowPrivate bool
 	// RootCAs verify policy servers; nil is the system pool (SSL_CERT_FILE).
 	RootCAs *x509.CertPool
-	// HTTPSPort replaces 443 for policy fetches (tests).
+	// HTTPSPort, unless 0, replaces 443 for policy fetches (tests).
 	HTTPSPort int
 	// FetchTimeout bounds a policy fetch and each DNS query; default 20s.
 	FetchTimeout time.Duration
@@ -89,9 +89,6 @@ func New(opts Options) (*Client, error) {
 	}
 	if opts.Refresh <= 0 {
 		opts.Refresh = 24 * time.Hour
-	}
-	if opts.HTTPSPort == 0 {
-		opts.HTTPSPort = 443
 	}
 	if opts.ResolvConf == "" {
 		opts.ResolvConf = "/etc/resolv.conf"
@@ -249,7 +246,11 @@ func (c *Client) record(ctx context.Context, log *slog.Logger, domain, label, rp
 	if rptType == "" {
 		return
 	}
-	if err := c.opts.Cache.CountTLSResult(ctx, c.opts.Now(), domain, rptType, mx, att.TLSFailure); err != nil {
+	result = att.TLSFailure
+	if result == smtpclient.TLSNoRequireTLS {
+		result = "" // the TLS session met the policy; REQUIRETLS is no TLS-RPT matter
+	}
+	if err := c.opts.Cache.CountTLSResult(ctx, c.opts.Now(), domain, rptType, mx, result); err != nil {
 		log.WarnContext(ctx, "TLS-RPT count not recorded", "error", err)
 	}
 }

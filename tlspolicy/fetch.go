@@ -29,16 +29,29 @@ type fetcher struct {
 // newFetcher builds an HTTPS client that resolves names with res, dials
 // only addresses the private-destination guard allows (unless
 // allowPrivate), and verifies certificates against roots (nil: the system
-// pool, which honours SSL_CERT_FILE). port replaces 443 (tests).
+// pool, which honours SSL_CERT_FILE). port, unless 0, replaces the URL's
+// port (tests).
 func newFetcher(res *resolver, allowPrivate bool, roots *x509.CertPool, port int, timeout time.Duration) *fetcher {
+	return &fetcher{client: guardedClient(res, allowPrivate, roots, port, timeout)}
+}
+
+func guardedClient(res *resolver, allowPrivate bool, roots *x509.CertPool, port int, timeout time.Duration) *http.Client {
 	d := &net.Dialer{Timeout: timeout}
 	if !allowPrivate {
 		d.ControlContext = netguard.Control // defence in depth
 	}
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		host, _, err := net.SplitHostPort(addr)
+		host, p, err := net.SplitHostPort(addr)
 		if err != nil {
 			return nil, err
+		}
+		dport := port
+		if dport == 0 {
+			n, err := strconv.Atoi(p)
+			if err != nil {
+				return nil, fmt.Errorf("port %q: %w", p, err)
+			}
+			dport = n
 		}
 		ips, err := res.addrs(ctx, host)
 		if err != nil {
@@ -54,7 +67,7 @@ func newFetcher(res *resolver, allowPrivate bool, roots *x509.CertPool, port int
 			}
 			// The checked address is the one dialled: no second lookup
 			// an attacker's DNS could answer differently.
-			c, err := d.DialContext(ctx, network, netip.AddrPortFrom(ip, uint16(port)).String())
+			c, err := d.DialContext(ctx, network, netip.AddrPortFrom(ip, uint16(dport)).String())
 			if err == nil {
 				return c, nil
 			}
@@ -70,12 +83,13 @@ func newFetcher(res *resolver, allowPrivate bool, roots *x509.CertPool, port int
 		DisableKeepAlives:     true,
 		Proxy:                 nil, // RFC 8461 3.3 names the host; no proxy in between
 	}
-	return &fetcher{client: &http.Client{
+	return &http.Client{
 		Transport: tr,
 		Timeout:   timeout,
-		// RFC 8461 3.3: "HTTP 3xx redirects MUST NOT be followed".
+		// RFC 8461 3.3: "HTTP 3xx redirects MUST NOT be followed"; nor
+		// does a TLS-RPT POST follow one (RFC 8460 5.4).
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}}
+	}
 }
 
 // fetch gets and parses domain's policy from
