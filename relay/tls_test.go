@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"net"
@@ -9,8 +10,10 @@ import (
 	"testing"
 	"time"
 
+	msgauth "github.com/emersion/go-msgauth/dkim"
 	"github.com/google/uuid"
 
+	"github.com/mailferry/mailferry/dkim"
 	"github.com/mailferry/mailferry/intake"
 	"github.com/mailferry/mailferry/internal/testmx"
 	"github.com/mailferry/mailferry/internal/wait"
@@ -138,5 +141,43 @@ func TestTLSPolicyRecorded(t *testing.T) {
 	}
 	if n := len(bad.Messages()); n != 0 {
 		t.Errorf("the self-signed MX under enforce received %d messages", n)
+	}
+}
+
+// TestTLSRPTMailSigned: a TLS-RPT report for a mailto: rua goes through
+// the queue like any message and arrives DKIM-signed by the report
+// sender's domain (RFC 8460 5.3).
+func TestTLSRPTMailSigned(t *testing.T) {
+	p := newPipeline(t)
+	rcv := p.mx("rcv.test", "127.0.0.5", testmx.SMTPOptions{})
+	p.dkimKey(dkim.AlgorithmEd25519, "ed1")
+	p.start("w1", nil)
+	day := time.Now().UTC().Truncate(24*time.Hour).AddDate(0, 0, -1)
+	for _, res := range []string{"", "", "certificate-expired"} {
+		if err := p.st.CountTLSResult(context.Background(), day, "reports.test", "sts", "mx.reports.test", res); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.dns.TXT("_smtp._tls.reports.test", "v=TLSRPTv1; rua=mailto:tlsrpt@rcv.test")
+	r, err := tlspolicy.NewReporter(tlspolicy.ReporterOptions{Store: p.st, From: "tlsrpt@example.com",
+		Mailer:    tlspolicy.IntakeMailer{Intake: p.in, Store: p.st, Hostname: "relay.test"},
+		DNSServer: p.dns.Addr(), AllowPrivate: true, Timeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := r.SendDay(context.Background(), day); n != 1 || err != nil {
+		t.Fatalf("SendDay: %d sent, %v", n, err)
+	}
+	wait.Within(t, 20*time.Second, "the report delivered", func() bool { return len(rcv.Messages()) > 0 })
+	msg := rcv.Messages()[0]
+	if !bytes.Contains(msg.Data, []byte(`report-type="tlsrpt"`)) || msg.From != "tlsrpt@example.com" {
+		t.Errorf("report mail from %s:\n%s", msg.From, msg.Data)
+	}
+	vs, err := msgauth.VerifyWithOptions(bytes.NewReader(msg.Data), &msgauth.VerifyOptions{LookupTXT: p.lookupTXT})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(vs) != 1 || vs[0].Err != nil || vs[0].Domain != "example.com" {
+		t.Errorf("DKIM: %+v", vs)
 	}
 }

@@ -156,3 +156,12 @@ func (s *Store) ClaimTLSReport(ctx context.Context, day time.Time, policyDomain 
 	}
 	return tag.RowsAffected() == 1, nil
 }
+
+// EnsureTenant creates tenant id unless it exists (the tenant TLS-RPT
+// report mails are recorded under).
+func (s *Store) EnsureTenant(ctx context.Context, id string) error {
+	if _, err := s.pool.Exec(ctx, insertTenant, id); err != nil {
+		return fmt.Errorf("ensure tenant %s: %w", id, err)
+	}
+	return nil
+}
