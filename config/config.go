@@ -27,6 +27,13 @@ type Config struct {
 	SMTPPort    int      // MAILFERRY_SMTP_PORT, 25
 	Smarthost   *url.URL // MAILFERRY_SMARTHOST, nil = direct MX delivery
 
+	// TLS policy (README.md, TLS policy).
+	MTASTS bool // MAILFERRY_MTA_STS, true: apply recipient domains' MTA-STS policies (RFC 8461)
+	DNSSEC bool // MAILFERRY_DNSSEC, false: trust the AD bit of MAILFERRY_DNS_SERVER and apply DANE (RFC 7672)
+	// TLSRPTFrom is MAILFERRY_TLSRPT_FROM, none: the sender of the daily
+	// TLS-RPT reports (RFC 8460); "" sends none.
+	TLSRPTFrom string
+
 	AllowPrivateDestinations bool            // MAILFERRY_ALLOW_PRIVATE_DESTINATIONS, false
 	RetrySchedule            []time.Duration // MAILFERRY_RETRY_SCHEDULE, 1m,5m,15m,30m,1h,2h,4h
 	MaxQueueAge              time.Duration   // MAILFERRY_MAX_QUEUE_AGE, 120h
@@ -65,13 +72,6 @@ type Config struct {
 	AttemptRetention  time.Duration // MAILFERRY_ATTEMPT_RETENTION, 2160h (90 days)
 
 	SoftBounceLimit int // MAILFERRY_SOFT_BOUNCE_LIMIT, 5 soft failures in a row across messages suppress an address; 0 = never
-
-	// TLS policy (README.md, TLS policy).
-	MTASTS bool // MAILFERRY_MTA_STS, true: apply recipient domains' MTA-STS policies (RFC 8461)
-	DNSSEC bool // MAILFERRY_DNSSEC, false: trust the AD bit of MAILFERRY_DNS_SERVER and apply DANE (RFC 7672)
-	// TLSRPTFrom is MAILFERRY_TLSRPT_FROM, none: the sender of the daily
-	// TLS-RPT reports (RFC 8460); "" sends none.
-	TLSRPTFrom string
 }
 
 // Var names one environment variable with its default, for help texts.
@@ -138,6 +138,9 @@ func Load(lookup func(string) (string, bool)) (Config, error) {
 		DNSServer:                p.addr("MAILFERRY_DNS_SERVER", "", true),
 		SMTPPort:                 p.intRange("MAILFERRY_SMTP_PORT", 25, 1, 65535),
 		Smarthost:                p.optionalURL("MAILFERRY_SMARTHOST", "smtp", "smtps"),
+		MTASTS:                   p.boolean("MAILFERRY_MTA_STS", true),
+		DNSSEC:                   p.boolean("MAILFERRY_DNSSEC", false),
+		TLSRPTFrom:               p.str("MAILFERRY_TLSRPT_FROM", ""),
 		AllowPrivateDestinations: p.boolean("MAILFERRY_ALLOW_PRIVATE_DESTINATIONS", false),
 		RetrySchedule:            p.durations("MAILFERRY_RETRY_SCHEDULE", "1m,5m,15m,30m,1h,2h,4h"),
 		MaxQueueAge:              p.duration("MAILFERRY_MAX_QUEUE_AGE", 120*time.Hour),
@@ -169,9 +172,6 @@ func Load(lookup func(string) (string, bool)) (Config, error) {
 		ReconcileInterval:        p.durationAtLeast("MAILFERRY_RECONCILE_INTERVAL", 5*time.Minute, time.Second),
 		// A floor of a day catches a unit typo (90m for 90 days).
 		AttemptRetention: p.durationAtLeast("MAILFERRY_ATTEMPT_RETENTION", 90*24*time.Hour, 24*time.Hour),
-		MTASTS:           p.boolean("MAILFERRY_MTA_STS", true),
-		DNSSEC:           p.boolean("MAILFERRY_DNSSEC", false),
-		TLSRPTFrom:       p.str("MAILFERRY_TLSRPT_FROM", ""),
 	}
 	if t, err := lease.New(c.VisibilityTimeout); err != nil {
 		p.errs = append(p.errs, err) // names the variable itself

@@ -308,8 +308,8 @@ func copyMessages(ctx context.Context, tx pgx.Tx, msgs []NewMessage, now time.Ti
 			m.ID, m.TenantID, nullString(m.APIKeyID), m.Ingress, cleanLine(m.MessageID, maxHeaderText), m.MailFrom,
 			cleanLine(m.From, maxHeaderText), cleanLine(m.Subject, maxHeaderText), cleanTags(m.Tags),
 			cleanMetadata(m.Metadata), len(m.Body), body, sendAt, created, m.Needs8Bit, m.NeedsUTF8, completed,
-			m.RequireTLS,
 		}
+		rows[i] = append(rows[i], m.RequireTLS) // messageColumns' last, require_tls
 		for j, r := range m.Recipients {
 			d := r.Domain
 			if d == "" {
