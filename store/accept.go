@@ -309,7 +309,6 @@ func copyMessages(ctx context.Context, tx pgx.Tx, msgs []NewMessage, now time.Ti
 			cleanLine(m.From, maxHeaderText), cleanLine(m.Subject, maxHeaderText), cleanTags(m.Tags),
 			cleanMetadata(m.Metadata), len(m.Body), body, sendAt, created, m.Needs8Bit, m.NeedsUTF8, completed,
 		}
-		rows[i] = append(rows[i], m.RequireTLS) // messageColumns' last, require_tls
 		for j, r := range m.Recipients {
 			d := r.Domain
 			if d == "" {
@@ -323,6 +322,9 @@ func copyMessages(ctx context.Context, tx pgx.Tx, msgs []NewMessage, now time.Ti
 			rrows = append(rrows, []any{m.ID, int16(j), r.Email, strings.ToLower(d), due,
 				RecipientQueued, nil, nil, nil})
 		}
+	}
+	for i := range msgs {
+		rows[i] = append(rows[i], msgs[i].RequireTLS) // messageColumns' last, require_tls
 	}
 	messageColumns := []string{
 		"id", "tenant_id", "api_key_id", "ingress", "message_id", "mail_from", "from_header",
