@@ -165,3 +165,18 @@ func (s *Store) EnsureTenant(ctx context.Context, id string) error {
 	}
 	return nil
 }
+
+// STSPoliciesDue lists the domains whose cached policy is still valid at
+// now and was last checked at least min(refresh, max_age/2) ago: due for
+// a refresh (RFC 8461 10.2), oldest check first.
+func (s *Store) STSPoliciesDue(ctx context.Context, now time.Time, refresh time.Duration, limit int) ([]string, error) {
+	rows, _ := s.pool.Query(ctx, `SELECT domain FROM mta_sts_policies
+WHERE expires_at > $1
+AND $1 - checked_at >= least($2::bigint * interval '1 microsecond', (max_age / 2) * interval '1 second')
+ORDER BY checked_at LIMIT $3`, now, refresh.Microseconds(), limit)
+	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("list MTA-STS policies due: %w", err)
+	}
+	return out, nil
+}

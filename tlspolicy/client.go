@@ -38,10 +38,12 @@ type Cache interface {
 	STSPolicy(ctx context.Context, domain string) (*store.STSPolicy, error)
 	RefreshSTSPolicy(ctx context.Context, domain string, refresh func(*store.STSPolicy) (*store.STSPolicy, error)) (*store.STSPolicy, error)
 	CountTLSResult(ctx context.Context, day time.Time, policyDomain, policyType, mxHost, result string) error
+	STSPoliciesDue(ctx context.Context, now time.Time, refresh time.Duration, limit int) ([]string, error)
 }
 
 // Options configure a Client.
 type Options struct {
+	// Inner delivers; it may be nil in a Client used only to Refresh.
 	Inner Inner
 	Cache Cache
 	// MTASTS turns MTA-STS on (MAILFERRY_MTA_STS, default true).
@@ -81,8 +83,8 @@ type Client struct {
 
 // New checks opts.
 func New(opts Options) (*Client, error) {
-	if opts.Inner == nil || opts.Cache == nil {
-		return nil, errors.New("tlspolicy: Inner and Cache are required")
+	if opts.Cache == nil {
+		return nil, errors.New("tlspolicy: Cache is required")
 	}
 	if opts.FetchTimeout <= 0 {
 		opts.FetchTimeout = 20 * time.Second

@@ -4,6 +4,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -238,5 +239,30 @@ func TestCacheRules(t *testing.T) {
 		if n := e.ps.fetches.Load(); n != st.wantFetches || att.TLSPolicy != st.wantPolicy {
 			t.Errorf("%s: %d fetches, policy %q; want %d, %q", st.name, n, att.TLSPolicy, st.wantFetches, st.wantPolicy)
 		}
+	}
+}
+
+// TestRefresh: a cached policy is fetched again once half its max_age has
+// passed, before it expires, without a delivery asking for it.
+func TestRefresh(t *testing.T) {
+	e, _ := world(t)
+	c := e.client(e.store, nil)
+	c.Deliver(ctx(t), []smtpclient.Host{host("mx1.example.test", "127.0.0.2")}, envelope("", "bob@example.test"))
+	if n := e.ps.fetches.Load(); n != 1 {
+		t.Fatalf("%d fetches, want 1", n)
+	}
+	if n, err := c.Refresh(ctx(t)); n != 0 || err != nil {
+		t.Fatalf("Refresh at once: %d, %v; want 0", n, err)
+	}
+	e.now = e.now.Add(12*time.Hour + time.Second) // max_age 86400: half is 12h
+	if n, err := c.Refresh(ctx(t)); n != 1 || err != nil {
+		t.Fatalf("Refresh after 12h: %d, %v; want 1", n, err)
+	}
+	if n := e.ps.fetches.Load(); n != 2 {
+		t.Errorf("%d fetches, want 2", n)
+	}
+	p, err := e.store.STSPolicy(ctx(t), "example.test")
+	if err != nil || p == nil || !p.ExpiresAt.Equal(e.now.Add(86400*time.Second).Truncate(time.Microsecond)) {
+		t.Errorf("policy after refresh: %+v, %v; want it to expire a day from now", p, err)
 	}
 }

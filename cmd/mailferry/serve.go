@@ -154,6 +154,11 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 			return err
 		}
 	}
+	if roles["scheduler"] && cfg.MTASTS && cfg.Smarthost == nil {
+		if err := startPolicyRefresh(ctx, cfg, st, log.With("role", "scheduler"), &wg, errc); err != nil {
+			return err
+		}
+	}
 	// One cap on message bytes in flight, shared by the API and submission.
 	bodies, err := budget.New(cfg.MaxBytesInFlight)
 	if err != nil {

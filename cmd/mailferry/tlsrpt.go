@@ -27,3 +27,17 @@ func startTLSRPT(ctx context.Context, cfg config.Config, st *store.Store, in *in
 	go func() { defer wg.Done(); errc <- r.Run(ctx, time.Hour) }()
 	return nil
 }
+
+// startPolicyRefresh refreshes cached MTA-STS policies before they expire
+// (RFC 8461 10.2), in the scheduler role; the ledger's lock makes one
+// process fetch each.
+func startPolicyRefresh(ctx context.Context, cfg config.Config, st *store.Store, log *slog.Logger, wg *sync.WaitGroup, errc chan<- error) error {
+	c, err := tlspolicy.New(tlspolicy.Options{Cache: st, MTASTS: true, DNSServer: cfg.DNSServer,
+		AllowPrivate: cfg.AllowPrivateDestinations, Logger: log})
+	if err != nil {
+		return err
+	}
+	wg.Add(1)
+	go func() { defer wg.Done(); errc <- c.RunRefresh(ctx, 10*time.Minute) }()
+	return nil
+}
