@@ -300,6 +300,9 @@ func (c *Client) stsPolicy(ctx context.Context, domain string) (*store.STSPolicy
 			// RFC 8461 5.1: without a new policy the cached one (if still
 			// valid) applies; without either, no MTA-STS.
 			c.opts.Logger.WarnContext(ctx, "MTA-STS policy fetch failed", "domain", domain, "error", err)
+			if cerr := c.opts.Cache.CountTLSResult(ctx, now, domain, "sts", "", fetchResultType(err)); cerr != nil {
+				c.opts.Logger.WarnContext(ctx, "TLS-RPT count not recorded", "error", cerr)
+			}
 			return nil, nil
 		}
 		return &store.STSPolicy{Domain: domain, ID: rec.ID, Mode: pol.Mode, MX: pol.MX, MaxAge: pol.MaxAge,

@@ -121,7 +121,31 @@ func (f *fetcher) fetch(ctx context.Context, domain string) (Policy, error) {
 	}
 	p, err := ParsePolicy(string(body))
 	if err != nil {
-		return Policy{}, fmt.Errorf("fetch %s: %w", url, err)
+		return Policy{}, &policyError{typ: "sts-policy-invalid", err: fmt.Errorf("fetch %s: %w", url, err)}
 	}
 	return p, nil
+}
+
+// policyError is a failed fetch with its TLS-RPT result type (RFC 8460
+// 4.3.2).
+type policyError struct {
+	typ string
+	err error
+}
+
+func (e *policyError) Error() string { return e.err.Error() }
+func (e *policyError) Unwrap() error { return e.err }
+
+// fetchResultType names a fetch failure for TLS-RPT: the policy did not
+// parse, the HTTPS certificate did not verify, or anything else.
+func fetchResultType(err error) string {
+	var pe *policyError
+	var cv *tls.CertificateVerificationError
+	switch {
+	case errors.As(err, &pe):
+		return pe.typ
+	case errors.As(err, &cv):
+		return "sts-webpki-invalid"
+	}
+	return "sts-policy-fetch-error"
 }

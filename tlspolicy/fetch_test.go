@@ -51,3 +51,29 @@ func TestFetch(t *testing.T) {
 		})
 	}
 }
+
+// TestFetchFailuresCounted: a policy that cannot be had is a TLS-RPT
+// failure of its own kind (RFC 8460 4.3.2), and delivery goes on as
+// without MTA-STS (RFC 8461 5.1).
+func TestFetchFailuresCounted(t *testing.T) {
+	e, _ := world(t)
+	c := e.client(e.store, nil)
+	e.dns.A("mta-sts.unsigned.test", "127.0.0.10") // the certificate does not name it
+	e.dns.TXT("_mta-sts.unsigned.test", "v=STSv1; id=1;")
+	e.dns.A("mta-sts.broken.test", "127.0.0.10")
+	e.dns.TXT("_mta-sts.broken.test", "v=STSv1; id=1;")
+	e.ps.set("broken.test", "version: STSv1\nmode: enforce\n") // no mx, no max_age
+	for domain, want := range map[string]string{"unsigned.test": "sts-webpki-invalid", "broken.test": "sts-policy-invalid"} {
+		att := c.Deliver(ctx(t), hostsOf("mx1."+domain, "127.0.0.3"), envelope("", "bob@"+domain))
+		if att.Results[0].Err != nil || att.TLSPolicy != PolicyNone {
+			t.Errorf("%s: %v, policy %q; want delivered without a policy", domain, att.Results[0].Err, att.TLSPolicy)
+		}
+		counts, err := e.store.TLSResultCounts(t.Context(), domain, e.now.AddDate(0, 0, -1), e.now.AddDate(0, 0, 1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(counts) != 1 || counts[0].Result != want {
+			t.Errorf("%s: counts %+v, want one %s", domain, counts, want)
+		}
+	}
+}

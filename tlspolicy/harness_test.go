@@ -107,7 +107,7 @@ func newEnv(t *testing.T) *env {
 	if _, err := e.store.Migrate(t.Context()); err != nil {
 		t.Fatalf("migrate: %v", err)
 	}
-	e.ps = startPolicyServer(t, "mta-sts.example.test", "mta-sts.other.test")
+	e.ps = startPolicyServer(t, "mta-sts.example.test", "mta-sts.other.test", "mta-sts.broken.test")
 	e.dns.A("mta-sts.example.test", "127.0.0.10")
 	e.dns.A("mta-sts.other.test", "127.0.0.10")
 	return e
