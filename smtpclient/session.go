@@ -205,7 +205,7 @@ func (s *session) run(env *prepared, tryTLS bool) outcome {
 	if !s.c.opts.ImplicitTLS {
 		switch {
 		case s.ext.startTLS && tryTLS:
-			if out, ok := s.startTLS(); !ok {
+			if out, ok := s.startTLS(env.tls); !ok {
 				s.quit()
 				return out
 			}
@@ -260,8 +260,8 @@ func (s *session) hello() error {
 }
 
 // startTLS upgrades the session (RFC 3207). ok is false when the session
-// must end with out.
-func (s *session) startTLS() (out outcome, ok bool) {
+// must end with out. req is the envelope's policy demand, if any.
+func (s *session) startTLS(req *TLSRequirement) (out outcome, ok bool) {
 	// Whatever the server sent after its EHLO reply came unasked: drop it,
 	// so that a reply slipped in early is never taken for the answer to
 	// STARTTLS (the STARTTLS command-injection flaw, RFC 3207 4.2).
@@ -271,6 +271,9 @@ func (s *session) startTLS() (out outcome, ok bool) {
 		return outcome{err: fmt.Errorf("STARTTLS: %w", err)}, false
 	}
 	if rep.Code != codeReady {
+		if req != nil && rep.Code != codeClosing {
+			return outcome{err: &TLSError{Type: TLSStartTLSNotSupported, Err: fmt.Errorf("STARTTLS refused: %w", rep.err())}}, false
+		}
 		if s.c.opts.RequireTLS || rep.Code == codeClosing {
 			return outcome{err: fmt.Errorf("%w: STARTTLS refused: %w", errTLSRequired, rep.err())}, false
 		}
@@ -284,6 +287,11 @@ func (s *session) startTLS() (out outcome, ok bool) {
 		err = fmt.Errorf("TLS handshake: %w", err)
 		if s.c.opts.RequireTLS {
 			err = fmt.Errorf("%w: %w", errTLSRequired, err)
+		}
+		if req != nil {
+			// A policy's host whose handshake fails: a TLS-RPT
+			// validation failure, never a plaintext retry.
+			err = &TLSError{Type: TLSValidationFailure, Err: err}
 		}
 		return outcome{err: err, tlsFailed: true}, false
 	}

@@ -266,3 +266,20 @@ func TestRefresh(t *testing.T) {
 		t.Errorf("policy after refresh: %+v, %v; want it to expire a day from now", p, err)
 	}
 }
+
+// TestBrokenHandshakeUnderPolicy: a failed handshake to an enforce-mode MX
+// is a validation failure, never retried in plaintext.
+func TestBrokenHandshakeUnderPolicy(t *testing.T) {
+	e := newEnv(t)
+	srv := e.mx(map[string]testmx.SMTPOptions{"127.0.0.6": {BrokenTLS: true}}, "127.0.0.6")["127.0.0.6"]
+	e.dns.TXT("_mta-sts.example.test", "v=STSv1; id=1;")
+	e.ps.set("example.test", enforcePolicy)
+	c := e.client(e.store, nil)
+	att := c.Deliver(ctx(t), []smtpclient.Host{host("mx1.example.test", "127.0.0.6")}, envelope("", "bob@example.test"))
+	if r := att.Results[0]; r.Err == nil || r.Permanent || r.Enhanced != "4.7.5" || att.TLSFailure != smtpclient.TLSValidationFailure {
+		t.Errorf("result %+v, failure %q; want deferred 4.7.5 validation-failure", r, att.TLSFailure)
+	}
+	if n := len(srv.Messages()); n != 0 {
+		t.Errorf("%d messages delivered, want none (no plaintext retry)", n)
+	}
+}

@@ -241,3 +241,19 @@ func TestTLSRPTReport(t *testing.T) {
 func hostsOf(name, ip string) []smtpclient.Host { return []smtpclient.Host{host(name, ip)} }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+func FuzzParseTLSRPT(f *testing.F) {
+	f.Add("v=TLSRPTv1; rua=mailto:reports@example.com")
+	f.Add("v=TLSRPTv1;rua=mailto:a@example.com,https://r.example.com/v1;ext=1")
+	f.Fuzz(func(t *testing.T, in string) {
+		us, err := ParseTLSRPT(in)
+		if err != nil {
+			return
+		}
+		for _, u := range us {
+			if u.Scheme != "mailto" && u.Scheme != "https" {
+				t.Fatalf("ParseTLSRPT(%q) returned %s", in, u)
+			}
+		}
+	})
+}
