@@ -461,5 +461,6 @@ func sameAddress(a, b string) bool {
 	// EqualFold, or ToLower as store.NormalizeEmail does it: the two differ
 	// for a few letters (U+0130 lowers to two runes that fold to neither).
 	da, db := a[i+1:], b[j+1:]
+	//lint:ignore SA6005 deliberate: ToLower's comparison is the one store.NormalizeEmail makes
 	return strings.EqualFold(da, db) || strings.ToLower(da) == strings.ToLower(db)
 }
