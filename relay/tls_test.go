@@ -3,6 +3,7 @@ package relay
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"crypto/tls"
 	"net"
 	"net/http"
@@ -141,6 +142,32 @@ func TestTLSPolicyRecorded(t *testing.T) {
 	}
 	if n := len(bad.Messages()); n != 0 {
 		t.Errorf("the self-signed MX under enforce received %d messages", n)
+	}
+	// The events feed (webhooks) carries the same.
+	var evs []store.StoredEvent
+	wait.Within(t, 10*time.Second, "the events feed", func() bool {
+		var err error
+		evs, _, err = p.st.ListEvents(context.Background(), p.key.TenantID, store.EventQuery{Types: []string{"message.delivered", "message.bounced"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(evs) >= 2
+	})
+	for _, ev := range evs {
+		var data struct {
+			Recipient   string  `json:"recipient"`
+			TLSPolicy   *string `json:"tls_policy"`
+			TLSVerified *bool   `json:"tls_verified"`
+			TLSFailure  *string `json:"tls_failure"`
+		}
+		if err := json.Unmarshal(ev.Data, &data); err != nil {
+			t.Fatal(err)
+		}
+		want := map[string]string{"bob@sts.test": "mta-sts", "bob@plain-rtls.test": "requiretls"}[data.Recipient]
+		// Verified only where a host ran the transaction; nil where none did.
+		if deref(data.TLSPolicy) != want || (data.TLSVerified != nil) != (ev.Type == "message.delivered") || deref(data.TLSVerified) != (ev.Type == "message.delivered") {
+			t.Errorf("%s event %s: tls_policy %q verified %v, want %q", ev.Type, data.Recipient, deref(data.TLSPolicy), data.TLSVerified, want)
+		}
 	}
 }
 

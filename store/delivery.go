@@ -396,6 +396,10 @@ func outcomeEvents(id uuid.UUID, outs []Outcome) []NewEvent {
 		}
 		d := EventDetail{Attempt: a.Attempt, SMTPCode: a.SMTPCode, EnhancedCode: a.EnhancedCode, Response: a.Response,
 			MXHost: a.MXHost, TLSVersion: a.TLSVersion, BounceType: a.BounceType, BounceClass: a.BounceClass}
+		d.TLSPolicy, d.TLSFailure = a.TLSPolicy, a.TLSFailure
+		if a.MXHost != "" {
+			d.TLSVerified = &a.TLSVerified
+		}
 		evs = append(evs, NewEvent{ID: EventID(id, a.Recipient, typ, a.Attempt), Type: typ, MessageID: id,
 			RcptIdx: a.Recipient, Detail: d, When: WhenAttempt})
 		if a.Outcome == RecipientBounced {
