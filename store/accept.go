@@ -32,6 +32,7 @@ type NewMessage struct {
 	Body       []byte // whole RFC 5322 message
 	Needs8Bit  bool   // body has 8-bit octets: send with BODY=8BITMIME (RFC 6152)
 	NeedsUTF8  bool   // needs SMTPUTF8 (RFC 6531)
+	RequireTLS bool   // REQUIRETLS (RFC 8689)
 	CreatedAt  time.Time
 	SendAt     time.Time // zero: now
 	Recipients []NewRecipient
@@ -366,10 +367,13 @@ func copyMessages(ctx context.Context, tx pgx.Tx, msgs []NewMessage, now time.Ti
 				RecipientQueued, nil, nil, nil, seq, m.TenantID, created, NormalizeEmail(r.Email)})
 		}
 	}
+	for i := range msgs {
+		rows[i] = append(rows[i], msgs[i].RequireTLS) // messageColumns' last, require_tls
+	}
 	messageColumns := []string{
 		"id", "tenant_id", "api_key_id", "ingress", "message_id", "mail_from", "from_header",
 		"subject", "tags", "metadata", "size", "body", "send_at", "created_at", "needs_8bit", "needs_smtputf8",
-		"completed_at", "status",
+		"completed_at", "status", "require_tls",
 	}
 	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"messages"}, messageColumns, pgx.CopyFromRows(rows)); err != nil {
 		return 0, fmt.Errorf("copy messages: %w", err)
