@@ -166,10 +166,22 @@ WHERE m.id = $1 AND r.message_id = $1 AND r.idx = ANY($2) AND b.tenant_id = m.te
 AND b.email = ` + suppressionAddr + ` AND $3::int > 0 AND b.failures >= $3`
 	// completeMessage drops the body once no recipient is left to deliver:
 	// the ledger keeps the metadata, not the mail.
-	completeMessage = `UPDATE messages SET body = NULL, completed_at = now()
+	// It also stores the final status (the message log filters on it): the
+	// same row version, so no write is added.
+	completeMessage = `UPDATE messages SET body = NULL, completed_at = now(), status = ` + finalStatus + `
 WHERE id = $1 AND completed_at IS NULL
 AND NOT EXISTS (SELECT 1 FROM recipients WHERE message_id = $1 AND status NOT IN ('delivered', 'bounced', 'suppressed'))
 RETURNING true`
+	// finalStatus is messageStatus in SQL for a message with no recipient
+	// left to send: delivered, partially_delivered or bounced.
+	finalStatus = `(SELECT CASE WHEN bool_and(status = 'delivered') THEN 'delivered'
+	WHEN bool_or(status = 'delivered') THEN 'partially_delivered' ELSE 'bounced' END
+FROM recipients WHERE message_id = $1)`
+	// restatusMessage follows a report that bounced a recipient of a
+	// message already complete (a DSN after a 250): its status changes,
+	// its row only when it does.
+	restatusMessage = `UPDATE messages SET status = ` + finalStatus + `
+WHERE id = $1 AND completed_at IS NOT NULL AND status IS DISTINCT FROM ` + finalStatus
 )
 
 // LoadDelivery reads a message and its recipients still pending in domain.
