@@ -80,7 +80,8 @@ return out
 // releaseScript ends a lease, applies the transaction's verdict to the
 // shared limit and, when ARGV[6] names a new id and the limit allows, grants
 // it at once: a worker with jobs waiting keeps the connection slot without
-// a second round trip. Returns the limit and the new id if granted.
+// a second round trip. Returns the limit, the leases still free after it,
+// and the new id if granted.
 // KEYS: leases, state. ARGV: id, verdict, start, max, now ms, new id, expiry ms, error, idle ms, ttl ms.
 const releaseScript = `
 redis.call('ZREM', KEYS[1], ARGV[1])
@@ -95,15 +96,14 @@ end
 if limit > max then limit = max end
 redis.call('HSET', KEYS[2], 'limit', limit, 'max', max)
 redis.call('PEXPIRE', KEYS[2], ARGV[9])
-if ARGV[6] ~= '' then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[5])
-  if redis.call('ZCARD', KEYS[1]) < limit then
-    redis.call('ZADD', KEYS[1], ARGV[7], ARGV[6])
-    redis.call('PEXPIRE', KEYS[1], ARGV[10])
-    return {limit, ARGV[6]}
-  end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[5])
+local free = limit - redis.call('ZCARD', KEYS[1])
+if ARGV[6] ~= '' and free > 0 then
+  redis.call('ZADD', KEYS[1], ARGV[7], ARGV[6])
+  redis.call('PEXPIRE', KEYS[1], ARGV[10])
+  return {limit, free - 1, ARGV[6]}
 end
-return {limit}
+return {limit, math.max(free, 0)}
 `
 
 // renewScript pushes back the expiry of leases still held and returns the
@@ -202,25 +202,31 @@ func (l *Leases) Acquire(ctx context.Context, dest string, want int, lim DestLim
 
 // Release ends lease id with the verdict on its transaction (errText says
 // what went wrong when Unhealthy). With handoff it grants a new lease in
-// the same step if the limit allows, and returns its id ("" if not).
-func (l *Leases) Release(ctx context.Context, dest, id string, v Verdict, errText string, lim DestLimit, handoff bool, now time.Time) (string, int, error) {
+// the same step if the limit allows, and returns its id ("" if not). free
+// is how many more the limit allows now: a grown limit leaves room for
+// waiting jobs beyond the handed-off one.
+func (l *Leases) Release(ctx context.Context, dest, id string, v Verdict, errText string, lim DestLimit, handoff bool, now time.Time) (next string, limit, free int, err error) {
 	if err := checkDest(dest); err != nil {
-		return "", 0, err
+		return "", 0, 0, err
 	}
-	next := ""
+	want := ""
 	if handoff {
-		next = l.idPrefix() + "1"
+		want = l.idPrefix() + "1"
 	}
-	res, err := l.release.Run(ctx, l.q.rdb, l.keys(dest), id, int(v), lim.Start, lim.Max, now.UnixMilli(), next,
+	res, err := l.release.Run(ctx, l.q.rdb, l.keys(dest), id, int(v), lim.Start, lim.Max, now.UnixMilli(), want,
 		now.Add(l.ttl).UnixMilli(), errText, destIdle.Milliseconds(), (2 * l.ttl).Milliseconds()).Slice()
 	if err != nil {
-		return "", 0, fmt.Errorf("release lease on %s: %w", dest, err)
+		return "", 0, 0, fmt.Errorf("release lease on %s: %w", dest, err)
 	}
-	limit, ids := parseLeaseReply(res)
-	if len(ids) > 0 {
-		return ids[0], limit, nil
+	limit, rest := parseLeaseReply(res)
+	if len(res) > 1 {
+		n, _ := res[1].(int64)
+		free = int(n)
 	}
-	return "", limit, nil
+	if len(rest) > 0 {
+		next = rest[0]
+	}
+	return next, limit, free, nil
 }
 
 // Renew extends the leases ids on dest and returns those no longer held.

@@ -56,7 +56,7 @@ func TestDestLeases(t *testing.T) {
 			t.Fatalf("step %d: got %d leases over two workers, want %d", i, len(got), step.want)
 		}
 		for _, h := range got {
-			if _, _, err := h.l.Release(ctx, dest, h.id, step.then, "421 try later", lim, false, t0); err != nil {
+			if _, _, _, err := h.l.Release(ctx, dest, h.id, step.then, "421 try later", lim, false, t0); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -119,7 +119,7 @@ func TestDestLeaseExpiry(t *testing.T) {
 	if lost, _ := dead.Renew(ctx, dest, d1, 0, t0.Add(ttl)); len(lost) != 1 {
 		t.Errorf("dead worker's renew lost %v, want its lease reported", lost)
 	}
-	next, _, err := live.Release(ctx, dest, ids[0], Healthy, "", lim, true, t0.Add(ttl))
+	next, _, _, err := live.Release(ctx, dest, ids[0], Healthy, "", lim, true, t0.Add(ttl))
 	if err != nil || next == "" {
 		t.Fatalf("release with handoff: %q, %v", next, err)
 	}

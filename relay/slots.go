@@ -16,7 +16,7 @@ import (
 // *queue.Leases is the one in use (queue/dest.go).
 type DestLeases interface {
 	Acquire(ctx context.Context, dest string, want int, lim queue.DestLimit, now time.Time) ([]string, int, error)
-	Release(ctx context.Context, dest, id string, v queue.Verdict, errText string, lim queue.DestLimit, handoff bool, now time.Time) (string, int, error)
+	Release(ctx context.Context, dest, id string, v queue.Verdict, errText string, lim queue.DestLimit, handoff bool, now time.Time) (next string, limit, free int, err error)
 	Renew(ctx context.Context, dest string, ids []string, queued int, now time.Time) ([]string, error)
 	TTL() time.Duration
 }
@@ -231,7 +231,7 @@ func (g *destGate) release(s *slot) {
 	// until its TTL.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	next, limit, err := g.leases.Release(ctx, s.dest, s.id, v, why, s.lim, handoff, g.now())
+	next, limit, free, err := g.leases.Release(ctx, s.dest, s.id, v, why, s.lim, handoff, g.now())
 	if err != nil {
 		g.log.LogAttrs(ctx, slog.LevelWarn, "release destination lease; it lapses on its own", slog.String("destination", s.dest), slog.Any("error", err))
 	}
@@ -243,7 +243,9 @@ func (g *destGate) release(s *slot) {
 	if next != "" {
 		spare = g.hand(s.dest, d, []string{next})
 	}
-	if len(d.waiters) > 0 {
+	// The pump asks again only if the limit has room the handoff did not
+	// use (it grew), or Redis failed: otherwise it would be refused.
+	if len(d.waiters) > 0 && (free > 0 || err != nil) {
 		poke(d.wake)
 	}
 	g.mu.Unlock()
