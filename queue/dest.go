@@ -54,11 +54,39 @@ type DestLimit struct {
 	Start, Max int
 }
 
+// shareLua is the fair share left to one worker: the limit split evenly
+// among the workers with jobs waiting (their q: fields, unexpired) and the
+// asking one, less the leases it holds (ids start with "<consumer>/").
+// Without it a worker that hands each released lease to its own next job
+// would keep the destination for as long as its backlog lasts, and the
+// jobs another worker holds for it would wait all that time.
+const shareLua = `
+local function share(leases, state, consumer, limit, now)
+  local active, listed = 0, false
+  local f = redis.call('HGETALL', state)
+  for i = 1, #f, 2 do
+    if string.sub(f[i], 1, 2) == 'q:' then
+      local n, exp = string.match(f[i + 1], '^(%d+) (%d+)$')
+      if n and tonumber(n) > 0 and tonumber(exp) > now then
+        active = active + 1
+        if string.sub(f[i], 3) == consumer then listed = true end
+      end
+    end
+  end
+  if not listed then active = active + 1 end
+  local own, pre = 0, consumer .. '/'
+  for _, m in ipairs(redis.call('ZRANGE', leases, 0, -1)) do
+    if string.sub(m, 1, #pre) == pre then own = own + 1 end
+  end
+  return math.ceil(limit / active) - own
+end
+`
+
 // acquireScript drops expired leases, then grants up to ARGV[3] new ones
-// while the destination is under its limit. It returns the limit, then the
-// granted ids.
-// KEYS: leases, state. ARGV: now ms, expiry ms, want, start, max, id prefix, idle ms, 2×ttl ms.
-const acquireScript = `
+// while the destination is under its limit and the worker under its fair
+// share. It returns the limit, then the granted ids.
+// KEYS: leases, state. ARGV: now ms, expiry ms, want, start, max, id prefix, idle ms, 2×ttl ms, consumer.
+const acquireScript = shareLua + `
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 local max = tonumber(ARGV[5])
 local limit = tonumber(redis.call('HGET', KEYS[2], 'limit') or ARGV[4])
@@ -67,7 +95,8 @@ if limit < 1 then limit = 1 end
 redis.call('HSET', KEYS[2], 'limit', limit, 'max', max)
 redis.call('PEXPIRE', KEYS[2], ARGV[7])
 local out = {limit}
-local n = math.min(limit - redis.call('ZCARD', KEYS[1]), tonumber(ARGV[3]))
+local n = math.min(limit - redis.call('ZCARD', KEYS[1]), tonumber(ARGV[3]),
+  share(KEYS[1], KEYS[2], ARGV[9], limit, tonumber(ARGV[1])))
 for i = 1, n do
   local id = ARGV[6] .. i
   redis.call('ZADD', KEYS[1], ARGV[2], id)
@@ -78,12 +107,13 @@ return out
 `
 
 // releaseScript ends a lease, applies the transaction's verdict to the
-// shared limit and, when ARGV[6] names a new id and the limit allows, grants
-// it at once: a worker with jobs waiting keeps the connection slot without
-// a second round trip. Returns the limit, the leases still free after it,
-// and the new id if granted.
-// KEYS: leases, state. ARGV: id, verdict, start, max, now ms, new id, expiry ms, error, idle ms, ttl ms.
-const releaseScript = `
+// shared limit and, when ARGV[6] names a new id and the limit and the
+// worker's fair share allow, grants it at once: a worker with jobs waiting
+// keeps the connection slot without a second round trip. Returns the
+// limit, the leases still free to this worker after it, and the new id if
+// granted.
+// KEYS: leases, state. ARGV: id, verdict, start, max, now ms, new id, expiry ms, error, idle ms, 2×ttl ms, consumer.
+const releaseScript = shareLua + `
 redis.call('ZREM', KEYS[1], ARGV[1])
 local max = tonumber(ARGV[4])
 local limit = tonumber(redis.call('HGET', KEYS[2], 'limit') or ARGV[3])
@@ -97,7 +127,7 @@ if limit > max then limit = max end
 redis.call('HSET', KEYS[2], 'limit', limit, 'max', max)
 redis.call('PEXPIRE', KEYS[2], ARGV[9])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[5])
-local free = limit - redis.call('ZCARD', KEYS[1])
+local free = math.min(limit - redis.call('ZCARD', KEYS[1]), share(KEYS[1], KEYS[2], ARGV[11], limit, tonumber(ARGV[5])))
 if ARGV[6] ~= '' and free > 0 then
   redis.call('ZADD', KEYS[1], ARGV[7], ARGV[6])
   redis.call('PEXPIRE', KEYS[1], ARGV[10])
@@ -188,7 +218,7 @@ func (l *Leases) Acquire(ctx context.Context, dest string, want int, lim DestLim
 		return nil, 0, nil
 	}
 	res, err := l.acquire.Run(ctx, l.q.rdb, l.keys(dest), now.UnixMilli(), now.Add(l.ttl).UnixMilli(), want,
-		lim.Start, lim.Max, l.idPrefix(), destIdle.Milliseconds(), (2 * l.ttl).Milliseconds()).Slice()
+		lim.Start, lim.Max, l.idPrefix(), destIdle.Milliseconds(), (2 * l.ttl).Milliseconds(), l.q.opts.Consumer).Slice()
 	if err != nil {
 		return nil, 0, fmt.Errorf("acquire lease on %s: %w", dest, err)
 	}
@@ -214,7 +244,7 @@ func (l *Leases) Release(ctx context.Context, dest, id string, v Verdict, errTex
 		want = l.idPrefix() + "1"
 	}
 	res, err := l.release.Run(ctx, l.q.rdb, l.keys(dest), id, int(v), lim.Start, lim.Max, now.UnixMilli(), want,
-		now.Add(l.ttl).UnixMilli(), errText, destIdle.Milliseconds(), (2 * l.ttl).Milliseconds()).Slice()
+		now.Add(l.ttl).UnixMilli(), errText, destIdle.Milliseconds(), (2 * l.ttl).Milliseconds(), l.q.opts.Consumer).Slice()
 	if err != nil {
 		return "", 0, 0, fmt.Errorf("release lease on %s: %w", dest, err)
 	}

@@ -127,3 +127,50 @@ func TestDestLeaseExpiry(t *testing.T) {
 		t.Errorf("handoff left a slot free: granted %v", more)
 	}
 }
+
+// TestDestLeaseFairShare: a worker that hands each released lease to its
+// own next job keeps no more than its share once another worker has jobs
+// waiting: its releases stop handing off above the share, and the other
+// worker's acquires take the freed slots up to its own.
+func TestDestLeaseFairShare(t *testing.T) {
+	ctx := context.Background()
+	rdb, prefix := shared(t)
+	t0 := time.Now()
+	lim := DestLimit{Start: 4, Max: 4}
+	const dest = "mx:mx.example.net"
+	a, err := newQueue(t, rdb, Options{Prefix: prefix, Consumer: "a"}).Leases(time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := newQueue(t, rdb, Options{Prefix: prefix, Consumer: "b"}).Leases(time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, _, _ := a.Acquire(ctx, dest, 10, lim, t0)
+	if len(held) != 4 {
+		t.Fatalf("a alone got %d leases, want all 4", len(held))
+	}
+	// Both publish waiting jobs (as their hold loops do every heartbeat).
+	if _, err := a.Renew(ctx, dest, held, 100, t0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Renew(ctx, dest, nil, 100, t0); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for i, id := range held {
+		next, _, _, err := a.Release(ctx, dest, id, Healthy, "", lim, true, t0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids, _, _ := b.Acquire(ctx, dest, 10, lim, t0)
+		got = append(got, ids...)
+		// a holds 4-(i+1) others plus next; its share is 2.
+		if want := i >= 2; (next != "") != want {
+			t.Errorf("release %d by a with %d still held: handed off %q, want a handoff %v", i, 3-i, next, want)
+		}
+	}
+	if len(got) != 2 {
+		t.Errorf("b got %d leases, want its share 2", len(got))
+	}
+}

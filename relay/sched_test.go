@@ -88,7 +88,9 @@ func TestDestinationLimitFleetWide(t *testing.T) {
 		})
 	}
 	wait.For(t, "the first delivery", func() bool { return len(s.Messages()) > 0 })
-	if waited := time.Since(killed); waited < ttl/2 || waited > ttl+2*time.Second {
+	waited := time.Since(killed)
+	t.Logf("first delivery %v after the holder of the destination's leases died (TTL %v)", waited.Round(time.Millisecond), ttl)
+	if waited < ttl/2 || waited > ttl+2*time.Second {
 		// Before the TTL the limit (2, both dead) admits nothing.
 		t.Errorf("first delivery %v after the holder died, want after its leases' TTL %v and soon after", waited, ttl)
 	}
@@ -96,6 +98,7 @@ func TestDestinationLimitFleetWide(t *testing.T) {
 	if got := len(s.Messages()); got != n {
 		t.Errorf("receiver got %d messages, want %d", got, n)
 	}
+	t.Logf("%d messages, peak %d transactions at once (limit %d), queue counts %+v and %+v", n, s.PeakTransactions(), limit, qs[0].Counts(), qs[1].Counts())
 	if peak := s.PeakTransactions(); peak > limit || peak < limit-1 {
 		t.Errorf("peak %d transactions at once, want the limit %d (two workers, each allowed %d)", peak, limit, limit)
 	}
