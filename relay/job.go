@@ -72,12 +72,8 @@ func (w *Worker) process(stop, ctx context.Context, c queue.Claimed) {
 		if !ok {
 			return
 		}
-		defer func() {
-			if hop.att != nil {
-				slot.judge(*hop.att)
-			}
-			w.gate.release(slot)
-		}()
+		hop.slot = slot
+		defer w.endSlot(hop)
 	}
 	select {
 	case w.runners <- struct{}{}:
@@ -117,6 +113,19 @@ func (w *Worker) await(stop context.Context, log *slog.Logger, c queue.Claimed, 
 	return nil, false
 }
 
+// endSlot gives back the job's transaction slot, if it still holds one,
+// with the verdict on its transaction.
+func (w *Worker) endSlot(hop *nextHop) {
+	if hop.slot == nil {
+		return
+	}
+	if hop.att != nil {
+		hop.slot.judge(*hop.att)
+	}
+	w.gate.release(hop.slot)
+	hop.slot = nil
+}
+
 // giveBack returns a job the stopping worker has not started to the ready
 // queue, so another worker takes it now rather than after the visibility
 // timeout.
@@ -146,6 +155,9 @@ func (w *Worker) run(ctx context.Context, log *slog.Logger, c queue.Claimed, id 
 	defer stopBeat()
 	outs, att, lost := w.attempt(dctx, log, lj, hop, watch)
 	hop.att = &att
+	// The destination's slot counts SMTP transactions: the next job may
+	// use it while this one's outcome is written.
+	w.endSlot(hop)
 	if lost {
 		// Another claim owns these recipients now; an outcome written
 		// here (our own cancellation) would stand in for its attempt.
