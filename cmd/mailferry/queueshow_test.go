@@ -39,7 +39,9 @@ func TestQueueShow(t *testing.T) {
 	if _, err := l.Renew(ctx, "mx:mx.busy.example", ids[1:], 7, now); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := l.Acquire(ctx, "smarthost", 1, queue.DestLimit{Start: 2, Max: 50}, now); err != nil {
+	// Not "smarthost": the other tests of the package share this Redis,
+	// and a lease held here would count against their smarthost.
+	if _, _, err := l.Acquire(ctx, "mx:mx.quiet.example", 1, queue.DestLimit{Start: 2, Max: 50}, now); err != nil {
 		t.Fatal(err)
 	}
 	out, stderr, err := c.run("queue", "show")
@@ -52,17 +54,17 @@ func TestQueueShow(t *testing.T) {
 		switch f := strings.Fields(l); {
 		case len(f) > 0 && f[0] == "mx:mx.busy.example":
 			busy = strings.Join(f, " ")
-		case len(f) > 0 && f[0] == "smarthost":
+		case len(f) > 0 && f[0] == "mx:mx.quiet.example":
 			smart = strings.Join(f, " ")
 		}
 	}
 	if !strings.HasPrefix(busy, "mx:mx.busy.example 7 1 1/32 ") || !strings.Contains(busy, "421 4.3.2 shutting down") {
 		t.Errorf("busy destination line %q in:\n%s", busy, out)
 	}
-	if smart != "smarthost 0 1 2/50 -" {
-		t.Errorf("smarthost line %q in:\n%s", smart, out)
+	if smart != "mx:mx.quiet.example 0 1 2/50 -" {
+		t.Errorf("quiet destination line %q in:\n%s", smart, out)
 	}
-	if !strings.Contains(lines[0], "ready 0") {
+	if !strings.HasPrefix(lines[0], "ready ") || !strings.Contains(lines[0], " claimed ") {
 		t.Errorf("first line %q: want the depth", lines[0])
 	}
 }
