@@ -83,6 +83,12 @@ type Options struct {
 	RateBurst int
 	Limiter   ratelimit.Limiter
 	Now       func() time.Time
+	// Webhooks serves /v1/webhooks and /v1/events; nil leaves those
+	// routes out.
+	Webhooks Webhooks
+	// AllowPrivateDestinations lets webhook URLs be http and name private
+	// addresses (MAILFERRY_ALLOW_PRIVATE_DESTINATIONS, tests only).
+	AllowPrivateDestinations bool
 	// Budget caps the message bytes in flight, shared with SMTP
 	// submission (MAILFERRY_MAX_BYTES_IN_FLIGHT); past it a POST gets 503
 	// with Retry-After. Nil: no cap.
@@ -148,6 +154,17 @@ func New(opts Options) (http.Handler, error) {
 			r.Get("/suppressions/{email}", s.getSuppression)
 			r.Put("/suppressions/{email}", s.putSuppression)
 			r.Delete("/suppressions/{email}", s.deleteSuppression)
+		}
+		if opts.Webhooks != nil {
+			r.Post("/webhooks", s.createWebhook)
+			r.Get("/webhooks", s.listWebhooks)
+			r.Get("/webhooks/{id}", s.getWebhook)
+			r.Patch("/webhooks/{id}", s.patchWebhook)
+			r.Delete("/webhooks/{id}", s.deleteWebhook)
+			r.Post("/webhooks/{id}/rotate-secret", s.rotateWebhookSecret)
+			r.Get("/webhooks/{id}/deliveries", s.listWebhookDeliveries)
+			r.Post("/webhooks/{id}/replay", s.replayWebhook)
+			r.Get("/events", s.listEvents)
 		}
 	})
 	return r, nil

@@ -106,6 +106,7 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 		RateBurst:       opts.rateBurst,
 		Now:             opts.now,
 		Budget:          opts.budget,
+		Webhooks:        st,
 	})
 	if err != nil {
 		t.Fatalf("api.New: %v", err)

@@ -65,6 +65,9 @@ type Config struct {
 	AttemptRetention  time.Duration // MAILFERRY_ATTEMPT_RETENTION, 2160h (90 days)
 
 	SoftBounceLimit int // MAILFERRY_SOFT_BOUNCE_LIMIT, 5 soft failures in a row across messages suppress an address; 0 = never
+
+	WebhookRetrySchedule []time.Duration // MAILFERRY_WEBHOOK_RETRY_SCHEDULE, 5s,5m,30m,2h,5h,10h,10h
+	EventRetention       time.Duration   // MAILFERRY_EVENT_RETENTION, 720h (30 days)
 }
 
 // Var names one environment variable with its default, for help texts.
@@ -110,6 +113,8 @@ func Vars() []Var {
 		{"MAILFERRY_RECONCILE_INTERVAL", "5m", "how often the queue is checked against PostgreSQL for lost jobs"},
 		{"MAILFERRY_ATTEMPT_RETENTION", "2160h", "attempt history older than this is dropped, a month at a time (90 days)"},
 		{"MAILFERRY_SOFT_BOUNCE_LIMIT", "5", "consecutive soft failures across messages before the address is suppressed (0: never)"},
+		{"MAILFERRY_WEBHOOK_RETRY_SCHEDULE", "5s,5m,30m,2h,5h,10h,10h", "delays between webhook attempts; the last repeats until the delivery is 3 days old, then it is given up"},
+		{"MAILFERRY_EVENT_RETENTION", "720h", "events (the /v1/events feed, webhook deliveries and their history) older than this are deleted (30 days)"},
 	}
 }
 
@@ -158,7 +163,11 @@ func Load(lookup func(string) (string, bool)) (Config, error) {
 		VisibilityTimeout:        p.durationAtLeast("MAILFERRY_VISIBILITY_TIMEOUT", 30*time.Second, time.Second),
 		ReconcileInterval:        p.durationAtLeast("MAILFERRY_RECONCILE_INTERVAL", 5*time.Minute, time.Second),
 		// A floor of a day catches a unit typo (90m for 90 days).
-		AttemptRetention: p.durationAtLeast("MAILFERRY_ATTEMPT_RETENTION", 90*24*time.Hour, 24*time.Hour),
+		AttemptRetention:     p.durationAtLeast("MAILFERRY_ATTEMPT_RETENTION", 90*24*time.Hour, 24*time.Hour),
+		WebhookRetrySchedule: p.durations("MAILFERRY_WEBHOOK_RETRY_SCHEDULE", "5s,5m,30m,2h,5h,10h,10h"),
+		// A floor of an hour catches a unit typo (720m for 720h) and keeps
+		// events long enough for their webhooks' first retries.
+		EventRetention: p.durationAtLeast("MAILFERRY_EVENT_RETENTION", 720*time.Hour, time.Hour),
 	}
 	if t, err := lease.New(c.VisibilityTimeout); err != nil {
 		p.errs = append(p.errs, err) // names the variable itself

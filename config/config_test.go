@@ -183,3 +183,24 @@ func TestBounceSettings(t *testing.T) {
 		})
 	}
 }
+
+func TestWebhookSettings(t *testing.T) {
+	c, err := Load(env(map[string]string{"MAILFERRY_HOSTNAME": "mx.example.com"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []time.Duration{5 * time.Second, 5 * time.Minute, 30 * time.Minute, 2 * time.Hour, 5 * time.Hour, 10 * time.Hour, 10 * time.Hour}
+	if len(c.WebhookRetrySchedule) != len(want) || c.WebhookRetrySchedule[0] != want[0] || c.WebhookRetrySchedule[6] != want[6] {
+		t.Errorf("webhook retry schedule %v, want %v", c.WebhookRetrySchedule, want)
+	}
+	if c.EventRetention != 720*time.Hour {
+		t.Errorf("event retention %v, want 720h", c.EventRetention)
+	}
+	_, err = Load(env(map[string]string{"MAILFERRY_HOSTNAME": "mx.example.com",
+		"MAILFERRY_WEBHOOK_RETRY_SCHEDULE": "5s,soon", "MAILFERRY_EVENT_RETENTION": "30m"}))
+	for _, name := range []string{"MAILFERRY_WEBHOOK_RETRY_SCHEDULE", "MAILFERRY_EVENT_RETENTION"} {
+		if err == nil || !strings.Contains(err.Error(), name) {
+			t.Errorf("error %v does not name %s", err, name)
+		}
+	}
+}

@@ -455,5 +455,12 @@ func bareAddress(a string) string {
 
 func sameAddress(a, b string) bool {
 	i, j := strings.LastIndexByte(a, '@'), strings.LastIndexByte(b, '@')
-	return i > 0 && j > 0 && a[:i] == b[:j] && strings.EqualFold(a[i+1:], b[j+1:])
+	if i <= 0 || j <= 0 || a[:i] != b[:j] {
+		return false
+	}
+	// EqualFold, or ToLower as store.NormalizeEmail does it: the two differ
+	// for a few letters (U+0130 lowers to two runes that fold to neither).
+	da, db := a[i+1:], b[j+1:]
+	//lint:ignore SA6005 deliberate: ToLower's comparison is the one store.NormalizeEmail makes
+	return strings.EqualFold(da, db) || strings.ToLower(da) == strings.ToLower(db)
 }

@@ -245,6 +245,12 @@ func (s *stack) serve() *server {
 // its own) and extra environment, which overrides env()'s.
 func (s *stack) serveOn(port int, extraEnv ...string) *server {
 	s.t.Helper()
+	return s.serveRoles(port, "", extraEnv...)
+}
+
+// serveRoles is serveOn running only roles ("": the default, every role).
+func (s *stack) serveRoles(port int, roles string, extraEnv ...string) *server {
+	s.t.Helper()
 	s.serves++
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	logPath := filepath.Join(s.dir, fmt.Sprintf("serve-%d.log", s.serves))
@@ -252,7 +258,11 @@ func (s *stack) serveOn(port int, extraEnv ...string) *server {
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "serve")
+	args := []string{"serve"}
+	if roles != "" {
+		args = append(args, "--roles", roles)
+	}
+	cmd := exec.Command(bin, args...)
 	// exec keeps the last of duplicate variables.
 	cmd.Env = append(append(s.env(), "MAILFERRY_HTTP_ADDR="+addr), extraEnv...)
 	cmd.Stdout, cmd.Stderr = io.Discard, logFile

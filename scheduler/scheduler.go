@@ -1,7 +1,8 @@
 // Package scheduler runs Mailferry's periodic chores: it moves scheduled
 // jobs whose time has come (send_at, retries) into the ready queue, keeps
 // the attempts table's time partitions ahead of the clock and drops those
-// past retention, and purges expired idempotency keys. Several instances may run at once: every chore
+// past retention, and purges expired idempotency keys and events past
+// retention. Several instances may run at once: every chore
 // is safe to repeat.
 package scheduler
 
@@ -23,6 +24,7 @@ type Ledger interface {
 	PurgeIdempotency(ctx context.Context, olderThan time.Time) (int64, error)
 	EnsureAttemptPartitions(ctx context.Context, now time.Time, monthsAhead int) error
 	DropAttemptPartitionsBefore(ctx context.Context, before time.Time) ([]string, error)
+	PurgeEvents(ctx context.Context, olderThan time.Time) (int64, error)
 }
 
 // Options configures a Scheduler.
@@ -38,8 +40,14 @@ type Options struct {
 	// (MAILFERRY_ATTEMPT_RETENTION); default 2160h (90 days). Whole months
 	// older than it are dropped, so up to a month more stays.
 	AttemptRetention time.Duration
-	Now              func() time.Time
+	// EventRetention is how long events and their webhook deliveries are
+	// kept (MAILFERRY_EVENT_RETENTION); default 720h (30 days).
+	EventRetention time.Duration
+	Now            func() time.Time
 }
+
+// DefaultEventRetention is MAILFERRY_EVENT_RETENTION's default.
+const DefaultEventRetention = 30 * 24 * time.Hour
 
 // DefaultAttemptRetention is MAILFERRY_ATTEMPT_RETENTION's default.
 const DefaultAttemptRetention = 90 * 24 * time.Hour
@@ -63,6 +71,9 @@ func New(opts Options) (*Scheduler, error) {
 	}
 	if opts.AttemptRetention <= 0 {
 		opts.AttemptRetention = DefaultAttemptRetention
+	}
+	if opts.EventRetention <= 0 {
+		opts.EventRetention = DefaultEventRetention
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
@@ -127,5 +138,13 @@ func (s *Scheduler) chores(ctx context.Context) {
 		s.opts.Logger.LogAttrs(ctx, slog.LevelWarn, "purge idempotency keys", slog.Any("error", err))
 	} else if n > 0 {
 		s.opts.Logger.LogAttrs(ctx, slog.LevelInfo, "purged idempotency keys", slog.Int64("count", n))
+	}
+	// The events feed and webhook history are kept MAILFERRY_EVENT_RETENTION.
+	n, err = s.opts.Ledger.PurgeEvents(ctx, now.Add(-s.opts.EventRetention))
+	if err != nil && ctx.Err() == nil {
+		s.opts.Logger.LogAttrs(ctx, slog.LevelWarn, "purge events", slog.Any("error", err))
+	} else if n > 0 {
+		s.opts.Logger.LogAttrs(ctx, slog.LevelInfo, "purged events past retention", slog.Int64("count", n),
+			slog.Duration("retention", s.opts.EventRetention))
 	}
 }

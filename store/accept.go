@@ -2,10 +2,12 @@ package store
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -98,11 +100,16 @@ func (s *Store) AcceptBatch(ctx context.Context, msgs []NewMessage) error {
 			return fmt.Errorf("accept batch: %w: message %d: %w", ErrRejected, i, err)
 		}
 	}
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		return copyMessages(ctx, tx, msgs, time.Now())
+	var deliveries int
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) (err error) {
+		deliveries, err = copyMessages(ctx, tx, msgs, time.Now())
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("accept batch: %w", rejected(err))
+	}
+	if deliveries > 0 {
+		s.EventsAdded()
 	}
 	return nil
 }
@@ -120,6 +127,7 @@ func (s *Store) AcceptIdempotent(ctx context.Context, msg NewMessage, key Idempo
 		return nil, fmt.Errorf("accept idempotent: %w: key must be 1 to %d bytes of UTF-8 without NUL", ErrRejected, maxIdempotencyKey)
 	}
 	now := time.Now()
+	var deliveries int
 	if key.CreatedAt.IsZero() {
 		key.CreatedAt = msg.CreatedAt
 		if key.CreatedAt.IsZero() {
@@ -146,13 +154,17 @@ func (s *Store) AcceptIdempotent(ctx context.Context, msg NewMessage, key Idempo
 		if err != nil {
 			return fmt.Errorf("claim key: %w", err)
 		}
-		return copyMessages(ctx, tx, []NewMessage{msg}, now)
+		deliveries, err = copyMessages(ctx, tx, []NewMessage{msg}, now)
+		return err
 	})
 	if errors.Is(err, errRepeat) {
 		return existing, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("accept idempotent: %w", rejected(err))
+	}
+	if deliveries > 0 {
+		s.EventsAdded()
 	}
 	return nil, nil
 }
@@ -276,14 +288,27 @@ func cleanMetadata(md map[string]string) map[string]string {
 	return md
 }
 
-// copyMessages writes checked messages and their recipients with two COPYs.
-func copyMessages(ctx context.Context, tx pgx.Tx, msgs []NewMessage, now time.Time) error {
-	nrcpt := 0
+// copyMessages writes checked messages and their recipients with two COPYs,
+// and their events in the same transaction: per recipient
+// message.accepted, then message.scheduled (send_at) or message.suppressed
+// (on the suppression list). Accept is the hot path, so the events are a
+// third COPY, their data built here from what the other two write (the
+// same payload insertEvents builds from the rows), and the recipients'
+// event_seq is set in their COPY; one statement fans them out to the
+// subscribed endpoints. It returns the number of webhook deliveries
+// written.
+func copyMessages(ctx context.Context, tx pgx.Tx, msgs []NewMessage, now time.Time) (int, error) {
+	nrcpt, nevents := 0, 0
 	for i := range msgs {
 		nrcpt += len(msgs[i].Recipients)
+		nevents += len(msgs[i].Recipients)
+		if !msgs[i].SendAt.IsZero() {
+			nevents += len(msgs[i].Recipients)
+		}
 	}
 	rows := make([][]any, len(msgs))
 	rrows := make([][]any, 0, nrcpt)
+	ev := newAcceptEvents(nevents)
 	for i := range msgs {
 		m := &msgs[i]
 		created := m.CreatedAt
@@ -303,23 +328,32 @@ func copyMessages(ctx context.Context, tx pgx.Tx, msgs []NewMessage, now time.Ti
 		// The header-derived columns are descriptive (the body holds the
 		// fields as sent): intake refuses bad ones, and here they are
 		// cleaned so that one that slips through never fails a batch.
+		messageID, tags, metadata := cleanLine(m.MessageID, maxHeaderText), cleanTags(m.Tags), cleanMetadata(m.Metadata)
 		rows[i] = []any{
-			m.ID, m.TenantID, nullString(m.APIKeyID), m.Ingress, cleanLine(m.MessageID, maxHeaderText), m.MailFrom,
-			cleanLine(m.From, maxHeaderText), cleanLine(m.Subject, maxHeaderText), cleanTags(m.Tags),
-			cleanMetadata(m.Metadata), len(m.Body), body, sendAt, created, m.Needs8Bit, m.NeedsUTF8, completed,
+			m.ID, m.TenantID, nullString(m.APIKeyID), m.Ingress, messageID, m.MailFrom,
+			cleanLine(m.From, maxHeaderText), cleanLine(m.Subject, maxHeaderText), tags,
+			metadata, len(m.Body), body, sendAt, created, m.Needs8Bit, m.NeedsUTF8, completed,
 		}
+		common := eventCommon(m.ID, messageID, m.TenantID, tags, metadata)
 		for j, r := range m.Recipients {
 			d := r.Domain
 			if d == "" {
 				d = domainOf(r.Email)
 			}
+			ev.add(m, j, EventMessageAccepted, 1, common, r.Email, zeroDetail)
 			if r.Suppressed != "" {
+				ev.add(m, j, EventMessageSuppressed, 2, common, r.Email, suppressedDetail)
 				rrows = append(rrows, []any{m.ID, int16(j), r.Email, strings.ToLower(d), nil,
-					RecipientSuppressed, r.Suppressed, BounceHard, BounceSuppressed})
+					RecipientSuppressed, r.Suppressed, BounceHard, BounceSuppressed, int32(2)})
 				continue
 			}
+			seq := int32(1)
+			if sendAt != nil {
+				seq = 2
+				ev.add(m, j, EventMessageScheduled, 2, common, r.Email, zeroDetail)
+			}
 			rrows = append(rrows, []any{m.ID, int16(j), r.Email, strings.ToLower(d), due,
-				RecipientQueued, nil, nil, nil})
+				RecipientQueued, nil, nil, nil, seq})
 		}
 	}
 	messageColumns := []string{
@@ -328,15 +362,96 @@ func copyMessages(ctx context.Context, tx pgx.Tx, msgs []NewMessage, now time.Ti
 		"completed_at",
 	}
 	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"messages"}, messageColumns, pgx.CopyFromRows(rows)); err != nil {
-		return fmt.Errorf("copy messages: %w", err)
+		return 0, fmt.Errorf("copy messages: %w", err)
 	}
 	// attempts and updated_at take their defaults: 0, now().
 	recipientColumns := []string{"message_id", "idx", "email", "domain", "next_attempt_at",
-		"status", "suppressed_reason", "bounce_type", "bounce_class"}
+		"status", "suppressed_reason", "bounce_type", "bounce_class", "event_seq"}
 	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"recipients"}, recipientColumns, pgx.CopyFromRows(rrows)); err != nil {
-		return fmt.Errorf("copy recipients: %w", err)
+		return 0, fmt.Errorf("copy recipients: %w", err)
 	}
-	return nil
+	// xid, pos and created_at take their defaults.
+	eventColumns := []string{"id", "tenant_id", "type", "message_id", "rcpt_idx", "sequence", "data"}
+	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"events"}, eventColumns, pgx.CopyFromRows(ev.rows)); err != nil {
+		return 0, fmt.Errorf("copy events: %w", err)
+	}
+	tag, err := tx.Exec(ctx, fanOutEvents, ev.ids, ev.types, ev.tenants, ev.msgs, ev.idx, ev.seq)
+	if err != nil {
+		return 0, fmt.Errorf("fan out events: %w", err)
+	}
+	return int(tag.RowsAffected()), nil
+}
+
+// fanOutEvents writes a webhook delivery of each event for every enabled
+// endpoint of its tenant subscribed to its type (insertEvents' dl, for
+// events written by COPY).
+const fanOutEvents = `INSERT INTO webhook_deliveries (endpoint_id, event_id, message_id, rcpt_idx, sequence)
+SELECT ep.id, u.id, u.message_id, u.rcpt_idx, u.sequence
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::smallint[], $6::int[])
+	AS u(id, type, tenant_id, message_id, rcpt_idx, sequence)
+JOIN webhook_endpoints ep ON ep.tenant_id = u.tenant_id AND ep.disabled_at IS NULL AND u.type = ANY (ep.events)`
+
+// suppressedDetail is the data a recipient suppressed at accept adds.
+var suppressedDetail = EventDetail{BounceType: BounceHard, BounceClass: BounceSuppressed}.json()
+
+// acceptEvents are the event rows of one accept, and the columns of the
+// fan-out.
+type acceptEvents struct {
+	rows    [][]any
+	ids     []uuid.UUID
+	types   []string
+	tenants []string
+	msgs    []uuid.UUID
+	idx     []int16
+	seq     []int32
+}
+
+func newAcceptEvents(n int) *acceptEvents {
+	return &acceptEvents{rows: make([][]any, 0, n), ids: make([]uuid.UUID, 0, n), types: make([]string, 0, n),
+		tenants: make([]string, 0, n), msgs: make([]uuid.UUID, 0, n), idx: make([]int16, 0, n), seq: make([]int32, 0, n)}
+}
+
+// add appends one event of recipient j of m. The id is EventID's, as the
+// other writers', so the event is the same whoever writes it.
+func (a *acceptEvents) add(m *NewMessage, j int, typ string, seq int32, common []byte, email string, detail []byte) {
+	id := EventID(m.ID, j, typ, 0)
+	// common ends with "," and detail is an object: splice the per-event
+	// fields between them.
+	data := make([]byte, 0, len(common)+len(email)+len(detail)+40)
+	data = append(data, common...)
+	data = append(data, `"recipient":`...)
+	data = appendJSONString(data, email)
+	data = append(data, `,"sequence":`...)
+	data = strconv.AppendInt(data, int64(seq), 10)
+	data = append(data, ',')
+	data = append(data, detail[1:]...)
+	a.rows = append(a.rows, []any{id, m.TenantID, typ, m.ID, int16(j), seq, data})
+	a.ids, a.types, a.tenants = append(a.ids, id), append(a.types, typ), append(a.tenants, m.TenantID)
+	a.msgs, a.idx, a.seq = append(a.msgs, m.ID), append(a.idx, int16(j)), append(a.seq, seq)
+}
+
+// eventCommon is the start of the data of every event of one message:
+// `{"id":…,"message_id":…,"tenant":…,"tags":…,"metadata":…,`.
+func eventCommon(id uuid.UUID, messageID, tenant string, tags []string, metadata map[string]string) []byte {
+	t, _ := json.Marshal(tags)      // strings: cannot fail
+	md, _ := json.Marshal(metadata) // same
+	b := make([]byte, 0, 128+len(messageID)+len(t)+len(md))
+	b = append(b, `{"id":"`...)
+	b = append(b, id.String()...)
+	b = append(b, `","message_id":`...)
+	b = appendJSONString(b, messageID)
+	b = append(b, `,"tenant":`...)
+	b = appendJSONString(b, tenant)
+	b = append(b, `,"tags":`...)
+	b = append(b, t...)
+	b = append(b, `,"metadata":`...)
+	b = append(b, md...)
+	return append(b, ',')
+}
+
+func appendJSONString(b []byte, s string) []byte {
+	q, _ := json.Marshal(s) // a string: cannot fail
+	return append(b, q...)
 }
 
 // allSuppressed reports whether no recipient of m is to be sent.

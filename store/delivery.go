@@ -339,6 +339,13 @@ func (s *Store) RecordOutcomes(ctx context.Context, id uuid.UUID, outs []Outcome
 		cols.bounceType, cols.bounceClass, suppress, s.softBounceLimit).QueryRow(func(row pgx.Row) error {
 		return row.Scan(&hard, &limited)
 	})
+	// The events go after the change (they read the recipients' new
+	// attempt numbers and the suppressions just added) and before
+	// clearSoftLimit (which needs nothing of them).
+	var deliveries int
+	if err := QueueEvents(b, outcomeEvents(id, outs), func(_, nd int) { deliveries = nd }); err != nil {
+		return false, fmt.Errorf("record outcomes %s: %w", id, err)
+	}
 	if s.softBounceLimit > 0 {
 		b.Queue(clearSoftLimit, id, cols.rcpt, s.softBounceLimit)
 	}
@@ -356,7 +363,43 @@ func (s *Store) RecordOutcomes(ctx context.Context, id uuid.UUID, outs []Outcome
 	}
 	s.metrics.suppressed(SuppressedHardBounce, hard)
 	s.metrics.suppressed(SuppressedSoftBounceLimit, limited)
+	if deliveries > 0 {
+		s.EventsAdded()
+	}
 	return complete, nil
+}
+
+// outcomeEvents are the events of outs: message.delivered, .deferred,
+// .bounced, or .expired for a recipient given up after the queue lifetime
+// (5.4.7, class expired); and message.suppressed after a failure that put
+// the address on the suppression list (hard bounce or the soft-bounce
+// limit). Each is written only if its recipient moved to that attempt in
+// this transaction (WhenAttempt), with an id from EventID, so a repeated
+// or stale record adds none.
+func outcomeEvents(id uuid.UUID, outs []Outcome) []NewEvent {
+	evs := make([]NewEvent, 0, len(outs))
+	for _, o := range outs {
+		a := o.Attempt
+		typ := EventMessageDeferred
+		switch a.Outcome {
+		case RecipientDelivered:
+			typ = EventMessageDelivered
+		case RecipientBounced:
+			typ = EventMessageBounced
+			if a.BounceClass == "expired" || a.EnhancedCode == "5.4.7" {
+				typ = EventMessageExpired
+			}
+		}
+		d := EventDetail{Attempt: a.Attempt, SMTPCode: a.SMTPCode, EnhancedCode: a.EnhancedCode, Response: a.Response,
+			MXHost: a.MXHost, TLSVersion: a.TLSVersion, BounceType: a.BounceType, BounceClass: a.BounceClass}
+		evs = append(evs, NewEvent{ID: EventID(id, a.Recipient, typ, a.Attempt), Type: typ, MessageID: id,
+			RcptIdx: a.Recipient, Detail: d, When: WhenAttempt})
+		if a.Outcome == RecipientBounced {
+			evs = append(evs, NewEvent{ID: EventID(id, a.Recipient, EventMessageSuppressed, a.Attempt),
+				Type: EventMessageSuppressed, MessageID: id, RcptIdx: a.Recipient, Detail: d, When: WhenSuppressed})
+		}
+	}
+	return evs
 }
 
 // messageLockClass is lockMessage's first key ("mfdl"); messageLockKey the

@@ -15,5 +15,11 @@
 // drops whole; Idempotency-Key rows are purged after IdempotencyTTL by
 // PurgeIdempotency; message bodies are cleared once every recipient is final
 // (at accept when every recipient is suppressed); suppressions stay until
-// deleted and stop counting at their expires_at.
+// deleted and stop counting at their expires_at;
+// events, with their webhook deliveries and attempts, are deleted after
+// MAILFERRY_EVENT_RETENTION by PurgeEvents.
+//
+// Events (events.go) are an outbox: QueueEvents and InsertEvents put them
+// into the batch or transaction of the change they describe, fanned out to
+// webhook deliveries (webhooks.go) in the same statement.
 package store

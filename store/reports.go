@@ -159,6 +159,7 @@ func (s *Store) ApplyReport(ctx context.Context, r AsyncReport) (AsyncResult, er
 	if r.InboundID != uuid.Nil {
 		inbound = &r.InboundID
 	}
+	var deliveries int
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		// Serialised with RecordOutcomes, whose completion check must see
 		// this recipient's new state.
@@ -212,6 +213,10 @@ func (s *Store) ApplyReport(ctx context.Context, r AsyncReport) (AsyncResult, er
 				return err
 			}
 		}
+		var err2 error
+		if deliveries, err2 = InsertEvents(ctx, tx, reportEvents(r)); err2 != nil {
+			return err2
+		}
 		if r.Type == EventBounced {
 			if _, err := tx.Exec(ctx, completeMessage, r.MessageID); err != nil {
 				return err
@@ -237,7 +242,27 @@ func (s *Store) ApplyReport(ctx context.Context, r AsyncReport) (AsyncResult, er
 		}
 		s.metrics.suppressed(reason, 1)
 	}
+	if deliveries > 0 {
+		s.EventsAdded()
+	}
 	return res, nil
+}
+
+// reportEvents are the events of an applied report, with "async": true:
+// message.bounced (the recipient is now bounced), message.deferred (a
+// delayed DSN: no change of state) or message.complained; then
+// message.suppressed if the report put the address on the list.
+func reportEvents(r AsyncReport) []NewEvent {
+	typ := map[string]string{EventBounced: EventMessageBounced, EventDeferred: EventMessageDeferred,
+		EventComplained: EventMessageComplained}[r.Type]
+	d := EventDetail{SMTPCode: r.SMTPCode, EnhancedCode: r.EnhancedCode, Response: r.Response, MXHost: r.RemoteMTA,
+		BounceType: r.BounceType, BounceClass: r.BounceClass, Async: true}
+	evs := []NewEvent{{Type: typ, MessageID: r.MessageID, RcptIdx: r.RcptIdx, Detail: d}}
+	if r.Type == EventComplained || (r.Type == EventBounced && r.Suppress) {
+		evs = append(evs, NewEvent{Type: EventMessageSuppressed, MessageID: r.MessageID, RcptIdx: r.RcptIdx,
+			Detail: d, When: WhenSuppressed})
+	}
+	return evs
 }
 
 // ErrRecipientBusy: a worker holds the recipient's lease, so its attempt

@@ -61,6 +61,19 @@ type Options struct {
 	// Registerer takes the store's metrics (mailferry_suppressions_total);
 	// nil: none.
 	Registerer prometheus.Registerer
+	// OnEvents, if set, is called after events with webhook deliveries
+	// commit (EventsAdded): the in-process webhook sender's wake-up.
+	OnEvents func()
+	// Secrets seals webhook signing secrets at rest and opens them to sign
+	// (serve passes a dkim.Sealer under MAILFERRY_SECRET_KEY, as for DKIM
+	// keys); nil: they are stored as they are.
+	Secrets SecretSealer
+}
+
+// SecretSealer encrypts secrets the store must be able to read back.
+type SecretSealer interface {
+	Seal(plaintext []byte) ([]byte, error)
+	Open(blob []byte) ([]byte, error)
 }
 
 func (o Options) validate() error {
@@ -82,6 +95,8 @@ type Store struct {
 	pool            *pgxpool.Pool
 	softBounceLimit int32
 	metrics         *metrics
+	onEvents        func()
+	secrets         SecretSealer
 }
 
 // Open connects to PostgreSQL and checks the connection. It does not
@@ -109,7 +124,8 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		pool.Close()
 		return nil, fmt.Errorf("open store: %w", err)
 	}
-	return &Store{pool: pool, softBounceLimit: int32(opts.SoftBounceLimit), metrics: newMetrics(opts.Registerer)}, nil
+	return &Store{pool: pool, softBounceLimit: int32(opts.SoftBounceLimit), metrics: newMetrics(opts.Registerer),
+		onEvents: opts.OnEvents, secrets: opts.Secrets}, nil
 }
 
 // Close waits for borrowed connections to return and closes the pool.

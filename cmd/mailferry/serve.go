@@ -23,23 +23,25 @@ import (
 	"github.com/mailferry/mailferry/api"
 	"github.com/mailferry/mailferry/budget"
 	"github.com/mailferry/mailferry/config"
+	"github.com/mailferry/mailferry/dkim"
 	"github.com/mailferry/mailferry/inbound"
 	"github.com/mailferry/mailferry/intake"
 	"github.com/mailferry/mailferry/queue"
 	"github.com/mailferry/mailferry/ratelimit"
 	"github.com/mailferry/mailferry/scheduler"
 	"github.com/mailferry/mailferry/store"
+	"github.com/mailferry/mailferry/webhooks"
 )
 
-var allRoles = []string{"api", "worker", "scheduler", "inbound"}
+var allRoles = []string{"api", "worker", "scheduler", "webhooks", "inbound"}
 
 // defaultRoles run without --roles; inbound joins them when a bounce
 // domain is configured (defaultRolesFor), so that a machine whose port 25
 // is taken, or that has no use for it, runs serve as before.
-var defaultRoles = []string{"api", "worker", "scheduler"}
+var defaultRoles = []string{"api", "worker", "scheduler", "webhooks"}
 
 func runServe(ctx context.Context, env *environment, args []string) error {
-	fs := flagSet(env, "serve", "serve [--roles api,worker,scheduler,inbound]\n\nRuns the HTTP API, the delivery workers, the scheduler and, with MAILFERRY_BOUNCE_DOMAIN set, the inbound listener for DSNs and complaints (by default all of them) until SIGINT or SIGTERM.")
+	fs := flagSet(env, "serve", "serve [--roles api,worker,scheduler,webhooks,inbound]\n\nRuns the HTTP API, the delivery workers, the scheduler, the webhook sender and, with MAILFERRY_BOUNCE_DOMAIN set, the inbound listener for DSNs and complaints (by default all of them) until SIGINT or SIGTERM.")
 	rolesFlag := fs.String("roles", "", "comma-separated roles to run: "+strings.Join(allRoles, ", ")+
 		" (default "+strings.Join(defaultRoles, ",")+", and inbound when MAILFERRY_BOUNCE_DOMAIN is set)")
 	if err := fs.Parse(args); err != nil {
@@ -71,7 +73,15 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	st, err := openLedger(ctx, cfg, reg, log)
+	// The store wakes this process's webhook sender when it commits
+	// events with deliveries; other processes' senders find them by polling.
+	wakeWebhooks := make(chan struct{}, 1)
+	st, err := openLedger(ctx, cfg, reg, log, func() {
+		select {
+		case wakeWebhooks <- struct{}{}:
+		default:
+		}
+	})
 	if err != nil {
 		return err
 	}
@@ -111,11 +121,11 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	errc := make(chan error, 8)
+	errc := make(chan error, 9)
 
 	if roles["scheduler"] {
 		sch, err := scheduler.New(scheduler.Options{Queue: q, Ledger: st, Logger: log.With("role", "scheduler"),
-			AttemptRetention: cfg.AttemptRetention})
+			AttemptRetention: cfg.AttemptRetention, EventRetention: cfg.EventRetention})
 		if err != nil {
 			return err
 		}
@@ -143,6 +153,19 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 		}
 		wg.Add(1)
 		go func() { defer wg.Done(); errc <- w.Run(ctx) }()
+	}
+
+	if roles["webhooks"] {
+		sender, err := webhooks.New(webhooks.Options{
+			Store: st, Logger: log.With("role", "webhooks"), Registerer: reg,
+			RetrySchedule: cfg.WebhookRetrySchedule, Wake: wakeWebhooks,
+			Transport: webhooks.Transport(webhooks.TransportOptions{AllowPrivate: cfg.AllowPrivateDestinations, DNSServer: cfg.DNSServer}),
+		})
+		if err != nil {
+			return err
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); errc <- sender.Run(ctx) }()
 	}
 
 	in, err := intake.New(intake.Options{Ledger: st, Queue: q, Logger: log, Metrics: intake.NewMetrics(reg)})
@@ -205,6 +228,9 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 		Limiter:         limiter,
 		Warn:            newDKIMWarner(st, log).warn,
 		Budget:          bodies,
+		Webhooks:        st,
+
+		AllowPrivateDestinations: cfg.AllowPrivateDestinations,
 	})
 	if err != nil {
 		return err
@@ -295,12 +321,17 @@ func parseRoles(s string) (map[string]bool, error) {
 // openLedger waits a little for PostgreSQL: in a compose stack or after a
 // reboot the database may come up seconds after Mailferry. The store's
 // metrics go to reg once Open succeeds (Open pings), so a retry never
-// registers them twice.
-func openLedger(ctx context.Context, cfg config.Config, reg prometheus.Registerer, log *slog.Logger) (*store.Store, error) {
+// registers them twice. onEvents wakes this process's webhook sender.
+func openLedger(ctx context.Context, cfg config.Config, reg prometheus.Registerer, log *slog.Logger, onEvents func()) (*store.Store, error) {
+	// Webhook signing secrets are sealed like DKIM keys.
+	sealer, err := dkim.NewSealer(cfg.SecretKey)
+	if err != nil {
+		return nil, fmt.Errorf("MAILFERRY_SECRET_KEY: %w", err)
+	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		st, err := store.Open(ctx, store.Options{URL: cfg.DatabaseURL.String(),
-			SoftBounceLimit: cfg.SoftBounceLimit, Registerer: reg})
+			SoftBounceLimit: cfg.SoftBounceLimit, Registerer: reg, OnEvents: onEvents, Secrets: sealer})
 		if err == nil {
 			return st, nil
 		}

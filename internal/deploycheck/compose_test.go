@@ -234,7 +234,7 @@ func rolesOf(args []string) (roles []string, ok bool) {
 
 // allRoles are the roles of `mailferry serve --roles`; TestBinary checks
 // the binary accepts each.
-var allRoles = []string{"api", "worker", "scheduler"}
+var allRoles = []string{"api", "worker", "scheduler", "webhooks"}
 
 // checkRoleCoverage checks that every role runs somewhere: without a
 // scheduler no retry is ever due, without a worker nothing is delivered.

@@ -153,7 +153,8 @@ func TestCatchesCompose(t *testing.T) {
 		expect(t, checkCompose(parse(mutate(t, orig, c.old, c.new)), root), c.want)
 	}
 	cmd := dockerfileCmd(t, root)
-	expect(t, checkRoleCoverage("compose", composeInvocations(parse(mutate(t, orig, `"api,scheduler"`, `"api"`)), cmd)), "no service runs the scheduler role")
+	expect(t, checkRoleCoverage("compose", composeInvocations(parse(mutate(t, orig, `"api,scheduler,webhooks"`, `"api,webhooks"`)), cmd)), "no service runs the scheduler role")
+	expect(t, checkRoleCoverage("compose", composeInvocations(parse(mutate(t, orig, `"api,scheduler,webhooks"`, `"api,scheduler"`)), cmd)), "no service runs the webhooks role")
 	expect(t, checkRoleCoverage("compose", composeInvocations(parse(mutate(t, orig, `["serve", "--roles", "worker"]`, `["migrate"]`)), cmd)), "no service runs the worker role")
 }
 

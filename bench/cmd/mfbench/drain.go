@@ -62,6 +62,11 @@ type drainOptions struct {
 	Keep      int    // messages kept whole for DKIM verification
 	// WorkerEnv is added to the worker's environment (a smarthost).
 	WorkerEnv []string
+	// WorkerRoles are the delivering process's roles; "" worker,scheduler.
+	WorkerRoles string
+	// Prepare, if set, runs once the API is up, before the load (a
+	// webhook endpoint to create).
+	Prepare func(ctx context.Context, apiAddr, apiKey string) error
 }
 
 type accepted struct {
@@ -103,6 +108,11 @@ func (b *bench) drain(ctx context.Context, o drainOptions) (*drainResult, error)
 		return nil, err
 	}
 	defer st.stopMailferry(api, 10*time.Second)
+	if o.Prepare != nil {
+		if err := o.Prepare(ctx, api.addr, r.apiKey); err != nil {
+			return nil, err
+		}
+	}
 
 	pg0, err := st.dbStats(ctx, r)
 	if err != nil {
@@ -147,7 +157,11 @@ func (b *bench) drain(ctx context.Context, o drainOptions) (*drainResult, error)
 	res.tally = st.sink.reset(res.want, o.Keep)
 	c2 := st.cpu()
 	res.workerStart = time.Now()
-	worker, err := st.startMailferry(ctx, r, "worker,scheduler", o.WorkerEnv...)
+	roles := o.WorkerRoles
+	if roles == "" {
+		roles = "worker,scheduler"
+	}
+	worker, err := st.startMailferry(ctx, r, roles, o.WorkerEnv...)
 	if err != nil {
 		return nil, err
 	}

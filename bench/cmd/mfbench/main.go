@@ -38,7 +38,10 @@ type config struct {
 	S1Duration, S1Warmup time.Duration
 
 	S2Messages, S2Domains int
-	S2Timeout             time.Duration
+	// Webhooks: recipients (one message each) whose events go through
+	// a webhook endpoint.
+	WebhookRecipients int
+	S2Timeout         time.Duration
 
 	S3Messages, S3Runs int
 	S3Timeout          time.Duration
@@ -96,20 +99,21 @@ func (c *config) want(s string) bool {
 
 // quickDefaults are the -quick values of the flags the caller did not set.
 var quickDefaults = map[string]string{
-	"s1-duration":    "5s",
-	"s1-warmup":      "1s",
-	"s2-messages":    "3000",
-	"s2-domains":     "300",
-	"s2-timeout":     "90s",
-	"s3-messages":    "5000",
-	"s3-runs":        "1",
-	"s3-timeout":     "120s",
-	"s4-timeout":     "15s",
-	"light-duration": "5s",
-	"s5-messages":    "3000",
-	"s5-timeout":     "3m",
-	"ceil-duration":  "2s",
-	"pprof-duration": "5s",
+	"s1-duration":        "5s",
+	"s1-warmup":          "1s",
+	"s2-messages":        "3000",
+	"s2-domains":         "300",
+	"s2-timeout":         "90s",
+	"s3-messages":        "5000",
+	"s3-runs":            "1",
+	"s3-timeout":         "120s",
+	"s4-timeout":         "15s",
+	"light-duration":     "5s",
+	"webhook-recipients": "2000",
+	"s5-messages":        "3000",
+	"s5-timeout":         "3m",
+	"ceil-duration":      "2s",
+	"pprof-duration":     "5s",
 }
 
 func parseFlags(args []string) (*config, []string, error) {
@@ -117,7 +121,7 @@ func parseFlags(args []string) (*config, []string, error) {
 	fs := flag.NewFlagSet("mfbench", flag.ContinueOnError)
 	fs.BoolVar(&c.Quick, "quick", false, "CI-sized run: shorter loads, fewer messages (explicit flags still win)")
 	fs.IntVar(&c.Runs, "runs", 3, "runs per scenario; each figure is their median")
-	fs.StringVar(&c.Scenarios, "scenarios", "all", "comma-separated: s1, s2, s4, light, s3, big, s5 (s4 compares with s2), or all")
+	fs.StringVar(&c.Scenarios, "scenarios", "all", "comma-separated: s1, s2, s4, light, webhooks, s3, big, s5 (s4 compares with s2), or all")
 	fs.IntVar(&c.Clients, "clients", 64, "keep-alive HTTP clients of the load generator")
 	fs.DurationVar(&c.S1Duration, "s1-duration", 20*time.Second, "S1: measured load per run")
 	fs.DurationVar(&c.S1Warmup, "s1-warmup", 2*time.Second, "S1: unmeasured load before it")
@@ -132,6 +136,7 @@ func parseFlags(args []string) (*config, []string, error) {
 	fs.DurationVar(&c.S4Timeout, "s4-timeout", 45*time.Second, "S4: stop waiting for the healthy domains after this")
 	fs.Float64Var(&c.LightRate, "light-rate", 100, "light load: messages per second")
 	fs.DurationVar(&c.LightDuration, "light-duration", 10*time.Second, "light load: duration per run")
+	fs.IntVar(&c.WebhookRecipients, "webhook-recipients", 10000, "webhooks: recipients (one message each) whose events are sent to the bench's receiver")
 	fs.IntVar(&c.S5Messages, "s5-messages", 50000, "S5: messages per run and variant, all to one recipient domain")
 	fs.IntVar(&c.S5Runs, "s5-runs", 1, "S5: runs per variant (six variants at 50,000 messages each take a while)")
 	fs.DurationVar(&c.S5Timeout, "s5-timeout", 15*time.Minute, "S5: give up a drain after this")
@@ -324,6 +329,7 @@ func mainErr() error {
 		{"s2", func() []*scenarioResult { return one(b.s2(ctx, dkim.AlgorithmRSA2048)) }},
 		{"s4", func() []*scenarioResult { return one(b.s4(ctx, b.rep.scenario("s2-ed25519"))) }},
 		{"light", func() []*scenarioResult { return one(b.light(ctx)) }},
+		{"webhooks", func() []*scenarioResult { return one(b.webhooks(ctx)) }},
 		{"s3", func() []*scenarioResult { return one(b.s3(ctx)) }},
 		{"big", func() []*scenarioResult { return one(b.big(ctx)) }},
 		{"s5", func() []*scenarioResult { return b.s5(ctx) }},
