@@ -517,6 +517,11 @@ func TestJobPanicParked(t *testing.T) {
 	}
 	var mu sync.Mutex
 	panics := 0
+	// Sent before the worker starts: intake queues a job before its rows
+	// commit, and a panic counted against rows not yet there is not
+	// counted, which would make a fourth run.
+	p.send(mail.Draft{From: "alice@example.com", To: []string{"x@poison.example"}, Text: "poison"})
+	good := p.send(mail.Draft{From: "alice@example.com", To: []string{"bob@example.net"}, Text: "hi"})
 	p.start("w", func(o *WorkerOptions) {
 		o.Route = func(ctx context.Context, domain string) ([]Host, error) {
 			if domain == "poison.example" {
@@ -528,8 +533,6 @@ func TestJobPanicParked(t *testing.T) {
 			return router.Route(ctx, domain)
 		}
 	})
-	p.send(mail.Draft{From: "alice@example.com", To: []string{"x@poison.example"}, Text: "poison"})
-	good := p.send(mail.Draft{From: "alice@example.com", To: []string{"bob@example.net"}, Text: "hi"})
 	if v := p.wait(good, 20*time.Second); v.Status != store.StatusDelivered || len(s.Messages()) != 1 {
 		t.Fatalf("a panicking job stopped other deliveries: %s", v.Status)
 	}
