@@ -21,7 +21,7 @@
 //     job's destination (relay/slots.go). The job stays claimed: it is in
 //     its shard's pending entries list under the worker's consumer name,
 //     and the worker renews all parked claims together (Hold: one script
-//     call per shard and heartbeat, whatever their number). No job is
+//     call per shard and heartbeat for up to 500 of them). No job is
 //     written back to Redis because its destination is busy (Counts shows
 //     every Retry), and a parked job holds no delivery slot, so a busy
 //     destination never stops the worker claiming mail for a free one.

@@ -153,7 +153,8 @@ type WorkerOptions struct {
 
 // Worker carries queued messages to their destinations: claim → load →
 // sign → route → SMTP → record → ack or retry. Workers keep no state
-// between jobs, so any number may run.
+// between jobs that Redis and PostgreSQL do not hold too (a job waiting
+// for its destination is still a claim in Redis), so any number may run.
 type Worker struct {
 	opts WorkerOptions
 	gate *destGate
@@ -384,7 +385,7 @@ func (w *Worker) end(c queue.Claimed) {
 }
 
 // holdLoop renews, every Heartbeat, the claims of jobs not yet started
-// (one script call per shard for all of them) and this worker's
+// (a script call per shard for up to 500 of them) and this worker's
 // destination leases. A job another worker reclaimed meanwhile stops
 // waiting and is dropped here, neither acked nor retried: it is the other
 // worker's now.
