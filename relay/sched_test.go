@@ -124,7 +124,10 @@ func TestBusyDestinationDelaysNoOther(t *testing.T) {
 	quick := p.mx("quick.example", "127.0.0.3", testmx.SMTPOptions{})
 	q := p.newQueue("w", time.Minute)
 	// Concurrency 4: without the gate, the slow backlog would fill every slot.
-	p.start("w", func(o *WorkerOptions) { o.Queue, o.PerDestination, o.Concurrency = q, 2, 4 })
+	// A lease TTL of seconds, not the pipeline's 300 ms: a loaded test
+	// machine must not let a lease lapse mid-transaction and so admit a
+	// third.
+	p.start("w", func(o *WorkerOptions) { o.Queue, o.PerDestination, o.Concurrency, o.Lease = q, 2, 4, 2*time.Second })
 	slowIDs := p.sendMany(16, func(i int) string { return fmt.Sprintf("u%d@slow.example", i) })
 	wait.For(t, "the slow destination at work", func() bool { return slow.PeakTransactions() > 0 })
 	quickIDs := p.sendMany(40, func(i int) string { return fmt.Sprintf("u%d@quick.example", i) })

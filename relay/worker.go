@@ -278,6 +278,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	holdCtx, stopHold := context.WithCancel(work)
 	var holdWG sync.WaitGroup
 	holdWG.Go(func() { w.holdLoop(holdCtx) })
+	holdWG.Go(func() { w.leaseLoop(holdCtx) })
 	defer holdWG.Wait()
 	defer stopHold()
 	defer wg.Wait()
@@ -385,10 +386,9 @@ func (w *Worker) end(c queue.Claimed) {
 }
 
 // holdLoop renews, every Heartbeat, the claims of jobs not yet started
-// (a script call per shard for up to 500 of them) and this worker's
-// destination leases. A job another worker reclaimed meanwhile stops
-// waiting and is dropped here, neither acked nor retried: it is the other
-// worker's now.
+// (a script call per shard for up to 500 of them). A job another worker
+// reclaimed meanwhile stops waiting and is dropped here, neither acked nor
+// retried: it is the other worker's now.
 func (w *Worker) holdLoop(ctx context.Context) {
 	t := time.NewTicker(w.opts.Heartbeat)
 	defer t.Stop()
@@ -421,6 +421,23 @@ func (w *Worker) holdLoop(ctx context.Context) {
 			}
 			w.mu.Unlock()
 		}
+		cancel()
+	}
+}
+
+// leaseLoop renews this worker's destination leases every Heartbeat, on
+// its own: their TTL (Lease) is shorter than a claim's visibility, so a
+// slow renewal of many claims must not make them lapse.
+func (w *Worker) leaseLoop(ctx context.Context) {
+	t := time.NewTicker(w.opts.Heartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		bctx, cancel := context.WithTimeout(ctx, w.opts.Heartbeat)
 		w.gate.renew(bctx)
 		cancel()
 	}
