@@ -31,9 +31,10 @@ type Authenticator interface {
 	Authenticate(ctx context.Context, secret string) (store.APIKey, error)
 }
 
-// Reader reads a message's state from the ledger.
+// Reader reads messages from the ledger: one with its history, or the log.
 type Reader interface {
 	GetMessage(ctx context.Context, tenantID string, id uuid.UUID) (*store.MessageView, error)
+	ListMessages(ctx context.Context, tenantID string, f store.MessageFilter) ([]store.MessageSummary, error)
 }
 
 // Intake accepts messages.
@@ -148,6 +149,7 @@ func New(opts Options) (http.Handler, error) {
 	r.Route("/v1", func(r chi.Router) {
 		r.Use(s.authenticate, s.rateLimit)
 		r.Post("/messages", s.sendMessage)
+		r.Get("/messages", s.listMessages)
 		r.Get("/messages/{id}", s.getMessage)
 		if opts.Suppressions != nil {
 			r.Get("/suppressions", s.listSuppressions)

@@ -44,7 +44,7 @@ func TestKnownFields(t *testing.T) {
 			t.Errorf("knownSendField(%q) = true; sendRequest has no such field", name)
 		}
 	}
-	if len(req) != 14 {
+	if len(req) != 15 {
 		t.Errorf("sendRequest has %d JSON fields %v; update knownSendField", len(req), req)
 	}
 	att := jsonFields(reflect.TypeOf(mail.Attachment{}))

@@ -26,6 +26,9 @@ type recipientState struct {
 	BounceType       *string `json:"bounce_type"`
 	BounceClass      *string `json:"bounce_class"`
 	SuppressedReason *string `json:"suppressed_reason"`
+	// The latest attempt's TLS policy and whether its certificate verified.
+	TLSPolicy   *string `json:"tls_policy,omitempty"`
+	TLSVerified *bool   `json:"tls_verified,omitempty"`
 }
 
 type eventState struct {
@@ -47,6 +50,9 @@ type eventState struct {
 	Async        bool      `json:"async"`
 	ReportingMTA *string   `json:"reporting_mta,omitempty"`
 	RemoteMTA    *string   `json:"remote_mta,omitempty"`
+	TLSPolicy    *string   `json:"tls_policy,omitempty"`
+	TLSFailure   *string   `json:"tls_failure,omitempty"`
+	TLSOptOut    *bool     `json:"tls_opt_out,omitempty"`
 }
 
 type messageState struct {
@@ -105,12 +111,14 @@ func toState(m *store.MessageView) messageState {
 			SMTPCode: r.SMTPCode, EnhancedCode: r.EnhancedCode, Response: r.Response,
 			MXHost: r.MXHost, TLSVersion: r.TLSVersion,
 			BounceType: r.BounceType, BounceClass: r.BounceClass, SuppressedReason: r.SuppressedReason,
+			TLSPolicy: r.TLSPolicy, TLSVerified: r.TLSVerified,
 		}
 	}
 	for i, e := range m.Events {
 		ev := eventState{At: e.At.UTC(), Type: e.Type, SMTPCode: e.SMTPCode, EnhancedCode: e.EnhancedCode, Response: e.Response, MXHost: e.MXHost,
 			Attempt: e.Attempt, MXIP: e.MXIP, TLSVersion: e.TLSVersion, TLSCipher: e.TLSCipher, TLSVerified: e.TLSVerified, DurationMS: e.DurationMS,
-			BounceType: e.BounceType, BounceClass: e.BounceClass, Async: e.Async, ReportingMTA: e.ReportingMTA, RemoteMTA: e.RemoteMTA}
+			BounceType: e.BounceType, BounceClass: e.BounceClass, Async: e.Async, ReportingMTA: e.ReportingMTA, RemoteMTA: e.RemoteMTA,
+			TLSPolicy: e.TLSPolicy, TLSFailure: e.TLSFailure, TLSOptOut: e.TLSOptOut}
 		if e.Recipient != "" {
 			rc := e.Recipient
 			ev.Recipient = &rc

@@ -44,6 +44,9 @@ type sendRequest struct {
 	Tags     []string          `json:"tags"`
 	Metadata map[string]string `json:"metadata"`
 	SendAt   *time.Time        `json:"send_at"`
+	// RequireTLS: REQUIRETLS (RFC 8689): only over verified TLS to servers
+	// that offer REQUIRETLS, else bounce 5.7.30.
+	RequireTLS bool `json:"require_tls"`
 }
 
 type recipientReceipt struct {
@@ -152,6 +155,8 @@ func (s *server) sendMessage(w http.ResponseWriter, r *http.Request) {
 		Message:  msg,
 		Tags:     req.Tags,
 		Metadata: req.Metadata,
+		// RequireTLS is stored with the message; delivery enforces it.
+		RequireTLS: req.RequireTLS,
 	}
 	if req.SendAt != nil {
 		sub.SendAt = req.SendAt.UTC()
@@ -488,7 +493,7 @@ func clip(s string, n int) string {
 func knownSendField(name string) bool {
 	switch name {
 	case "from", "to", "cc", "bcc", "reply_to", "subject", "text", "html", "headers", "attachments",
-		"raw", "tags", "metadata", "send_at":
+		"raw", "tags", "metadata", "send_at", "require_tls":
 		return true
 	}
 	return false

@@ -27,6 +27,13 @@ type Config struct {
 	SMTPPort    int      // MAILFERRY_SMTP_PORT, 25
 	Smarthost   *url.URL // MAILFERRY_SMARTHOST, nil = direct MX delivery
 
+	// TLS policy (README.md, TLS policy).
+	MTASTS bool // MAILFERRY_MTA_STS, true: apply recipient domains' MTA-STS policies (RFC 8461)
+	DNSSEC bool // MAILFERRY_DNSSEC, false: trust the AD bit of MAILFERRY_DNS_SERVER and apply DANE (RFC 7672)
+	// TLSRPTFrom is MAILFERRY_TLSRPT_FROM, none: the sender of the daily
+	// TLS-RPT reports (RFC 8460); "" sends none.
+	TLSRPTFrom string
+
 	AllowPrivateDestinations bool            // MAILFERRY_ALLOW_PRIVATE_DESTINATIONS, false
 	RetrySchedule            []time.Duration // MAILFERRY_RETRY_SCHEDULE, 1m,5m,15m,30m,1h,2h,4h
 	MaxQueueAge              time.Duration   // MAILFERRY_MAX_QUEUE_AGE, 120h
@@ -100,6 +107,9 @@ func Vars() []Var {
 		{"MAILFERRY_TLS_KEY", "none", "private key file for submission"},
 		{"MAILFERRY_SUBMISSION_HIDE_CLIENT", "false", "leave the client's IP address out of the Received field submission adds"},
 		{"MAILFERRY_SUBMISSION_MAX_PER_IP", "10", "open submission connections from one client address (IPv6: one /64); beyond it 421 4.7.0"},
+		{"MAILFERRY_MTA_STS", "true", "apply recipient domains' MTA-STS policies (RFC 8461): enforce means verified TLS to listed MX hosts or no delivery"},
+		{"MAILFERRY_DNSSEC", "false", "DANE (RFC 7672): trust the AD bit of MAILFERRY_DNS_SERVER, which must be a validating resolver on a trusted path (a local unbound)"},
+		{"MAILFERRY_TLSRPT_FROM", "none", "sender of the daily TLS-RPT reports (RFC 8460) to recipient domains that ask for them; empty: none"},
 		{"MAILFERRY_HTTP_MAX_CONNECTIONS", "4096", "open connections on MAILFERRY_HTTP_ADDR; beyond it new ones wait to be accepted (at most half the open-file limit)"},
 		{"MAILFERRY_BOUNCE_DOMAIN", "none", "VERP return paths at this domain (needs MAILFERRY_SECRET_KEY); unset: envelope sender = From address"},
 		{"MAILFERRY_INBOUND_ADDR", ":25", "listener for DSNs and complaints (role inbound; on by default only with a bounce domain); empty: off"},
@@ -133,6 +143,9 @@ func Load(lookup func(string) (string, bool)) (Config, error) {
 		DNSServer:                p.addr("MAILFERRY_DNS_SERVER", "", true),
 		SMTPPort:                 p.intRange("MAILFERRY_SMTP_PORT", 25, 1, 65535),
 		Smarthost:                p.optionalURL("MAILFERRY_SMARTHOST", "smtp", "smtps"),
+		MTASTS:                   p.boolean("MAILFERRY_MTA_STS", true),
+		DNSSEC:                   p.boolean("MAILFERRY_DNSSEC", false),
+		TLSRPTFrom:               p.str("MAILFERRY_TLSRPT_FROM", ""),
 		AllowPrivateDestinations: p.boolean("MAILFERRY_ALLOW_PRIVATE_DESTINATIONS", false),
 		RetrySchedule:            p.durations("MAILFERRY_RETRY_SCHEDULE", "1m,5m,15m,30m,1h,2h,4h"),
 		MaxQueueAge:              p.duration("MAILFERRY_MAX_QUEUE_AGE", 120*time.Hour),
@@ -178,6 +191,9 @@ func Load(lookup func(string) (string, bool)) (Config, error) {
 		// One message of the largest size must fit, or it would be told
 		// to come back later for ever.
 		p.fail("MAILFERRY_MAX_BYTES_IN_FLIGHT", "must be at least MAILFERRY_MAX_MESSAGE_BYTES (%d)", c.MaxMessageBytes)
+	}
+	if c.TLSRPTFrom != "" && (strings.Count(c.TLSRPTFrom, "@") != 1 || strings.ContainsAny(c.TLSRPTFrom, " <>\r\n")) {
+		p.fail("MAILFERRY_TLSRPT_FROM", "want an address like tlsrpt@example.com")
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		p.fail("MAILFERRY_TLS_CERT", "MAILFERRY_TLS_CERT and MAILFERRY_TLS_KEY must be set together")

@@ -204,6 +204,9 @@ type Submission struct {
 	Tags     []string
 	Metadata map[string]string
 	SendAt   time.Time // zero: now
+	// RequireTLS: the sender asked for REQUIRETLS (RFC 8689), by the API
+	// field or the SMTP MAIL parameter.
+	RequireTLS bool
 }
 
 // Receipt is what the caller tells its client.
@@ -557,6 +560,7 @@ func record(r Receipt, s Submission) store.NewMessage {
 		Body:       m.Body,
 		Needs8Bit:  m.Needs8Bit,
 		NeedsUTF8:  m.NeedsUTF8,
+		RequireTLS: s.RequireTLS,
 		CreatedAt:  r.Accepted,
 		SendAt:     s.SendAt,
 		Recipients: rcpts,

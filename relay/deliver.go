@@ -34,7 +34,7 @@ func (w *Worker) deliver(ctx context.Context, log *slog.Logger, d *store.Deliver
 		// joined into a copy of the message.
 		att = w.opts.Client.Deliver(ctx, hop.hosts, smtpclient.Envelope{
 			From: w.mailFrom(d, rcpts), To: to, Body: smtpclient.Message(header, d.Body),
-			Needs8Bit: d.Needs8Bit, NeedsUTF8: d.NeedsUTF8,
+			Needs8Bit: d.Needs8Bit, NeedsUTF8: d.NeedsUTF8, TLS: requireTLS(d),
 		})
 	}
 	w.opts.Metrics.attempt(att)
@@ -54,6 +54,7 @@ func (w *Worker) deliver(ctx context.Context, log *slog.Logger, d *store.Deliver
 		if att.TLS != nil {
 			a.TLSVersion, a.TLSCipher, a.TLSVerified = att.TLS.Version, att.TLS.Cipher, att.TLS.Verified
 		}
+		a.TLSPolicy, a.TLSFailure, a.TLSOptOut = tlsPolicyOf(att), att.TLSFailure, att.TLSOptOut
 		o := store.Outcome{Attempt: a}
 		if a.Outcome == store.RecipientDeferred {
 			if !done.Before(expiry) {

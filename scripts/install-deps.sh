@@ -2,7 +2,8 @@
 # Installs what Mailferry's tests and `make run` need, when missing. Always
 # redis-server, the PostgreSQL server, swaks (an outside SMTP client the
 # submission tests use) and Postfix (the bounce test runs its own instance
-# as a real MTA that bounces after queueing); with arguments also:
+# as a real MTA that bounces after queueing), unbound (a validating resolver
+# for the DANE tests); with arguments also:
 #
 #   node      Node.js 20 or later and npm, for MailDev (`make run`)
 #   chromium  headless Chromium (`make demo-test`)
@@ -17,6 +18,9 @@ command -v swaks >/dev/null 2>&1 || need="$need swaks"
 # merely recommends: --no-install-recommends leaves them out.
 perl -MNet::SSLeay -MIO::Socket::SSL -e1 >/dev/null 2>&1 || need="$need libnet-ssleay-perl libio-socket-ssl-perl"
 [ -x /usr/sbin/postfix ] || need="$need postfix"
+# unbound: the validating resolver the DANE tests put in front of a
+# DNSSEC-signed test zone (internal/testmx/unbound.go).
+[ -x /usr/sbin/unbound ] || need="$need unbound"
 if ! command -v pg_config >/dev/null 2>&1 || [ ! -x "$(pg_config --bindir 2>/dev/null)/initdb" ]; then
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need="$need postgresql"
 fi

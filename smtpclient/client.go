@@ -43,6 +43,9 @@ type Envelope struct {
 	// NeedsUTF8: addresses or headers are UTF-8 (RFC 6531). A server
 	// without SMTPUTF8 gets nothing: every recipient bounces 5.6.7.
 	NeedsUTF8 bool
+	// TLS, when set, is a policy's demand (policy.go): TLS mandatory and
+	// verified, never plaintext.
+	TLS *TLSRequirement
 }
 
 // prepared is an Envelope checked and measured, with only the recipients
@@ -53,6 +56,7 @@ type prepared struct {
 	body                 Body
 	size                 int64 // after CRLF normalisation
 	needs8Bit, needsUTF8 bool
+	tls                  *TLSRequirement
 }
 
 // Timeouts bound each step of a session, so a stuck or slow server costs a
@@ -188,7 +192,7 @@ func (c *Client) Deliver(ctx context.Context, hosts []Host, env Envelope) (a Att
 	defer func() { a.Duration = time.Since(a.Started) }()
 	a.Results = make([]Result, len(env.To))
 
-	sub := prepared{from: env.From, body: env.Body, needs8Bit: env.Needs8Bit, needsUTF8: env.NeedsUTF8}
+	sub := prepared{from: env.From, body: env.Body, needs8Bit: env.Needs8Bit, needsUTF8: env.NeedsUTF8, tls: env.TLS}
 	var idx []int
 	if env.From != "" { // "" is the null reverse-path, RFC 5321 4.5.5
 		if bad := badAddr(env.From); bad != "" {
@@ -223,8 +227,8 @@ func (c *Client) Deliver(ctx context.Context, hosts []Host, env Envelope) (a Att
 	sub.size = size
 
 	var (
-		last           error
-		tried, guarded int
+		last                         error
+		tried, guarded, policyFailed int
 	)
 hosts:
 	for _, h := range hosts {
@@ -237,7 +241,7 @@ hosts:
 			if !ok {
 				out = c.connect(ctx, h, ip, &sub, !c.opts.ImplicitTLS, &a)
 			}
-			if out.tlsFailed && !c.opts.RequireTLS {
+			if out.tlsFailed && !c.opts.RequireTLS && env.TLS == nil {
 				// Opportunistic TLS (RFC 7435): a failed handshake is
 				// retried in plaintext on the same host, unless TLS is required.
 				a.Tried = append(a.Tried, HostError{Host: h.Name, IP: ip, Err: out.err})
@@ -245,6 +249,7 @@ hosts:
 			}
 			if out.results != nil {
 				a.Host, a.IP, a.TLS, a.Transactions = h.Name, ip, out.tls, out.txs
+				a.TLSFailure = "" // a host met the policy
 				for i := range out.results {
 					if out.results[i].Err != nil {
 						out.results[i].Err = withCause(ctx, out.results[i].Err)
@@ -255,6 +260,10 @@ hosts:
 			}
 			a.Tried = append(a.Tried, HostError{Host: h.Name, IP: ip, Err: out.err})
 			last = out.err
+			var te *TLSError
+			if errors.As(out.err, &te) {
+				a.TLSFailure, policyFailed = te.Type, policyFailed+1
+			}
 			tried++
 			if out.guarded {
 				guarded++
@@ -265,6 +274,10 @@ hosts:
 	switch {
 	case tried > 0 && guarded == tried:
 		r = localResult(enhNoRoute, fmt.Errorf("%w: %w", ErrPrivateOnly, last))
+	case env.TLS != nil && env.TLS.RequireTLS && policyFailed > 0:
+		// RFC 8689 5: no server could take the message as REQUIRETLS
+		// demands; it goes back to the sender.
+		r = localResult(enhRequireTLS, fmt.Errorf("REQUIRETLS: no mail host offers verified TLS with REQUIRETLS: %w", last))
 	case last != nil:
 		r = failureResult(last)
 	default:
@@ -308,6 +321,12 @@ func (c *Client) SweepIdle() { c.pool.sweep() }
 func (c *Client) reuse(ctx context.Context, h Host, ip netip.Addr, env *prepared, a *Attempt) (out outcome, ok bool) {
 	s := c.pool.take(poolKey{host: h.Name, ip: ip})
 	if s == nil {
+		return outcome{}, false
+	}
+	if s.checkPolicy(env.tls) != nil {
+		// Kept for mail without this demand; this one needs a session
+		// that meets it, and a fresh one gets the host's own answer.
+		c.release(s)
 		return outcome{}, false
 	}
 	stop := context.AfterFunc(ctx, s.conn.abort)

@@ -65,7 +65,7 @@ type Result struct {
 type TLSInfo struct {
 	Version  string // "TLS1.3"
 	Cipher   string // tls.CipherSuiteName
-	Verified bool   // chain verified against RootCAs for the host name
+	Verified bool   // chain verified against RootCAs for the host name, or by a TLSRequirement's Verify (DANE)
 }
 
 // Host is one mail host in delivery order, its addresses in the order to
@@ -105,6 +105,15 @@ type Attempt struct {
 	// commands sent together (with PIPELINING, MAIL, the RCPTs and DATA
 	// are one).
 	RoundTrips int
+	// TLSFailure is the TLS-RPT result type (RFC 8460 4.3) of the last
+	// host a TLSRequirement ruled out; "" when none was.
+	TLSFailure string
+	// TLSPolicy names the policy the attempt ran under (none, mta-sts,
+	// dane, requiretls) and TLSOptOut says the message's "TLS-Required:
+	// No" header (RFC 8689 5) set policies aside; both are set by the
+	// policy layer around the client (package tlspolicy), not here.
+	TLSPolicy string
+	TLSOptOut bool
 }
 
 // ReplyError is a server reply that was not the one hoped for.
@@ -183,6 +192,15 @@ func failureResult(err error) Result {
 	}
 	if errors.Is(err, errTLSRequired) {
 		enh = enhSecurity
+	}
+	var te *TLSError
+	if errors.As(err, &te) {
+		// RFC 3463 3.8: X.7.4 security features not supported (no
+		// STARTTLS, no REQUIRETLS), X.7.5 cryptographic failure.
+		enh = "4.7.5"
+		if te.Type == TLSStartTLSNotSupported || te.Type == TLSNoRequireTLS {
+			enh = "4.7.4"
+		}
 	}
 	return Result{Enhanced: enh, Err: err}
 }

@@ -33,6 +33,7 @@ const maxRcptsPerTx = 100
 // extensions is what a server's EHLO reply offers (RFC 5321 4.1.1.1).
 type extensions struct {
 	pipelining, eightBit, utf8, startTLS bool
+	requireTLS                           bool // RFC 8689 2
 	sizeOffered                          bool
 	size                                 int64 // 0: no limit declared
 	rcptMax                              int   // LIMITS RCPTMAX (RFC 9422 4.2); 0: none
@@ -58,6 +59,8 @@ func parseEHLO(text string) extensions {
 			x.utf8 = true
 		case "STARTTLS": // RFC 3207
 			x.startTLS = true
+		case "REQUIRETLS": // RFC 8689 2
+			x.requireTLS = true
 		case "SIZE": // RFC 1870 4: "SIZE" [SP number]; 0 or none means no fixed limit
 			x.sizeOffered = true
 			if len(f) > 1 {
@@ -94,6 +97,7 @@ type session struct {
 	w    *bufio.Writer
 	ext  extensions
 	tls  *TLSInfo
+	peer []*x509.Certificate // the chain the server presented
 	// broken: the connection cannot carry another command.
 	broken bool
 	// open: a MAIL was accepted and its transaction has not ended, so the
@@ -201,7 +205,7 @@ func (s *session) run(env *prepared, tryTLS bool) outcome {
 	if !s.c.opts.ImplicitTLS {
 		switch {
 		case s.ext.startTLS && tryTLS:
-			if out, ok := s.startTLS(); !ok {
+			if out, ok := s.startTLS(env.tls); !ok {
 				s.quit()
 				return out
 			}
@@ -209,6 +213,11 @@ func (s *session) run(env *prepared, tryTLS bool) outcome {
 			s.quit()
 			return outcome{err: fmt.Errorf("%w: server does not offer STARTTLS", errTLSRequired)}
 		}
+	}
+	if err := s.checkPolicy(env.tls); err != nil {
+		// A policy's demand unmet: not this host, never in plaintext.
+		s.quit()
+		return outcome{err: err}
 	}
 	if s.c.opts.Username != "" {
 		if err := s.auth(); err != nil {
@@ -251,8 +260,8 @@ func (s *session) hello() error {
 }
 
 // startTLS upgrades the session (RFC 3207). ok is false when the session
-// must end with out.
-func (s *session) startTLS() (out outcome, ok bool) {
+// must end with out. req is the envelope's policy demand, if any.
+func (s *session) startTLS(req *TLSRequirement) (out outcome, ok bool) {
 	// Whatever the server sent after its EHLO reply came unasked: drop it,
 	// so that a reply slipped in early is never taken for the answer to
 	// STARTTLS (the STARTTLS command-injection flaw, RFC 3207 4.2).
@@ -262,6 +271,9 @@ func (s *session) startTLS() (out outcome, ok bool) {
 		return outcome{err: fmt.Errorf("STARTTLS: %w", err)}, false
 	}
 	if rep.Code != codeReady {
+		if req != nil && rep.Code != codeClosing {
+			return outcome{err: &TLSError{Type: TLSStartTLSNotSupported, Err: fmt.Errorf("STARTTLS refused: %w", rep.err())}}, false
+		}
 		if s.c.opts.RequireTLS || rep.Code == codeClosing {
 			return outcome{err: fmt.Errorf("%w: STARTTLS refused: %w", errTLSRequired, rep.err())}, false
 		}
@@ -275,6 +287,11 @@ func (s *session) startTLS() (out outcome, ok bool) {
 		err = fmt.Errorf("TLS handshake: %w", err)
 		if s.c.opts.RequireTLS {
 			err = fmt.Errorf("%w: %w", errTLSRequired, err)
+		}
+		if req != nil {
+			// A policy's host whose handshake fails: a TLS-RPT
+			// validation failure, never a plaintext retry.
+			err = &TLSError{Type: TLSValidationFailure, Err: err}
 		}
 		return outcome{err: err, tlsFailed: true}, false
 	}
@@ -309,6 +326,7 @@ func (s *session) handshake() (*tls.Conn, error) {
 	}
 	s.conn.SetDeadline(time.Time{})
 	st := tc.ConnectionState()
+	s.peer = st.PeerCertificates
 	s.tls = &TLSInfo{
 		Version:  strings.ReplaceAll(tls.VersionName(st.Version), " ", ""),
 		Cipher:   tls.CipherSuiteName(st.CipherSuite),

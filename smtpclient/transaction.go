@@ -124,6 +124,9 @@ func (s *session) transaction(env *prepared, idx []int, res []Result) (tx txResu
 	if s.ext.sizeOffered {
 		mail += fmt.Sprintf(" SIZE=%d", env.size) // RFC 1870 3
 	}
+	if env.tls != nil && env.tls.RequireTLS {
+		mail += " REQUIRETLS" // RFC 8689 3, passed on; checkPolicy saw it offered
+	}
 
 	// Send what can go before the first reply.
 	if rset {

@@ -32,6 +32,7 @@ type NewMessage struct {
 	Body       []byte // whole RFC 5322 message
 	Needs8Bit  bool   // body has 8-bit octets: send with BODY=8BITMIME (RFC 6152)
 	NeedsUTF8  bool   // needs SMTPUTF8 (RFC 6531)
+	RequireTLS bool   // REQUIRETLS (RFC 8689)
 	CreatedAt  time.Time
 	SendAt     time.Time // zero: now
 	Recipients []NewRecipient
@@ -67,8 +68,12 @@ const maxRecipients = math.MaxInt16 + 1
 const maxIdempotencyKey = 255
 
 const (
-	deleteMessages = `DELETE FROM messages WHERE id = ANY($1)` // recipients and idempotency rows cascade
-	messageExists  = `SELECT EXISTS (SELECT 1 FROM messages WHERE id = $1)`
+	// Recipients and idempotency rows cascade; message_tags has no foreign
+	// key (migration 0010) and goes through its primary key.
+	deleteMessages = `WITH gone AS (DELETE FROM messages WHERE id = ANY($1) RETURNING id, tenant_id, tags, created_at)
+DELETE FROM message_tags t USING gone g
+WHERE t.tenant_id = g.tenant_id AND t.tag = ANY (g.tags) AND t.created_at = g.created_at AND t.message_id = g.id`
+	messageExists = `SELECT EXISTS (SELECT 1 FROM messages WHERE id = $1)`
 
 	// claimIdempotency takes the key, or takes over one older than the TTL.
 	// When a live key exists it returns no row and leaves the row locked
@@ -308,6 +313,7 @@ func copyMessages(ctx context.Context, tx pgx.Tx, msgs []NewMessage, now time.Ti
 	}
 	rows := make([][]any, len(msgs))
 	rrows := make([][]any, 0, nrcpt)
+	var trows [][]any // message_tags
 	ev := newAcceptEvents(nevents)
 	for i := range msgs {
 		m := &msgs[i]
@@ -321,9 +327,9 @@ func copyMessages(ctx context.Context, tx pgx.Tx, msgs []NewMessage, now time.Ti
 		}
 		// A message whose every recipient is suppressed is complete at
 		// once, and its body is not kept (as completeMessage does).
-		body, completed := nonNil(m.Body), any(nil)
+		body, completed, status := nonNil(m.Body), any(nil), StatusPending
 		if m.allSuppressed() {
-			body, completed = nil, created
+			body, completed, status = nil, created, StatusBounced
 		}
 		// The header-derived columns are descriptive (the body holds the
 		// fields as sent): intake refuses bad ones, and here they are
@@ -332,7 +338,12 @@ func copyMessages(ctx context.Context, tx pgx.Tx, msgs []NewMessage, now time.Ti
 		rows[i] = []any{
 			m.ID, m.TenantID, nullString(m.APIKeyID), m.Ingress, messageID, m.MailFrom,
 			cleanLine(m.From, maxHeaderText), cleanLine(m.Subject, maxHeaderText), tags,
-			metadata, len(m.Body), body, sendAt, created, m.Needs8Bit, m.NeedsUTF8, completed,
+			metadata, len(m.Body), body, sendAt, created, m.Needs8Bit, m.NeedsUTF8, completed, status,
+		}
+		for j, t := range tags {
+			if !slices.Contains(tags[:j], t) { // the key is (tenant, tag, created_at, id)
+				trows = append(trows, []any{m.TenantID, t, created, m.ID})
+			}
 		}
 		common := eventCommon(m.ID, messageID, m.TenantID, tags, metadata)
 		for j, r := range m.Recipients {
@@ -344,7 +355,7 @@ func copyMessages(ctx context.Context, tx pgx.Tx, msgs []NewMessage, now time.Ti
 			if r.Suppressed != "" {
 				ev.add(m, j, EventMessageSuppressed, 2, common, r.Email, suppressedDetail)
 				rrows = append(rrows, []any{m.ID, int16(j), r.Email, strings.ToLower(d), nil,
-					RecipientSuppressed, r.Suppressed, BounceHard, BounceSuppressed, int32(2)})
+					RecipientSuppressed, r.Suppressed, BounceHard, BounceSuppressed, int32(2), m.TenantID, created, NormalizeEmail(r.Email)})
 				continue
 			}
 			seq := int32(1)
@@ -353,22 +364,31 @@ func copyMessages(ctx context.Context, tx pgx.Tx, msgs []NewMessage, now time.Ti
 				ev.add(m, j, EventMessageScheduled, 2, common, r.Email, zeroDetail)
 			}
 			rrows = append(rrows, []any{m.ID, int16(j), r.Email, strings.ToLower(d), due,
-				RecipientQueued, nil, nil, nil, seq})
+				RecipientQueued, nil, nil, nil, seq, m.TenantID, created, NormalizeEmail(r.Email)})
 		}
+	}
+	for i := range msgs {
+		rows[i] = append(rows[i], msgs[i].RequireTLS) // messageColumns' last, require_tls
 	}
 	messageColumns := []string{
 		"id", "tenant_id", "api_key_id", "ingress", "message_id", "mail_from", "from_header",
 		"subject", "tags", "metadata", "size", "body", "send_at", "created_at", "needs_8bit", "needs_smtputf8",
-		"completed_at",
+		"completed_at", "status", "require_tls",
 	}
 	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"messages"}, messageColumns, pgx.CopyFromRows(rows)); err != nil {
 		return 0, fmt.Errorf("copy messages: %w", err)
 	}
 	// attempts and updated_at take their defaults: 0, now().
 	recipientColumns := []string{"message_id", "idx", "email", "domain", "next_attempt_at",
-		"status", "suppressed_reason", "bounce_type", "bounce_class", "event_seq"}
+		"status", "suppressed_reason", "bounce_type", "bounce_class", "event_seq", "tenant_id", "created_at", "addr"}
 	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"recipients"}, recipientColumns, pgx.CopyFromRows(rrows)); err != nil {
 		return 0, fmt.Errorf("copy recipients: %w", err)
+	}
+	if len(trows) > 0 {
+		tagColumns := []string{"tenant_id", "tag", "created_at", "message_id"}
+		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"message_tags"}, tagColumns, pgx.CopyFromRows(trows)); err != nil {
+			return 0, fmt.Errorf("copy message tags: %w", err)
+		}
 	}
 	// xid, pos and created_at take their defaults.
 	eventColumns := []string{"id", "tenant_id", "type", "message_id", "rcpt_idx", "sequence", "data"}

@@ -32,6 +32,13 @@ type Attempt struct {
 	// classify a failure (package bounce); both "" for a delivery.
 	BounceType  string
 	BounceClass string
+	// TLSPolicy is the policy the attempt ran under (none, mta-sts, dane,
+	// requiretls; "" before policies existed), TLSFailure the TLS-RPT
+	// result type (RFC 8460 4.3) when the policy refused a host, TLSOptOut
+	// that the message's "TLS-Required: No" set policies aside.
+	TLSPolicy  string
+	TLSFailure string
+	TLSOptOut  bool
 }
 
 const (
@@ -44,13 +51,15 @@ WHERE i.inhparent = 'attempts'::regclass ORDER BY c.relname`
 // attemptColumnList names the attempts columns in the order of
 // attemptArrays.
 const attemptColumnList = `message_id, rcpt_idx, attempt, started_at, duration_ms, mx_host, mx_ip,
-	tls_version, tls_cipher, tls_verified, smtp_code, enhanced_code, response, outcome, bounce_type, bounce_class`
+	tls_version, tls_cipher, tls_verified, smtp_code, enhanced_code, response, outcome, bounce_type, bounce_class,
+	tls_policy, tls_failure, tls_opt_out`
 
 // insertAttempts inserts attempts from arrays, one per column. Rows go to
 // the partition of their started_at month (the default one if it has none).
 const insertAttempts = `INSERT INTO attempts (` + attemptColumnList + `)
 SELECT * FROM unnest($1::uuid[], $2::smallint[], $3::int[], $4::timestamptz[], $5::int[], $6::text[], $7::inet[],
-	$8::text[], $9::text[], $10::bool[], $11::int[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[])`
+	$8::text[], $9::text[], $10::bool[], $11::int[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[],
+	$17::text[], $18::text[], $19::bool[])`
 
 // InsertAttempts records attempts in one statement.
 func (s *Store) InsertAttempts(ctx context.Context, as []Attempt) error {
@@ -65,7 +74,7 @@ func (s *Store) InsertAttempts(ctx context.Context, as []Attempt) error {
 	}
 	if _, err := s.pool.Exec(ctx, insertAttempts, cols.message, cols.rcpt, cols.attempt, cols.started, cols.durationMS,
 		cols.mxHost, cols.mxIP, cols.tlsVersion, cols.tlsCipher, cols.tlsVerified, cols.code, cols.enhanced,
-		cols.response, cols.outcome, cols.bounceType, cols.bounceClass); err != nil {
+		cols.response, cols.outcome, cols.bounceType, cols.bounceClass, cols.tlsPolicy, cols.tlsFailure, cols.tlsOptOut); err != nil {
 		return fmt.Errorf("insert attempts: %w", rejected(err))
 	}
 	return nil
@@ -129,6 +138,9 @@ type attemptArrays struct {
 	outcome     []string
 	bounceType  []*string
 	bounceClass []*string
+	tlsPolicy   []*string
+	tlsFailure  []*string
+	tlsOptOut   []bool
 }
 
 // add appends a, checked as InsertAttempts checks it.
@@ -164,6 +176,9 @@ func (c *attemptArrays) add(a Attempt) error {
 	c.outcome = append(c.outcome, a.Outcome)
 	c.bounceType = append(c.bounceType, optional(a.BounceType))
 	c.bounceClass = append(c.bounceClass, optional(a.BounceClass))
+	c.tlsPolicy = append(c.tlsPolicy, optional(cleanLine(a.TLSPolicy, maxHostText)))
+	c.tlsFailure = append(c.tlsFailure, optional(cleanLine(a.TLSFailure, maxHostText)))
+	c.tlsOptOut = append(c.tlsOptOut, a.TLSOptOut)
 	return nil
 }
 

@@ -24,6 +24,7 @@ type Delivery struct {
 	Signed     bool   // false: DKIMHeader not computed yet
 	Needs8Bit  bool
 	NeedsUTF8  bool
+	RequireTLS bool // REQUIRETLS (RFC 8689) asked for at submission
 	CreatedAt  time.Time
 	SendAt     *time.Time
 	Recipients []PendingRecipient // queued or deferred, in this domain
@@ -50,7 +51,7 @@ type PendingRecipient struct {
 // delivery, 50 buffers instead of 3 at 10,000 pending.
 const (
 	selectDelivery = `SELECT tenant_id, message_id, mail_from, from_header, body, dkim_header, needs_8bit, needs_smtputf8, created_at, send_at,
-	(SELECT reason FROM parked_jobs WHERE message_id = $1 AND domain = $2 AND parked_at IS NOT NULL)
+	(SELECT reason FROM parked_jobs WHERE message_id = $1 AND domain = $2 AND parked_at IS NOT NULL), require_tls
 FROM messages WHERE id = $1`
 	selectPending = `SELECT idx, email, attempts, next_attempt_at FROM recipients
 WHERE message_id = $1 AND domain = $2 AND status NOT IN ('delivered', 'bounced', 'suppressed') ORDER BY idx`
@@ -104,14 +105,16 @@ WHERE message_id = $1 AND idx = ANY($2) AND lease_owner = $3 AND status NOT IN (
 	recordAttempts = `WITH o AS (
 	SELECT * FROM unnest($2::smallint[], $3::int[], $4::timestamptz[], $5::int[], $6::text[], $7::inet[], $8::text[],
 		$9::text[], $10::bool[], $11::int[], $12::text[], $13::text[], $14::text[], $15::timestamptz[],
-		$16::text[], $17::text[], $18::bool[])
+		$16::text[], $17::text[], $18::bool[], $20::text[], $21::text[], $22::bool[])
 	AS o(idx, attempt, started_at, duration_ms, mx_host, mx_ip, tls_version, tls_cipher, tls_verified,
-		smtp_code, enhanced_code, response, outcome, next_at, bounce_type, bounce_class, suppress)
+		smtp_code, enhanced_code, response, outcome, next_at, bounce_type, bounce_class, suppress,
+		tls_policy, tls_failure, tls_opt_out)
 ), moved AS (
 	UPDATE recipients r SET
 		status = o.outcome, attempts = o.attempt, last_attempt_at = o.started_at,
 		next_attempt_at = o.next_at, smtp_code = o.smtp_code, enhanced_code = o.enhanced_code,
 		response = o.response, mx_host = o.mx_host, tls_version = o.tls_version, updated_at = now(),
+		tls_policy = o.tls_policy, tls_verified = CASE WHEN o.mx_host IS NULL THEN NULL ELSE o.tls_verified END,
 		lease_owner = NULL, lease_until = NULL,
 		-- NULL for a delivery: the class is the latest failure's.
 		bounce_type = o.bounce_type, bounce_class = o.bounce_class, bounce_async = false
@@ -122,7 +125,8 @@ WHERE message_id = $1 AND idx = ANY($2) AND lease_owner = $3 AND status NOT IN (
 ), inserted AS (
 	INSERT INTO attempts (` + attemptColumnList + `)
 	SELECT $1, o.idx, o.attempt, o.started_at, o.duration_ms, o.mx_host, o.mx_ip, o.tls_version, o.tls_cipher,
-		o.tls_verified, o.smtp_code, o.enhanced_code, o.response, o.outcome, o.bounce_type, o.bounce_class
+		o.tls_verified, o.smtp_code, o.enhanced_code, o.response, o.outcome, o.bounce_type, o.bounce_class,
+		o.tls_policy, o.tls_failure, o.tls_opt_out
 	FROM o JOIN moved m ON m.idx = o.idx
 ), t AS (
 	SELECT tenant_id FROM messages WHERE id = $1
@@ -162,10 +166,22 @@ WHERE m.id = $1 AND r.message_id = $1 AND r.idx = ANY($2) AND b.tenant_id = m.te
 AND b.email = ` + suppressionAddr + ` AND $3::int > 0 AND b.failures >= $3`
 	// completeMessage drops the body once no recipient is left to deliver:
 	// the ledger keeps the metadata, not the mail.
-	completeMessage = `UPDATE messages SET body = NULL, completed_at = now()
+	// It also stores the final status (the message log filters on it): the
+	// same row version, so no write is added.
+	completeMessage = `UPDATE messages SET body = NULL, completed_at = now(), status = ` + finalStatus + `
 WHERE id = $1 AND completed_at IS NULL
 AND NOT EXISTS (SELECT 1 FROM recipients WHERE message_id = $1 AND status NOT IN ('delivered', 'bounced', 'suppressed'))
 RETURNING true`
+	// finalStatus is messageStatus in SQL for a message with no recipient
+	// left to send: delivered, partially_delivered or bounced.
+	finalStatus = `(SELECT CASE WHEN bool_and(status = 'delivered') THEN 'delivered'
+	WHEN bool_or(status = 'delivered') THEN 'partially_delivered' ELSE 'bounced' END
+FROM recipients WHERE message_id = $1)`
+	// restatusMessage follows a report that bounced a recipient of a
+	// message already complete (a DSN after a 250): its status changes,
+	// its row only when it does.
+	restatusMessage = `UPDATE messages SET status = ` + finalStatus + `
+WHERE id = $1 AND completed_at IS NOT NULL AND status IS DISTINCT FROM ` + finalStatus
 )
 
 // LoadDelivery reads a message and its recipients still pending in domain.
@@ -178,7 +194,7 @@ func (s *Store) LoadDelivery(ctx context.Context, id uuid.UUID, domain string) (
 	var dkim *string
 	var parked *string
 	b.Queue(selectDelivery, id, domain).QueryRow(func(row pgx.Row) error {
-		return row.Scan(&d.TenantID, &d.MessageID, &d.MailFrom, &d.From, &d.Body, &dkim, &d.Needs8Bit, &d.NeedsUTF8, &d.CreatedAt, &d.SendAt, &parked)
+		return row.Scan(&d.TenantID, &d.MessageID, &d.MailFrom, &d.From, &d.Body, &dkim, &d.Needs8Bit, &d.NeedsUTF8, &d.CreatedAt, &d.SendAt, &parked, &d.RequireTLS)
 	})
 	b.Queue(selectPending, id, domain).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
@@ -336,7 +352,7 @@ func (s *Store) RecordOutcomes(ctx context.Context, id uuid.UUID, outs []Outcome
 	var hard, limited int64
 	b.Queue(recordAttempts, id, cols.rcpt, cols.attempt, cols.started, cols.durationMS, cols.mxHost, cols.mxIP,
 		cols.tlsVersion, cols.tlsCipher, cols.tlsVerified, cols.code, cols.enhanced, cols.response, cols.outcome, next,
-		cols.bounceType, cols.bounceClass, suppress, s.softBounceLimit).QueryRow(func(row pgx.Row) error {
+		cols.bounceType, cols.bounceClass, suppress, s.softBounceLimit, cols.tlsPolicy, cols.tlsFailure, cols.tlsOptOut).QueryRow(func(row pgx.Row) error {
 		return row.Scan(&hard, &limited)
 	})
 	// The events go after the change (they read the recipients' new
@@ -392,6 +408,10 @@ func outcomeEvents(id uuid.UUID, outs []Outcome) []NewEvent {
 		}
 		d := EventDetail{Attempt: a.Attempt, SMTPCode: a.SMTPCode, EnhancedCode: a.EnhancedCode, Response: a.Response,
 			MXHost: a.MXHost, TLSVersion: a.TLSVersion, BounceType: a.BounceType, BounceClass: a.BounceClass}
+		d.TLSPolicy, d.TLSFailure = a.TLSPolicy, a.TLSFailure
+		if a.MXHost != "" {
+			d.TLSVerified = &a.TLSVerified
+		}
 		evs = append(evs, NewEvent{ID: EventID(id, a.Recipient, typ, a.Attempt), Type: typ, MessageID: id,
 			RcptIdx: a.Recipient, Detail: d, When: WhenAttempt})
 		if a.Outcome == RecipientBounced {

@@ -112,12 +112,19 @@ type EventDetail struct {
 	BounceType   string // "hard" or "soft"
 	BounceClass  string
 	Async        bool // the failure came as a report after the SMTP session
+	// The attempt's TLS policy (none, mta-sts, dane, requiretls), whether
+	// its certificate verified (nil: no host reached) and the TLS-RPT
+	// failure type when the policy refused the hosts.
+	TLSPolicy   string
+	TLSVerified *bool
+	TLSFailure  string
 }
 
 // zeroDetail is the data of an event with no detail (accepted, scheduled),
 // built once: accept writes one per recipient.
 var zeroDetail = []byte(`{"async":false,"attempt":null,"smtp_code":null,"enhanced_code":null,"response":null,` +
-	`"mx_host":null,"tls_version":null,"bounce_type":null,"bounce_class":null}`)
+	`"mx_host":null,"tls_version":null,"bounce_type":null,"bounce_class":null,` +
+	`"tls_policy":null,"tls_verified":null,"tls_failure":null}`)
 
 func (d EventDetail) json() []byte {
 	if d == (EventDetail{}) {
@@ -126,6 +133,10 @@ func (d EventDetail) json() []byte {
 	v := map[string]any{
 		"attempt": nil, "smtp_code": nil, "enhanced_code": nil, "response": nil, "mx_host": nil,
 		"tls_version": nil, "bounce_type": nil, "bounce_class": nil, "async": d.Async,
+		"tls_policy": nil, "tls_verified": nil, "tls_failure": nil,
+	}
+	if d.TLSVerified != nil {
+		v["tls_verified"] = *d.TLSVerified
 	}
 	if d.Attempt > 0 {
 		v["attempt"] = d.Attempt
@@ -139,12 +150,13 @@ func (d EventDetail) json() []byte {
 		"enhanced_code": cleanLine(d.EnhancedCode, maxHostText), "response": cleanText(d.Response, maxReplyText),
 		"mx_host": cleanLine(d.MXHost, maxHostText), "tls_version": cleanLine(d.TLSVersion, maxHostText),
 		"bounce_type": d.BounceType, "bounce_class": d.BounceClass,
+		"tls_policy": cleanLine(d.TLSPolicy, maxHostText), "tls_failure": cleanLine(d.TLSFailure, maxHostText),
 	} {
 		if s != "" {
 			v[k] = s
 		}
 	}
-	b, _ := json.Marshal(v) // strings and ints only: cannot fail
+	b, _ := json.Marshal(v) // strings, ints and bools only: cannot fail
 	return b
 }
 

@@ -70,6 +70,10 @@ type RecipientView struct {
 	BounceClass      *string
 	SuppressedReason *string
 	BounceAsync      bool
+	// TLSPolicy and TLSVerified are those of the latest attempt (nil
+	// before one reached a host, or before TLS policies were recorded).
+	TLSPolicy   *string
+	TLSVerified *bool
 }
 
 // Event is one thing that happened to a message: accepted, scheduled, an
@@ -100,6 +104,12 @@ type Event struct {
 	Async        bool
 	ReportingMTA *string
 	RemoteMTA    *string
+	// The attempt's TLS policy, the failure type when the policy refused
+	// hosts, and whether "TLS-Required: No" set policies aside; nil for
+	// other events.
+	TLSPolicy  *string
+	TLSFailure *string
+	TLSOptOut  *bool
 }
 
 // EventComplained is a recipient's complaint (an ARF report); the other
@@ -113,7 +123,7 @@ const (
 FROM messages WHERE id = $1 AND tenant_id = $2`
 	selectRecipients = `SELECT r.idx, r.email, r.status, r.attempts, r.last_attempt_at, r.next_attempt_at,
 	r.smtp_code, r.enhanced_code, r.response, r.mx_host, r.tls_version,
-	r.bounce_type, r.bounce_class, r.suppressed_reason, r.bounce_async
+	r.bounce_type, r.bounce_class, r.suppressed_reason, r.bounce_async, r.tls_policy, r.tls_verified
 FROM recipients r JOIN messages m ON m.id = r.message_id
 WHERE r.message_id = $1 AND m.tenant_id = $2
 ORDER BY r.idx`
@@ -122,7 +132,7 @@ ORDER BY r.idx`
 	// the API and worker machines.
 	selectAttemptEvents = `SELECT a.rcpt_idx, a.started_at, a.outcome, a.smtp_code, a.enhanced_code,
 	a.response, a.mx_host, a.attempt, host(a.mx_ip), a.tls_version, a.tls_cipher, a.tls_verified, a.duration_ms,
-	a.bounce_type, a.bounce_class
+	a.bounce_type, a.bounce_class, a.tls_policy, a.tls_failure, a.tls_opt_out
 FROM attempts a
 WHERE a.message_id = $1
 	AND a.started_at >= (SELECT created_at - interval '1 hour' FROM messages WHERE id = $1 AND tenant_id = $2)
@@ -152,7 +162,7 @@ func (s *Store) GetMessage(ctx context.Context, tenantID string, id uuid.UUID) (
 			var idx int
 			err := row.Scan(&idx, &r.Email, &r.Status, &r.Attempts, &r.LastAttemptAt, &r.NextAttemptAt,
 				&r.SMTPCode, &r.EnhancedCode, &r.Response, &r.MXHost, &r.TLSVersion,
-				&r.BounceType, &r.BounceClass, &r.SuppressedReason, &r.BounceAsync)
+				&r.BounceType, &r.BounceClass, &r.SuppressedReason, &r.BounceAsync, &r.TLSPolicy, &r.TLSVerified)
 			for len(emails) <= idx {
 				emails = append(emails, "")
 			}
@@ -168,7 +178,7 @@ func (s *Store) GetMessage(ctx context.Context, tenantID string, id uuid.UUID) (
 			var idx int
 			err := row.Scan(&idx, &e.At, &e.Type, &e.SMTPCode, &e.EnhancedCode, &e.Response, &e.MXHost,
 				&e.Attempt, &e.MXIP, &e.TLSVersion, &e.TLSCipher, &e.TLSVerified, &e.DurationMS,
-				&e.BounceType, &e.BounceClass)
+				&e.BounceType, &e.BounceClass, &e.TLSPolicy, &e.TLSFailure, &e.TLSOptOut)
 			if err == nil && idx < len(emails) {
 				e.Recipient = emails[idx]
 			}

@@ -221,6 +221,9 @@ func (s *Store) ApplyReport(ctx context.Context, r AsyncReport) (AsyncResult, er
 			if _, err := tx.Exec(ctx, completeMessage, r.MessageID); err != nil {
 				return err
 			}
+			if _, err := tx.Exec(ctx, restatusMessage, r.MessageID); err != nil {
+				return err
+			}
 		}
 		return nil
 	})

@@ -185,6 +185,8 @@ func New(opts Options) (*Server, error) {
 	// go-smtp always offers PIPELINING (RFC 2920), 8BITMIME (RFC 6152),
 	// ENHANCEDSTATUSCODES (RFC 2034) and CHUNKING (RFC 3030).
 	srv.EnableSMTPUTF8 = true // RFC 6531: mail.ParseRaw takes RFC 6532 headers
+	// RFC 8689 2: go-smtp advertises REQUIRETLS only after STARTTLS.
+	srv.EnableREQUIRETLS = true
 	// AUTH must reach the session before TLS too, so that a plaintext
 	// attempt gets 538 5.7.11 (RFC 4954 6) rather than go-smtp's 523; the
 	// session offers no mechanism and accepts none until TLS is up.

@@ -37,6 +37,8 @@ type session struct {
 	rcpts []string      // RCPT TO, normalised
 	size  int64         // SIZE parameter of MAIL, 0 if none
 	utf8  bool          // MAIL had SMTPUTF8: 8-bit headers allowed (RFC 6531 3.4)
+	// requireTLS: MAIL had REQUIRETLS (RFC 8689 3), stored with the message.
+	requireTLS bool
 }
 
 var _ smtp.AuthSession = (*session)(nil)
@@ -177,12 +179,20 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		s.srv.opts.Metrics.refused(refusedTooLarge)
 		return errTooLarge(s.srv.opts.Budget.Capacity())
 	}
+	if opts != nil && opts.RequireTLS {
+		// go-smtp advertises REQUIRETLS only over TLS but takes the
+		// parameter either way; RFC 8689 3 allows it only over TLS.
+		if _, isTLS := s.conn.TLSConnectionState(); !isTLS {
+			return &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 10},
+				Message: "REQUIRETLS needs a TLS session: STARTTLS first (RFC 8689 3)"}
+		}
+	}
 	if err := s.rateLimit(s.key); err != nil {
 		return err
 	}
-	s.from, s.rcpts, s.size, s.utf8 = addr.Addr, nil, 0, false
+	s.from, s.rcpts, s.size, s.utf8, s.requireTLS = addr.Addr, nil, 0, false, false
 	if opts != nil {
-		s.size, s.utf8 = opts.Size, opts.UTF8
+		s.size, s.utf8, s.requireTLS = opts.Size, opts.UTF8, opts.RequireTLS
 	}
 	s.tc.busy.Store(true)
 	return nil
@@ -209,7 +219,7 @@ func (s *session) Data(r io.Reader) error {
 	// than the one command read's deadline go-smtp left in place.
 	_ = s.conn.Conn().SetReadDeadline(time.Now().Add(s.srv.opts.DataTimeout))
 	s.mu.Lock()
-	key, from, rcpts, size, smtputf8 := s.key, s.from, slices.Clone(s.rcpts), s.size, s.utf8
+	key, from, rcpts, size, smtputf8, requireTLS := s.key, s.from, slices.Clone(s.rcpts), s.size, s.utf8, s.requireTLS
 	s.mu.Unlock()
 
 	// The bytes in flight are reserved by the SIZE the client declared,
@@ -264,7 +274,7 @@ func (s *session) Data(r io.Reader) error {
 		return err
 	}
 
-	sub := intake.Submission{TenantID: key.TenantID, APIKeyID: key.ID, Ingress: "smtp", Message: msg}
+	sub := intake.Submission{TenantID: key.TenantID, APIKeyID: key.ID, Ingress: "smtp", Message: msg, RequireTLS: requireTLS}
 	receipt, err := s.srv.opts.Intake.NewReceipt(sub)
 	if err != nil {
 		s.log(key).Error("smtp message: new receipt", slog.Any("error", err))
@@ -334,7 +344,7 @@ func refusedMessage(fe mail.FieldErrors) error {
 // stays.
 func (s *session) Reset() {
 	s.mu.Lock()
-	s.from, s.rcpts, s.size, s.utf8 = "", nil, 0, false
+	s.from, s.rcpts, s.size, s.utf8, s.requireTLS = "", nil, 0, false, false
 	s.mu.Unlock()
 	s.tc.busy.Store(false)
 }

@@ -172,6 +172,16 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	if err != nil {
 		return err
 	}
+	if roles["scheduler"] && cfg.TLSRPTFrom != "" {
+		if err := startTLSRPT(ctx, cfg, st, in, log.With("role", "scheduler"), &wg, errc); err != nil {
+			return err
+		}
+	}
+	if roles["scheduler"] && cfg.MTASTS && cfg.Smarthost == nil {
+		if err := startPolicyRefresh(ctx, cfg, st, log.With("role", "scheduler"), &wg, errc); err != nil {
+			return err
+		}
+	}
 	// One cap on message bytes in flight, shared by the API and submission.
 	bodies, err := budget.New(cfg.MaxBytesInFlight)
 	if err != nil {

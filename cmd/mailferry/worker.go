@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -20,6 +21,7 @@ import (
 	"github.com/mailferry/mailferry/returnpath"
 	"github.com/mailferry/mailferry/smtpclient"
 	"github.com/mailferry/mailferry/store"
+	"github.com/mailferry/mailferry/tlspolicy"
 )
 
 // workerBounces is what a worker needs for bounces: the VERP signer (nil:
@@ -51,9 +53,24 @@ func newWorker(cfg config.Config, st *store.Store, q *queue.Queue, reg prometheu
 		}
 		log.Info("relaying all mail through a smarthost", "smarthost", cfg.Smarthost.Redacted())
 	}
-	client, err := smtpclient.New(copts)
+	inner, err := smtpclient.New(copts)
 	if err != nil {
 		return nil, fmt.Errorf("smtp client: %w", err)
+	}
+	// The TLS policy layer: MTA-STS of the recipient domain (not through
+	// a smarthost, whose name no recipient domain's policy lists) and
+	// REQUIRETLS/TLS-Required of the message.
+	client, err := tlspolicy.New(tlspolicy.Options{
+		Inner: inner, Cache: st, MTASTS: cfg.MTASTS && cfg.Smarthost == nil, DNSSEC: cfg.DNSSEC && cfg.Smarthost == nil,
+		DNSServer: cfg.DNSServer, AllowPrivate: cfg.AllowPrivateDestinations,
+		Logger: log, Registerer: reg,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if cfg.DNSSEC {
+		log.Info("DANE on: trusting the AD bit of the DNS server, which must validate and be reached over a trusted path",
+			"dns_server", cmp.Or(cfg.DNSServer, "/etc/resolv.conf"))
 	}
 	return relay.NewWorker(relay.WorkerOptions{
 		Ledger: st, Queue: q, Route: route, Client: client,

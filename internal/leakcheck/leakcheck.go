@@ -16,23 +16,46 @@ import (
 func Run(w io.Writer, run func() int) int { return check(w, 10*time.Second, run) }
 
 func check(w io.Writer, grace time.Duration, run func() int) int {
-	before := len(goroutines())
+	before := goroutines()
 	code := run()
 	if code != 0 {
 		return code
 	}
+	// New goroutines are told by id, not by count: one that was there
+	// before and ends during run would otherwise hide one that run leaked.
 	deadline := time.Now().Add(grace)
-	left := goroutines()
-	for len(left) > before && time.Now().Before(deadline) {
+	left := started(before, goroutines())
+	for len(left) > 0 && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond) // goroutines have no end to wait on
-		left = goroutines()
+		left = started(before, goroutines())
 	}
-	if len(left) > before {
-		fmt.Fprintf(w, "goroutine leak: %d before the tests, %d after:\n\n%s\n",
-			before, len(left), strings.Join(left, "\n\n"))
+	if len(left) > 0 {
+		fmt.Fprintf(w, "goroutine leak: %d started during the tests are still running:\n\n%s\n",
+			len(left), strings.Join(left, "\n\n"))
 		return 1
 	}
 	return code
+}
+
+// started returns the stacks in now whose goroutine is not in before.
+func started(before, now []string) []string {
+	old := make(map[string]bool, len(before))
+	for _, g := range before {
+		old[goroutineID(g)] = true
+	}
+	var out []string
+	for _, g := range now {
+		if !old[goroutineID(g)] {
+			out = append(out, g)
+		}
+	}
+	return out
+}
+
+// goroutineID is the "goroutine N" that heads a stack.
+func goroutineID(stack string) string {
+	id, _, _ := strings.Cut(stack, " [")
+	return id
 }
 
 // goroutines returns the stacks of all goroutines but this one and those

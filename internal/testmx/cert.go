@@ -7,8 +7,11 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
 	"math/big"
 	"net"
+	"os"
 	"testing"
 	"time"
 )
@@ -24,9 +27,33 @@ type CA struct {
 // NewCA creates a CA for one test.
 func NewCA(t testing.TB) *CA {
 	t.Helper()
-	key := newKey(t)
+	ca, err := NewCAFile("")
+	if err != nil {
+		t.Fatalf("testmx: %v", err)
+	}
+	return ca
+}
+
+// PEM is the CA certificate, PEM-encoded: the contents of an SSL_CERT_FILE
+// that makes the CA part of the system trust store.
+func (ca *CA) PEM() []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.cert.Raw})
+}
+
+// NewCAFile creates a CA outside any test (for a TestMain) and, when path
+// is not "", writes its certificate there in PEM: set SSL_CERT_FILE to path
+// before anything reads the system roots, which Go loads once per process.
+func NewCAFile(path string) (*CA, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("generate CA key: %w", err)
+	}
+	sn, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
+	if err != nil {
+		return nil, fmt.Errorf("serial: %w", err)
+	}
 	tmpl := &x509.Certificate{
-		SerialNumber:          serial(t),
+		SerialNumber:          sn,
 		Subject:               pkix.Name{CommonName: "testmx CA"},
 		NotBefore:             time.Now().Add(-time.Hour),
 		NotAfter:              time.Now().Add(24 * time.Hour),
@@ -36,15 +63,21 @@ func NewCA(t testing.TB) *CA {
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
-		t.Fatalf("testmx: create CA: %v", err)
+		return nil, fmt.Errorf("create CA: %w", err)
 	}
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		t.Fatalf("testmx: parse CA: %v", err)
+		return nil, fmt.Errorf("parse CA: %w", err)
 	}
 	pool := x509.NewCertPool()
 	pool.AddCert(cert)
-	return &CA{Pool: pool, cert: cert, key: key}
+	ca := &CA{Pool: pool, cert: cert, key: key}
+	if path != "" {
+		if err := os.WriteFile(path, ca.PEM(), 0o600); err != nil {
+			return nil, fmt.Errorf("write CA: %w", err)
+		}
+	}
+	return ca, nil
 }
 
 // Issue returns a server certificate signed by the CA for names (DNS names
@@ -103,3 +136,6 @@ func serial(t testing.TB) *big.Int {
 	}
 	return n
 }
+
+// Cert is the CA's own certificate (a DANE-TA trust anchor, say).
+func (ca *CA) Cert() *x509.Certificate { return ca.cert }

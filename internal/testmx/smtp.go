@@ -37,6 +37,8 @@ type SMTPOptions struct {
 	ImplicitTLS bool
 	// SMTPUTF8 advertises SMTPUTF8 (RFC 6531).
 	SMTPUTF8 bool
+	// RequireTLS advertises REQUIRETLS after STARTTLS (RFC 8689 2).
+	RequireTLS bool
 	// MaxSize advertises SIZE with this limit (RFC 1870) and enforces it.
 	MaxSize int64
 	// MaxRecipients advertises LIMITS RCPTMAX (RFC 9422) and answers 452 to
@@ -56,6 +58,7 @@ type Message struct {
 	To         []string // recipients the server accepted
 	Data       []byte   // as received, dot-stuffing undone
 	UTF8       bool     // MAIL carried SMTPUTF8
+	RequireTLS bool     // MAIL carried REQUIRETLS (RFC 8689 3)
 	Body       string   // MAIL BODY= parameter
 	Size       int64    // MAIL SIZE= parameter
 	TLS        bool
@@ -104,6 +107,7 @@ func StartSMTP(t testing.TB, ln net.Listener, opts SMTPOptions) *SMTP {
 	srv.MaxMessageBytes = opts.MaxSize
 	srv.MaxRecipients = opts.MaxRecipients
 	srv.EnableSMTPUTF8 = opts.SMTPUTF8
+	srv.EnableREQUIRETLS = opts.RequireTLS
 	srv.ErrorLog = log.New(io.Discard, "", 0)
 	if !opts.NoTLS || opts.ImplicitTLS {
 		cert := opts.Cert
@@ -327,7 +331,7 @@ func (s *session) Data(r io.Reader) error {
 	s.b.s.mu.Lock()
 	s.b.s.messages = append(s.b.s.messages, Message{
 		From: s.from, To: append([]string(nil), s.to...), Data: data,
-		UTF8: s.opts.UTF8, Body: string(s.opts.Body), Size: s.opts.Size,
+		UTF8: s.opts.UTF8, RequireTLS: s.opts.RequireTLS, Body: string(s.opts.Body), Size: s.opts.Size,
 		TLS: s.tls, TLSVersion: s.tlsVersion, Helo: s.c.Hostname(), User: s.user, Reply: reply,
 	})
 	s.b.s.mu.Unlock()
