@@ -522,11 +522,6 @@ func TestJobPanicParked(t *testing.T) {
 	good := p.send(mail.Draft{From: "alice@example.com", To: []string{"bob@example.net"}, Text: "hi"})
 	var mu sync.Mutex
 	panics := 0
-	// Sent before the worker starts: intake queues a job before its rows
-	// commit, and a panic counted against rows not yet there is not
-	// counted, which would make a fourth run.
-	p.send(mail.Draft{From: "alice@example.com", To: []string{"x@poison.example"}, Text: "poison"})
-	good := p.send(mail.Draft{From: "alice@example.com", To: []string{"bob@example.net"}, Text: "hi"})
 	p.start("w", func(o *WorkerOptions) {
 		o.Route = func(ctx context.Context, domain string) ([]Host, error) {
 			if domain == "poison.example" {
