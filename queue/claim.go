@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -51,6 +52,7 @@ func (q *Queue) Claim(ctx context.Context, limit int, block time.Duration) ([]Cl
 			}
 			if err != nil {
 				if len(out) > 0 {
+					q.claims.Add(int64(len(out)))
 					return out, nil
 				}
 				return nil, fmt.Errorf("claim: %w", err)
@@ -59,6 +61,7 @@ func (q *Queue) Claim(ctx context.Context, limit int, block time.Duration) ([]Cl
 		}
 	}
 	if len(out) > 0 || block <= 0 {
+		q.claims.Add(int64(len(out)))
 		return out, nil
 	}
 	deadline := time.Now().Add(block)
@@ -83,6 +86,7 @@ func (q *Queue) Claim(ctx context.Context, limit int, block time.Duration) ([]Cl
 			return nil, fmt.Errorf("claim: %w", err)
 		}
 		if len(got) > 0 {
+			q.claims.Add(int64(len(got)))
 			return got, nil
 		}
 	}
@@ -227,6 +231,7 @@ func (q *Queue) Ack(ctx context.Context, cs ...Claimed) error {
 	if err != nil {
 		return fmt.Errorf("ack %d jobs: %w", len(cs), err)
 	}
+	q.acks.Add(int64(len(cs)))
 	return nil
 }
 
@@ -261,6 +266,10 @@ func (q *Queue) Retry(ctx context.Context, c Claimed, at time.Time) error {
 	if err != nil {
 		return fmt.Errorf("retry %s: %w", c.ID, err)
 	}
+	q.retries.Add(1)
+	if ready {
+		q.retriesNow.Add(1)
+	}
 	return nil
 }
 
@@ -280,6 +289,37 @@ for i = 3, #ARGV do
 end
 return lost
 `
+
+// Hold renews the claims like Extend and returns the entry ids of those
+// this worker no longer holds, without treating them as an error: a worker
+// keeping many jobs waiting for their destination drops just those.
+func (q *Queue) Hold(ctx context.Context, cs ...Claimed) ([]string, error) {
+	if q.opts.Consumer == "" {
+		return nil, fmt.Errorf("hold: %w", errNoConsumer)
+	}
+	ids, used, err := q.idsByShard(cs)
+	if err != nil {
+		return nil, fmt.Errorf("hold: %w", err)
+	}
+	var lost []string
+	for _, s := range used {
+		sh := &q.shards[s]
+		// Each script call stays short: Redis runs nothing else meanwhile.
+		for part := range slices.Chunk(ids[s], 500) {
+			args := make([]any, 0, 2+len(part))
+			args = append(args, q.opts.Group, q.opts.Consumer)
+			for _, id := range part {
+				args = append(args, id)
+			}
+			l, err := q.extend.Run(ctx, q.rdb, []string{sh.stream}, args...).StringSlice()
+			if err != nil {
+				return lost, fmt.Errorf("hold %d jobs: %w", len(cs), err)
+			}
+			lost = append(lost, l...)
+		}
+	}
+	return lost, nil
+}
 
 // Extend is the heartbeat of a long delivery: it resets the idle time of
 // jobs this worker holds so no other worker reclaims them. Jobs it no

@@ -112,6 +112,25 @@ type Queue struct {
 	promote     *redis.Script
 	extend      *redis.Script
 	prune       *redis.Script
+	// counts are this Queue's own operations (Counts).
+	claims, acks, retries, retriesNow atomic.Int64
+}
+
+// Counts are the operations one Queue value made since New: tests and
+// operators read them to see jobs going round through Redis.
+type Counts struct {
+	Claimed int64 // jobs handed out by Claim
+	Acked   int64 // jobs ended by Ack
+	Retried int64 // jobs put back by Retry, for a time or at once
+	// RetriedNow: put back ready at once (a shutdown giving back jobs it
+	// held, a ledger outage). A scheduler that wrote jobs back because
+	// their destination was busy would show here.
+	RetriedNow int64
+}
+
+// Counts returns the operation counts.
+func (q *Queue) Counts() Counts {
+	return Counts{Claimed: q.claims.Load(), Acked: q.acks.Load(), Retried: q.retries.Load(), RetriedNow: q.retriesNow.Load()}
 }
 
 type shard struct {

@@ -35,6 +35,7 @@ type nextHop struct {
 	dest  string // "" when err is set: no connection will be opened
 	max   int    // the destination's concurrency cap
 	att   *Attempt
+	slot  *slot // the job's transaction slot at dest, until endSlot
 }
 
 // route finds the next hop for domain.

@@ -17,7 +17,7 @@ import (
 // TestOneDestinationOneLimit: mail for domains that share a next hop
 // shares one concurrency cap at that hop, whether the domains share an MX
 // host (hosted domains at a mailbox provider) or everything goes through
-// a smarthost. A cap per recipient domain would let each domain open its
+// a smarthost, and over two workers. A cap per recipient domain would let each domain open its
 // own share and multiply the load on the one machine.
 func TestOneDestinationOneLimit(t *testing.T) {
 	const limit = 3
@@ -43,7 +43,10 @@ func TestOneDestinationOneLimit(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			p := newPipeline(t)
 			s := p.mx("provider.example", "127.0.0.2", testmx.SMTPOptions{DataDelay: 20 * time.Millisecond})
-			p.start("w1", tc.mutate(p, s))
+			// Two workers: the cap is the fleet's, not each process's.
+			m := tc.mutate(p, s)
+			p.start("w1", m)
+			p.start("w2", m)
 			ids := make([]uuid.UUID, 0, 40)
 			for i := range cap(ids) {
 				to := fmt.Sprintf("u%d@%s", i, domains[i%len(domains)])

@@ -42,16 +42,18 @@ func done() ending              { return ending{kind: endDone} }
 func later(at time.Time) ending { return ending{kind: endLater, at: at} }
 func kept() ending              { return ending{kind: endKept} }
 
-// process handles one job: claim → load → lease → deliver → record → end.
-// It never returns an error: every path ends in Ack, Retry, or (if Redis
-// or PostgreSQL is down) a claim that goes silent and is reclaimed.
+// process handles one job: route → wait for the destination → load →
+// lease → deliver → record → end. It never returns an error: every path
+// ends in Ack, Retry, or (if Redis or PostgreSQL is down) a claim that goes
+// silent and is reclaimed. stop ends the wait for a destination (the
+// worker is stopping); ctx, the delivery, outlives it by the grace period.
 //
 // Redis may hold a job twice (a requeue, a reclaim): the recipients' lease
 // in the ledger makes sure only one claim attempts them. A copy that finds
 // them leased to another claim comes back when that lease can have lapsed
 // (the holder died: it takes over; the holder lives: nothing is left to
 // do); a copy that comes before they are due is put off until then.
-func (w *Worker) process(ctx context.Context, c queue.Claimed) {
+func (w *Worker) process(stop, ctx context.Context, c queue.Claimed) {
 	log := w.opts.Logger.With(slog.String("message_id", c.Job.MessageID), slog.String("rcpt_domain", c.Job.Domain))
 	id, err := uuid.Parse(c.Job.MessageID)
 	if err != nil {
@@ -62,7 +64,26 @@ func (w *Worker) process(ctx context.Context, c queue.Claimed) {
 	// Deferred first, so it runs last: the slot, heartbeat and lease are
 	// let go before a panicked job is retried or parked.
 	defer w.recoverJob(ctx, log, c, id)
-	switch e := w.run(ctx, log, c, id); e.kind {
+	// The route comes first (from the DNS cache, as a rule): it names the
+	// destination whose transactions the job must wait for.
+	hop := w.route(ctx, c.Job.Domain)
+	if hop.dest != "" {
+		slot, ok := w.await(stop, log, c, hop)
+		if !ok {
+			return
+		}
+		hop.slot = slot
+		defer w.endSlot(hop)
+	}
+	select {
+	case w.runners <- struct{}{}:
+	case <-stop.Done():
+		w.giveBack(stop, log, c)
+		return
+	}
+	w.started(c)
+	defer func() { <-w.runners }()
+	switch e := w.run(ctx, log, c, id, hop); e.kind {
 	case endDone:
 		w.ack(ctx, log, c)
 	case endLater:
@@ -70,26 +91,50 @@ func (w *Worker) process(ctx context.Context, c queue.Claimed) {
 	}
 }
 
-// run takes a job through its steps and says how it ends.
-func (w *Worker) run(ctx context.Context, log *slog.Logger, c queue.Claimed, id uuid.UUID) ending {
-	// The route comes first (from the DNS cache, as a rule): it names the
-	// destination whose share of transactions the job must wait for.
-	hop := w.route(ctx, c.Job.Domain)
-	if hop.dest != "" {
-		slot, wait := w.dests.acquire(hop.dest, hop.max, w.opts.Now())
-		if slot == nil {
-			// The destination has its share of transactions; come back once
-			// one may have ended rather than hold a worker. Checked before
-			// the ledger is read: this costs one queue write.
-			return later(w.opts.Now().Add(w.opts.Jitter(wait)))
-		}
-		defer func() {
-			if hop.att != nil {
-				slot.judge(*hop.att)
-			}
-			w.dests.release(slot)
-		}()
+// await parks the job until its destination has a transaction free for
+// it, fleet-wide. The job stays claimed (the worker's hold loop renews the
+// claim), so it is never written back to Redis for want of a slot. ok is
+// false when the job ends here: reclaimed by another worker meanwhile, or
+// given back because the worker is stopping.
+func (w *Worker) await(stop context.Context, log *slog.Logger, c queue.Claimed, hop *nextHop) (*slot, bool) {
+	wctx, cancel := context.WithCancel(stop)
+	defer cancel()
+	h := w.park(c, cancel)
+	s, err := w.gate.wait(wctx, stop, hop.dest, hop.max)
+	w.unpark(h)
+	if err == nil {
+		return s, true
 	}
+	if h.lost.Load() {
+		log.Info("job reclaimed by another worker while it waited for its destination")
+		return nil, false
+	}
+	w.giveBack(stop, log, c)
+	return nil, false
+}
+
+// endSlot gives back the job's transaction slot, if it still holds one,
+// with the verdict on its transaction.
+func (w *Worker) endSlot(hop *nextHop) {
+	if hop.slot == nil {
+		return
+	}
+	if hop.att != nil {
+		hop.slot.judge(*hop.att)
+	}
+	w.gate.release(hop.slot)
+	hop.slot = nil
+}
+
+// giveBack returns a job the stopping worker has not started to the ready
+// queue, so another worker takes it now rather than after the visibility
+// timeout.
+func (w *Worker) giveBack(stop context.Context, log *slog.Logger, c queue.Claimed) {
+	w.retry(context.WithoutCancel(stop), log, c, time.Time{})
+}
+
+// run takes a routed job through its steps and says how it ends.
+func (w *Worker) run(ctx context.Context, log *slog.Logger, c queue.Claimed, id uuid.UUID, hop *nextHop) ending {
 	d, end, ok := w.load(ctx, log, c, id)
 	if !ok {
 		return end
@@ -110,6 +155,9 @@ func (w *Worker) run(ctx context.Context, log *slog.Logger, c queue.Claimed, id 
 	defer stopBeat()
 	outs, att, lost := w.attempt(dctx, log, lj, hop, watch)
 	hop.att = &att
+	// The destination's slot counts SMTP transactions: the next job may
+	// use it while this one's outcome is written.
+	w.endSlot(hop)
 	if lost {
 		// Another claim owns these recipients now; an outcome written
 		// here (our own cancellation) would stand in for its attempt.

@@ -63,6 +63,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		inflight: prometheus.NewDesc("mailferry_destination_inflight",
 			"SMTP transactions in flight per destination (next hop), for the busiest destinations and \"other\".",
 			[]string{"destination"}, nil),
+		queued: prometheus.NewDesc("mailferry_destination_queued",
+			"Jobs claimed and routed that wait for a transaction to their destination, for the same destinations as mailferry_destination_inflight.",
+			[]string{"destination"}, nil),
 		limit: prometheus.NewDesc("mailferry_destination_concurrency_limit",
 			"The concurrency each busy destination has earned, for the same destinations as mailferry_destination_inflight.",
 			[]string{"destination"}, nil),
@@ -121,7 +124,7 @@ func (m *Metrics) unrecorded() {
 }
 
 // watch adds a worker's destinations to the destination gauges.
-func (m *Metrics) watch(d *destSlots) {
+func (m *Metrics) watch(d *destGate) {
 	if m != nil {
 		m.dests.mu.Lock()
 		m.dests.sources = append(m.dests.sources, d)
@@ -136,14 +139,15 @@ const topDestinations = 20
 
 // destCollector reads the workers' destination slots at scrape time.
 type destCollector struct {
-	inflight, limit *prometheus.Desc
+	inflight, queued, limit *prometheus.Desc
 
 	mu      sync.Mutex
-	sources []*destSlots
+	sources []*destGate
 }
 
 func (c *destCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.inflight
+	ch <- c.queued
 	ch <- c.limit
 }
 
@@ -155,7 +159,8 @@ func (c *destCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, s := range sources {
 		for _, l := range s.loads() {
 			t := sum[l.dest]
-			t.dest, t.inflight, t.limit = l.dest, t.inflight+l.inflight, t.limit+l.limit
+			// The limit is the fleet's, as each worker last saw it.
+			t.dest, t.inflight, t.queued, t.limit = l.dest, t.inflight+l.inflight, t.queued+l.queued, max(t.limit, l.limit)
 			sum[l.dest] = t
 		}
 	}
@@ -164,14 +169,17 @@ func (c *destCollector) Collect(ch chan<- prometheus.Metric) {
 		all = append(all, l)
 	}
 	sortLoads(all)
-	other := 0
+	other, otherQueued := 0, 0
 	for i, l := range all {
 		if i >= topDestinations {
 			other += l.inflight
+			otherQueued += l.queued
 			continue
 		}
 		ch <- prometheus.MustNewConstMetric(c.inflight, prometheus.GaugeValue, float64(l.inflight), l.dest)
+		ch <- prometheus.MustNewConstMetric(c.queued, prometheus.GaugeValue, float64(l.queued), l.dest)
 		ch <- prometheus.MustNewConstMetric(c.limit, prometheus.GaugeValue, float64(l.limit), l.dest)
 	}
 	ch <- prometheus.MustNewConstMetric(c.inflight, prometheus.GaugeValue, float64(other), "other")
+	ch <- prometheus.MustNewConstMetric(c.queued, prometheus.GaugeValue, float64(otherQueued), "other")
 }

@@ -1,99 +1,162 @@
 package relay
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
+	"github.com/mailferry/mailferry/internal/testenv"
+	"github.com/mailferry/mailferry/internal/wait"
+	"github.com/mailferry/mailferry/queue"
 	"github.com/mailferry/mailferry/smtpclient"
 )
 
-// TestDestSlots walks one destination through the feedback: a few slots
-// at first, one more per quick transaction up to the cap, halved after a
-// slow transaction, one that reached no host, or one answered 421.
-func TestDestSlots(t *testing.T) {
-	t0 := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
-	quick := Attempt{Host: "mx.example.net", Started: t0, Duration: 20 * time.Millisecond}
-	slow := Attempt{Host: "mx.example.net", Started: t0, Duration: 30 * time.Second}
-	unreached := Attempt{Started: t0, Duration: time.Millisecond}
-	closing := Attempt{Host: "mx.example.net", Started: t0, Duration: 20 * time.Millisecond,
-		Results: []smtpclient.Result{{Code: 421, Enhanced: "4.7.0"}}}
-	d := newDestSlots(10 * time.Second)
-	const dest, limit = "mx:mx.example.net", 5
+// newGate is a destination gate over the test Redis, as worker name.
+func newGate(t *testing.T, prefix, name string) *destGate {
+	t.Helper()
+	ro, err := redis.ParseURL(testenv.RedisURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(ro)
+	t.Cleanup(func() { rdb.Close() })
+	q, err := queue.New(rdb, queue.Options{Prefix: prefix, Consumer: name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := q.Leases(time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return newDestGate(l, 10*time.Second, time.Now, slog.New(slog.DiscardHandler))
+}
 
-	// hold takes as many slots as it can and reports how many it got.
-	hold := func(now time.Time) []*slot {
-		var got []*slot
-		for range 10 {
-			s, _ := d.acquire(dest, limit, now)
-			if s == nil {
-				break
-			}
-			got = append(got, s)
-		}
-		return got
+// TestDestGateHandoff: with the fleet's one slot taken, a job waits in
+// memory; the release hands the slot straight to it (one Redis call, no
+// poll), an abandoned wait leaves nothing behind, and a worker that is
+// not the holder gets the slot once it is free.
+func TestDestGateHandoff(t *testing.T) {
+	ctx := context.Background()
+	prefix := testenv.KeyPrefix(t)
+	a, b := newGate(t, prefix, "a"), newGate(t, prefix, "b")
+	const dest = "mx:mx.example.net"
+	first, err := a.wait(ctx, ctx, dest, 1)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for i, step := range []struct {
-		then Attempt
-		want int // slots to be had before step.then is applied
-	}{
-		// 2, then +1 per quick transaction, capped at 5.
-		{quick, 2}, {quick, 4}, {quick, 5},
-		// Each unhealthy one halves it, down to one.
-		{slow, 5}, {quick, 1}, {unreached, 2}, {quick, 1}, {quick, 2}, {quick, 4}, {closing, 5}, {quick, 1},
-	} {
-		got := hold(t0)
-		if len(got) != step.want {
-			t.Fatalf("step %d: got %d slots, want %d", i, len(got), step.want)
-		}
-		for _, s := range got {
-			s.judge(step.then)
-			d.release(s)
-		}
+	// An abandoned waiter: its context ends while the slot is taken.
+	gone, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if s, err := a.wait(gone, ctx, dest, 1); err == nil {
+		t.Fatalf("got %+v over the limit", s)
 	}
-	if s, _ := d.acquire("mx:other.example", limit, t0); s == nil {
-		t.Error("a second destination found no slot: limits must be per destination")
+	got := make(chan *slot, 2)
+	go func() {
+		s, _ := a.wait(ctx, ctx, dest, 1)
+		got <- s
+	}()
+	go func() {
+		s, _ := b.wait(ctx, ctx, dest, 1)
+		got <- s
+	}()
+	wait.For(t, "both waiters queued", func() bool {
+		la, lb := a.loads(), b.loads()
+		return len(la) == 1 && la[0].queued == 1 && len(lb) == 1 && lb[0].queued == 1
+	})
+	select {
+	case s := <-got:
+		t.Fatalf("slot %+v granted while the one slot was held", s)
+	default:
+	}
+	first.judge(Attempt{Host: "mx", Duration: time.Millisecond})
+	a.release(first) // limit 1 → 1 (max 1): one more transaction
+	second := <-got
+	if second == nil {
+		t.Fatal("no slot after the release")
+	}
+	second.judge(Attempt{Host: "mx", Duration: time.Millisecond})
+	if second.id == first.id {
+		t.Error("the handed-on slot reuses the old lease id")
+	}
+	// The release of the second goes to whichever still waits.
+	owner := a
+	if len(b.loads()) > 0 && b.loads()[0].inflight == 1 {
+		owner = b
+	}
+	owner.release(second)
+	third := <-got
+	if third == nil {
+		t.Fatal("no slot for the last waiter")
+	}
+	third.judge(Attempt{Host: "mx", Duration: time.Millisecond})
+	if len(a.loads()) > 0 && a.loads()[0].inflight == 1 {
+		a.release(third)
+	} else {
+		b.release(third)
+	}
+	if l := append(a.loads(), b.loads()...); len(l) != 0 {
+		t.Errorf("loads %+v after every slot was released, want none", l)
 	}
 }
 
-// TestDestSlotsWait: a refused job waits as long as the destination's
-// oldest transaction has run, within 1s to 1m, so a tarpit's jobs are not
-// claimed over and over.
-func TestDestSlotsWait(t *testing.T) {
-	t0 := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
-	for _, tc := range []struct {
-		age, want time.Duration
-	}{
-		{0, time.Second}, {5 * time.Second, 5 * time.Second}, {10 * time.Minute, time.Minute},
-	} {
-		d := newDestSlots(10 * time.Second)
-		if s, _ := d.acquire("mx:tarpit.example", 1, t0); s == nil {
-			t.Fatal("first acquire refused")
+// TestDestGateFeedback: the limit each worker sees is the fleet's: a 421
+// halves it for everyone.
+func TestDestGateFeedback(t *testing.T) {
+	ctx := context.Background()
+	prefix := testenv.KeyPrefix(t)
+	a, b := newGate(t, prefix, "a"), newGate(t, prefix, "b")
+	const dest = "mx:mx.example.net"
+	quick := Attempt{Host: "mx", Duration: time.Millisecond}
+	closing := Attempt{Host: "mx", Duration: time.Millisecond, Results: []smtpclient.Result{{Code: 421, Line: "busy"}}}
+	for range 6 { // 2 → 8
+		s, err := a.wait(ctx, ctx, dest, 8)
+		if err != nil {
+			t.Fatal(err)
 		}
-		s, wait := d.acquire("mx:tarpit.example", 1, t0.Add(tc.age))
-		if s != nil || wait != tc.want {
-			t.Errorf("after %v: slot %v wait %v, want none and %v", tc.age, s, wait, tc.want)
-		}
+		s.judge(quick)
+		a.release(s)
 	}
+	s, _ := b.wait(ctx, ctx, dest, 8)
+	s.judge(closing)
+	b.release(s)
+	if l := b.limitOf(dest); l != 4 {
+		t.Errorf("limit after a 421 at 8: %d, want 4", l)
+	}
+	s, _ = a.wait(ctx, ctx, dest, 8)
+	if l := a.limitOf(dest); l != 4 {
+		t.Errorf("other worker sees limit %d, want the shared 4", l)
+	}
+	a.release(s)
 }
 
-// TestDestSlotsForget: idle destinations leave the map; busy ones stay.
-func TestDestSlotsForget(t *testing.T) {
-	t0 := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
-	d := newDestSlots(10 * time.Second)
-	idle, _ := d.acquire("mx:idle.example", 8, t0)
-	idle.judge(Attempt{Host: "mx", Started: t0, Duration: time.Millisecond})
-	d.release(idle)
-	if busy, _ := d.acquire("mx:busy.example", 8, t0); busy == nil {
-		t.Fatal("acquire refused")
+func (g *destGate) limitOf(dest string) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.m[dest].limit
+}
+
+// TestDestGateForget: idle destinations leave the map; busy ones stay.
+func TestDestGateForget(t *testing.T) {
+	ctx := context.Background()
+	g := newGate(t, testenv.KeyPrefix(t), "w")
+	idle, err := g.wait(ctx, ctx, "mx:idle.example", 8)
+	if err != nil {
+		t.Fatal(err)
 	}
-	d.forget(t0.Add(idleForget + time.Minute))
-	if _, ok := d.m["mx:idle.example"]; ok {
+	g.release(idle)
+	if _, err := g.wait(ctx, ctx, "mx:busy.example", 8); err != nil {
+		t.Fatal(err)
+	}
+	g.forget(time.Now().Add(idleForget + time.Minute))
+	if _, ok := g.m["mx:idle.example"]; ok {
 		t.Error("idle destination kept")
 	}
-	if _, ok := d.m["mx:busy.example"]; !ok {
+	if _, ok := g.m["mx:busy.example"]; !ok {
 		t.Error("destination with a transaction in flight forgotten")
 	}
 }
@@ -124,19 +187,26 @@ func TestDestinationOf(t *testing.T) {
 // every worker of the process; the rest are summed as "other", so the
 // label count stays bounded however many destinations there are.
 func TestDestinationGauges(t *testing.T) {
-	t0 := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	ctx := context.Background()
+	prefix := testenv.KeyPrefix(t)
 	reg := prometheus.NewRegistry()
 	m := NewMetrics(reg)
-	a, b := newDestSlots(10*time.Second), newDestSlots(10*time.Second)
+	a, b := newGate(t, prefix, "a"), newGate(t, prefix, "b")
 	m.watch(a)
 	m.watch(b)
-	// mx:busy has 2 in a and 2 in b; 30 others have 1 each in a.
+	// mx:busy has 2 in a and 2 in b, once two quick transactions earned
+	// it 4; 30 others have 1 each in a.
 	for range 2 {
-		a.acquire("mx:busy.example", 8, t0)
-		b.acquire("mx:busy.example", 8, t0)
+		s, _ := a.wait(ctx, ctx, "mx:busy.example", 4)
+		s.judge(Attempt{Host: "mx", Duration: time.Millisecond})
+		a.release(s)
+	}
+	for range 2 {
+		a.wait(ctx, ctx, "mx:busy.example", 4)
+		b.wait(ctx, ctx, "mx:busy.example", 4)
 	}
 	for i := range 30 {
-		a.acquire(fmt.Sprintf("mx:d%02d.example", i), 8, t0)
+		a.wait(ctx, ctx, fmt.Sprintf("mx:d%02d.example", i), 8)
 	}
 	families, err := reg.Gather()
 	if err != nil {

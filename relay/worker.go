@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -36,7 +37,11 @@ type Queue interface {
 	Ack(ctx context.Context, cs ...queue.Claimed) error
 	Retry(ctx context.Context, c queue.Claimed, at time.Time) error
 	Extend(ctx context.Context, cs ...queue.Claimed) error
+	Hold(ctx context.Context, cs ...queue.Claimed) ([]string, error)
 	PromoteDue(ctx context.Context, now time.Time, limit int) (int, error)
+	// Leases are the fleet-wide destination leases, under this worker's
+	// consumer name.
+	Leases(ttl time.Duration) (*queue.Leases, error)
 }
 
 // Classifier puts a failed result in the failure taxonomy; *bounce.Rules
@@ -85,14 +90,22 @@ type WorkerOptions struct {
 	// delivery mostly waits on the network, so this bounds connections and
 	// memory (the messages in flight), not CPU.
 	Concurrency int
+	// ActiveLimit is how many claimed jobs the worker holds at once,
+	// running or waiting for their destination; default 4×Concurrency.
+	// Jobs waiting hold no delivery slot: a busy destination's backlog
+	// does not stop the worker claiming mail for free ones until it
+	// reaches this.
+	ActiveLimit int
 	// PerDestination caps concurrent transactions to one destination, the
-	// next hop (an MX host: every domain it serves shares the cap); default
-	// 32. A destination starts at a few and earns a slot with each quick
-	// transaction, and halves when a transaction is slow, reaches no host
-	// or is answered 421, so slow destinations cannot take every slot.
+	// next hop (an MX host: every domain it serves shares the cap), over
+	// the whole fleet; default 32. A destination starts at a few and earns
+	// a slot with each quick transaction, and halves when a transaction is
+	// slow, reaches no host or is answered 421, so slow destinations
+	// cannot take every slot.
 	PerDestination int
 	// Smarthost: Route sends every domain to one relay host, which is then
-	// the one destination, capped at SmarthostConnections (default 50).
+	// the one destination, capped fleet-wide at SmarthostConnections
+	// (default 50).
 	Smarthost            bool
 	SmarthostConnections int
 	// SlowAfter is when a transaction counts as slow; default 10s.
@@ -140,14 +153,33 @@ type WorkerOptions struct {
 
 // Worker carries queued messages to their destinations: claim → load →
 // sign → route → SMTP → record → ack or retry. Workers keep no state
-// between jobs, so any number may run.
+// between jobs that Redis and PostgreSQL do not hold too (a job waiting
+// for its destination is still a claim in Redis), so any number may run.
 type Worker struct {
-	opts  WorkerOptions
-	dests *destSlots
-	keys  *keyCache
+	opts WorkerOptions
+	gate *destGate
+	keys *keyCache
 	// ledger pauses claiming while PostgreSQL fails: jobs claimed then
 	// could only be put back.
 	ledger backoff
+	// runners bound the transactions in flight to Concurrency.
+	runners chan struct{}
+
+	mu sync.Mutex
+	// held: jobs claimed and not yet ended; parked: those waiting for
+	// their destination; waiting: the claims not yet under a delivery's
+	// heartbeat, renewed by the hold loop.
+	held, parked int
+	waiting      map[string]*holding
+	// wake tells the claim loop that a job ended or parked.
+	wake chan struct{}
+}
+
+// holding is a claimed job not yet started.
+type holding struct {
+	c      queue.Claimed
+	cancel context.CancelFunc // ends its wait for the destination
+	lost   atomic.Bool        // another worker reclaimed it
 }
 
 // NewWorker checks opts.
@@ -173,6 +205,9 @@ func NewWorker(opts WorkerOptions) (*Worker, error) {
 	}
 	if opts.Concurrency <= 0 {
 		opts.Concurrency = 256
+	}
+	if opts.ActiveLimit < opts.Concurrency {
+		opts.ActiveLimit = 4 * opts.Concurrency
 	}
 	if opts.KeyCacheTTL <= 0 {
 		opts.KeyCacheTTL = time.Minute
@@ -215,8 +250,13 @@ func NewWorker(opts WorkerOptions) (*Worker, error) {
 			return d + time.Duration((rand.Float64()*0.2-0.1)*float64(d))
 		}
 	}
-	w := &Worker{opts: opts, dests: newDestSlots(opts.SlowAfter), keys: newKeyCache(opts.KeyCacheTTL)}
-	opts.Metrics.watch(w.dests)
+	leases, err := opts.Queue.Leases(opts.Lease)
+	if err != nil {
+		return nil, fmt.Errorf("relay worker: %w", err)
+	}
+	w := &Worker{opts: opts, gate: newDestGate(leases, opts.SlowAfter, opts.Now, opts.Logger), keys: newKeyCache(opts.KeyCacheTTL),
+		runners: make(chan struct{}, opts.Concurrency), waiting: map[string]*holding{}, wake: make(chan struct{}, 1)}
+	opts.Metrics.watch(w.gate)
 	return w, nil
 }
 
@@ -230,20 +270,22 @@ func (w *Worker) Run(ctx context.Context) error {
 	stopGrace := context.AfterFunc(ctx, func() { time.AfterFunc(w.opts.ShutdownGrace, cancelWork) })
 	defer stopGrace()
 
-	slots := make(chan struct{}, w.opts.Concurrency)
 	var wg sync.WaitGroup
 	// Deferred first, so it runs last, after wg.Wait: no delivery is using
 	// a pooled connection any more, and none is put back after it.
 	defer w.opts.Client.CloseIdle()
+	// Leases and held claims are renewed until the deliveries end.
+	holdCtx, stopHold := context.WithCancel(work)
+	var holdWG sync.WaitGroup
+	holdWG.Go(func() { w.holdLoop(holdCtx) })
+	holdWG.Go(func() { w.leaseLoop(holdCtx) })
+	defer holdWG.Wait()
+	defer stopHold()
 	defer wg.Wait()
 	// Workers move due retries into the ready stream themselves, so a
 	// deployment of workers alone still retries (the scheduler role does
 	// the same; promotion is atomic and safe to repeat).
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		w.promoteLoop(ctx)
-	}()
+	wg.Go(func() { w.promoteLoop(ctx) })
 	backoff := time.Duration(0)
 	for {
 		if wait := w.ledger.wait(w.opts.Now()); wait > 0 {
@@ -253,25 +295,16 @@ func (w *Worker) Run(ctx context.Context) error {
 			case <-time.After(wait):
 			}
 		}
-		select {
-		case slots <- struct{}{}:
-		case <-ctx.Done():
-			return nil
-		}
-		free := 1
-		for free < cap(slots) {
+		free := w.claimable()
+		if free <= 0 {
 			select {
-			case slots <- struct{}{}:
-				free++
-				continue
-			default:
+			case <-w.wake:
+			case <-ctx.Done():
+				return nil
 			}
-			break
+			continue
 		}
 		jobs, err := w.opts.Queue.Claim(ctx, free, time.Second)
-		for range free - len(jobs) {
-			<-slots
-		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -287,13 +320,126 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 		backoff = 0
 		for _, c := range jobs {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer func() { <-slots }()
-				w.process(work, c)
-			}()
+			w.hold(c)
+			wg.Go(func() {
+				defer w.end(c)
+				w.process(ctx, work, c)
+			})
 		}
+	}
+}
+
+// claimable is how many jobs the claim loop may take now: those that
+// could start at once (Concurrency less the jobs held that are not
+// waiting for their destination), within ActiveLimit. A destination whose
+// jobs wait so never stops the worker from claiming mail for free ones.
+func (w *Worker) claimable() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return min(w.opts.ActiveLimit-w.held, w.opts.Concurrency-(w.held-w.parked))
+}
+
+// hold notes a claimed job; the hold loop renews its claim until the
+// delivery's own heartbeat takes over (started).
+func (w *Worker) hold(c queue.Claimed) {
+	w.mu.Lock()
+	w.held++
+	w.waiting[c.ID] = &holding{c: c}
+	w.mu.Unlock()
+}
+
+// park notes that a held job waits for its destination.
+func (w *Worker) park(c queue.Claimed, cancel context.CancelFunc) *holding {
+	w.mu.Lock()
+	h := w.waiting[c.ID]
+	if h == nil {
+		h = &holding{c: c}
+		w.waiting[c.ID] = h
+	}
+	h.cancel = cancel
+	w.parked++
+	w.mu.Unlock()
+	poke(w.wake)
+	return h
+}
+
+func (w *Worker) unpark(h *holding) {
+	w.mu.Lock()
+	h.cancel = nil
+	w.parked--
+	w.mu.Unlock()
+}
+
+// started hands the job's claim to the delivery's heartbeat.
+func (w *Worker) started(c queue.Claimed) {
+	w.mu.Lock()
+	delete(w.waiting, c.ID)
+	w.mu.Unlock()
+}
+
+func (w *Worker) end(c queue.Claimed) {
+	w.mu.Lock()
+	w.held--
+	delete(w.waiting, c.ID)
+	w.mu.Unlock()
+	poke(w.wake)
+}
+
+// holdLoop renews, every Heartbeat, the claims of jobs not yet started
+// (a script call per shard for up to 500 of them). A job another worker
+// reclaimed meanwhile stops waiting and is dropped here, neither acked nor
+// retried: it is the other worker's now.
+func (w *Worker) holdLoop(ctx context.Context) {
+	t := time.NewTicker(w.opts.Heartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		w.mu.Lock()
+		cs := make([]queue.Claimed, 0, len(w.waiting))
+		for _, h := range w.waiting {
+			cs = append(cs, h.c)
+		}
+		w.mu.Unlock()
+		bctx, cancel := context.WithTimeout(ctx, w.opts.Heartbeat)
+		if len(cs) > 0 {
+			lost, err := w.opts.Queue.Hold(bctx, cs...)
+			if err != nil && ctx.Err() == nil {
+				w.opts.Logger.LogAttrs(ctx, slog.LevelWarn, "renew claims of waiting jobs", slog.Any("error", err))
+			}
+			w.mu.Lock()
+			for _, id := range lost {
+				if h := w.waiting[id]; h != nil {
+					h.lost.Store(true)
+					if h.cancel != nil {
+						h.cancel()
+					}
+				}
+			}
+			w.mu.Unlock()
+		}
+		cancel()
+	}
+}
+
+// leaseLoop renews this worker's destination leases every Heartbeat, on
+// its own: their TTL (Lease) is shorter than a claim's visibility, so a
+// slow renewal of many claims must not make them lapse.
+func (w *Worker) leaseLoop(ctx context.Context) {
+	t := time.NewTicker(w.opts.Heartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		bctx, cancel := context.WithTimeout(ctx, w.opts.Heartbeat)
+		w.gate.renew(bctx)
+		cancel()
 	}
 }
 
@@ -306,7 +452,7 @@ func (w *Worker) promoteLoop(ctx context.Context) {
 			return
 		case <-t.C:
 			w.opts.Client.SweepIdle()
-			w.dests.forget(w.opts.Now())
+			w.gate.forget(w.opts.Now())
 			for ctx.Err() == nil {
 				n, err := w.opts.Queue.PromoteDue(ctx, w.opts.Now(), 1000)
 				if err != nil {

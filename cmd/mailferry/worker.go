@@ -41,6 +41,10 @@ func newWorker(cfg config.Config, st *store.Store, q *queue.Queue, reg prometheu
 		return nil, fmt.Errorf("MAILFERRY_DNS_SERVER: %w", err)
 	}
 	copts := smtpclient.Options{Hostname: cfg.Hostname, Port: cfg.SMTPPort, AllowPrivate: cfg.AllowPrivateDestinations}
+	// Keep as many idle connections to a host as transactions may run to
+	// it: the smarthost's 50 would otherwise be cut to the pool's 32 and
+	// redialled.
+	copts.Reuse.MaxIdlePerHost = max(cfg.WorkerPerDomain, cfg.SmarthostConnections)
 	route := router.Route
 	if cfg.Smarthost != nil {
 		route, err = smarthostRoute(cfg, &copts)
