@@ -88,18 +88,26 @@ stub-zone:
 		<-done
 	})
 	u := &Unbound{addr: fmt.Sprintf("127.0.0.1:%d", port)}
-	// Ready when it answers; give up after 10 s.
+	// Ready when it answers the zone's SOA, validated, three times in a
+	// row: a first answer can come while it still sets up its listeners
+	// (a query right after it was refused 1 run in 30); give up after 10 s.
 	deadline := time.Now().Add(10 * time.Second)
-	for {
+	for answered := 0; ; {
 		m := new(dns.Msg)
 		m.SetQuestion(zone.zone, dns.TypeSOA)
+		m.SetEdns0(1232, true)
 		c := &dns.Client{Timeout: 200 * time.Millisecond}
 		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-		_, _, err := c.ExchangeContext(ctx, m, u.addr)
+		resp, _, err := c.ExchangeContext(ctx, m, u.addr)
 		cancel()
-		if err == nil {
-			return u
+		if err == nil && resp.Rcode == dns.RcodeSuccess && resp.AuthenticatedData {
+			if answered++; answered == 3 {
+				return u
+			}
+			time.Sleep(10 * time.Millisecond) // polling a process that has no readiness signal
+			continue
 		}
+		answered = 0
 		select {
 		case <-done:
 			t.Fatalf("testmx: unbound exited: %s", out.String())
