@@ -26,8 +26,8 @@ const (
 // Valid reports whether t is Hard or Soft.
 func (t Type) Valid() bool { return t == Hard || t == Soft }
 
-// Class says what went wrong, in the words of PRODUCT.md ("Statuses and
-// fields added").
+// Class says what went wrong, in the words of the API (openapi.yaml,
+// BounceClass).
 type Class string
 
 // The classes.
@@ -49,7 +49,7 @@ const (
 	Other             Class = "other"
 )
 
-// Classes returns every class, in the order PRODUCT.md lists them.
+// Classes returns every class, in the order openapi.yaml lists them.
 func Classes() []Class {
 	return []Class{
 		InvalidRecipient, MailboxFull, MessageTooLarge, ContentRejected, SpamBlock, Policy,

@@ -14,7 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// Event types (PRODUCT.md, Events and webhooks). The webhook API and the
+// Event types (openapi.yaml, WebhookEvent). The webhook API and the
 // feed accept exactly these.
 const (
 	EventMessageAccepted   = "message.accepted"
@@ -30,7 +30,7 @@ const (
 	EventDomainFailed      = "domain.failed"
 )
 
-// EventTypes returns every event type, in the order PRODUCT.md lists them.
+// EventTypes returns every event type, in the order openapi.yaml lists them.
 func EventTypes() []string {
 	return []string{
 		EventMessageAccepted, EventMessageScheduled, EventMessageDelivered, EventMessageDeferred,
@@ -370,7 +370,7 @@ type StoredEvent struct {
 	Cursor    string // position in the tenant's feed: ListEvents(After: Cursor) continues after it
 }
 
-// Payload is the JSON body of the event (PRODUCT.md): {"id","type",
+// Payload is the JSON body of the event (openapi.yaml): {"id","type",
 // "created_at","data"}. It is the same bytes every time it is built, so a
 // retried webhook carries the body its signature was first made over.
 func (e StoredEvent) Payload() []byte {

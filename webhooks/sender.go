@@ -288,7 +288,7 @@ func (s *Sender) deliver(ctx context.Context, d store.WebhookDelivery) {
 		return
 	}
 	if rec.Disabled {
-		// PRODUCT.md names no event type for this, so it is a log line and
+		// The API has no event type for this, so it is a log line and
 		// the endpoint's disabled_reason (GET /v1/webhooks/{id}).
 		s.opts.Logger.LogAttrs(ctx, slog.LevelWarn, "webhook endpoint disabled",
 			slog.String("endpoint_id", d.EndpointID.String()), slog.String("reason", rec.DisabledReason))
