@@ -247,6 +247,10 @@ func TestSignaturesVerifyWithStandardWebhooks(t *testing.T) {
 			}
 		})
 	}
+	// The receiver has the request before the sender has counted its answer.
+	wait.For(t, "the delivery to be counted", func() bool {
+		return testutil.ToFloat64(mustCounter(t, reg, store.WebhookDelivered)) >= 1
+	})
 	if n := testutil.ToFloat64(mustCounter(t, reg, store.WebhookDelivered)); n != 1 {
 		t.Errorf("mailferry_webhook_deliveries_total{result=delivered} = %v, want 1", n)
 	}
