@@ -344,6 +344,11 @@ func TestReceiverDownThenUp(t *testing.T) {
 			t.Errorf("recipient %d: events out of order in %v", r, got)
 		}
 	}
+	// The last answers may still be on their way into the ledger.
+	wait.For(t, "every request's attempt recorded", func() bool {
+		atts, _, err := e.st.ListWebhookAttempts(t.Context(), ep.ID, 0, 1000)
+		return err == nil && len(atts) >= len(rc.requests())
+	})
 	atts, _, err := e.st.ListWebhookAttempts(t.Context(), ep.ID, 0, 1000)
 	if err != nil || len(atts) != len(rc.requests()) {
 		t.Errorf("%d attempts recorded for %d requests (%v)", len(atts), len(rc.requests()), err)
