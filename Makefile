@@ -35,7 +35,7 @@ lint: fmt-check vet
 # enabled test suite against real Redis and PostgreSQL.
 test: deps lint
 	$(GO) run ./internal/cmd/devstack -- $(GO) test -race -count=1 -timeout 20m ./...
-	$(MAKE) fuzz FUZZTIME=5s
+	$(MAKE) fuzz FUZZTIME=20000x
 
 # reliability runs the fault tests (kill -9, SIGTERM, Redis data loss, a
 # PostgreSQL restart) at full size: thousands of messages and a 60-second
