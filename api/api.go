@@ -90,6 +90,12 @@ type Options struct {
 	// AllowPrivateDestinations lets webhook URLs be http and name private
 	// addresses (MAILFERRY_ALLOW_PRIVATE_DESTINATIONS, tests only).
 	AllowPrivateDestinations bool
+	// Domains serves /v1/domains; nil leaves those routes out.
+	Domains Domains
+	// RequireVerifiedDomain refuses mail whose From domain is not a
+	// verified sending domain of the key's tenant
+	// (MAILFERRY_REQUIRE_VERIFIED_DOMAIN); it needs Domains.
+	RequireVerifiedDomain bool
 	// Budget caps the message bytes in flight, shared with SMTP
 	// submission (MAILFERRY_MAX_BYTES_IN_FLIGHT); past it a POST gets 503
 	// with Retry-After. Nil: no cap.
@@ -119,6 +125,9 @@ func New(opts Options) (http.Handler, error) {
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
+	}
+	if opts.RequireVerifiedDomain && opts.Domains == nil {
+		return nil, errors.New("api: RequireVerifiedDomain needs Domains")
 	}
 	if opts.RateLimit < 0 || opts.RateBurst < 0 || math.IsNaN(opts.RateLimit) || math.IsInf(opts.RateLimit, 0) {
 		return nil, errors.New("api: RateLimit and RateBurst must be finite and not negative")
@@ -167,6 +176,9 @@ func New(opts Options) (http.Handler, error) {
 			r.Get("/webhooks/{id}/deliveries", s.listWebhookDeliveries)
 			r.Post("/webhooks/{id}/replay", s.replayWebhook)
 			r.Get("/events", s.listEvents)
+		}
+		if opts.Domains != nil {
+			s.domainRoutes(r)
 		}
 	})
 	return r, nil

@@ -25,6 +25,9 @@ type DKIMKey struct {
 	PublicKey  []byte
 	Active     bool
 	CreatedAt  time.Time
+	// State is where the key is in rotation (KeyActive when empty); only
+	// CreateDomain and StartRotation read it.
+	State string
 }
 
 const (
