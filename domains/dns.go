@@ -79,7 +79,11 @@ func (r *resolver) txt(ctx context.Context, name string) ([]string, error) {
 	var out []string
 	for _, rr := range rrs {
 		if t, ok := rr.(*dns.TXT); ok {
-			out = append(out, strings.Join(t.Txt, ""))
+			parts := make([]string, len(t.Txt))
+			for i, p := range t.Txt {
+				parts[i] = unescapeTXT(p)
+			}
+			out = append(out, strings.Join(parts, ""))
 		}
 	}
 	return out, nil
@@ -98,3 +102,33 @@ func (r *resolver) cname(ctx context.Context, name string) (string, error) {
 	}
 	return "", nil
 }
+
+// unescapeTXT undoes the presentation escapes miekg/dns puts in TXT
+// strings it unpacks: \DDD (a byte in decimal) and \X (X itself), so
+// the record is compared as published (RFC 1035 5.1).
+func unescapeTXT(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c != '\\' || i+1 >= len(s) {
+			b.WriteByte(c)
+			continue
+		}
+		if i+3 < len(s) && isDigit(s[i+1]) && isDigit(s[i+2]) && isDigit(s[i+3]) {
+			n := int(s[i+1]-'0')*100 + int(s[i+2]-'0')*10 + int(s[i+3]-'0')
+			if n < 256 {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i+1])
+		i++
+	}
+	return b.String()
+}
+
+func isDigit(c byte) bool { return c >= '0' && c <= '9' }
