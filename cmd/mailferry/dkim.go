@@ -15,9 +15,11 @@ import (
 )
 
 func runDKIM(ctx context.Context, env *environment, args []string) error {
-	return dispatch(ctx, env, "dkim", "dkim keygen --domain D [--selector S] [--algorithm rsa2048|ed25519] [--json] | dkim list", args, []command{
+	return dispatch(ctx, env, "dkim", "dkim keygen --domain D [--selector S] [--algorithm rsa2048|ed25519] [--json] | dkim list | dkim rotate --domain D | dkim zone", args, []command{
 		{"keygen", "create and store a signing key; print its DNS record", dkimKeygen},
 		{"list", "list signing keys", dkimList},
+		{"rotate", "rotate a sending domain's keys; signing switches once DNS shows them", dkimRotate},
+		{"zone", "print the TXT records of MAILFERRY_DKIM_ZONE (delegated DKIM)", dkimZone},
 	})
 }
 

@@ -123,9 +123,13 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	defer cancel()
 	errc := make(chan error, 9)
 
+	doms, err := newDomains(cfg, st, log)
+	if err != nil {
+		return err
+	}
 	if roles["scheduler"] {
 		sch, err := scheduler.New(scheduler.Options{Queue: q, Ledger: st, Logger: log.With("role", "scheduler"),
-			AttemptRetention: cfg.AttemptRetention, EventRetention: cfg.EventRetention})
+			AttemptRetention: cfg.AttemptRetention, EventRetention: cfg.EventRetention, Domains: doms})
 		if err != nil {
 			return err
 		}
@@ -239,7 +243,9 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 		Warn:            newDKIMWarner(st, log).warn,
 		Budget:          bodies,
 		Webhooks:        st,
+		Domains:         doms,
 
+		RequireVerifiedDomain:    cfg.RequireVerifiedDomain,
 		AllowPrivateDestinations: cfg.AllowPrivateDestinations,
 	})
 	if err != nil {
