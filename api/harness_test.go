@@ -51,6 +51,8 @@ type harnessOptions struct {
 	now             func() time.Time
 	budget          *budget.Budget
 	ledger          func(*store.Store) intake.Ledger // wraps the store under intake
+	domains         func(*store.Store) api.Domains   // serves /v1/domains; nil: no such routes
+	requireVerified bool                             // MAILFERRY_REQUIRE_VERIFIED_DOMAIN
 }
 
 func newHarness(t *testing.T, opts harnessOptions) *harness {
@@ -95,7 +97,12 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 			t.Fatal("the key cache is not listening after 10 s")
 		}
 	}
+	var doms api.Domains
+	if opts.domains != nil {
+		doms = opts.domains(st)
+	}
 	h, err := api.New(api.Options{
+		Domains: doms, RequireVerifiedDomain: opts.requireVerified,
 		Auth: keys, Reader: st, Intake: in, Registry: reg, Suppressions: st,
 		Ready:           []api.Check{{Name: "postgres", Ping: st.Ping}, {Name: "redis", Ping: q.Ping}},
 		Hostname:        "relay.test",
