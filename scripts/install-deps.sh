@@ -36,6 +36,9 @@ for what in "$@"; do
 		# Debian's npm package conflicts with it: install only what is absent.
 		command -v node >/dev/null 2>&1 || need="$need nodejs"
 		command -v npm >/dev/null 2>&1 || need="$need npm"
+		# jq: README's onboarding walk-through turns the API's records into
+		# lines for make run's DNS server.
+		command -v jq >/dev/null 2>&1 || need="$need jq"
 		;;
 	chromium) command -v chromium >/dev/null 2>&1 || need="$need chromium" ;;
 	curl) command -v curl >/dev/null 2>&1 || need="$need curl" ;;
