@@ -31,6 +31,19 @@ func newDomains(cfg config.Config, st *store.Store, log *slog.Logger) (*domains.
 	return svc, nil
 }
 
+// verifiedForSubmission adapts domains' check to submission's: a refusal
+// is the text of the SMTP reply.
+func verifiedForSubmission(svc *domains.Service) func(ctx context.Context, tenant, domain string) (string, error) {
+	return func(ctx context.Context, tenant, domain string) (string, error) {
+		err := svc.RequireVerified(ctx, tenant, domain)
+		var ue *domains.UnverifiedError
+		if errors.As(err, &ue) {
+			return ue.Error(), nil
+		}
+		return "", err
+	}
+}
+
 func dkimRotate(ctx context.Context, env *environment, args []string) error {
 	fs := flagSet(env, "dkim rotate", "dkim rotate --domain D\n\n"+
 		"Starts a DKIM rotation of a sending domain: new keys are made (delegated mode: in the\n"+

@@ -215,8 +215,11 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	}
 	stopSubmission := func(context.Context) error { return nil }
 	if roles["api"] {
-		stopSubmission, err = startSubmission(ctx, cfg, submissionDeps{intake: in, auth: st, bodies: bodies,
-			limiter: limiter, reg: reg, log: log.With("role", "submission")})
+		deps := submissionDeps{intake: in, auth: st, bodies: bodies, limiter: limiter, reg: reg, log: log.With("role", "submission")}
+		if cfg.RequireVerifiedDomain {
+			deps.verified = verifiedForSubmission(doms)
+		}
+		stopSubmission, err = startSubmission(ctx, cfg, deps)
 		if err != nil {
 			return err
 		}

@@ -28,6 +28,8 @@ type submissionDeps struct {
 	limiter ratelimit.Limiter // per-key budget, shared with the API; nil: none
 	reg     prometheus.Registerer
 	log     *slog.Logger
+	// verified answers MAILFERRY_REQUIRE_VERIFIED_DOMAIN; nil: off.
+	verified func(ctx context.Context, tenant, domain string) (string, error)
 }
 
 // startSubmission starts the SMTP submission listeners configured by
@@ -70,6 +72,7 @@ func startSubmission(ctx context.Context, cfg config.Config, deps submissionDeps
 		Budget:          deps.bodies,
 		Limiter:         deps.limiter,
 		HideClient:      cfg.SubmissionHideClient,
+		RequireVerified: deps.verified,
 		// Both ports together; MaxConnections keeps its default of 100.
 		MaxConnectionsPerIP: cfg.SubmissionMaxPerIP,
 	})
