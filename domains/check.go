@@ -362,7 +362,7 @@ func (c *checker) returnPath(ctx context.Context, domain string, note func(error
 		rec.Status, rec.Detail = StatusMissing, "lookup failed: "+err.Error()
 	case got == "":
 		rec.Status = StatusMissing
-		rec.Detail = "optional: a custom return path at " + name + " aligns SPF with " + domain + "; until then return paths are at " + c.bounceDomain + " and DMARC aligns through DKIM"
+		rec.Detail = "optional: a CNAME to the bounce domain prepares a return path at " + name + ", aligned with " + domain + "; return paths are at " + c.bounceDomain + " and DMARC aligns through DKIM"
 	case got != c.bounceDomain:
 		rec.Status, rec.Detail = StatusWrong, "the CNAME points to "+got+", not "+c.bounceDomain
 	default:
@@ -399,10 +399,18 @@ func (c *checker) dmarc(ctx context.Context, domain string, dkimOK bool) (Record
 		rec.Status, rec.Detail = StatusMissing, "lookup failed: "+err.Error()
 		return rec, err
 	}
-	var found []string
-	for _, t := range txts {
-		if isDMARC(t) {
-			found = append(found, t)
+	found := dmarcRecords(txts)
+	var inherited string
+	if org := orgDomain(domain); len(found) == 0 && org != domain {
+		// RFC 7489 6.6.3: without a record of its own, the organizational
+		// domain's applies (its sp= for subdomains).
+		txts, err := c.r.txt(ctx, "_dmarc."+org)
+		if err != nil {
+			rec.Status, rec.Detail = StatusMissing, "lookup failed: "+err.Error()
+			return rec, err
+		}
+		if found = dmarcRecords(txts); len(found) > 0 {
+			inherited = "_dmarc." + org
 		}
 	}
 	rec.Found = found
@@ -419,6 +427,9 @@ func (c *checker) dmarc(ctx context.Context, domain string, dkimOK bool) (Record
 	}
 	rec.Value = found[0]
 	tags := dmarcTags(found[0])
+	if inherited != "" && tags["sp"] != "" {
+		tags["p"] = tags["sp"] // RFC 7489 6.3: sp= is the policy for subdomains
+	}
 	// SPF aligns when the return path's domain matches the From domain:
 	// exactly with aspf=s, by organizational domain with aspf=r
 	// (RFC 7489 3.1.2).
@@ -447,8 +458,21 @@ func (c *checker) dmarc(ctx context.Context, domain string, dkimOK bool) (Record
 		rec.Status = StatusWrong
 		notes = append(notes, "p= is missing or not none, quarantine or reject (RFC 7489 6.3)")
 	}
+	if inherited != "" {
+		notes = append(notes, "the record of "+inherited+" applies (RFC 7489 6.6.3)")
+	}
 	rec.Detail = strings.Join(notes, "; ")
 	return rec, nil
+}
+
+func dmarcRecords(txts []string) []string {
+	var out []string
+	for _, t := range txts {
+		if isDMARC(t) {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 // info returns the records that only inform: MX, MTA-STS, TLS-RPT.

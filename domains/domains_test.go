@@ -1,6 +1,7 @@
 package domains_test
 
 import (
+	"cmp"
 	"encoding/base64"
 	"errors"
 	"strings"
@@ -319,6 +320,9 @@ func TestDMARC(t *testing.T) {
 		dkim    bool // publish the DKIM keys first
 		status  string
 		detail  string
+		// domain is the sending domain (default example.test), orgRecord
+		// the DMARC record of example.test when it is a subdomain.
+		domain, orgRecord string
 	}{
 		{name: "missing", status: domains.StatusMissing, detail: "no DMARC record"},
 		{name: "not DMARC", publish: []string{"v=spf1 -all"}, status: domains.StatusMissing},
@@ -329,18 +333,23 @@ func TestDMARC(t *testing.T) {
 		{name: "bounce domain elsewhere, no DKIM", bounce: "bounces.relay.test", publish: []string{"v=DMARC1; p=quarantine"}, status: domains.StatusWrong, detail: "will not align"},
 		{name: "bounce domain elsewhere, DKIM", bounce: "bounces.relay.test", publish: []string{"v=DMARC1; p=quarantine"}, dkim: true, status: domains.StatusVerified, detail: "SPF does not align"},
 		{name: "bounce subdomain, relaxed", bounce: "mf.example.test", publish: []string{"v=DMARC1; p=quarantine"}, status: domains.StatusVerified, detail: "SPF only"},
+		{name: "inherited from the organizational domain", domain: "mail.example.test", orgRecord: "v=DMARC1; p=reject; sp=none", status: domains.StatusVerified, detail: "_dmarc.example.test applies"},
 		{name: "bounce subdomain, strict", bounce: "mf.example.test", publish: []string{"v=DMARC1; p=quarantine; aspf=s"}, status: domains.StatusWrong, detail: "will not align"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFixture(t, func(o *domains.Options) { o.BounceDomain = tc.bounce })
+			domain := cmp.Or(tc.domain, "example.test")
 			for _, p := range tc.publish {
-				f.dns.TXT("_dmarc.example.test", p)
+				f.dns.TXT("_dmarc."+domain, p)
 			}
-			v := f.create("example.test")
+			if tc.orgRecord != "" {
+				f.dns.TXT("_dmarc.example.test", tc.orgRecord)
+			}
+			v := f.create(domain)
 			if tc.dkim {
 				f.publishDirect(v, "")
-				v = f.check("example.test")
+				v = f.check(domain)
 			}
 			r := one(t, v, domains.PurposeDMARC)
 			if r.Status != tc.status || !strings.Contains(r.Detail, tc.detail) {
