@@ -18,14 +18,14 @@ import (
 func TestMain(m *testing.M) { testenv.Main(m) }
 
 type fixture struct {
-	t   *testing.T
+	t   testing.TB
 	st  *store.Store
 	dns *testmx.DNS
 	svc *domains.Service
 	now time.Time
 }
 
-func newFixture(t *testing.T, edit func(*domains.Options)) *fixture {
+func newFixture(t testing.TB, edit func(*domains.Options)) *fixture {
 	t.Helper()
 	st, err := store.Open(t.Context(), store.Options{URL: testenv.Database(t)})
 	if err != nil {
@@ -126,6 +126,16 @@ func events(t *testing.T, st *store.Store) []string {
 
 func TestDirectDKIM(t *testing.T) {
 	f := newFixture(t, nil)
+	// Webhooks: acme's endpoint gets the domain events, globex's none.
+	for _, tenant := range []string{"acme", "globex"} {
+		if _, _, err := f.st.CreateAPIKey(t.Context(), tenant, []string{"example.test"}); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := f.st.CreateWebhookEndpoint(t.Context(), store.NewWebhookEndpoint{TenantID: tenant,
+			URL: "https://hooks.example/" + tenant, Events: []string{store.EventDomainVerified, store.EventDomainFailed}}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	v := f.create("example.test")
 	if v.DKIMMode != domains.ModeDirect || v.Status != store.DomainPending {
 		t.Fatalf("mode %s status %s, want direct pending", v.DKIMMode, v.Status)
@@ -199,6 +209,9 @@ func TestDirectDKIM(t *testing.T) {
 	f.check("example.test")
 	if got := len(events(t, f.st)); got != 2 {
 		t.Errorf("%d events after an unchanged check, want 2", got)
+	}
+	if b, err := f.st.WebhookBacklog(t.Context()); err != nil || b.Pending != 2 {
+		t.Errorf("webhook deliveries pending: %d, %v; want 2 (acme's endpoint, both events)", b.Pending, err)
 	}
 }
 
@@ -558,5 +571,34 @@ func TestKeyWhitespace(t *testing.T) {
 	}
 	if v = f.check("example.test"); v.Status != store.DomainVerified {
 		t.Errorf("status %s: %+v", v.Status, records(v, domains.PurposeDKIM))
+	}
+}
+
+// BenchmarkRequireVerified is the cost MAILFERRY_REQUIRE_VERIFIED_DOMAIN
+// adds to each send: one primary-key read of the domain row.
+func BenchmarkRequireVerified(b *testing.B) {
+	f := newFixture(b, nil)
+	v := f.create("example.test")
+	f.publishDirect(v, "")
+	f.check("example.test")
+	b.ResetTimer()
+	for b.Loop() {
+		if err := f.svc.RequireVerified(b.Context(), "acme", "example.test"); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkCheck is one live check of a domain (every record type, about
+// ten DNS queries) against the loopback DNS server, and saving it.
+func BenchmarkCheck(b *testing.B) {
+	f := newFixture(b, nil)
+	v := f.create("example.test")
+	f.publishDirect(v, "")
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := f.svc.Check(b.Context(), "acme", "example.test"); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
