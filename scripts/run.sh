@@ -10,7 +10,7 @@
 # foreground. Ctrl-C (SIGINT) or SIGTERM stops mailferry, then MailDev;
 # devstack then stops Redis and PostgreSQL.
 #
-# It also starts devdns (built next to BIN) on a free loopback port as
+# It also starts devdns ($DEVDNS, else next to BIN) on a free loopback port as
 # MAILFERRY_DNS_SERVER, unless that is set: it answers from
 # RUN_DIR/dns-records.txt (README.md, Onboarding a sending domain) and
 # passes other questions to the system's resolver.
@@ -80,7 +80,7 @@ maildev=$!
 devdns=""
 if [ -z "${MAILFERRY_DNS_SERVER:-}" ]; then
 	rm -f "$dir/dns.addr"
-	setsid "$(dirname "$bin")/devdns" -records "$dir/dns-records.txt" -addr-file "$dir/dns.addr" \
+	setsid "${DEVDNS:-$(dirname "$bin")/devdns}" -records "$dir/dns-records.txt" -addr-file "$dir/dns.addr" \
 		</dev/null >"$dir/devdns.log" 2>&1 &
 	devdns=$!
 fi

@@ -172,7 +172,7 @@ func parseLine(line string) (dns.RR, error) {
 		case "MX":
 			var pref uint16
 			if len(f) != 4 {
-				return nil, errors.New("MX wants NAME MX PREFERENCE HOST")
+				return nil, errors.New("an MX line is NAME MX PREFERENCE HOST")
 			}
 			if _, err := fmt.Sscan(f[2], &pref); err != nil {
 				return nil, fmt.Errorf("MX preference %q: %w", f[2], err)
@@ -181,7 +181,7 @@ func parseLine(line string) (dns.RR, error) {
 		case "A":
 			ip := net.ParseIP(f[2]).To4()
 			if ip == nil {
-				return nil, fmt.Errorf("A %q is not an IPv4 address", f[2])
+				return nil, fmt.Errorf("an A record needs an IPv4 address, not %q", f[2])
 			}
 			return &dns.A{Hdr: hdr(dns.TypeA), A: ip}, nil
 		}
