@@ -228,6 +228,7 @@ func TestDomainSettings(t *testing.T) {
 		{"MAILFERRY_DKIM_RETIRE_AFTER", "30m"}, // under the 1h floor
 		{"MAILFERRY_DKIM_ROTATE_EVERY", "24h"}, // shorter than the retirement
 		{"MAILFERRY_DOMAIN_CHECK_INTERVAL", "5s"},
+		{"MAILFERRY_DKIM_ZONE_ADDR", "127.0.0.1:5300"}, // without MAILFERRY_DKIM_ZONE
 	} {
 		_, err := Load(env(map[string]string{"MAILFERRY_HOSTNAME": "mx.example.com", tc.name: tc.value}))
 		if err == nil || !strings.Contains(err.Error(), tc.name) {

@@ -5,8 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"sort"
 	"strings"
+	"sync"
+
+	"github.com/miekg/dns"
 
 	"github.com/mailferry/mailferry/config"
 	"github.com/mailferry/mailferry/dkim"
@@ -29,6 +33,41 @@ func newDomains(cfg config.Config, st *store.Store, log *slog.Logger) (*domains.
 		return nil, fmt.Errorf("MAILFERRY_DNS_SERVER: %w", err)
 	}
 	return svc, nil
+}
+
+// startDKIMZone serves MAILFERRY_DKIM_ZONE on MAILFERRY_DKIM_ZONE_ADDR,
+// UDP and TCP, until ctx ends.
+func startDKIMZone(ctx context.Context, addr string, svc *domains.Service, log *slog.Logger, wg *sync.WaitGroup, errc chan<- error) error {
+	pc, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		return fmt.Errorf("MAILFERRY_DKIM_ZONE_ADDR: %w", err)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		pc.Close()
+		return fmt.Errorf("MAILFERRY_DKIM_ZONE_ADDR: %w", err)
+	}
+	h := svc.ZoneServer()
+	servers := []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: ln, Handler: h}}
+	for _, s := range servers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.ActivateAndServe(); err != nil && ctx.Err() == nil {
+				errc <- fmt.Errorf("dkim zone server: %w", err)
+			}
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		<-ctx.Done()
+		for _, s := range servers {
+			_ = s.Shutdown()
+		}
+	}()
+	log.Info("serving the DKIM zone", "addr", addr)
+	return nil
 }
 
 // verifiedForSubmission adapts domains' check to submission's: a refusal

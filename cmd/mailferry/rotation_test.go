@@ -17,6 +17,7 @@ import (
 	"time"
 
 	msgauth "github.com/emersion/go-msgauth/dkim"
+	miekgdns "github.com/miekg/dns"
 
 	"github.com/mailferry/mailferry/internal/testmx"
 	"github.com/mailferry/mailferry/internal/wait"
@@ -55,6 +56,7 @@ for i in range(n):
 func TestDKIMRotationThroughBinary(t *testing.T) {
 	const zone = "dkim.relay.test"
 	c := newCLI(t)
+	zoneAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	dns := testmx.StartDNS(t)
 	port, lns := testmx.Listen(t, "127.0.0.2")
 	mx := testmx.StartSMTP(t, lns[0], testmx.SMTPOptions{})
@@ -68,6 +70,7 @@ func TestDKIMRotationThroughBinary(t *testing.T) {
 		"MAILFERRY_DKIM_ZONE="+zone,
 		"MAILFERRY_SPF_INCLUDE=spf.relay.test",
 		"MAILFERRY_REQUIRE_VERIFIED_DOMAIN=true",
+		"MAILFERRY_DKIM_ZONE_ADDR="+zoneAddr,
 	)
 	if _, stderr, err := c.run("migrate"); err != nil {
 		t.Fatalf("migrate: %v %s", err, stderr)
@@ -123,6 +126,15 @@ func TestDKIMRotationThroughBinary(t *testing.T) {
 	}
 	if s := domainStatus(t, base, secret); s != "verified" {
 		t.Fatalf("domain %s during rotation, want verified", s)
+	}
+	// serve's own server for the zone (MAILFERRY_DKIM_ZONE_ADDR) has the
+	// new key already; the test DNS server, standing in for resolvers
+	// that have not seen it yet, does not.
+	q := new(miekgdns.Msg)
+	q.SetQuestion("mf2-rsa.example.com."+zone+".", miekgdns.TypeTXT)
+	q.SetEdns0(4096, false)
+	if resp, err := miekgdns.Exchange(q, zoneAddr); err != nil || len(resp.Answer) != 1 || !resp.Authoritative {
+		t.Fatalf("zone server: %v %v", resp, err)
 	}
 	send("during")
 

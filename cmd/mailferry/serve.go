@@ -129,6 +129,11 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	if err != nil {
 		return err
 	}
+	if roles["api"] && cfg.DKIMZoneAddr != "" {
+		if err := startDKIMZone(ctx, cfg.DKIMZoneAddr, doms, log.With("component", "dkimzone"), &wg, errc); err != nil {
+			return err
+		}
+	}
 	if roles["scheduler"] {
 		sch, err := scheduler.New(scheduler.Options{Queue: q, Ledger: st, Logger: log.With("role", "scheduler"),
 			AttemptRetention: cfg.AttemptRetention, EventRetention: cfg.EventRetention, Domains: doms})
