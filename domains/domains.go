@@ -39,6 +39,9 @@ type Ledger interface {
 // longer than any retry schedule keeps a signed message queued.
 const DefaultRetireAfter = 7 * 24 * time.Hour
 
+// checkTimeout bounds one check of a domain, every lookup included.
+const checkTimeout = 15 * time.Second
+
 // DefaultCheckEvery is MAILFERRY_DOMAIN_CHECK_INTERVAL's default.
 const DefaultCheckEvery = time.Hour
 
@@ -279,7 +282,11 @@ func (s *Service) check(ctx context.Context, d store.Domain) (View, bool, error)
 			in.keys = append(in.keys, Key{Selector: k.Selector, Algorithm: dkim.Algorithm(k.Algorithm), PublicKey: k.PublicKey, State: k.State})
 			pending = pending || k.State == store.KeyPending
 		}
-		res := s.c.check(ctx, in)
+		// The lookups run one after another: a resolver that never answers
+		// must cost a bounded time in all, not 5 s per record.
+		cctx, cancel := context.WithTimeout(ctx, checkTimeout)
+		res := s.c.check(cctx, in)
+		cancel()
 		now := s.opts.Now()
 		if pending && res.pendingSeen {
 			promoted, err := s.opts.Ledger.PromoteKeys(ctx, d.Name, now.Add(s.opts.RetireAfter))

@@ -602,3 +602,24 @@ func BenchmarkCheck(b *testing.B) {
 		}
 	}
 }
+
+// A resolver that never answers leaves the domain's status as it was and
+// says so in the record.
+func TestLookupTimeout(t *testing.T) {
+	f := newFixture(t, func(o *domains.Options) { o.LookupTimeout = 300 * time.Millisecond })
+	v := f.create("example.test")
+	f.publishDirect(v, "")
+	if v = f.check("example.test"); v.Status != store.DomainVerified {
+		t.Fatalf("status %s", v.Status)
+	}
+	name := records(v, domains.PurposeDKIM)[0].Name
+	f.dns.Timeout(name)
+	v = f.check("example.test")
+	r := records(v, domains.PurposeDKIM)[0]
+	if v.Status != store.DomainVerified || !strings.Contains(r.Detail, "lookup failed") {
+		t.Errorf("status %s, record %+v; want verified kept and the failure named", v.Status, r)
+	}
+	if got := strings.Join(events(t, f.st), ","); got != "domain.verified" {
+		t.Errorf("events %s, want domain.verified only", got)
+	}
+}
