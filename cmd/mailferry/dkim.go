@@ -135,9 +135,9 @@ func dkimList(ctx context.Context, env *environment, args []string) error {
 		return nil
 	}
 	tw := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "DOMAIN\tSELECTOR\tALGORITHM\tACTIVE\tENCRYPTED\tCREATED\tDNS NAME")
+	fmt.Fprintln(tw, "DOMAIN\tSELECTOR\tALGORITHM\tACTIVE\tSTATE\tENCRYPTED\tCREATED\tDNS NAME")
 	for _, k := range keys {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%t\t%t\t%s\t%s._domainkey.%s\n", k.Domain, k.Selector, k.Algorithm, k.Active,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%t\t%s\t%t\t%s\t%s._domainkey.%s\n", k.Domain, k.Selector, k.Algorithm, k.Active, k.State,
 			dkim.IsSealed(k.PrivateKey), k.CreatedAt.UTC().Format(time.RFC3339), k.Selector, k.Domain)
 	}
 	return tw.Flush()

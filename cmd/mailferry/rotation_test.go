@@ -142,6 +142,9 @@ func TestDKIMRotationThroughBinary(t *testing.T) {
 	// signing. The tenant changed nothing.
 	publishZone(t, c, dns)
 	domainStatus(t, base, secret)
+	if list, _, err := c.run("dkim", "list"); err != nil || strings.Count(list, "retiring") != 2 || strings.Count(list, " active ") != 2 {
+		t.Errorf("dkim list after the switch: %v\n%s", err, list)
+	}
 	// A running worker keeps opened keys for a minute (relay's key cache),
 	// which the old key's published life covers; a fresh process shows
 	// the switch at once.
