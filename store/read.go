@@ -17,6 +17,7 @@ const (
 	StatusDelivered          = "delivered"
 	StatusPartiallyDelivered = "partially_delivered"
 	StatusBounced            = "bounced"
+	StatusCanceled           = "canceled" // every recipient canceled (CancelMessage)
 )
 
 // Recipient statuses, as stored in recipients.status.
@@ -26,6 +27,7 @@ const (
 	RecipientDelivered  = "delivered"
 	RecipientBounced    = "bounced"
 	RecipientSuppressed = "suppressed"
+	RecipientCanceled   = "canceled" // DELETE /v1/messages/{id} before it was sent
 )
 
 // Message event types besides the attempt outcomes (delivered, deferred,
@@ -236,16 +238,19 @@ func (s *Store) GetMessage(ctx context.Context, tenantID string, id uuid.UUID) (
 }
 
 // messageStatus is pending while any recipient is queued or deferred;
-// then delivered if all were delivered, bounced if none was (suppressed
-// counts as not delivered), else partially_delivered.
+// then delivered if all were delivered, canceled if all were canceled,
+// bounced if none was delivered (suppressed and canceled count as not
+// delivered), else partially_delivered.
 func messageStatus(rs []RecipientView) string {
-	delivered := 0
+	delivered, canceled := 0, 0
 	for _, r := range rs {
 		switch r.Status {
 		case RecipientQueued, RecipientDeferred:
 			return StatusPending
 		case RecipientDelivered:
 			delivered++
+		case RecipientCanceled:
+			canceled++
 		}
 	}
 	switch {
@@ -253,6 +258,8 @@ func messageStatus(rs []RecipientView) string {
 		return StatusPending // cannot happen: accept requires a recipient
 	case delivered == len(rs):
 		return StatusDelivered
+	case canceled == len(rs):
+		return StatusCanceled
 	case delivered == 0:
 		return StatusBounced
 	default:

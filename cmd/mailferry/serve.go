@@ -239,6 +239,9 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 		Warn:            newDKIMWarner(st, log).warn,
 		Budget:          bodies,
 		Webhooks:        st,
+		Keys:            st,
+		Cancel:          st,
+		MaxBatch:        cfg.MaxBatch,
 
 		AllowPrivateDestinations: cfg.AllowPrivateDestinations,
 	})
