@@ -51,6 +51,7 @@ type harnessOptions struct {
 	now             func() time.Time
 	budget          *budget.Budget
 	ledger          func(*store.Store) intake.Ledger // wraps the store under intake
+	maxBatch        int                              // 0: api.DefaultMaxBatch
 }
 
 func newHarness(t *testing.T, opts harnessOptions) *harness {
@@ -107,6 +108,9 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 		Now:             opts.now,
 		Budget:          opts.budget,
 		Webhooks:        st,
+		Keys:            st,
+		Cancel:          st,
+		MaxBatch:        opts.maxBatch,
 	})
 	if err != nil {
 		t.Fatalf("api.New: %v", err)

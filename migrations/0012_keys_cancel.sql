@@ -24,13 +24,13 @@ COMMENT ON COLUMN api_keys.last_used_at IS 'Last authenticated use, to the minut
 -- update that changes nothing else.
 DROP TRIGGER api_keys_notify ON api_keys;
 CREATE TRIGGER api_keys_notify
-    AFTER UPDATE OR DELETE ON api_keys
+    AFTER UPDATE ON api_keys
     FOR EACH ROW
-    WHEN (OLD.revoked_at IS DISTINCT FROM NEW.revoked_at OR OLD.scopes IS DISTINCT FROM NEW.scopes
-        OR OLD.domains IS DISTINCT FROM NEW.domains OR OLD.admin IS DISTINCT FROM NEW.admin
-        OR OLD.tenant_id IS DISTINCT FROM NEW.tenant_id OR OLD.secret_hash IS DISTINCT FROM NEW.secret_hash
-        OR OLD.id IS DISTINCT FROM NEW.id)
+    WHEN ((to_jsonb(OLD) - 'last_used_at') IS DISTINCT FROM (to_jsonb(NEW) - 'last_used_at'))
     EXECUTE FUNCTION mailferry_api_keys_notify();
+CREATE TRIGGER api_keys_notify_delete
+    AFTER DELETE ON api_keys
+    FOR EACH ROW EXECUTE FUNCTION mailferry_api_keys_notify();
 
 -- DELETE /v1/messages/{id}: a recipient still queued or deferred becomes
 -- canceled; a message whose recipients are all canceled is canceled.
