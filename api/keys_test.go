@@ -259,3 +259,13 @@ func TestKeysTenantIsolation(t *testing.T) {
 		}
 	}
 }
+
+// newKeyFor makes an all-scope key for tenant, sending from example.com.
+func (h *harness) newKeyFor(tenant string) (store.APIKey, string) {
+	h.t.Helper()
+	return h.newKey(store.KeySpec{Tenant: tenant, Domains: []string{"example.com"}})
+}
+
+func stringsReader(s string) *strings.Reader { return strings.NewReader(s) }
+
+func containsString(s, sub string) bool { return strings.Contains(s, sub) }
