@@ -182,3 +182,26 @@ func TestCancel(t *testing.T) {
 		t.Fatalf("cancel of a bad id: %d, want 404", r.status)
 	}
 }
+
+// TestBatchAllBad: a batch whose every item is refused still answers 207
+// in order, stores nothing, and its Idempotency-Key replays that answer.
+func TestBatchAllBad(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	body := map[string]any{"messages": []any{with("to", nil), with("from", "x@evil.example")}}
+	before := h.messageCount()
+	hdr := map[string]string{"Idempotency-Key": "all-bad"}
+	r := h.do(http.MethodPost, "/v1/messages/batch", h.key, jsonBody(t, body), hdr)
+	var doc batchDoc
+	r.json(t, &doc)
+	if r.status != http.StatusMultiStatus || len(doc.Data) != 2 || doc.Data[0].Status != 422 || doc.Data[1].Status != 403 {
+		t.Fatalf("all-bad batch: %d %s", r.status, r.body)
+	}
+	again := h.do(http.MethodPost, "/v1/messages/batch", h.key, jsonBody(t, body), hdr)
+	if again.status != http.StatusMultiStatus || again.header.Get("Idempotent-Replayed") != "true" || string(again.body) != string(r.body) {
+		t.Fatalf("repeat: %d %q %s", again.status, again.header.Get("Idempotent-Replayed"), again.body)
+	}
+	if h.messageCount() != before {
+		t.Fatalf("an all-bad batch stored messages")
+	}
+}
