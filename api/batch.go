@@ -2,6 +2,7 @@ package api
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
@@ -70,41 +71,20 @@ func (s *server) sendBatch(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, p)
 		return
 	}
-	var req struct {
-		Messages []json.RawMessage `json:"messages"`
-	}
-	if sc := scanJSON(buf.Bytes(), maxJSONDepth+2); sc.tooDeep {
-		writeProblem(w, newProblem(kindMalformed, fmt.Sprintf("JSON nested deeper than %d levels", maxJSONDepth+2)))
-		return
-	}
-	dec := json.NewDecoder(bytes.NewReader(buf.Bytes()))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		writeProblem(w, malformedJSON(err))
-		return
-	}
-	if dec.More() {
-		writeProblem(w, newProblem(kindMalformed, "the body holds more than one JSON value"))
-		return
-	}
-	switch {
-	case len(req.Messages) == 0:
-		writeProblem(w, invalid([]FieldProblem{{Field: "messages", Detail: "required: at least one message"}}))
-		return
-	case len(req.Messages) > s.opts.MaxBatch:
-		writeProblem(w, newProblem(kindTooMany, fmt.Sprintf("a batch holds at most %d messages; this one has %d", s.opts.MaxBatch, len(req.Messages)),
-			FieldProblem{Field: "messages", Detail: fmt.Sprintf("at most %d", s.opts.MaxBatch)}))
+	items, p := decodeBatch(buf.Bytes(), s.opts.MaxBatch)
+	if p != nil {
+		writeProblem(w, p)
 		return
 	}
 
-	out := batchResponse{Data: make([]batchResult, len(req.Messages))}
+	out := batchResponse{Data: make([]batchResult, len(items))}
 	var (
 		receipts []intake.Receipt
 		subs     []intake.Submission
 		at       []int // out index of each receipt
 	)
-	for i, raw := range req.Messages {
-		sub, resp, p := s.batchItem(r, key, raw)
+	for i, raw := range items {
+		sub, resp, p := s.batchItem(r.Context(), key, raw)
 		if p != nil {
 			out.Data[i] = batchResult{Status: p.Status, Problem: itemProblem(p, i)}
 			continue
@@ -169,8 +149,36 @@ func (s *server) sendBatch(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write(append(bytes.TrimRight(existing.Response, "\n"), '\n'))
 }
 
+// decodeBatch reads {"messages":[…]} into its items, undecoded: each is
+// checked alone (batchItem), so one bad item refuses no other. The body
+// itself must be one object with that one field, holding 1 to max items.
+func decodeBatch(body []byte, max int) ([]json.RawMessage, *problem) {
+	var req struct {
+		Messages []json.RawMessage `json:"messages"`
+	}
+	if sc := scanJSON(body, maxJSONDepth+2); sc.tooDeep {
+		return nil, newProblem(kindMalformed, fmt.Sprintf("JSON nested deeper than %d levels", maxJSONDepth+2))
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return nil, malformedJSON(err)
+	}
+	if dec.More() {
+		return nil, newProblem(kindMalformed, "the body holds more than one JSON value")
+	}
+	switch {
+	case len(req.Messages) == 0:
+		return nil, invalid([]FieldProblem{{Field: "messages", Detail: "required: at least one message"}})
+	case len(req.Messages) > max:
+		return nil, newProblem(kindTooMany, fmt.Sprintf("a batch holds at most %d messages; this one has %d", max, len(req.Messages)),
+			FieldProblem{Field: "messages", Detail: fmt.Sprintf("at most %d", max)})
+	}
+	return req.Messages, nil
+}
+
 // batchItem checks one message of a batch as POST /v1/messages would.
-func (s *server) batchItem(r *http.Request, key store.APIKey, raw []byte) (intake.Submission, *sendResponse, *problem) {
+func (s *server) batchItem(ctx context.Context, key store.APIKey, raw []byte) (intake.Submission, *sendResponse, *problem) {
 	req, p := s.decodeSend(raw)
 	if p != nil {
 		return intake.Submission{}, nil, p
@@ -194,7 +202,7 @@ func (s *server) batchItem(r *http.Request, key store.APIKey, raw []byte) (intak
 		resp.Recipients = append(resp.Recipients, recipientReceipt{Email: rc, Status: store.RecipientQueued})
 	}
 	if s.opts.Warn != nil && len(msg.From) > 0 {
-		resp.Warnings = append(resp.Warnings, s.opts.Warn(r.Context(), msg.From[0].Domain())...)
+		resp.Warnings = append(resp.Warnings, s.opts.Warn(ctx, msg.From[0].Domain())...)
 	}
 	return sub, resp, nil
 }
