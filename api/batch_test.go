@@ -132,7 +132,10 @@ func TestBatchRefusals(t *testing.T) {
 }
 
 type cancelDoc struct {
-	Status     string `json:"status"`
+	Status string `json:"status"`
+	Events []struct {
+		Type string `json:"type"`
+	} `json:"events"`
 	Recipients []struct {
 		Email  string `json:"email"`
 		Status string `json:"status"`
@@ -164,6 +167,9 @@ func TestCancel(t *testing.T) {
 	r.json(t, &doc)
 	if doc.Status != "canceled" || len(doc.Recipients) != 2 || doc.Recipients[0].Status != "canceled" || doc.Recipients[1].Status != "canceled" {
 		t.Fatalf("after cancel: %+v", doc)
+	}
+	if n := len(doc.Events); n < 2 || doc.Events[n-1].Type != "canceled" || doc.Events[n-2].Type != "canceled" {
+		t.Fatalf("events after cancel: %+v, want a canceled event per recipient last", doc.Events)
 	}
 	var events int
 	if err := h.db.QueryRow(t.Context(), `SELECT count(*) FROM events WHERE message_id = $1 AND type = 'message.canceled'`, mustUUID(t, sent.ID)).Scan(&events); err != nil {
