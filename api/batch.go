@@ -34,7 +34,7 @@ type batchResponse struct {
 // POST /v1/messages takes, checked alone; those that pass are accepted
 // together, in one ledger transaction and one Redis round trip. The answer
 // is 207 with one result per item, in order, so that one bad item refuses
-// no other. An Idempotency-Key covers the whole batch.
+// no other: Multi-Status as RFC 4918 11.1 names it, with a JSON body. An Idempotency-Key covers the whole batch.
 func (s *server) sendBatch(w http.ResponseWriter, r *http.Request) {
 	key := principal(r.Context())
 	if p := checkContentType(r); p != nil {

@@ -86,6 +86,9 @@ func TestEveryRouteChecksItsScope(t *testing.T) {
 			if p := r.problem(t); p.Type != "/problems/insufficient-scope" {
 				t.Errorf("problem type %q, want /problems/insufficient-scope", p.Type)
 			}
+			if wa := r.header.Get("WWW-Authenticate"); !strings.Contains(wa, `error="insufficient_scope"`) || !strings.Contains(wa, `scope="`+rt.Scope+`"`) {
+				t.Errorf("WWW-Authenticate %q, want insufficient_scope and scope %q (RFC 6750 3.1)", wa, rt.Scope)
+			}
 		})
 	}
 }

@@ -88,10 +88,14 @@ func (s *server) mountV1(r chi.Router) {
 }
 
 // requireScope answers 403 unless the key may use the route, before the
-// handler reads anything of the request.
+// handler reads anything of the request: RFC 6750 3.1, insufficient_scope,
+// with the scope needed in WWW-Authenticate.
 func (s *server) requireScope(d routeDef) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		key := principal(r.Context())
+		if (d.admin && !key.Admin) || !key.Has(d.scope) {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="mailferry", error="insufficient_scope", scope="`+d.scope+`"`)
+		}
 		switch {
 		case d.admin && !key.Admin:
 			writeProblem(w, newProblem(kindScope, d.method+" /v1"+d.pattern+" needs an operator key (mailferry keys create --admin)",
