@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -84,6 +85,7 @@ func TestCancelRacesDelivery(t *testing.T) {
 	const n = 30
 	ids := make([]uuid.UUID, n)
 	var wg sync.WaitGroup
+	var inFlight atomic.Int32 // cancels that found the recipient in an SMTP transaction
 	for i := range ids {
 		ids[i] = p.send(mail.Draft{From: "alice@example.com", To: []string{fmt.Sprintf("u%d@example.net", i)}, Text: "hi"})
 		wg.Add(1)
@@ -91,8 +93,12 @@ func TestCancelRacesDelivery(t *testing.T) {
 			defer wg.Done()
 			// A spread of moments: before the lease, during DATA, after.
 			time.Sleep(time.Duration(rand.IntN(150)) * time.Millisecond) // the race itself, not a synchronisation
-			if _, err := p.st.CancelMessage(context.Background(), "acme", ids[i]); err != nil {
+			c, err := p.st.CancelMessage(context.Background(), "acme", ids[i])
+			if err != nil {
 				t.Error(err)
+			}
+			if c.InFlight > 0 {
+				inFlight.Add(1)
 			}
 		}()
 	}
@@ -124,5 +130,5 @@ func TestCancelRacesDelivery(t *testing.T) {
 			t.Errorf("%s ended %s, want delivered or canceled", addr, r.Status)
 		}
 	}
-	t.Logf("%d delivered, %d canceled", delivered, canceled)
+	t.Logf("%d delivered, %d canceled; %d cancels came during a transaction", delivered, canceled, inFlight.Load())
 }
