@@ -78,8 +78,10 @@ VALUES ($1, $2, $3, $4, $5, $6) RETURNING created_at`
 	selectAPIKeys = `SELECT ` + keyColumns + `
 FROM api_keys WHERE $1 = '' OR tenant_id = $1 ORDER BY created_at, id`
 	selectAPIKey = `SELECT ` + keyColumns + ` FROM api_keys WHERE id = $1`
-	// revokeAPIKey revokes within a tenant, or any key when $2 is ''.
-	revokeAPIKey     = `UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 AND ($2 = '' OR tenant_id = $2)`
+	// revokeAPIKey revokes within a tenant, or any key when $2 is ''. A
+	// tenant's revocation never reaches an operator key, even one of the
+	// same tenant: managing keys must not reach above the tenant.
+	revokeAPIKey     = `UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 AND ($2 = '' OR (tenant_id = $2 AND NOT admin))`
 	selectKeyForAuth = `SELECT tenant_id, secret_hash, domains, scopes, admin, created_at, revoked_at
 FROM api_keys WHERE id = $1`
 	// touchKeys records last use; migration 0012 keeps it from notifying
@@ -168,7 +170,8 @@ func scanKey(r pgx.Row) (APIKey, error) {
 }
 
 // RevokeTenantKey is RevokeAPIKey for a key of tenant only: another
-// tenant's key is ErrNotFound, as if it did not exist.
+// tenant's key, or an operator key, is ErrNotFound, as if it did not
+// exist.
 func (s *Store) RevokeTenantKey(ctx context.Context, tenant, id string) error {
 	if tenant == "" {
 		return fmt.Errorf("revoke api key %s: %w: no tenant", id, ErrRejected)

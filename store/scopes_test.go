@@ -77,6 +77,13 @@ func TestKeysBeforeScopes(t *testing.T) {
 	if err := s.RevokeTenantKey(t.Context(), "acme", k.ID); err != nil {
 		t.Fatal(err)
 	}
+	op, _, err := s.CreateKey(t.Context(), KeySpec{Tenant: "acme", Scopes: []string{ScopeManage}, Admin: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RevokeTenantKey(t.Context(), "acme", op.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a tenant revokes an operator key of its tenant: %v, want ErrNotFound", err)
+	}
 }
 
 // TestKeyLastUse: the cache writes a key's last use once per
