@@ -22,7 +22,8 @@ type Canceler interface {
 // cancelMessage is DELETE /v1/messages/{id}: every recipient still queued
 // or deferred, scheduled ones included, becomes canceled. 200 with the
 // message as GET shows it; 409 when nothing was left to cancel (all
-// final, or the rest in an SMTP transaction now, whose outcome stands).
+// final, or the rest in an SMTP transaction now, whose outcome stands;
+// should it defer, the recipient is canceled then).
 func (s *server) cancelMessage(w http.ResponseWriter, r *http.Request) {
 	key := principal(r.Context())
 	id, err := uuid.Parse(chi.URLParam(r, "id"))
@@ -43,7 +44,7 @@ func (s *server) cancelMessage(w http.ResponseWriter, r *http.Request) {
 		return
 	case len(c.Recipients) == 0 && c.InFlight > 0:
 		writeProblem(w, newProblem(kindNothingLeft, fmt.Sprintf(
-			"%d recipient(s) are in an SMTP transaction now; its outcome stands", c.InFlight)))
+			"%d recipient(s) are in an SMTP transaction now: its outcome stands, and a deferral will be canceled", c.InFlight)))
 		return
 	case len(c.Recipients) == 0:
 		writeProblem(w, newProblem(kindNothingLeft, "every recipient is delivered, bounced, suppressed or canceled already"))

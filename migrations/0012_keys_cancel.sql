@@ -38,6 +38,12 @@ ALTER TABLE recipients DROP CONSTRAINT recipients_status_check;
 ALTER TABLE recipients ADD CONSTRAINT recipients_status_check
     CHECK (status IN ('queued', 'deferred', 'delivered', 'bounced', 'suppressed', 'canceled'));
 
+-- A recipient in an SMTP transaction when the cancel came is left to
+-- finish; should that attempt defer, the recipient is canceled then
+-- (store.RecordOutcomes), not retried.
+ALTER TABLE messages ADD COLUMN cancel_requested_at timestamptz;
+COMMENT ON COLUMN messages.cancel_requested_at IS 'When DELETE /v1/messages/{id} was asked; a later deferral of an in-flight recipient cancels it.';
+
 ALTER TABLE messages DROP CONSTRAINT messages_status_check;
 ALTER TABLE messages ADD CONSTRAINT messages_status_check
     CHECK (status IN ('pending', 'delivered', 'partially_delivered', 'bounced', 'canceled'));

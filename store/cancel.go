@@ -10,7 +10,10 @@ import (
 )
 
 const (
-	selectTenantMessage = `SELECT true FROM messages WHERE id = $1 AND tenant_id = $2`
+	// selectTenantMessage also notes the request: a recipient in flight
+	// now that later defers is canceled then (cancelDeferred).
+	selectTenantMessage = `UPDATE messages SET cancel_requested_at = coalesce(cancel_requested_at, now())
+WHERE id = $1 AND tenant_id = $2 RETURNING true`
 	// cancelRecipients cancels what no attempt holds: a recipient under a
 	// live lease (store.TakeLease) is in an SMTP transaction now, which
 	// finishes and whose outcome stands. A worker takes its lease only on
@@ -24,20 +27,30 @@ WHERE message_id = $1 AND status IN ('queued', 'deferred')
 AND (lease_owner IS NULL OR lease_until < now())
 RETURNING idx`
 	countInFlight = `SELECT count(*) FROM recipients WHERE message_id = $1 AND status IN ('queued', 'deferred')`
+	// cancelDeferred (RecordOutcomes) cancels the recipients just deferred
+	// of a message whose cancel came while they were in flight: the
+	// attempt's outcome stands, and it was "not yet"; there is no later.
+	cancelDeferred = `UPDATE recipients SET status = 'canceled', next_attempt_at = NULL, updated_at = now()
+WHERE message_id = $1 AND idx = ANY($2) AND status = 'deferred' AND lease_owner IS NULL
+AND EXISTS (SELECT 1 FROM messages WHERE id = $1 AND cancel_requested_at IS NOT NULL)`
 )
 
 // Canceled is what CancelMessage did.
 type Canceled struct {
 	Recipients []int // indexes of the recipients canceled now
-	InFlight   int   // recipients left pending: an attempt holds them
+	// InFlight counts the recipients an attempt holds: its outcome stands,
+	// but should it defer, the recipient is canceled then.
+	InFlight int
 }
 
 // CancelMessage cancels tenant's message id: every recipient still queued
 // or deferred (scheduled ones included) that no attempt holds becomes
 // canceled, with a message.canceled event each, in one transaction that
 // also completes the message when nothing is left to send (status
-// canceled when every recipient is). It takes the same per-message lock
-// as RecordOutcomes. A message of another tenant is ErrNotFound.
+// canceled when every recipient is). A recipient an attempt holds is left
+// to it; if the attempt defers, RecordOutcomes cancels the recipient
+// then. It takes the same per-message lock as RecordOutcomes. A message
+// of another tenant is ErrNotFound.
 func (s *Store) CancelMessage(ctx context.Context, tenant string, id uuid.UUID) (Canceled, error) {
 	var c Canceled
 	var deliveries int

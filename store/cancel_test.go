@@ -72,6 +72,60 @@ func TestCancelMessage(t *testing.T) {
 	}
 }
 
+// TestCancelThenInFlightDefers: a recipient in flight at the cancel that
+// then defers is canceled, with its event, not retried; the message
+// completes as canceled.
+func TestCancelThenInFlightDefers(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	k := newTenant(t, s, "acme")
+	m := testMessage(k, 2)
+	if err := s.AcceptBatch(t.Context(), []NewMessage{m}); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	if taken, err := s.TakeLease(t.Context(), m.ID, []int{0}, Lease{Owner: "w-1", For: time.Minute, Next: now.Add(time.Minute), DueBy: now.Add(time.Minute)}); err != nil || len(taken) != 1 {
+		t.Fatalf("take lease: %v %v", taken, err)
+	}
+	c, err := s.CancelMessage(t.Context(), "acme", m.ID)
+	if err != nil || !slices.Equal(c.Recipients, []int{1}) || c.InFlight != 1 {
+		t.Fatalf("cancel = %+v, %v", c, err)
+	}
+	retry := now.Add(time.Minute)
+	complete, err := s.RecordOutcomes(t.Context(), m.ID, []Outcome{{Attempt: Attempt{Recipient: 0, Attempt: 1, StartedAt: now,
+		MXHost: "mx.example", SMTPCode: 451, EnhancedCode: "4.7.1", Response: "later", Outcome: RecipientDeferred}, NextAttemptAt: &retry}})
+	if err != nil || !complete {
+		t.Fatalf("record: complete=%v err=%v", complete, err)
+	}
+	v, err := s.GetMessage(t.Context(), "acme", m.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Status != StatusCanceled || v.Recipients[0].Status != RecipientCanceled || v.Recipients[0].Attempts != 1 {
+		t.Fatalf("after the deferral: %s %+v", v.Status, v.Recipients)
+	}
+	var canceled, deferred int
+	if err := s.pool.QueryRow(t.Context(), `SELECT count(*) FILTER (WHERE type = 'message.canceled'), count(*) FILTER (WHERE type = 'message.deferred')
+FROM events WHERE message_id = $1`, m.ID).Scan(&canceled, &deferred); err != nil {
+		t.Fatal(err)
+	}
+	if canceled != 2 || deferred != 1 {
+		t.Fatalf("events: %d canceled, %d deferred; want 2 and 1", canceled, deferred)
+	}
+	// Without a cancel, a deferral stays a deferral.
+	m2 := testMessage(k, 1)
+	if err := s.AcceptBatch(t.Context(), []NewMessage{m2}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.RecordOutcomes(t.Context(), m2.ID, []Outcome{{Attempt: Attempt{Recipient: 0, Attempt: 1, StartedAt: now,
+		MXHost: "mx.example", SMTPCode: 451, Response: "later", Outcome: RecipientDeferred}, NextAttemptAt: &retry}}); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := s.GetMessage(t.Context(), "acme", m2.ID); err != nil || v.Recipients[0].Status != RecipientDeferred {
+		t.Fatalf("uncanceled deferral: %+v %v", v, err)
+	}
+}
+
 func TestMessageStatusCanceled(t *testing.T) {
 	rs := func(st ...string) []RecipientView {
 		out := make([]RecipientView, len(st))

@@ -359,8 +359,22 @@ func (s *Store) RecordOutcomes(ctx context.Context, id uuid.UUID, outs []Outcome
 	// The events go after the change (they read the recipients' new
 	// attempt numbers and the suppressions just added) and before
 	// clearSoftLimit (which needs nothing of them).
+	// A deferral of a message canceled while it was in flight cancels
+	// the recipient (CancelMessage), before the events, which read it.
+	evs := outcomeEvents(id, outs)
+	var deferred []int
+	for _, o := range outs {
+		if o.Attempt.Outcome == RecipientDeferred {
+			deferred = append(deferred, o.Attempt.Recipient)
+			evs = append(evs, NewEvent{ID: EventID(id, o.Attempt.Recipient, EventMessageCanceled, 0), Type: EventMessageCanceled,
+				MessageID: id, RcptIdx: o.Attempt.Recipient, When: WhenCanceled})
+		}
+	}
+	if len(deferred) > 0 {
+		b.Queue(cancelDeferred, id, toInt16(deferred))
+	}
 	var deliveries int
-	if err := QueueEvents(b, outcomeEvents(id, outs), func(_, nd int) { deliveries = nd }); err != nil {
+	if err := QueueEvents(b, evs, func(_, nd int) { deliveries = nd }); err != nil {
 		return false, fmt.Errorf("record outcomes %s: %w", id, err)
 	}
 	if s.softBounceLimit > 0 {
