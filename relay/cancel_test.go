@@ -48,29 +48,42 @@ func (p *pipeline) events(id uuid.UUID, typ string) int {
 
 // TestCancelDuringData: a cancel that comes while the MX holds the reply
 // to DATA leaves that transaction alone; it finishes and its outcome
-// (delivered) stands, with no canceled event.
+// stands: delivered stays delivered, with no canceled event; a deferral
+// cancels the recipient, which is not tried again.
 func TestCancelDuringData(t *testing.T) {
-	p := newPipeline(t)
-	mx := p.mx("example.net", "127.0.0.2", testmx.SMTPOptions{DataDelay: 500 * time.Millisecond})
-	p.start("w1", nil)
-	id := p.send(mail.Draft{From: "alice@example.com", To: []string{"bob@example.net"}, Subject: "held", Text: "hi"})
-	wait.For(t, "the MX to hold the message's DATA", func() bool { return received(mx, "bob@example.net") == 1 })
-	c, err := p.st.CancelMessage(context.Background(), "acme", id)
-	if err != nil {
-		t.Fatal(err)
+	tests := []struct {
+		name, reply string
+		want        string // recipient status
+		canceled    int    // message.canceled events
+	}{
+		{"accepted", "", store.RecipientDelivered, 0},
+		{"deferred", "451 4.3.0 try later", store.RecipientCanceled, 1},
 	}
-	if len(c.Recipients) != 0 || c.InFlight != 1 {
-		t.Fatalf("cancel during DATA = %+v, want nothing canceled and 1 in flight", c)
-	}
-	v := p.wait(id, 20*time.Second)
-	if v.Status != store.StatusDelivered || rcpt(t, v, "bob@example.net").Status != store.RecipientDelivered {
-		t.Fatalf("after the held DATA: %s %+v, want delivered", v.Status, v.Recipients)
-	}
-	if n := p.events(id, store.EventMessageCanceled); n != 0 {
-		t.Fatalf("%d message.canceled events for a delivered recipient", n)
-	}
-	if _, err := p.st.CancelMessage(context.Background(), "acme", id); err != nil {
-		t.Fatal(err)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := newPipeline(t)
+			mx := p.mx("example.net", "127.0.0.2", testmx.SMTPOptions{DataDelay: 500 * time.Millisecond})
+			if tt.reply != "" {
+				mx.OnData(tt.reply)
+			}
+			p.start("w1", nil)
+			id := p.send(mail.Draft{From: "alice@example.com", To: []string{"bob@example.net"}, Subject: "held", Text: "hi"})
+			wait.For(t, "the MX to hold the message's DATA", func() bool { return received(mx, "bob@example.net") == 1 })
+			c, err := p.st.CancelMessage(context.Background(), "acme", id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(c.Recipients) != 0 || c.InFlight != 1 {
+				t.Fatalf("cancel during DATA = %+v, want nothing canceled and 1 in flight", c)
+			}
+			v := p.wait(id, 20*time.Second)
+			if r := rcpt(t, v, "bob@example.net"); r.Status != tt.want || r.Attempts != 1 {
+				t.Fatalf("after the held DATA: %s %+v, want %s after 1 attempt", v.Status, v.Recipients, tt.want)
+			}
+			if n := p.events(id, store.EventMessageCanceled); n != tt.canceled {
+				t.Fatalf("%d message.canceled events, want %d", n, tt.canceled)
+			}
+		})
 	}
 }
 
