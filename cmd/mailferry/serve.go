@@ -212,19 +212,20 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 			return err
 		}
 	}
-	stopSubmission := func(context.Context) error { return nil }
-	if roles["api"] {
-		stopSubmission, err = startSubmission(ctx, cfg, submissionDeps{intake: in, auth: st, bodies: bodies,
-			limiter: limiter, reg: reg, log: log.With("role", "submission")})
-		if err != nil {
-			return err
-		}
-	}
-	// The API authenticates through a cache of verified keys that listens
+	// The API and submission authenticate through a cache of verified keys that listens
 	// for revocations; until its listener connects it asks PostgreSQL.
 	keys, err := store.NewKeyCache(st, store.KeyCacheOptions{Logger: log.With("component", "keycache")})
 	if err != nil {
 		return err
+	}
+	stopSubmission := func(context.Context) error { return nil }
+	if roles["api"] {
+		// Through the cache, as the API: it also records each key's last use.
+		stopSubmission, err = startSubmission(ctx, cfg, submissionDeps{intake: in, auth: keys, bodies: bodies,
+			limiter: limiter, reg: reg, log: log.With("role", "submission")})
+		if err != nil {
+			return err
+		}
 	}
 	if roles["api"] {
 		wg.Add(1)
