@@ -42,6 +42,11 @@ func (s *server) sendBatch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	limit := int64(s.opts.MaxBatch) * s.maxRequestBytes()
+	if c := s.opts.Budget.Capacity(); c > 0 {
+		// A batch larger than the whole in-flight budget could never be
+		// held: refuse it as too large, not as busy for ever.
+		limit = min(limit, c)
+	}
 	if r.ContentLength > limit {
 		writeProblem(w, tooLarge(r.ContentLength, limit))
 		return

@@ -3,10 +3,13 @@ package api_test
 import (
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
+
+	"github.com/mailferry/mailferry/budget"
 )
 
 type batchDoc struct {
@@ -209,5 +212,22 @@ func TestBatchAllBad(t *testing.T) {
 	}
 	if h.messageCount() != before {
 		t.Fatalf("an all-bad batch stored messages")
+	}
+}
+
+// TestBatchOverBudget: a batch larger than MAILFERRY_MAX_BYTES_IN_FLIGHT
+// could never be held; it is 413, not a 503 that would be retried for
+// ever.
+func TestBatchOverBudget(t *testing.T) {
+	t.Parallel()
+	b, err := budget.New(64 << 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := newHarness(t, harnessOptions{budget: b})
+	big := with("text", strings.Repeat("x", 40<<10))
+	r := h.do(http.MethodPost, "/v1/messages/batch", h.key, jsonBody(t, map[string]any{"messages": []any{big, big}}), nil)
+	if r.status != http.StatusRequestEntityTooLarge {
+		t.Fatalf("status %d, want 413: %s", r.status, r.body)
 	}
 }
