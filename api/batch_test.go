@@ -1,6 +1,7 @@
 package api_test
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"strings"
@@ -10,6 +11,8 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/mailferry/mailferry/budget"
+	"github.com/mailferry/mailferry/intake"
+	"github.com/mailferry/mailferry/store"
 )
 
 type batchDoc struct {
@@ -229,5 +232,53 @@ func TestBatchOverBudget(t *testing.T) {
 	r := h.do(http.MethodPost, "/v1/messages/batch", h.key, jsonBody(t, map[string]any{"messages": []any{big, big}}), nil)
 	if r.status != http.StatusRequestEntityTooLarge {
 		t.Fatalf("status %d, want 413: %s", r.status, r.body)
+	}
+}
+
+// poisonSubjectLedger makes the ledger refuse the row of every message
+// whose subject is "poison" (a tenant PostgreSQL does not have: SQLSTATE
+// 23503), as data that passed every check before the ledger would.
+type poisonSubjectLedger struct{ *store.Store }
+
+func (p poisonSubjectLedger) AcceptBatch(ctx context.Context, msgs []store.NewMessage) error {
+	msgs = append([]store.NewMessage(nil), msgs...)
+	for i := range msgs {
+		if msgs[i].Subject == "poison" {
+			msgs[i].TenantID = "no-such-tenant"
+		}
+	}
+	return p.Store.AcceptBatch(ctx, msgs)
+}
+
+// TestBatchLedgerRefusesOne: items the ledger refuses for their own data
+// fail alone (422 naming the message); the others are accepted.
+func TestBatchLedgerRefusesOne(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{ledger: func(st *store.Store) intake.Ledger { return poisonSubjectLedger{st} }})
+	msgs := make([]map[string]any, 10)
+	for i := range msgs {
+		msgs[i] = with("to", []string{fmt.Sprintf("r%d@example.net", i)})
+		if i == 3 || i == 7 {
+			msgs[i]["subject"] = "poison"
+		}
+	}
+	before := h.messageCount()
+	r := h.do(http.MethodPost, "/v1/messages/batch", h.key, jsonBody(t, map[string]any{"messages": msgs}), nil)
+	var doc batchDoc
+	r.json(t, &doc)
+	if r.status != http.StatusMultiStatus || len(doc.Data) != 10 {
+		t.Fatalf("%d %s", r.status, r.body)
+	}
+	for i, d := range doc.Data {
+		want := http.StatusAccepted
+		if i == 3 || i == 7 {
+			want = http.StatusUnprocessableEntity
+		}
+		if d.Status != want {
+			t.Errorf("item %d: %d, want %d", i, d.Status, want)
+		}
+	}
+	if got := h.messageCount() - before; got != 8 {
+		t.Fatalf("%d stored, want 8", got)
 	}
 }
