@@ -31,16 +31,6 @@ var (
 	kindUnverified     = kind{http.StatusForbidden, "domain-not-verified", "Sender domain not verified"}
 )
 
-// domainRoutes are the /v1/domains routes, for the key's own tenant.
-func (s *server) domainRoutes(r chi.Router) {
-	// The `manage` scope check applies to this whole group.
-	r.Post("/domains", s.createDomain)
-	r.Get("/domains", s.listDomains)
-	r.Get("/domains/{name}", s.getDomain)
-	r.Delete("/domains/{name}", s.deleteDomain)
-	r.Post("/domains/{name}/dkim/rotate", s.rotateDomainKeys)
-}
-
 // keyMayUse: a key limited to sender domains manages only those (and
 // their subdomains), as it may send only from them.
 func keyMayUse(key store.APIKey, name string) bool {

@@ -53,6 +53,7 @@ type harnessOptions struct {
 	ledger          func(*store.Store) intake.Ledger // wraps the store under intake
 	domains         func(*store.Store) api.Domains   // serves /v1/domains; nil: no such routes
 	requireVerified bool                             // MAILFERRY_REQUIRE_VERIFIED_DOMAIN
+	maxBatch        int                              // 0: api.DefaultMaxBatch
 }
 
 func newHarness(t *testing.T, opts harnessOptions) *harness {
@@ -114,6 +115,9 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 		Now:             opts.now,
 		Budget:          opts.budget,
 		Webhooks:        st,
+		Keys:            st,
+		Cancel:          st,
+		MaxBatch:        opts.maxBatch,
 	})
 	if err != nil {
 		t.Fatalf("api.New: %v", err)

@@ -39,6 +39,7 @@ type Config struct {
 	MaxQueueAge              time.Duration   // MAILFERRY_MAX_QUEUE_AGE, 120h
 	MaxMessageBytes          int64           // MAILFERRY_MAX_MESSAGE_BYTES, 26214400
 	MaxRecipients            int             // MAILFERRY_MAX_RECIPIENTS, 1000
+	MaxBatch                 int             // MAILFERRY_MAX_BATCH, 100 messages per POST /v1/messages/batch
 	MaxBytesInFlight         int64           // MAILFERRY_MAX_BYTES_IN_FLIGHT, 134217728 (128 MiB), message bytes held by API and submission at once
 	WorkerConcurrency        int             // MAILFERRY_WORKER_CONCURRENCY, 256
 	WorkerPerDomain          int             // MAILFERRY_WORKER_PER_DOMAIN, 32: per destination (next hop)
@@ -104,6 +105,7 @@ func Vars() []Var {
 		{"MAILFERRY_MAX_QUEUE_AGE", "120h", "after this a deferred recipient bounces as expired"},
 		{"MAILFERRY_MAX_MESSAGE_BYTES", "26214400", "larger messages are refused with 413"},
 		{"MAILFERRY_MAX_RECIPIENTS", "1000", "recipients per message (to+cc+bcc)"},
+		{"MAILFERRY_MAX_BATCH", "100", "messages per POST /v1/messages/batch; more is refused with 422"},
 		{"MAILFERRY_MAX_BYTES_IN_FLIGHT", "134217728", "message bytes the API and submission hold at once (128 MiB, for a 512 MiB pod); beyond it 503 or SMTP 452 4.3.1"},
 		{"MAILFERRY_WORKER_CONCURRENCY", "256", "SMTP transactions in flight per worker process"},
 		{"MAILFERRY_WORKER_PER_DOMAIN", "32", "most transactions in flight to one destination (an MX host, shared by every domain it serves), over every worker"},
@@ -167,6 +169,7 @@ func Load(lookup func(string) (string, bool)) (Config, error) {
 		MaxQueueAge:              p.duration("MAILFERRY_MAX_QUEUE_AGE", 120*time.Hour),
 		MaxMessageBytes:          int64(p.intRange("MAILFERRY_MAX_MESSAGE_BYTES", 26214400, 1024, 1<<30)),
 		MaxRecipients:            p.intRange("MAILFERRY_MAX_RECIPIENTS", 1000, 1, 100000),
+		MaxBatch:                 p.intRange("MAILFERRY_MAX_BATCH", 100, 1, 10000),
 		SoftBounceLimit:          p.intRange("MAILFERRY_SOFT_BOUNCE_LIMIT", 5, 0, 1000000),
 		MaxBytesInFlight:         int64(p.intRange("MAILFERRY_MAX_BYTES_IN_FLIGHT", 128<<20, 1024, 1<<40)),
 		WorkerConcurrency:        p.intRange("MAILFERRY_WORKER_CONCURRENCY", 256, 1, 100000),

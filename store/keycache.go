@@ -70,7 +70,15 @@ type KeyCache struct {
 	// notification of that revocation.
 	gen     uint64
 	entries map[[sha256.Size]byte]cachedKey
+
+	// used is when each key's last use was written (recordUse): at most
+	// one write per key per KeyUseInterval, never one per request.
+	usedMu sync.Mutex
+	used   map[string]time.Time
 }
+
+// KeyUseInterval is how often at most a process writes a key's last use.
+const KeyUseInterval = time.Minute
 
 type cachedKey struct {
 	key     APIKey
@@ -98,6 +106,7 @@ func NewKeyCache(st *Store, opts KeyCacheOptions) (*KeyCache, error) {
 	return &KeyCache{
 		store: st, ttl: opts.TTL, max: opts.MaxEntries, log: opts.Logger,
 		entries: make(map[[sha256.Size]byte]cachedKey),
+		used:    make(map[string]time.Time),
 	}, nil
 }
 
@@ -105,6 +114,34 @@ func NewKeyCache(st *Store, opts KeyCacheOptions) (*KeyCache, error) {
 // Store.Authenticate. The APIKey returned may be shared with other
 // callers: treat its Domains as read-only.
 func (c *KeyCache) Authenticate(ctx context.Context, secret string) (APIKey, error) {
+	key, err := c.authenticate(ctx, secret)
+	if err == nil {
+		c.recordUse(ctx, key.ID)
+	}
+	return key, err
+}
+
+// recordUse writes the key's last use unless this process wrote it less
+// than KeyUseInterval ago. A failed write is logged, not returned: the
+// request is authenticated all the same.
+func (c *KeyCache) recordUse(ctx context.Context, id string) {
+	now := time.Now()
+	c.usedMu.Lock()
+	if last, ok := c.used[id]; ok && now.Sub(last) < KeyUseInterval {
+		c.usedMu.Unlock()
+		return
+	}
+	if len(c.used) >= c.max {
+		clear(c.used) // bounded: at worst one more write per key
+	}
+	c.used[id] = now
+	c.usedMu.Unlock()
+	if err := c.store.TouchKeys(ctx, []string{id}, now); err != nil {
+		c.log.LogAttrs(ctx, slog.LevelWarn, "record api key use", slog.String("key", id), slog.Any("error", err))
+	}
+}
+
+func (c *KeyCache) authenticate(ctx context.Context, secret string) (APIKey, error) {
 	hash := hashSecret(secret)
 	if !c.listening.Load() {
 		return c.store.authenticate(ctx, secret, hash)

@@ -221,9 +221,16 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 			return err
 		}
 	}
+	// The API and submission authenticate through a cache of verified keys that listens
+	// for revocations; until its listener connects it asks PostgreSQL.
+	keys, err := store.NewKeyCache(st, store.KeyCacheOptions{Logger: log.With("component", "keycache")})
+	if err != nil {
+		return err
+	}
 	stopSubmission := func(context.Context) error { return nil }
 	if roles["api"] {
-		deps := submissionDeps{intake: in, auth: st, bodies: bodies, limiter: limiter, reg: reg, log: log.With("role", "submission")}
+		// Through the cache, as the API: it also records each key's last use.
+		deps := submissionDeps{intake: in, auth: keys, bodies: bodies, limiter: limiter, reg: reg, log: log.With("role", "submission")}
 		if cfg.RequireVerifiedDomain {
 			deps.verified = verifiedForSubmission(doms)
 		}
@@ -231,12 +238,6 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 		if err != nil {
 			return err
 		}
-	}
-	// The API authenticates through a cache of verified keys that listens
-	// for revocations; until its listener connects it asks PostgreSQL.
-	keys, err := store.NewKeyCache(st, store.KeyCacheOptions{Logger: log.With("component", "keycache")})
-	if err != nil {
-		return err
 	}
 	if roles["api"] {
 		wg.Add(1)
@@ -254,6 +255,9 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 		Warn:            newDKIMWarner(st, log).warn,
 		Budget:          bodies,
 		Webhooks:        st,
+		Keys:            st,
+		Cancel:          st,
+		MaxBatch:        cfg.MaxBatch,
 		Domains:         doms,
 
 		RequireVerifiedDomain:    cfg.RequireVerifiedDomain,
