@@ -17,6 +17,8 @@ import (
 
 	"github.com/mailferry/mailferry/api"
 	"github.com/mailferry/mailferry/budget"
+	"github.com/mailferry/mailferry/dkim"
+	"github.com/mailferry/mailferry/domains"
 	"github.com/mailferry/mailferry/intake"
 	"github.com/mailferry/mailferry/internal/testenv"
 	"github.com/mailferry/mailferry/internal/teststack"
@@ -101,6 +103,18 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 	var doms api.Domains
 	if opts.domains != nil {
 		doms = opts.domains(st)
+	} else {
+		// Every route is mounted, as in production; a test that reaches a
+		// domain handler brings its own DNS server (domainHarness).
+		sealer, err := dkim.NewSealer(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		svc, err := domains.New(domains.Options{Ledger: st, Sealer: sealer, DNSServer: "127.0.0.1:1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		doms = svc
 	}
 	h, err := api.New(api.Options{
 		Domains: doms, RequireVerifiedDomain: opts.requireVerified,
