@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"net"
 	"net/http"
 	"os"
@@ -340,8 +341,8 @@ func openLedger(ctx context.Context, cfg config.Config, reg prometheus.Registere
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		st, err := store.Open(ctx, store.Options{URL: cfg.DatabaseURL.String(),
-			SoftBounceLimit: cfg.SoftBounceLimit, Registerer: reg, OnEvents: onEvents, Secrets: sealer})
+		st, err := store.Open(ctx, store.Options{URL: cfg.DatabaseURL.String(), Pooler: cfg.DatabasePooler,
+			DirectURL: urlString(cfg.DatabaseDirectURL), SoftBounceLimit: cfg.SoftBounceLimit, Registerer: reg, OnEvents: onEvents, Secrets: sealer})
 		if err == nil {
 			return st, nil
 		}
@@ -438,4 +439,12 @@ func (c *dependencyCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, up, chk.Name)
 	}
+}
+
+// urlString is u as a string, "" for nil.
+func urlString(u *url.URL) string {
+	if u == nil {
+		return ""
+	}
+	return u.String()
 }
