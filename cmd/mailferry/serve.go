@@ -7,9 +7,9 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"slices"
 	"strings"
@@ -193,14 +193,21 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 		Help: "Message bytes the API and SMTP submission hold now, against MAILFERRY_MAX_BYTES_IN_FLIGHT.",
 	}, func() float64 { return float64(bodies.InUse()) }))
 	// One per-key budget (MAILFERRY_RATE_LIMIT), shared by the API and
-	// submission: a key that sends over both doors spends one budget.
+	// submission and by every process of the fleet: a GCRA in Redis.
+	// Likewise the tenants' daily quota (MAILFERRY_TENANT_DAILY_QUOTA).
 	var limiter ratelimit.Limiter
 	if cfg.RateLimit > 0 {
-		l, err := ratelimit.NewLocal(ratelimit.Limit{Rate: float64(cfg.RateLimit)}, nil) // bursts of twice the rate
+		l, err := ratelimit.NewRedis(rdb, ratelimit.RedisOptions{Limit: ratelimit.Limit{Rate: float64(cfg.RateLimit)}}) // bursts of twice the rate
 		if err != nil {
 			return fmt.Errorf("MAILFERRY_RATE_LIMIT: %w", err)
 		}
 		limiter = l
+	}
+	var quota *ratelimit.Quota
+	if cfg.TenantDailyQuota > 0 {
+		if quota, err = ratelimit.NewQuota(rdb, ratelimit.QuotaOptions{PerDay: int64(cfg.TenantDailyQuota)}); err != nil {
+			return fmt.Errorf("MAILFERRY_TENANT_DAILY_QUOTA: %w", err)
+		}
 	}
 	stopInbound := func(context.Context) error { return nil }
 	if roles["inbound"] {
@@ -213,7 +220,7 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	stopSubmission := func(context.Context) error { return nil }
 	if roles["api"] {
 		stopSubmission, err = startSubmission(ctx, cfg, submissionDeps{intake: in, auth: st, bodies: bodies,
-			limiter: limiter, reg: reg, log: log.With("role", "submission")})
+			limiter: limiter, quota: quota, reg: reg, log: log.With("role", "submission")})
 		if err != nil {
 			return err
 		}
@@ -229,7 +236,12 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 		go func() { defer wg.Done(); errc <- keys.Run(ctx) }()
 	}
 	var draining atomic.Bool
+	var apiQuota api.Quota // not a nil *ratelimit.Quota in an interface
+	if quota != nil {
+		apiQuota = quota
+	}
 	handler, err := api.New(api.Options{
+		Quota:    apiQuota,
 		Draining: draining.Load,
 		Auth:     keys, Reader: st, Intake: in, Suppressions: st, Registry: reg, Logger: log,
 		Ready:           checks,
