@@ -42,6 +42,7 @@ var _ DestLeases = (*queue.Leases)(nil)
 // for everyone else: waiting jobs hold no transaction slot of the worker.
 type destGate struct {
 	leases    DestLeases
+	shaper    Shaper // nil: no shaping file
 	slowAfter time.Duration
 	now       func() time.Time
 	log       *slog.Logger
@@ -93,8 +94,8 @@ const (
 	pollMax = time.Second
 )
 
-func newDestGate(leases DestLeases, slowAfter time.Duration, now func() time.Time, log *slog.Logger) *destGate {
-	return &destGate{leases: leases, slowAfter: slowAfter, now: now, log: log, m: map[string]*gateDest{}}
+func newDestGate(leases DestLeases, shaper Shaper, slowAfter time.Duration, now func() time.Time, log *slog.Logger) *destGate {
+	return &destGate{leases: leases, shaper: shaper, slowAfter: slowAfter, now: now, log: log, m: map[string]*gateDest{}}
 }
 
 // dest returns dest's state, creating it; g.mu must be held.
@@ -162,6 +163,16 @@ func (g *destGate) pump(ctx context.Context, dest string, d *gateDest) {
 		}
 		lim := d.lim
 		g.mu.Unlock()
+		// The shaping file's rate and suspensions come before the
+		// connection count: a transaction not admitted takes no lease.
+		n, pace := g.admit(ctx, dest, n)
+		if n == 0 {
+			select {
+			case <-ctx.Done():
+			case <-time.After(min(pace, pollMax)):
+			}
+			continue
+		}
 		ids, limit, err := g.leases.Acquire(ctx, dest, n, lim, g.now())
 		if err != nil && ctx.Err() == nil {
 			g.log.LogAttrs(ctx, slog.LevelWarn, "acquire destination lease", slog.String("destination", dest), slog.Any("error", err))
@@ -204,6 +215,32 @@ func (g *destGate) hand(dest string, d *gateDest, ids []string) (spare []string)
 	return nil
 }
 
+// admit asks the shaper how many of n transactions to dest may start, and
+// how long to wait when none may. Without a shaper, or when Redis does not
+// answer, all may: shaping must not stop the mail.
+func (g *destGate) admit(ctx context.Context, dest string, n int) (int, time.Duration) {
+	if g.shaper == nil {
+		return n, 0
+	}
+	k, wait, err := g.shaper.Admit(ctx, dest, n)
+	if err != nil {
+		if ctx.Err() == nil {
+			g.log.LogAttrs(ctx, slog.LevelWarn, "shaping unavailable; destination unshaped", slog.String("destination", dest), slog.Any("error", err))
+		}
+		return n, 0
+	}
+	return k, max(wait, pollMin)
+}
+
+// observe runs a transaction's replies through the automation rules.
+func (g *destGate) observe(dest string, a *Attempt) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := g.shaper.Observe(ctx, dest, replies(a)); err != nil {
+		g.log.LogAttrs(ctx, slog.LevelWarn, "shaping rule not applied", slog.String("destination", dest), slog.Any("error", err))
+	}
+}
+
 // judge notes the transaction run under the slot, for release.
 func (s *slot) judge(a Attempt) { s.att = &a }
 
@@ -225,8 +262,14 @@ func (g *destGate) release(s *slot) {
 	}
 	delete(d.running, s.id)
 	d.last = g.now()
-	handoff := len(d.waiters) > 0
+	paced := g.shaper != nil && g.shaper.Paced(s.dest)
+	// A paced destination's next transaction waits to be admitted by the
+	// pump: handing the slot straight on would pass its rate by.
+	handoff := len(d.waiters) > 0 && !paced
 	g.mu.Unlock()
+	if g.shaper != nil && s.att != nil {
+		g.observe(s.dest, s.att)
+	}
 	// Not the job's context: a lease left behind costs a transaction slot
 	// until its TTL.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -245,7 +288,7 @@ func (g *destGate) release(s *slot) {
 	}
 	// The pump asks again only if the limit has room the handoff did not
 	// use (it grew), or Redis failed: otherwise it would be refused.
-	if len(d.waiters) > 0 && (free > 0 || err != nil) {
+	if len(d.waiters) > 0 && (free > 0 || err != nil || paced) {
 		poke(d.wake)
 	}
 	g.mu.Unlock()

@@ -147,8 +147,14 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	// counts sync bounces into it, the inbound processor async ones.
 	inboundMetrics := inbound.NewMetrics(reg)
 	if roles["worker"] {
+		// The shaping file (MAILFERRY_SHAPING_FILE) over the built-in
+		// provider entries, shared by the fleet through Redis.
+		sh, err := newShaper(cfg, rdb, reg, log.With("component", "shaping"))
+		if err != nil {
+			return err
+		}
 		w, err := newWorker(cfg, st, q, reg, log.With("role", "worker"), workerBounces{bounceSetup: bounces,
-			count: func(class string) { inboundMetrics.Bounced(class, inbound.KindSync) }})
+			count: func(class string) { inboundMetrics.Bounced(class, inbound.KindSync) }}, sh)
 		if err != nil {
 			return err
 		}
