@@ -176,7 +176,7 @@ destinations:
 	if _, lim := c.LimitsFor("mx:mx01.mail.icloud.com"); lim.MaxConnections != 10 {
 		t.Errorf("built-in entries not replaced stay: %+v", lim)
 	}
-	if name, lim := c.LimitsFor("mx:other.example"); name != "" || lim.MaxConnections != 8 || lim.MaxMessagesPerConnection != 100 {
+	if name, lim := c.LimitsFor("mx:other.example"); name != "" || lim.MaxConnections != 8 || lim.MaxMessagesPerConnection != 0 {
 		t.Errorf("default merged field by field: %+v", lim)
 	}
 }

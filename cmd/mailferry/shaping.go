@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -87,7 +88,7 @@ func shapingShow(ctx context.Context, env *environment, args []string) error {
 		if !l.MaxMessageRate.IsZero() {
 			rateNow = fmt.Sprintf("%.3g/s", es.Rate)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\n", es.Name, matches, l.MaxConnections, l.MaxMessagesPerConnection,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", es.Name, matches, orDash(l.MaxConnections), orDash(l.MaxMessagesPerConnection),
 			l.MaxMessageRate, rateNow, state)
 	}
 	header := "ENTRY\tMATCHES\tMAX_CONNECTIONS\tMSGS/CONNECTION\tMAX_RATE\tRATE_NOW\tSTATE"
@@ -114,7 +115,7 @@ func shapingShow(ctx context.Context, env *environment, args []string) error {
 		}
 		line(es, strings.Join(append(append([]string{}, e.Destinations...), e.MXSuffixes...), ","))
 	}
-	fmt.Fprintf(tw, "default\t(every other destination)\t%d\t%d\t%s\t-\t-\n", c.Default.MaxConnections, c.Default.MaxMessagesPerConnection, c.Default.MaxMessageRate)
+	fmt.Fprintf(tw, "default\t(every other destination)\t%s\t%s\t%s\t-\t-\n", orDash(c.Default.MaxConnections), orDash(c.Default.MaxMessagesPerConnection), c.Default.MaxMessageRate)
 	fmt.Fprintln(tw, "\nRULE\tENTRIES\tACTION\tDURATION\tMATCH")
 	for _, r := range c.Rules {
 		entries := strings.Join(r.Entries, ",")
@@ -141,4 +142,12 @@ func destinationFor(ctx context.Context, cfg config.Config, domain string) (stri
 		return "", fmt.Errorf("resolve %s: %w", domain, err)
 	}
 	return relay.DestinationName(hosts), nil
+}
+
+// orDash prints an unset limit as "-": the scheduler's or client's own.
+func orDash(n int) string {
+	if n == 0 {
+		return "-"
+	}
+	return strconv.Itoa(n)
 }
