@@ -120,7 +120,7 @@ func (o Options) validate() error {
 	switch o.Pooler {
 	case "", PoolerNone, PoolerPgBouncer:
 	default:
-		errs = append(errs, fmt.Errorf("Pooler %q is not %q or %q", o.Pooler, PoolerNone, PoolerPgBouncer))
+		errs = append(errs, fmt.Errorf("pooler %q is not %q or %q", o.Pooler, PoolerNone, PoolerPgBouncer))
 	}
 	if o.DirectURL != "" {
 		if _, err := pgx.ParseConfig(o.DirectURL); err != nil {
