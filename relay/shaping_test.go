@@ -161,3 +161,39 @@ rules:
 	clk.add(30 * time.Minute)
 	p.waitAll(append(first, more...), time.Minute)
 }
+
+// TestShapingLimitsDestination: the shaping file's max_connections
+// replaces the worker's cap, across two workers, and its
+// max_message_rate holds for both together.
+func TestShapingLimitsDestination(t *testing.T) {
+	p := newPipeline(t)
+	mx := p.mx("example.net", "127.0.0.2", testmx.SMTPOptions{})
+	cfg, err := shaping.Load([]byte(`
+destinations:
+  - {name: small, destinations: [mx:mx.example.net], max_connections: 2, max_message_rate: 600/min}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"w1", "w2"} {
+		sh, err := shaping.New(shaping.Options{Config: cfg, Redis: p.rdb, Prefix: p.prefix})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.start(name, func(o *WorkerOptions) { o.Shaper, o.PerDestination = sh, 16 })
+	}
+	const n = 40
+	start := time.Now()
+	p.waitAll(p.sendMany(n, func(i int) string { return fmt.Sprintf("r%d@example.net", i) }), time.Minute)
+	took := time.Since(start)
+	// 10 a second with bursts of 10: the first 10 at once, the other 30
+	// at 10 a second, so at least about 3 s.
+	rate := float64(n) / took.Seconds()
+	t.Logf("%d messages in %s (%.1f/s), peak %d transactions", n, took.Round(time.Millisecond), rate, mx.PeakTransactions())
+	if peak := mx.PeakTransactions(); peak > 2 {
+		t.Errorf("peak %d transactions at once, want at most max_connections 2", peak)
+	}
+	if took < 2700*time.Millisecond {
+		t.Errorf("%d messages in %s: faster than 600/min allows", n, took)
+	}
+}
