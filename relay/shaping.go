@@ -17,7 +17,7 @@ type Shaper interface {
 	Admit(ctx context.Context, dest string, n int) (int, time.Duration, error)
 	// Paced: every transaction to dest must be admitted, so a released
 	// slot is not handed straight on.
-	Paced(dest string) bool
+	Paced(ctx context.Context, dest string) bool
 	// Observe applies the automation rules to a transaction's replies.
 	Observe(ctx context.Context, dest string, replies []shaping.Reply) (*shaping.Rule, error)
 }

@@ -233,9 +233,7 @@ func (g *destGate) admit(ctx context.Context, dest string, n int) (int, time.Dur
 }
 
 // observe runs a transaction's replies through the automation rules.
-func (g *destGate) observe(dest string, a *Attempt) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
+func (g *destGate) observe(ctx context.Context, dest string, a *Attempt) {
 	if _, err := g.shaper.Observe(ctx, dest, replies(a)); err != nil {
 		g.log.LogAttrs(ctx, slog.LevelWarn, "shaping rule not applied", slog.String("destination", dest), slog.Any("error", err))
 	}
@@ -255,6 +253,16 @@ func (g *destGate) release(s *slot) {
 			v = queue.Unhealthy
 		}
 	}
+	// Not the job's context: a lease left behind costs a transaction slot
+	// until its TTL.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if g.shaper != nil && s.att != nil {
+		g.observe(ctx, s.dest, s.att)
+	}
+	// A paced destination's next transaction waits to be admitted by the
+	// pump: handing the slot straight on would pass its rate by.
+	paced := g.shaper != nil && g.shaper.Paced(ctx, s.dest)
 	g.mu.Lock()
 	d := g.m[s.dest]
 	if d == nil {
@@ -262,18 +270,8 @@ func (g *destGate) release(s *slot) {
 	}
 	delete(d.running, s.id)
 	d.last = g.now()
-	paced := g.shaper != nil && g.shaper.Paced(s.dest)
-	// A paced destination's next transaction waits to be admitted by the
-	// pump: handing the slot straight on would pass its rate by.
 	handoff := len(d.waiters) > 0 && !paced
 	g.mu.Unlock()
-	if g.shaper != nil && s.att != nil {
-		g.observe(s.dest, s.att)
-	}
-	// Not the job's context: a lease left behind costs a transaction slot
-	// until its TTL.
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
 	next, limit, free, err := g.leases.Release(ctx, s.dest, s.id, v, why, s.lim, handoff, g.now())
 	if err != nil {
 		g.log.LogAttrs(ctx, slog.LevelWarn, "release destination lease; it lapses on its own", slog.String("destination", s.dest), slog.Any("error", err))

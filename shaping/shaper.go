@@ -138,17 +138,17 @@ func (s *Shaper) MaxMessagesPerConnection(host string) int {
 }
 
 // Paced reports whether dest's transactions must each be admitted (a rate
-// is set, or it is suspended): the scheduler then never hands a released
-// connection slot straight to the next job.
-func (s *Shaper) Paced(dest string) bool {
+// is set, or it is suspended, as read from Redis at most stateFresh ago):
+// the scheduler then never hands a released connection slot straight to
+// the next job. Reading the state here also makes a worker whose
+// handoffs never reach Admit see another worker's suspension.
+func (s *Shaper) Paced(ctx context.Context, dest string) bool {
 	unit, _, lim := s.unit(dest)
 	if !lim.MaxMessageRate.IsZero() {
 		return true
 	}
-	s.mu.Lock()
-	c, ok := s.states[unit]
-	s.mu.Unlock()
-	return ok && c.st.Suspended(s.now())
+	st, err := s.state(ctx, unit)
+	return err == nil && st.Suspended(s.now())
 }
 
 // State reads dest's unit's state, from this process's copy when fresh.

@@ -186,7 +186,7 @@ func TestSuspend(t *testing.T) {
 	if err != nil || rule == nil || rule.Action != Suspend {
 		t.Fatalf("Observe: %v %v", rule, err)
 	}
-	if !ss[0].Paced(dest) {
+	if !ss[0].Paced(ctx, dest) {
 		t.Error("a suspended destination is not paced")
 	}
 	st, err := ss[1].Inspect(ctx, dest)
