@@ -169,3 +169,36 @@ func TestQuota(t *testing.T) {
 		t.Fatalf("next day: %+v %v", res, err)
 	}
 }
+
+// TestOnCluster: the limiter and the quota run unchanged on a Redis
+// Cluster client (go-redis routes each script by its one hash-tagged
+// key).
+func TestOnCluster(t *testing.T) {
+	c := testenv.OneNodeCluster(t)
+	l, err := NewRedis(c, RedisOptions{Limit: Limit{Rate: 1, Burst: 2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	var got []bool
+	for range 3 {
+		res, err := l.Allow(ctx, "k")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, res.Allowed)
+	}
+	if !got[0] || !got[1] || got[2] {
+		t.Errorf("allowed %v, want the burst of 2 then a refusal", got)
+	}
+	q, err := NewQuota(c, QuotaOptions{PerDay: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := q.Take(ctx, "acme", 1); err != nil || !r.Allowed {
+		t.Fatalf("quota: %+v %v", r, err)
+	}
+	if r, err := q.Take(ctx, "acme", 1); err != nil || r.Allowed {
+		t.Fatalf("quota past 1: %+v %v", r, err)
+	}
+}

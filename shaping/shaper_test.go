@@ -226,3 +226,37 @@ func TestAdmitRate(t *testing.T) {
 		t.Fatalf("the other process got %d at once: the rate is not shared", n)
 	}
 }
+
+// TestShaperOnCluster: rates, throttles and suspensions run unchanged on
+// a Redis Cluster client; each unit's keys share a hash tag.
+func TestShaperOnCluster(t *testing.T) {
+	ctx := context.Background()
+	cfg, err := Load([]byte(testFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Options{Config: cfg, Redis: testenv.OneNodeCluster(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		dest, reply string
+		wantAdmit   int
+	}{
+		{"mx:mx.example.net", "421 4.7.0 Try again later", 1},
+		{"mx:other.example", "421 4.7.1 go away", 0},
+	} {
+		if r, err := s.Observe(ctx, tc.dest, []Reply{{Code: 421, Text: tc.reply[4:]}}); r == nil || err != nil {
+			t.Fatalf("%s: Observe %v %v", tc.dest, r, err)
+		}
+		if n, _, err := s.Admit(ctx, tc.dest, 3); err != nil || n != tc.wantAdmit {
+			t.Errorf("%s: admitted %d, %v; want %d", tc.dest, n, err, tc.wantAdmit)
+		}
+		if _, err := s.Inspect(ctx, tc.dest); err != nil {
+			t.Error(err)
+		}
+	}
+	if s.stateKey("e:x") != "mailferry:{shape:e:x}:state" || s.rateKey("e:x") != "mailferry:{shape:e:x}:rate" {
+		t.Errorf("keys not hash-tagged: %s %s", s.stateKey("e:x"), s.rateKey("e:x"))
+	}
+}
