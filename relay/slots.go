@@ -163,19 +163,29 @@ func (g *destGate) pump(ctx context.Context, dest string, d *gateDest) {
 		}
 		lim := d.lim
 		g.mu.Unlock()
-		// The shaping file's rate and suspensions come before the
-		// connection count: a transaction not admitted takes no lease.
-		n, pace := g.admit(ctx, dest, n)
-		if n == 0 {
-			select {
-			case <-ctx.Done():
-			case <-time.After(min(pace, pollMax)):
-			}
-			continue
-		}
 		ids, limit, err := g.leases.Acquire(ctx, dest, n, lim, g.now())
 		if err != nil && ctx.Err() == nil {
 			g.log.LogAttrs(ctx, slog.LevelWarn, "acquire destination lease", slog.String("destination", dest), slog.Any("error", err))
+		}
+		// The shaping file's rate and suspensions, after the connection
+		// count: a message-rate token is spent only on a transaction that
+		// has its lease, so a destination at its connection limit does not
+		// burn its rate. Leases not admitted go back at once, unjudged.
+		if len(ids) > 0 {
+			k, pace := g.admit(ctx, dest, len(ids))
+			for _, id := range ids[k:] {
+				if _, _, _, rerr := g.leases.Release(ctx, dest, id, queue.Unjudged, "", lim, false, g.now()); rerr != nil && ctx.Err() == nil {
+					g.log.LogAttrs(ctx, slog.LevelWarn, "release destination lease; it lapses on its own", slog.String("destination", dest), slog.Any("error", rerr))
+				}
+			}
+			ids = ids[:k]
+			if k == 0 {
+				select {
+				case <-ctx.Done():
+				case <-time.After(min(pace, pollMax)):
+				}
+				continue
+			}
 		}
 		g.mu.Lock()
 		if err == nil {
