@@ -197,3 +197,26 @@ destinations:
 		t.Errorf("%d messages in %s: faster than 600/min allows", n, took)
 	}
 }
+
+// TestShapingMaxConnections: max_connections from the shaping file caps a
+// slow destination's transactions across two workers whose own cap is 16.
+func TestShapingMaxConnections(t *testing.T) {
+	p := newPipeline(t)
+	mx := p.mx("example.net", "127.0.0.2", testmx.SMTPOptions{DataDelay: 100 * time.Millisecond})
+	cfg, err := shaping.Load([]byte("destinations: [{name: two, destinations: [mx:mx.example.net], max_connections: 2}]"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"w1", "w2"} {
+		sh, err := shaping.New(shaping.Options{Config: cfg, Redis: p.rdb, Prefix: p.prefix})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.start(name, func(o *WorkerOptions) { o.Shaper, o.PerDestination = sh, 16 })
+	}
+	p.waitAll(p.sendMany(20, func(i int) string { return fmt.Sprintf("r%d@example.net", i) }), time.Minute)
+	t.Logf("peak %d transactions at once", mx.PeakTransactions())
+	if peak := mx.PeakTransactions(); peak > 2 {
+		t.Errorf("peak %d transactions at once, want at most max_connections 2", peak)
+	}
+}
