@@ -151,3 +151,18 @@ func TestKeyCachePollsBehindPooler(t *testing.T) {
 		t.Fatalf("revocation took %s to be seen, want at most about %s", took, KeyCachePollTTL)
 	}
 }
+
+func TestPoolerOptions(t *testing.T) {
+	for name, opts := range map[string]Options{
+		"unknown pooler":  {URL: "postgres://127.0.0.1:1/x", Pooler: "pgpool"},
+		"bad direct URL":  {URL: "postgres://127.0.0.1:1/x", Pooler: PoolerPgBouncer, DirectURL: "postgres://[::1"},
+		"empty with pool": {URL: " ", Pooler: PoolerPgBouncer},
+	} {
+		if err := opts.validate(); err == nil {
+			t.Errorf("%s: no error", name)
+		}
+	}
+	if err := (Options{URL: "postgres://127.0.0.1:1/x", Pooler: PoolerNone}).validate(); err != nil {
+		t.Errorf("pooler none: %v", err)
+	}
+}
