@@ -80,13 +80,17 @@ type Options struct {
 	// RateLimit is the requests a second each API key may make to /v1
 	// (MAILFERRY_RATE_LIMIT), in bursts of up to RateBurst (0: twice the
 	// rate, at least 1); beyond it the answer is 429 with Retry-After.
-	// 0 turns the limit off. The limit is per process (ratelimit.Local).
-	// Limiter, when set, is used instead: the one limiter the process
-	// shares with SMTP submission.
+	// 0 turns the limit off. That limit is per process (ratelimit.Local).
+	// Limiter, when set, is used instead: serve passes the fleet-wide
+	// ratelimit.Redis it shares with SMTP submission.
 	RateLimit float64
 	RateBurst int
 	Limiter   ratelimit.Limiter
-	Now       func() time.Time
+	// Quota, when set, counts each POST /v1/messages against its tenant's
+	// daily quota (MAILFERRY_TENANT_DAILY_QUOTA); past it the answer is
+	// 429 with Retry-After at midnight UTC.
+	Quota Quota
+	Now   func() time.Time
 	// Webhooks serves /v1/webhooks and /v1/events; nil leaves those
 	// routes out.
 	Webhooks Webhooks
@@ -110,6 +114,11 @@ type Options struct {
 	// MaxBatch caps the messages of POST /v1/messages/batch
 	// (MAILFERRY_MAX_BATCH); 0: DefaultMaxBatch.
 	MaxBatch int
+}
+
+// Quota is a tenant's daily message quota (ratelimit.Quota).
+type Quota interface {
+	Take(ctx context.Context, tenant string, n int64) (ratelimit.QuotaResult, error)
 }
 
 type server struct {

@@ -44,7 +44,7 @@ type Config struct {
 	WorkerConcurrency        int             // MAILFERRY_WORKER_CONCURRENCY, 256
 	WorkerPerDomain          int             // MAILFERRY_WORKER_PER_DOMAIN, 32: per destination (next hop)
 	SmarthostConnections     int             // MAILFERRY_SMARTHOST_CONNECTIONS, 50
-	RateLimit                int             // MAILFERRY_RATE_LIMIT, 100 requests (API) and messages (SMTP) a second per API key, shared (burst 2×); 0 = off
+	RateLimit                int             // MAILFERRY_RATE_LIMIT, 100 requests (API) and messages (SMTP) a second per API key, shared by the fleet (burst 2×); 0 = off
 	SecretKey                []byte          // MAILFERRY_SECRET_KEY, none
 
 	SubmissionAddr       string // MAILFERRY_SUBMISSION_ADDR, ":587"
@@ -85,6 +85,11 @@ type Config struct {
 	DKIMRetireAfter       time.Duration // MAILFERRY_DKIM_RETIRE_AFTER, 168h
 	DKIMRotateEvery       time.Duration // MAILFERRY_DKIM_ROTATE_EVERY, 0 = never
 	DomainCheckInterval   time.Duration // MAILFERRY_DOMAIN_CHECK_INTERVAL, 1h
+	// Scale-out: poolers, fleet-wide limits, shaping (README.md, Scale-out).
+	DatabasePooler    string   // MAILFERRY_DATABASE_POOLER, "none" (or "pgbouncer": transaction pooling in front of PostgreSQL)
+	DatabaseDirectURL *url.URL // MAILFERRY_DATABASE_DIRECT_URL, none: PostgreSQL itself, for LISTEN; unset behind a pooler, key revocation is polled
+	TenantDailyQuota  int      // MAILFERRY_TENANT_DAILY_QUOTA, 0 = none: messages a tenant may send a UTC day
+	ShapingFile       string   // MAILFERRY_SHAPING_FILE, none: YAML of per-destination limits, merged over the built-in ones
 }
 
 // Var names one environment variable with its default, for help texts.
@@ -110,7 +115,7 @@ func Vars() []Var {
 		{"MAILFERRY_WORKER_CONCURRENCY", "256", "SMTP transactions in flight per worker process"},
 		{"MAILFERRY_WORKER_PER_DOMAIN", "32", "most transactions in flight to one destination (an MX host, shared by every domain it serves), over every worker"},
 		{"MAILFERRY_SMARTHOST_CONNECTIONS", "50", "most transactions in flight to MAILFERRY_SMARTHOST, over every worker"},
-		{"MAILFERRY_RATE_LIMIT", "100", "API requests and SMTP messages a second per key, together, in bursts of twice that, per process (0: off); beyond it 429 or SMTP 451 4.7.0"},
+		{"MAILFERRY_RATE_LIMIT", "100", "API requests and SMTP messages a second per key, together, in bursts of twice that, over the fleet (GCRA in Redis; 0: off); beyond it 429 or SMTP 451 4.7.0"},
 		{"MAILFERRY_SECRET_KEY", "none", "encrypts DKIM private keys at rest"},
 		{"MAILFERRY_SUBMISSION_ADDR", ":587", "SMTP submission with STARTTLS (empty: off)"},
 		{"MAILFERRY_SUBMISSIONS_ADDR", ":465", "SMTP submission with implicit TLS (empty: off)"},
@@ -143,6 +148,10 @@ func Vars() []Var {
 		{"MAILFERRY_DKIM_RETIRE_AFTER", "168h", "after a rotation switches signing, the old DKIM key stays published this long, then is retired"},
 		{"MAILFERRY_DKIM_ROTATE_EVERY", "none", "rotate every sending domain's DKIM keys when they are this old (unset: only on request)"},
 		{"MAILFERRY_DOMAIN_CHECK_INTERVAL", "1h", "how often the scheduler re-checks each sending domain's DNS records"},
+		{"MAILFERRY_DATABASE_POOLER", "none", "pgbouncer: MAILFERRY_DATABASE_URL is PgBouncer in transaction pooling mode (no named prepared statements)"},
+		{"MAILFERRY_DATABASE_DIRECT_URL", "none", "PostgreSQL itself, bypassing the pooler, for the LISTEN that revokes API keys at once; unset behind a pooler: revocation is polled, within 1s"},
+		{"MAILFERRY_TENANT_DAILY_QUOTA", "0", "messages each tenant may send per UTC day, over the fleet (0: no quota); beyond it 429 with Retry-After at midnight UTC"},
+		{"MAILFERRY_SHAPING_FILE", "none", "YAML file of per-destination limits and automation rules, over the built-in ones (mailferry shaping show)"},
 	}
 }
 
@@ -217,6 +226,10 @@ func Load(lookup func(string) (string, bool)) (Config, error) {
 	if c.DKIMRotateEvery > 0 && c.DKIMRotateEvery < c.DKIMRetireAfter {
 		p.fail("MAILFERRY_DKIM_ROTATE_EVERY", "%v is shorter than MAILFERRY_DKIM_RETIRE_AFTER (%v): a rotation would wait for the last one's keys to retire", c.DKIMRotateEvery, c.DKIMRetireAfter)
 	}
+	c.DatabasePooler = p.oneOf("MAILFERRY_DATABASE_POOLER", "none", "none", "pgbouncer")
+	c.DatabaseDirectURL = p.optionalURL("MAILFERRY_DATABASE_DIRECT_URL", "postgres", "postgresql")
+	c.TenantDailyQuota = p.intRange("MAILFERRY_TENANT_DAILY_QUOTA", 0, 0, 1<<31-1)
+	c.ShapingFile = p.file("MAILFERRY_SHAPING_FILE")
 	if t, err := lease.New(c.VisibilityTimeout); err != nil {
 		p.errs = append(p.errs, err) // names the variable itself
 	} else {

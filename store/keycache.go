@@ -22,6 +22,9 @@ const KeyCacheChannel = "mailferry_api_keys"
 const (
 	DefaultKeyCacheTTL     = 5 * time.Second
 	DefaultKeyCacheEntries = 10000
+	// KeyCachePollTTL caps TTL when the cache polls (behind a pooler
+	// without a direct URL): how late a revocation may be seen.
+	KeyCachePollTTL = time.Second
 )
 
 const (
@@ -49,7 +52,14 @@ type KeyCacheOptions struct {
 // Revocation stays effectively immediate: Run LISTENs on KeyCacheChannel on
 // a connection of its own, and every notification flushes the cache, so a
 // key revoked in any process is refused within milliseconds. Entries also
-// expire after TTL. While Run is not listening (not started yet, lost its
+// expire after TTL. The listening connection goes to Options.DirectURL
+// when set, since LISTEN needs a session of its own and a transaction
+// pooler (PgBouncer in transaction mode) hands each transaction to any
+// server connection, so notifications would go to a connection nobody
+// reads. Behind a pooler without DirectURL, Run polls instead: the cache is
+// on, but an entry is trusted for at most KeyCachePollTTL (1 s), so a
+// revocation takes effect within a second in every process, for at most
+// one query per key and second per process. While Run is not listening (not started yet, lost its
 // connection, reconnecting) nothing is cached or served from the cache:
 // every request asks PostgreSQL. Only the sha256 of a secret is kept,
 // never the secret.
@@ -102,6 +112,9 @@ func NewKeyCache(st *Store, opts KeyCacheOptions) (*KeyCache, error) {
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if st.pooled && st.directURL == "" {
+		opts.TTL = min(opts.TTL, KeyCachePollTTL)
 	}
 	return &KeyCache{
 		store: st, ttl: opts.TTL, max: opts.MaxEntries, log: opts.Logger,
@@ -184,6 +197,10 @@ func hashSecret(secret string) [sha256.Size]byte {
 // listening for changes.
 func (c *KeyCache) Listening() bool { return c.listening.Load() }
 
+// Polling reports whether the cache polls rather than listens: the store
+// is behind a pooler and has no direct URL.
+func (c *KeyCache) Polling() bool { return c.store.pooled && c.store.directURL == "" }
+
 // Len is the number of keys cached, expired ones included.
 func (c *KeyCache) Len() int {
 	c.mu.RLock()
@@ -229,6 +246,14 @@ func (c *KeyCache) setListening(on bool) {
 // cache off and reconnects, waiting 100 ms at first and up to 10 s
 // between attempts.
 func (c *KeyCache) Run(ctx context.Context) error {
+	if c.Polling() {
+		c.setListening(true)
+		c.log.LogAttrs(ctx, slog.LevelInfo, "api key cache on, polling: behind a pooler without MAILFERRY_DATABASE_DIRECT_URL; a revoked key is refused within the TTL",
+			slog.Duration("ttl", c.ttl))
+		<-ctx.Done()
+		c.setListening(false)
+		return nil
+	}
 	backoff := keyCacheMinBackoff
 	for {
 		connected, err := c.listen(ctx)
@@ -257,6 +282,12 @@ func (c *KeyCache) Run(ctx context.Context) error {
 // got as far as listening.
 func (c *KeyCache) listen(ctx context.Context) (connected bool, err error) {
 	cfg := c.store.pool.Config().ConnConfig // a copy
+	if c.store.directURL != "" {
+		var err error
+		if cfg, err = pgx.ParseConfig(c.store.directURL); err != nil {
+			return false, fmt.Errorf("key cache: direct URL: %w", err) // pgx redacts the password
+		}
+	}
 	if cfg.RuntimeParams == nil {
 		cfg.RuntimeParams = map[string]string{}
 	}

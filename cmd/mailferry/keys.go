@@ -32,7 +32,7 @@ func openStore(ctx context.Context, env *environment) (config.Config, *store.Sto
 	if err != nil {
 		return cfg, nil, err
 	}
-	st, err := store.Open(ctx, store.Options{URL: cfg.DatabaseURL.String(), MaxConns: 2})
+	st, err := store.Open(ctx, store.Options{URL: cfg.DatabaseURL.String(), Pooler: cfg.DatabasePooler, MaxConns: 2})
 	if err != nil {
 		return cfg, nil, fmt.Errorf("open database %s: %w", cfg.DatabaseURL.Redacted(), err)
 	}

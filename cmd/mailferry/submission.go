@@ -26,6 +26,7 @@ type submissionDeps struct {
 	auth    submission.Authenticator
 	bodies  *budget.Budget    // message bytes in flight, shared with the API
 	limiter ratelimit.Limiter // per-key budget, shared with the API; nil: none
+	quota   *ratelimit.Quota  // tenants' daily quota, shared with the API; nil: none
 	reg     prometheus.Registerer
 	log     *slog.Logger
 	// verified answers MAILFERRY_REQUIRE_VERIFIED_DOMAIN; nil: off.
@@ -71,6 +72,7 @@ func startSubmission(ctx context.Context, cfg config.Config, deps submissionDeps
 		Metrics:         submission.NewMetrics(deps.reg),
 		Budget:          deps.bodies,
 		Limiter:         deps.limiter,
+		Quota:           deps.quota,
 		HideClient:      cfg.SubmissionHideClient,
 		RequireVerified: deps.verified,
 		// Both ports together; MaxConnections keeps its default of 100.
