@@ -265,7 +265,7 @@ func (w *Worker) lease(ctx context.Context, log *slog.Logger, c queue.Claimed, d
 	for i, r := range due {
 		idxs[i] = r.Idx
 	}
-	taken, err := w.opts.Ledger.TakeLease(ctx, d.ID, idxs, store.Lease{Owner: lj.owner, For: w.opts.Lease, Next: now.Add(w.opts.Lease), DueBy: now.Add(dueSlack)})
+	taken, err := w.takeLease(ctx, d.ID, idxs, store.Lease{Owner: lj.owner, For: w.opts.Lease, Next: now.Add(w.opts.Lease), DueBy: now.Add(dueSlack)})
 	if err != nil {
 		return nil, w.ledgerDown(log, "lease recipients", err), false
 	}
@@ -396,7 +396,7 @@ func (w *Worker) record(ctx context.Context, log *slog.Logger, id uuid.UUID, dom
 	for attempt := 1; ; attempt++ {
 		// Even after ctx ends each try gets its time: one last try is made.
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		_, err := w.opts.Ledger.RecordOutcomes(rctx, id, outs)
+		_, err := w.recordOutcomes(rctx, id, outs)
 		cancel()
 		if err == nil {
 			if attempt > 1 {
