@@ -20,6 +20,7 @@ import (
 // of jobs, not once per job (issue 12, Build item 4). One that lacks them
 // is written job by job.
 type BatchLedger interface {
+	LoadDeliveries(ctx context.Context, reqs []store.DeliveryRequest) ([]store.LoadedDelivery, error)
 	TakeLeases(ctx context.Context, reqs []store.LeaseRequest) ([][]int, error)
 	SaveSignatures(ctx context.Context, reqs []store.SignatureRequest) ([]string, error)
 	RecordOutcomesBatch(ctx context.Context, msgs []store.MessageOutcomes) ([]bool, error)
@@ -198,6 +199,7 @@ func (b *batcher[Req, Resp]) write(calls []*ledgerCall[Req, Resp]) {
 
 // ledgerBatcher is a worker's batchers, one per kind of write.
 type ledgerBatcher struct {
+	loads      *batcher[store.DeliveryRequest, store.LoadedDelivery]
 	leases     *batcher[store.LeaseRequest, []int]
 	signatures *batcher[store.SignatureRequest, string]
 	outcomes   *batcher[store.MessageOutcomes, bool]
@@ -211,6 +213,11 @@ func newLedgerBatcher(l Ledger) *ledgerBatcher {
 		return nil
 	}
 	return &ledgerBatcher{
+		// A load is read only, so "commits" counts its round trips.
+		loads: newBatcher(bl.LoadDeliveries, func(ctx context.Context, r store.DeliveryRequest) (store.LoadedDelivery, error) {
+			d, err := l.LoadDelivery(ctx, r.ID, r.Domain)
+			return store.LoadedDelivery{Delivery: d, Err: err}, nil
+		}),
 		leases: newBatcher(bl.TakeLeases, func(ctx context.Context, r store.LeaseRequest) ([]int, error) {
 			return l.TakeLease(ctx, r.ID, r.Idxs, r.Lease)
 		}),
@@ -221,6 +228,19 @@ func newLedgerBatcher(l Ledger) *ledgerBatcher {
 			return l.RecordOutcomes(ctx, m.ID, m.Outcomes)
 		}),
 	}
+}
+
+// loadDelivery is Ledger.LoadDelivery through the batcher when there is
+// one.
+func (w *Worker) loadDelivery(ctx context.Context, id uuid.UUID, domain string) (*store.Delivery, error) {
+	if w.batch == nil {
+		return w.opts.Ledger.LoadDelivery(ctx, id, domain)
+	}
+	r, err := w.batch.loads.do(ctx, store.DeliveryRequest{ID: id, Domain: domain})
+	if err != nil {
+		return nil, err
+	}
+	return r.Delivery, r.Err
 }
 
 // takeLease is Ledger.TakeLease through the batcher when there is one.
@@ -257,7 +277,7 @@ type LedgerStats struct {
 }
 
 // LedgerStats reports the ledger batcher's counters by kind of write
-// ("lease", "signature", "outcome"); nil when the ledger is written job by
+// ("load", "lease", "signature", "outcome"); nil when the ledger is written job by
 // job.
 func (w *Worker) LedgerStats() map[string]LedgerStats {
 	if w.batch == nil {
@@ -267,6 +287,7 @@ func (w *Worker) LedgerStats() map[string]LedgerStats {
 		return LedgerStats{Requests: s.requests.Load(), Commits: s.commits.Load(), Fallbacks: s.fallbacks.Load()}
 	}
 	return map[string]LedgerStats{
+		"load":      get(&w.batch.loads.stats),
 		"lease":     get(&w.batch.leases.stats),
 		"signature": get(&w.batch.signatures.stats),
 		"outcome":   get(&w.batch.outcomes.stats),

@@ -217,7 +217,7 @@ var commitWaits = [...]time.Duration{2 * time.Millisecond, 8 * time.Millisecond,
 // loadFresh is LoadDelivery that, for a job made in the last second and not
 // found, reads again after each of commitWaits.
 func (w *Worker) loadFresh(ctx context.Context, id uuid.UUID, domain string) (*store.Delivery, error) {
-	d, err := w.opts.Ledger.LoadDelivery(ctx, id, domain)
+	d, err := w.loadDelivery(ctx, id, domain)
 	for _, pause := range commitWaits {
 		if !errors.Is(err, store.ErrNotFound) || id.Version() != 7 || w.opts.Now().Sub(uuidV7Time(id)) > time.Second {
 			break
@@ -227,7 +227,7 @@ func (w *Worker) loadFresh(ctx context.Context, id uuid.UUID, domain string) (*s
 			return nil, ctx.Err()
 		case <-time.After(pause):
 		}
-		d, err = w.opts.Ledger.LoadDelivery(ctx, id, domain)
+		d, err = w.loadDelivery(ctx, id, domain)
 	}
 	return d, err
 }

@@ -259,3 +259,78 @@ func (s *Store) RecordOutcomesBatch(ctx context.Context, msgs []MessageOutcomes)
 	}
 	return complete, nil
 }
+
+// DeliveryRequest is one LoadDelivery of a batch.
+type DeliveryRequest struct {
+	ID     uuid.UUID
+	Domain string
+}
+
+// LoadedDelivery is one answer of LoadDeliveries: the delivery, or the
+// error LoadDelivery would have returned for it (ErrNotFound for a
+// message not in the ledger).
+type LoadedDelivery struct {
+	Delivery *Delivery
+	Err      error
+}
+
+// LoadDeliveries is LoadDelivery for many jobs in one round trip and one
+// (read-only) transaction: the same two queries per job, pipelined. A job
+// whose message is missing is answered ErrNotFound on its own; an error of
+// the batch itself (the connection) fails them all.
+func (s *Store) LoadDeliveries(ctx context.Context, reqs []DeliveryRequest) ([]LoadedDelivery, error) {
+	out := make([]LoadedDelivery, len(reqs))
+	if len(reqs) == 0 {
+		return out, nil
+	}
+	b := &pgx.Batch{}
+	dkim := make([]*string, len(reqs))
+	parked := make([]*string, len(reqs))
+	found := make([]bool, len(reqs))
+	for i, r := range reqs {
+		d := &Delivery{ID: r.ID}
+		out[i].Delivery = d
+		b.Queue(selectDelivery, r.ID, r.Domain).Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				found[i] = true
+				if err := rows.Scan(&d.TenantID, &d.MessageID, &d.MailFrom, &d.From, &d.Body, &dkim[i], &d.Needs8Bit, &d.NeedsUTF8, &d.CreatedAt, &d.SendAt, &parked[i], &d.RequireTLS); err != nil {
+					return err
+				}
+			}
+			return rows.Err()
+		})
+		b.Queue(selectPending, r.ID, r.Domain).Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var p PendingRecipient
+				var idx int16
+				if err := rows.Scan(&idx, &p.Email, &p.Attempts, &p.NextAttemptAt); err != nil {
+					return err
+				}
+				p.Idx = int(idx)
+				d.Recipients = append(d.Recipients, p)
+			}
+			return rows.Err()
+		})
+	}
+	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
+		return nil, fmt.Errorf("load %d deliveries: %w", len(reqs), err)
+	}
+	for i, r := range reqs {
+		d := out[i].Delivery
+		switch {
+		case !found[i]:
+			out[i] = LoadedDelivery{Err: fmt.Errorf("load delivery %s: %w", r.ID, ErrNotFound)}
+			continue
+		case len(d.Recipients) > 0 && d.Body == nil:
+			out[i] = LoadedDelivery{Err: fmt.Errorf("load delivery %s: recipients pending but the body is gone", r.ID)}
+			continue
+		}
+		if dkim[i] != nil {
+			d.DKIMHeader, d.Signed = *dkim[i], true
+		}
+		if parked[i] != nil {
+			d.Parked = *parked[i]
+		}
+	}
+	return out, nil
+}

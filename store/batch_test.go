@@ -167,3 +167,47 @@ func TestRecordOutcomesBatch(t *testing.T) {
 		t.Errorf("empty outcomes: %v %v", c, err)
 	}
 }
+
+// TestLoadDeliveriesBatch: each job of a batch gets what LoadDelivery
+// gives it, a missing message its own ErrNotFound.
+func TestLoadDeliveriesBatch(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	k := newTenant(t, s, "acme")
+	m := testMessage(k, 4) // user0,2 @dest0.example; user1,3 @dest1.example
+	if err := s.AcceptBatch(t.Context(), []NewMessage{m}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.SaveSignature(t.Context(), m.ID, "sig\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ParkJob(t.Context(), m.ID, "dest1.example", "test"); err != nil {
+		t.Fatal(err)
+	}
+	reqs := []DeliveryRequest{{m.ID, "dest0.example"}, {uuid.New(), "dest0.example"}, {m.ID, "dest1.example"}, {m.ID, "nowhere.example"}}
+	got, err := s.LoadDeliveries(t.Context(), reqs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range reqs {
+		want, werr := s.LoadDelivery(t.Context(), r.ID, r.Domain)
+		if !errors.Is(got[i].Err, ErrNotFound) && !errors.Is(werr, ErrNotFound) && (got[i].Err != nil || werr != nil) {
+			t.Errorf("%d: errors %v and %v", i, got[i].Err, werr)
+		}
+		if errors.Is(got[i].Err, ErrNotFound) != errors.Is(werr, ErrNotFound) {
+			t.Errorf("%d: not found %v, LoadDelivery says %v", i, got[i].Err, werr)
+			continue
+		}
+		if werr != nil {
+			continue
+		}
+		g := got[i].Delivery
+		if g.MessageID != want.MessageID || string(g.Body) != string(want.Body) || g.DKIMHeader != want.DKIMHeader || g.Signed != want.Signed ||
+			g.Parked != want.Parked || !slices.EqualFunc(g.Recipients, want.Recipients, func(a, b PendingRecipient) bool { return a.Idx == b.Idx && a.Email == b.Email }) {
+			t.Errorf("%d: %+v, LoadDelivery gives %+v", i, g, want)
+		}
+	}
+	if got[0].Delivery == nil || len(got[0].Delivery.Recipients) != 2 || got[2].Delivery.Parked != "test" || got[3].Delivery == nil || len(got[3].Delivery.Recipients) != 0 {
+		t.Errorf("deliveries %+v", got)
+	}
+}
