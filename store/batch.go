@@ -183,7 +183,8 @@ type MessageOutcomes struct {
 
 // RecordOutcomesBatch is RecordOutcomes for many messages in one
 // transaction and one round trip: each message's statements, in the same
-// order as RecordOutcomes runs them, pipelined in one batch that
+// order as RecordOutcomes runs them (but the events, one statement for
+// the batch at its end), pipelined in one batch that
 // PostgreSQL commits once at its Sync. Messages go in the order of their
 // advisory lock key, so concurrent batches take those locks alike. It
 // reports, per message, whether it is now complete. Any error (a write one
@@ -205,7 +206,7 @@ func (s *Store) RecordOutcomesBatch(ctx context.Context, msgs []MessageOutcomes)
 	})
 	b := &pgx.Batch{}
 	var hard, limited []int64
-	var deliveries int
+	var evs []NewEvent
 	for _, i := range order {
 		id, outs := msgs[i].ID, msgs[i].Outcomes
 		var cols attemptArrays
@@ -233,9 +234,7 @@ func (s *Store) RecordOutcomesBatch(ctx context.Context, msgs []MessageOutcomes)
 			hard, limited = append(hard, h), append(limited, l)
 			return nil
 		})
-		if err := QueueEvents(b, outcomeEvents(id, outs), func(_, nd int) { deliveries += nd }); err != nil {
-			return nil, fmt.Errorf("record outcomes %s: %w", id, err)
-		}
+		evs = append(evs, outcomeEvents(id, outs)...)
 		if s.softBounceLimit > 0 {
 			b.Queue(clearSoftLimit, id, cols.rcpt, s.softBounceLimit)
 		}
@@ -246,6 +245,16 @@ func (s *Store) RecordOutcomesBatch(ctx context.Context, msgs []MessageOutcomes)
 			}
 			return err
 		})
+	}
+	// The batch's events go in one statement after every message's
+	// change, not after each as RecordOutcomes writes them: what they
+	// check is the same there (each recipient's attempt number, which
+	// nothing later in the batch changes, and the suppressions its own
+	// message added, at the transaction's now()), and one statement
+	// instead of one per message is most of what PostgreSQL saves.
+	var deliveries int
+	if err := QueueEvents(b, evs, func(_, nd int) { deliveries = nd }); err != nil {
+		return nil, fmt.Errorf("record outcomes of %d messages: %w", len(order), err)
 	}
 	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
 		return nil, fmt.Errorf("record outcomes of %d messages: %w", len(order), rejected(err))

@@ -126,6 +126,11 @@ func TestRecordOutcomesBatch(t *testing.T) {
 			batch = append(batch, MessageOutcomes{ID: m.ID, Outcomes: []Outcome{out(1, RecipientDelivered)}})
 		}
 	}
+	// A hard bounce that suppresses its address: its events too.
+	bounce := out(1, RecipientBounced)
+	bounce.Attempt.SMTPCode, bounce.Attempt.EnhancedCode, bounce.Attempt.BounceType, bounce.Attempt.BounceClass = 550, "5.1.1", "hard", "invalid_recipient"
+	bounce.Suppress = true
+	batch = append(batch, MessageOutcomes{ID: msgs[1].ID, Outcomes: []Outcome{bounce}})
 	bad := slices.Clone(batch)
 	bad = append(bad, MessageOutcomes{ID: msgs[1].ID, Outcomes: []Outcome{out(1, "bogus")}})
 	if _, err := s.RecordOutcomesBatch(t.Context(), bad); !errors.Is(err, ErrRejected) {
@@ -146,15 +151,23 @@ func TestRecordOutcomesBatch(t *testing.T) {
 				completes++
 			}
 		}
-		if want := []int{5, 0}[round]; completes != want {
+		if want := []int{6, 0}[round]; completes != want {
 			t.Errorf("round %d: %d messages reported complete, want %d", round, completes, want)
 		}
 	}
-	if n := count(t, s, `SELECT count(*) FROM attempts`); n != 15 {
-		t.Errorf("%d attempts, want 15 (once each, the repeat adds none)", n)
+	if n := count(t, s, `SELECT count(*) FROM attempts`); n != 16 {
+		t.Errorf("%d attempts, want 16 (once each, the repeat adds none)", n)
 	}
-	if n := count(t, s, `SELECT count(*) FROM messages WHERE completed_at IS NOT NULL AND body IS NULL`); n != 5 {
-		t.Errorf("%d messages complete, want 5", n)
+	if n := count(t, s, `SELECT count(*) FROM messages WHERE completed_at IS NOT NULL AND body IS NULL`); n != 6 {
+		t.Errorf("%d messages complete, want 6", n)
+	}
+	for _, typ := range []string{"message.bounced", "message.suppressed"} {
+		if n := count(t, s, `SELECT count(*) FROM events WHERE type = $1 AND message_id = $2`, typ, msgs[1].ID); n != 1 {
+			t.Errorf("%d %s events, want 1", n, typ)
+		}
+	}
+	if n := count(t, s, `SELECT count(*) FROM suppressions WHERE reason = 'hard_bounce' AND message_id = $1`, msgs[1].ID); n != 1 {
+		t.Errorf("%d suppressions, want 1", n)
 	}
 	if n := count(t, s, `SELECT count(*) FROM recipients WHERE status = 'delivered' AND attempts = 1 AND lease_owner IS NULL`); n != 15 {
 		t.Errorf("%d recipients delivered at attempt 1, want 15", n)
