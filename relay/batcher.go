@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mailferry/mailferry/store"
 )
@@ -291,5 +292,58 @@ func (w *Worker) LedgerStats() map[string]LedgerStats {
 		"lease":     get(&w.batch.leases.stats),
 		"signature": get(&w.batch.signatures.stats),
 		"outcome":   get(&w.batch.outcomes.stats),
+	}
+}
+
+// ledgerCollector reads the workers' ledger batchers at scrape time:
+// requests against transactions per kind show how much batching saves.
+type ledgerCollector struct {
+	requests, transactions *prometheus.Desc
+
+	mu      sync.Mutex
+	workers []*Worker
+}
+
+func newLedgerCollector() *ledgerCollector {
+	return &ledgerCollector{
+		requests: prometheus.NewDesc("mailferry_ledger_requests_total",
+			"Jobs' ledger calls made through the worker's batcher, by kind (load, lease, signature, outcome).",
+			[]string{"kind"}, nil),
+		transactions: prometheus.NewDesc("mailferry_ledger_transactions_total",
+			"PostgreSQL transactions that carried them (a batch counts one), by kind.",
+			[]string{"kind"}, nil),
+	}
+}
+
+// watchLedger adds w's batcher to the ledger counters.
+func (m *Metrics) watchLedger(w *Worker) {
+	if m != nil && w.batch != nil {
+		m.ledger.mu.Lock()
+		m.ledger.workers = append(m.ledger.workers, w)
+		m.ledger.mu.Unlock()
+	}
+}
+
+func (c *ledgerCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.requests
+	ch <- c.transactions
+}
+
+func (c *ledgerCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	workers := c.workers
+	c.mu.Unlock()
+	sum := map[string]LedgerStats{}
+	for _, w := range workers {
+		for kind, s := range w.LedgerStats() {
+			t := sum[kind]
+			t.Requests += s.Requests
+			t.Commits += s.Commits
+			sum[kind] = t
+		}
+	}
+	for kind, s := range sum {
+		ch <- prometheus.MustNewConstMetric(c.requests, prometheus.CounterValue, float64(s.Requests), kind)
+		ch <- prometheus.MustNewConstMetric(c.transactions, prometheus.CounterValue, float64(s.Commits), kind)
 	}
 }

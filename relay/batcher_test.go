@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mailferry/mailferry/internal/testmx"
 	"github.com/mailferry/mailferry/internal/wait"
@@ -233,7 +234,8 @@ func TestLedgerCommitsFallUnderLoad(t *testing.T) {
 	s := p.mx("example.net", "127.0.0.2", testmx.SMTPOptions{})
 	ids := p.sendMany(n, func(i int) string { return fmt.Sprintf("u%d@example.net", i) })
 	var commits atomic.Int64
-	p.start("w1", func(o *WorkerOptions) { o.PerDestination, o.Concurrency = 64, 64 })
+	reg := prometheus.NewRegistry()
+	p.start("w1", func(o *WorkerOptions) { o.PerDestination, o.Concurrency, o.Metrics = 64, 64, NewMetrics(reg) })
 	p.waitAll(ids, 2*time.Minute)
 	if got := len(s.Messages()); got != n {
 		t.Errorf("receiver got %d messages, want %d", got, n)
@@ -250,5 +252,21 @@ func TestLedgerCommitsFallUnderLoad(t *testing.T) {
 	}
 	if commits.Load() >= req {
 		t.Errorf("%d transactions for %d requests: nothing batched", commits.Load(), req)
+	}
+	// The metrics say the same.
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	metric := map[string]float64{}
+	for _, f := range families {
+		for _, m := range f.GetMetric() {
+			if len(m.GetLabel()) == 1 && m.GetLabel()[0].GetName() == "kind" {
+				metric[f.GetName()] += m.GetCounter().GetValue()
+			}
+		}
+	}
+	if metric["mailferry_ledger_requests_total"] != float64(req) || metric["mailferry_ledger_transactions_total"] != float64(commits.Load()) {
+		t.Errorf("metrics %v, want %d requests and %d transactions", metric, req, commits.Load())
 	}
 }

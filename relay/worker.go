@@ -260,6 +260,7 @@ func NewWorker(opts WorkerOptions) (*Worker, error) {
 		runners: make(chan struct{}, opts.Concurrency), waiting: map[string]*holding{}, wake: make(chan struct{}, 1),
 		batch: newLedgerBatcher(opts.Ledger)}
 	opts.Metrics.watch(w.gate)
+	opts.Metrics.watchLedger(w)
 	return w, nil
 }
 
