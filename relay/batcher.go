@@ -198,7 +198,14 @@ func (b *batcher[Req, Resp]) write(calls []*ledgerCall[Req, Resp]) {
 	}
 }
 
-// ledgerBatcher is a worker's batchers, one per kind of write.
+// ledgerBatcher is a worker's batchers, one per kind of call. The
+// signature keeps a write of its own rather than riding on the lease or
+// the outcome: on the outcome it would be stored after the SMTP
+// transaction, so a crash in between would let the retry send other bytes
+// (a new signature) than the copy already delivered, and a second domain's
+// worker could sign differently meanwhile; on the lease the worker would
+// have to sign before it knows it holds any recipient. Batched on its own
+// it costs a share of a commit, stored, as before, before any SMTP byte.
 type ledgerBatcher struct {
 	loads      *batcher[store.DeliveryRequest, store.LoadedDelivery]
 	leases     *batcher[store.LeaseRequest, []int]
