@@ -100,8 +100,10 @@ func (b *batcher[Req, Resp]) do(ctx context.Context, req Req) (Resp, error) {
 	select {
 	case <-c.done:
 	case b.slots <- struct{}{}:
-		b.commitUntilTaken(c)
-		<-b.slots
+		func() {
+			defer func() { <-b.slots }()
+			b.commitUntilTaken(c)
+		}()
 	case <-ctx.Done():
 		if b.withdraw(c) {
 			var zero Resp
@@ -131,11 +133,28 @@ func (b *batcher[Req, Resp]) commitUntilTaken(c *ledgerCall[Req, Resp]) {
 			b.queue = nil // let the backing array go
 		}
 		b.mu.Unlock()
-		b.write(calls)
+		b.writeAndAnswer(calls)
+	}
+}
+
+// writeAndAnswer writes calls and wakes their callers, even if the write
+// panics: the other jobs of the batch then get an error (their own retry
+// goes on) rather than wait for ever, and the panic goes on to the
+// committer's job, whose recovery counts it.
+func (b *batcher[Req, Resp]) writeAndAnswer(calls []*ledgerCall[Req, Resp]) {
+	defer func() {
+		r := recover()
 		for _, x := range calls {
+			if r != nil && x.err == nil {
+				x.err = fmt.Errorf("ledger batch panicked: %v", r)
+			}
 			close(x.done)
 		}
-	}
+		if r != nil {
+			panic(r)
+		}
+	}()
+	b.write(calls)
 }
 
 // withdraw takes c out of the queue if no batch has it, and reports
@@ -156,7 +175,8 @@ func (b *batcher[Req, Resp]) withdraw(c *ledgerCall[Req, Resp]) bool {
 // request goes straight to the one-job write: the same transaction,
 // without the batch's bookkeeping. A batch that fails is written again one
 // by one, each job answered as its own write answers; once one of those
-// fails other than by store.ErrRejected (the ledger is down, or slow), the
+// fails other than by store.ErrRejected or ErrNotFound (the ledger is
+// down, or slow), the
 // rest get that error unwritten, so an outage costs one timeout per batch,
 // not one per job, and each job's own retry goes on as it does for a
 // one-job write.
@@ -192,7 +212,7 @@ func (b *batcher[Req, Resp]) write(calls []*ledgerCall[Req, Resp]) {
 		}
 		b.stats.commits.Add(1)
 		c.resp, c.err = b.single(ctx, c.req)
-		if c.err != nil && !errors.Is(c.err, store.ErrRejected) {
+		if c.err != nil && !errors.Is(c.err, store.ErrRejected) && !errors.Is(c.err, store.ErrNotFound) {
 			down = c.err
 		}
 	}

@@ -270,3 +270,59 @@ func TestLedgerCommitsFallUnderLoad(t *testing.T) {
 		t.Errorf("metrics %v, want %d requests and %d transactions", metric, req, commits.Load())
 	}
 }
+
+// TestBatcherPanic: a write that panics answers every other caller of its
+// batch with an error instead of leaving it waiting, frees its committer
+// slot, and goes on to the committer's own job.
+func TestBatcherPanic(t *testing.T) {
+	t.Parallel()
+	gate := make(chan struct{})
+	var panicked atomic.Bool
+	b := newBatcher(func(_ context.Context, reqs []int) ([]int, error) {
+		<-gate
+		if panicked.CompareAndSwap(false, true) {
+			panic("boom")
+		}
+		return reqs, nil
+	}, func(_ context.Context, r int) (int, error) {
+		<-gate
+		return r, nil
+	})
+	// Both committers hold a lone write at the gate; ten more gather.
+	var wg sync.WaitGroup
+	for i := range 2 {
+		wg.Go(func() { b.do(context.Background(), i) })
+	}
+	wait.For(t, "both committers busy", func() bool { return len(b.slots) == ledgerCommitters && b.waiting() == 0 })
+	const n = 10
+	errs := make([]error, n)
+	var panics atomic.Int64
+	for i := range n {
+		wg.Go(func() {
+			defer func() {
+				if recover() != nil {
+					panics.Add(1)
+				}
+			}()
+			_, errs[i] = b.do(context.Background(), 100+i)
+		})
+	}
+	wait.For(t, "the others waiting", func() bool { return b.waiting() == n })
+	close(gate)
+	wg.Wait()
+	failed := 0
+	for _, err := range errs {
+		if err != nil {
+			failed++
+		}
+	}
+	if panics.Load() != 1 || failed != n-1 {
+		t.Errorf("%d callers saw the panic and %d an error; want 1 and %d", panics.Load(), failed, n-1)
+	}
+	if len(b.slots) != 0 {
+		t.Errorf("%d committer slots still held", len(b.slots))
+	}
+	if got, err := b.do(context.Background(), 7); err != nil || got != 7 {
+		t.Errorf("after the panic: %d, %v", got, err)
+	}
+}
