@@ -30,7 +30,7 @@ const (
 	lease_until = now() + q.for_us * interval '1 microsecond', updated_at = now()
 FROM unnest($1::uuid[], $2::smallint[], $3::timestamptz[], $4::text[], $5::bigint[], $6::timestamptz[])
 	AS q(message_id, idx, next, owner, for_us, due_by)
-WHERE r.message_id = q.message_id AND r.idx = q.idx AND r.status NOT IN ('delivered', 'bounced', 'suppressed')
+WHERE r.message_id = q.message_id AND r.idx = q.idx AND r.status NOT IN ('delivered', 'bounced', 'suppressed', 'canceled')
 AND (r.lease_owner IS NULL OR r.lease_until < now())
 AND (r.next_attempt_at IS NULL OR r.next_attempt_at <= q.due_by)
 RETURNING r.message_id, r.idx, r.lease_owner`
@@ -205,64 +205,33 @@ func (s *Store) RecordOutcomesBatch(ctx context.Context, msgs []MessageOutcomes)
 		return cmp.Compare(messageLockKey(msgs[a].ID), messageLockKey(msgs[b].ID))
 	})
 	b := &pgx.Batch{}
-	var hard, limited []int64
+	var counts suppressCounts
 	var evs []NewEvent
 	for _, i := range order {
-		id, outs := msgs[i].ID, msgs[i].Outcomes
-		var cols attemptArrays
-		next := make([]*time.Time, len(outs))
-		suppress := make([]bool, len(outs))
-		for j, o := range outs {
-			suppress[j] = o.Suppress
-			a := o.Attempt
-			a.MessageID = id
-			if err := cols.add(a); err != nil {
-				return nil, fmt.Errorf("record outcomes %s: %w: attempt %d: %w", id, ErrRejected, j, err)
-			}
-			if a.Outcome == RecipientDeferred {
-				next[j] = o.NextAttemptAt
-			}
+		e, err := s.queueOutcomes(b, msgs[i].ID, msgs[i].Outcomes, &complete[i], &counts)
+		if err != nil {
+			return nil, err
 		}
-		b.Queue(lockMessage, messageLockClass, messageLockKey(id))
-		b.Queue(recordAttempts, id, cols.rcpt, cols.attempt, cols.started, cols.durationMS, cols.mxHost, cols.mxIP,
-			cols.tlsVersion, cols.tlsCipher, cols.tlsVerified, cols.code, cols.enhanced, cols.response, cols.outcome, next,
-			cols.bounceType, cols.bounceClass, suppress, s.softBounceLimit, cols.tlsPolicy, cols.tlsFailure, cols.tlsOptOut).QueryRow(func(row pgx.Row) error {
-			var h, l int64
-			if err := row.Scan(&h, &l); err != nil {
-				return err
-			}
-			hard, limited = append(hard, h), append(limited, l)
-			return nil
-		})
-		evs = append(evs, outcomeEvents(id, outs)...)
-		if s.softBounceLimit > 0 {
-			b.Queue(clearSoftLimit, id, cols.rcpt, s.softBounceLimit)
-		}
-		b.Queue(completeMessage, id).QueryRow(func(row pgx.Row) error {
-			err := row.Scan(&complete[i])
-			if errors.Is(err, pgx.ErrNoRows) {
-				return nil
-			}
-			return err
-		})
+		evs = append(evs, e...)
 	}
 	// The batch's events go in one statement after every message's
-	// change, not after each as RecordOutcomes writes them: what they
-	// check is the same there (each recipient's attempt number, which
-	// nothing later in the batch changes, and the suppressions its own
-	// message added, at the transaction's now()), and one statement
-	// instead of one per message is most of what PostgreSQL saves.
+	// change, not after each: what they check is the same there (each
+	// recipient's attempt number and canceled state, which nothing later
+	// in the batch changes, and the suppressions its own message added, at
+	// the transaction's now()), and one statement instead of one per
+	// message is most of what PostgreSQL saves.
 	var deliveries int
 	if err := QueueEvents(b, evs, func(_, nd int) { deliveries = nd }); err != nil {
 		return nil, fmt.Errorf("record outcomes of %d messages: %w", len(order), err)
 	}
 	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
+		if len(order) == 1 {
+			return nil, fmt.Errorf("record outcomes %s: %w", msgs[order[0]].ID, rejected(err))
+		}
 		return nil, fmt.Errorf("record outcomes of %d messages: %w", len(order), rejected(err))
 	}
-	for k := range hard {
-		s.metrics.suppressed(SuppressedHardBounce, hard[k])
-		s.metrics.suppressed(SuppressedSoftBounceLimit, limited[k])
-	}
+	s.metrics.suppressed(SuppressedHardBounce, counts.hard)
+	s.metrics.suppressed(SuppressedSoftBounceLimit, counts.limited)
 	if deliveries > 0 {
 		s.EventsAdded()
 	}
@@ -342,4 +311,69 @@ func (s *Store) LoadDeliveries(ctx context.Context, reqs []DeliveryRequest) ([]L
 		}
 	}
 	return out, nil
+}
+
+// suppressCounts are the suppressions a batch of outcomes added.
+type suppressCounts struct{ hard, limited int64 }
+
+// queueOutcomes queues one message's outcome statements on b, in the
+// order RecordOutcomes documents, and returns its events for the caller
+// to queue after them: the message lock, the recipients and attempts
+// (with the suppression list and soft-bounce runs), the cancel of
+// recipients deferred after their message was canceled, the end of runs
+// at the soft-bounce limit, and the message's completion, read into
+// complete.
+func (s *Store) queueOutcomes(b *pgx.Batch, id uuid.UUID, outs []Outcome, complete *bool, counts *suppressCounts) ([]NewEvent, error) {
+	var cols attemptArrays
+	next := make([]*time.Time, len(outs))
+	suppress := make([]bool, len(outs))
+	for j, o := range outs {
+		suppress[j] = o.Suppress
+		a := o.Attempt
+		a.MessageID = id
+		if err := cols.add(a); err != nil {
+			return nil, fmt.Errorf("record outcomes %s: %w: attempt %d: %w", id, ErrRejected, j, err)
+		}
+		if a.Outcome == RecipientDeferred {
+			next[j] = o.NextAttemptAt
+		}
+	}
+	b.Queue(lockMessage, messageLockClass, messageLockKey(id))
+	b.Queue(recordAttempts, id, cols.rcpt, cols.attempt, cols.started, cols.durationMS, cols.mxHost, cols.mxIP,
+		cols.tlsVersion, cols.tlsCipher, cols.tlsVerified, cols.code, cols.enhanced, cols.response, cols.outcome, next,
+		cols.bounceType, cols.bounceClass, suppress, s.softBounceLimit, cols.tlsPolicy, cols.tlsFailure, cols.tlsOptOut).QueryRow(func(row pgx.Row) error {
+		var h, l int64
+		if err := row.Scan(&h, &l); err != nil {
+			return err
+		}
+		counts.hard, counts.limited = counts.hard+h, counts.limited+l
+		return nil
+	})
+	// A deferral of a message canceled while it was in flight cancels
+	// the recipient (CancelMessage), before the events, which read it.
+	evs := outcomeEvents(id, outs)
+	var deferred []int
+	for _, o := range outs {
+		if o.Attempt.Outcome == RecipientDeferred {
+			deferred = append(deferred, o.Attempt.Recipient)
+			evs = append(evs, NewEvent{ID: EventID(id, o.Attempt.Recipient, EventMessageCanceled, 0), Type: EventMessageCanceled,
+				MessageID: id, RcptIdx: o.Attempt.Recipient, When: WhenCanceled})
+		}
+	}
+	if len(deferred) > 0 {
+		b.Queue(cancelDeferred, id, toInt16(deferred))
+	}
+	if s.softBounceLimit > 0 {
+		b.Queue(clearSoftLimit, id, cols.rcpt, s.softBounceLimit)
+	}
+	// A statement of its own, so that its snapshot sees the recipients just
+	// updated and those of any domain recorded before the lock was granted.
+	b.Queue(completeMessage, id).QueryRow(func(row pgx.Row) error {
+		err := row.Scan(complete)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil
+		}
+		return err
+	})
+	return evs, nil
 }
