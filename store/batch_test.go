@@ -63,6 +63,17 @@ func TestTakeLeasesBatch(t *testing.T) {
 	if err != nil || len(again[0]) != 0 {
 		t.Errorf("second batch took %v (%v), want nothing", again, err)
 	}
+	// A canceled message's recipients are never leased.
+	c := testMessage(k, 1)
+	if err := s.AcceptBatch(t.Context(), []NewMessage{c}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CancelMessage(t.Context(), k.TenantID, c.ID); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.TakeLeases(t.Context(), []LeaseRequest{{ID: c.ID, Idxs: []int{0}, Lease: lease("e")}}); err != nil || len(got[0]) != 0 {
+		t.Errorf("canceled message: took %v (%v), want nothing", got, err)
+	}
 	if _, err := s.TakeLeases(t.Context(), []LeaseRequest{{ID: msgs[0].ID, Idxs: []int{0}}}); !errors.Is(err, ErrRejected) {
 		t.Errorf("lease without owner: %v, want ErrRejected", err)
 	}
