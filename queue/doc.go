@@ -76,6 +76,9 @@
 //	<Prefix>:{qN}:intact     string: set by MarkIntact once the queue was
 //	                         rebuilt from PostgreSQL; its absence (Intact) says
 //	                         Redis lost data since
+//	<Prefix>:{qN}:rebuild    string: the token of the rebuild in progress
+//	                         (StartRebuild); MarkIntact marks a shard only if
+//	                         it is still there
 //
 // and per destination the lease keys described in dest.go.
 //

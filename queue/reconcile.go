@@ -40,18 +40,72 @@ func (q *Queue) Intact(ctx context.Context) (bool, error) {
 	return true, nil
 }
 
-// MarkIntact sets every shard's marker. Call it once the queue holds every
-// pending job (after a requeue from the ledger), never before.
-func (q *Queue) MarkIntact(ctx context.Context) error {
-	now := time.Now().UTC().Format(time.RFC3339)
+// rebuildKey holds the token of the rebuild in progress in a shard.
+func (q *Queue) rebuildKey(sh *shard) string {
+	return q.opts.Prefix + ":{q" + strconv.Itoa(sh.index) + "}:rebuild"
+}
+
+// Rebuild is a rebuild of the queue from the ledger, begun by
+// StartRebuild and ended by MarkIntact.
+type Rebuild struct{ token string }
+
+// ErrRebuildInterrupted: a shard lost its rebuild token while the queue
+// was being rebuilt (Redis lost data again, or another process began a
+// rebuild of its own). The queue is not marked whole; rebuild again.
+var ErrRebuildInterrupted = errors.New("queue rebuild interrupted: redis lost data or another rebuild began; not marked whole")
+
+// StartRebuild leaves a fresh token in every shard before the jobs are
+// requeued. MarkIntact sets the marker only where the token survived, so
+// a data loss while the jobs were being requeued is not hidden by a
+// marker set after it.
+func (q *Queue) StartRebuild(ctx context.Context) (Rebuild, error) {
+	token := strconv.FormatInt(time.Now().UnixNano(), 36) + "-" + q.opts.Consumer
 	_, err := q.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i := range q.shards {
-			p.Set(ctx, q.intactKey(&q.shards[i]), now, 0)
+			p.Set(ctx, q.rebuildKey(&q.shards[i]), token, 0)
+		}
+		return nil
+	})
+	if err != nil {
+		return Rebuild{}, fmt.Errorf("start queue rebuild: %w", err)
+	}
+	return Rebuild{token: token}, nil
+}
+
+// markIntact sets a shard's marker if its rebuild token is still rb's
+// (both keys in the shard's hash tag: one slot on Redis Cluster). Sent
+// with EVAL: a pipeline does not fall back from EVALSHA on NOSCRIPT.
+var markIntact = redis.NewScript(`
+if redis.call("GET", KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call("SET", KEYS[2], ARGV[2])
+redis.call("DEL", KEYS[1])
+return 1
+`)
+
+// MarkIntact sets every shard's marker. Call it once the queue holds every
+// pending job (requeued from the ledger after StartRebuild), never before.
+// It returns ErrRebuildInterrupted, having marked only the shards that
+// kept rb's token, when a shard lost it since StartRebuild.
+func (q *Queue) MarkIntact(ctx context.Context, rb Rebuild) error {
+	if rb.token == "" {
+		return errors.New("mark queue whole: no rebuild was started")
+	}
+	now := time.Now().UTC().Format(time.RFC3339)
+	cmds := make([]*redis.Cmd, len(q.shards))
+	_, err := q.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i := range q.shards {
+			sh := &q.shards[i]
+			cmds[i] = markIntact.Eval(ctx, p, []string{q.rebuildKey(sh), q.intactKey(sh)}, rb.token, now)
 		}
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("set queue marker: %w", err)
+	}
+	for _, c := range cmds {
+		if n, _ := c.Int(); n != 1 {
+			return ErrRebuildInterrupted
+		}
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -23,10 +24,37 @@ func TestIntact(t *testing.T) {
 		}
 	}
 	check(false)
-	if err := q.MarkIntact(ctx); err != nil {
+	rb, err := q.StartRebuild(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := q.MarkIntact(ctx, rb); err != nil {
 		t.Fatal(err)
 	}
 	check(true)
+	// A rebuild only marks once, with its own token.
+	if err := q.MarkIntact(ctx, rb); !errors.Is(err, ErrRebuildInterrupted) {
+		t.Errorf("second MarkIntact of one rebuild: %v, want ErrRebuildInterrupted", err)
+	}
+	if err := q.MarkIntact(ctx, Rebuild{}); err == nil {
+		t.Error("MarkIntact without a rebuild succeeded")
+	}
+	// Redis loses a shard's data while the jobs are being requeued: the
+	// queue must not be marked whole over the loss.
+	if err := rdb.Del(ctx, prefix+":{q1}:intact").Err(); err != nil {
+		t.Fatal(err)
+	}
+	rb, err = q.StartRebuild(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.Del(ctx, prefix+":{q1}:rebuild").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.MarkIntact(ctx, rb); !errors.Is(err, ErrRebuildInterrupted) {
+		t.Errorf("MarkIntact after a loss during the rebuild: %v, want ErrRebuildInterrupted", err)
+	}
+	check(false)
 	if err := rdb.Del(ctx, prefix+":{q1}:intact").Err(); err != nil {
 		t.Fatal(err)
 	}

@@ -38,7 +38,8 @@ type Requeuer interface {
 // rebuilt (queue.Queue's Intact and MarkIntact).
 type Marker interface {
 	Intact(ctx context.Context) (bool, error)
-	MarkIntact(ctx context.Context) error
+	StartRebuild(ctx context.Context) (queue.Rebuild, error)
+	MarkIntact(ctx context.Context, rb queue.Rebuild) error
 }
 
 // ReconcileOptions configures a Reconciler.
@@ -173,17 +174,22 @@ func (r *Reconciler) Reconcile(ctx context.Context) (Reconciled, error) {
 
 // restoreIfLost requeues every pending job when the queue's marker is gone,
 // then sets it. The marker is set only after the requeue succeeded, so a
-// failure halfway is retried in full.
+// failure halfway is retried in full, and only if Redis kept the rebuild's
+// token meanwhile, so a second loss during the requeue is not hidden.
 func (r *Reconciler) restoreIfLost(ctx context.Context) (Reconciled, error) {
 	intact, err := r.opts.Marker.Intact(ctx)
 	if err != nil || intact {
+		return Reconciled{}, err
+	}
+	rb, err := r.opts.Marker.StartRebuild(ctx)
+	if err != nil {
 		return Reconciled{}, err
 	}
 	n, err := Requeue(ctx, r.opts.Ledger, r.opts.Queue, r.opts.Batch)
 	if err != nil {
 		return Reconciled{Requeued: n}, fmt.Errorf("requeue after redis data loss: %w", err)
 	}
-	if err := r.opts.Marker.MarkIntact(ctx); err != nil {
+	if err := r.opts.Marker.MarkIntact(ctx, rb); err != nil {
 		return Reconciled{Requeued: n}, err
 	}
 	return Reconciled{Restored: true, Requeued: n}, nil

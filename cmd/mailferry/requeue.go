@@ -38,11 +38,15 @@ func runRequeue(ctx context.Context, env *environment, args []string) error {
 		return fmt.Errorf("MAILFERRY_REDIS_URL %s: %w", cfg.RedisURL.Redacted(), err)
 	}
 	start := time.Now()
+	rb, err := q.StartRebuild(ctx)
+	if err != nil {
+		return err
+	}
 	n, err := scheduler.Requeue(ctx, st, q, 1000)
 	if err != nil {
 		return fmt.Errorf("requeue (%d jobs queued before the error; run it again): %w", n, err)
 	}
-	if err := q.MarkIntact(ctx); err != nil {
+	if err := q.MarkIntact(ctx, rb); err != nil {
 		return err
 	}
 	fmt.Fprintf(env.stderr, "requeued %d jobs (message × recipient domain) in %s\n", n, time.Since(start).Round(time.Millisecond))
