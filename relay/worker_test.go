@@ -33,7 +33,7 @@ type pipeline struct {
 	t      *testing.T
 	st     *store.Store
 	dbURL  string
-	rdb    *redis.Client
+	rdb    redis.UniversalClient
 	prefix string
 	q      *queue.Queue
 	in     *intake.Intake
