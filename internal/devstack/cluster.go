@@ -94,6 +94,8 @@ func StartRedisCluster(ctx context.Context, opts ClusterOptions) (_ *RedisCluste
 			// A replica however stale may take over: losing its writes is the
 			// case the reconciler covers (queue/doc.go).
 			"--cluster-replica-validity-factor", "0",
+			// Replicas sync at once rather than after the 5s default wait.
+			"--repl-diskless-sync-delay", "0",
 		}})
 		if err != nil {
 			return nil, fmt.Errorf("cluster node %d: %w", i, err)
@@ -111,6 +113,12 @@ func StartRedisCluster(ctx context.Context, opts ClusterOptions) (_ *RedisCluste
 	}
 	for _, a := range addrs {
 		if err := WaitClusterOK(ctx, a, 60*time.Second); err != nil {
+			return nil, err
+		}
+	}
+	// A replica not yet synced would take over empty: wait for every link.
+	for _, a := range addrs {
+		if err := waitReplicaLinked(ctx, a, 60*time.Second); err != nil {
 			return nil, err
 		}
 	}
@@ -137,6 +145,25 @@ func WaitClusterOK(ctx context.Context, addr string, limit time.Duration) error 
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("cluster node %s not ok after %v (%s): %w", addr, limit, last, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// waitReplicaLinked waits until the node at addr is a primary, or a
+// replica whose link to its primary is up (the initial sync done).
+func waitReplicaLinked(ctx context.Context, addr string, limit time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	host, port, _ := strings.Cut(addr, ":")
+	for {
+		out, err := exec.CommandContext(ctx, "redis-cli", "-h", host, "-p", port, "info", "replication").Output()
+		if err == nil && (bytes.Contains(out, []byte("role:master")) || bytes.Contains(out, []byte("master_link_status:up"))) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("cluster node %s: replica not synced after %v: %w", addr, limit, ctx.Err())
 		case <-time.After(100 * time.Millisecond):
 		}
 	}

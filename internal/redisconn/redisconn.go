@@ -7,6 +7,7 @@ package redisconn
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -16,6 +17,9 @@ const (
 	Single  = "single"
 	Cluster = "cluster"
 )
+
+// stateReload is how often a cluster client refreshes its slot map.
+const stateReload = time.Second
 
 // Options tune the client beyond the URL.
 type Options struct {
@@ -45,6 +49,12 @@ func Open(mode, rawURL string, opts Options) (redis.UniversalClient, error) {
 		if opts.MaxRetries != 0 {
 			o.MaxRetries = opts.MaxRetries
 		}
+		// go-redis learns of a failover from MOVED replies only; a killed
+		// primary answers nothing, so without a timed reload the client
+		// kept dialling it for the default 60s, and the queue's slots on
+		// it stalled that long (reliability/cluster_test.go). One CLUSTER
+		// SLOTS a second per process is nothing beside the queue's traffic.
+		o.ClusterStateReloadInterval = stateReload
 		// Reads go to primaries only (ReadOnly false): a replica may lag, and
 		// a claim read from one could hand out a job already acknowledged.
 		// MOVED and ASK after a failover are followed up to MaxRedirects.
