@@ -2,8 +2,8 @@ package reliability
 
 import (
 	"context"
-	"net/http"
 	"fmt"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
