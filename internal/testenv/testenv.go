@@ -1,7 +1,10 @@
 // Package testenv gives tests real Redis and PostgreSQL servers. `make test`
 // starts one of each for the whole run and exports MAILFERRY_TEST_REDIS_URL
 // and MAILFERRY_TEST_DATABASE_URL; a plain `go test` starts them per test
-// binary through Main. A missing server fails the test; it never skips.
+// binary through Main. With WithCluster a Redis Cluster (3 primaries, 3
+// replicas) joins them, MAILFERRY_TEST_REDIS_CLUSTER_URL (`make test` starts
+// one for the whole run), and EachRedis runs a test on both kinds of Redis.
+// A missing server fails the test; it never skips.
 package testenv
 
 import (
