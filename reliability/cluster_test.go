@@ -52,15 +52,19 @@ func (s *stack) watchProgress() (*progress, func()) {
 	return p, func() { close(done); <-stopped }
 }
 
-// stall is the longest time after from in which no delivery completed,
-// counted from from itself to the first delivery after it.
-func (p *progress) stall(from time.Time) time.Duration {
+// stall is the longest time between from and to (zero: no end) in which
+// no delivery completed, counted from from itself to the first delivery
+// after it.
+func (p *progress) stall(from, to time.Time) time.Duration {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	longest, prev := time.Duration(0), from
 	for _, t := range p.at {
 		if t.Before(from) {
 			continue
+		}
+		if !to.IsZero() && t.After(to) {
+			break
 		}
 		longest = max(longest, t.Sub(prev))
 		prev = t
@@ -159,7 +163,7 @@ func TestRedisPrimaryFailover(t *testing.T) {
 	}
 	accepted := append(l.sent(), after.sent()...)
 	healed := s.waitFinal(ids(accepted), size(3*time.Minute, 6*time.Minute))
-	stall := prog.stall(killedAt)
+	stall := prog.stall(killedAt, time.Time{})
 	lost, dups := s.tally(accepted)
 	_, swept := srv.logLines("requeued jobs missing from redis", "jobs")
 	_, restored := srv.logLines(restored, "jobs")
@@ -242,8 +246,8 @@ func TestFleet(t *testing.T) {
 		peakConns = max(peakConns, k.PeakConnections())
 	}
 	t.Logf("fleet of 3 api + 3 worker processes: %d accepted (%s); worker killed after %d arrived (stall %v), primary %s killed after %d (promoted in %v, stall %v); %d transactions in flight at the kills; all final %v after the load; sweep requeued %d jobs; lost %d, duplicates %d; peak per destination: %d transactions, %d connections (limit %d)",
-		len(accepted), l.summary(), n/4, prog.stall(workerKilledAt).Round(10*time.Millisecond), dead, n/2,
-		takeover.Round(10*time.Millisecond), prog.stall(primaryKilledAt).Round(10*time.Millisecond), inFlight,
+		len(accepted), l.summary(), n/4, prog.stall(workerKilledAt, primaryKilledAt).Round(10*time.Millisecond), dead, n/2,
+		takeover.Round(10*time.Millisecond), prog.stall(primaryKilledAt, time.Time{}).Round(10*time.Millisecond), inFlight,
 		healed.Round(100*time.Millisecond), swept, lost, dups, peakTx, peakConns, fleetPerDestination)
 	if lost != 0 {
 		t.Errorf("%d accepted messages never arrived", lost)
