@@ -91,12 +91,9 @@ type ServerOptions struct {
 
 // Server is the inbound SMTP listener.
 type Server struct {
-	opts     ServerOptions
-	smtp     *smtp.Server
-	perIP    *connlimit.PerClient
-	slots    chan struct{}
-	refusers chan struct{} // goroutines saying 421 to connections over a limit
-	bg       sync.WaitGroup
+	opts ServerOptions
+	smtp *smtp.Server
+	gate *connlimit.Gate // MaxConnections, MaxConnectionsPerIP
 }
 
 // NewServer checks opts and returns a Server. It starts nothing.
@@ -124,8 +121,7 @@ func NewServer(opts ServerOptions) (*Server, error) {
 	setDefault(&opts.CommandTimeout, 2*time.Minute)
 	setDefault(&opts.WriteTimeout, time.Minute)
 	setDefault(&opts.SaveTimeout, 30*time.Second)
-	s := &Server{opts: opts, perIP: connlimit.NewPerClient(opts.MaxConnectionsPerIP),
-		slots: make(chan struct{}, opts.MaxConnections), refusers: make(chan struct{}, 16)}
+	s := &Server{opts: opts, gate: connlimit.NewGate(opts.MaxConnections, opts.MaxConnectionsPerIP)}
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
 	srv.Domain = opts.Hostname
 	if opts.TLSConfig != nil {
@@ -170,7 +166,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		_ = s.smtp.Close()
 		err = ctx.Err()
 	}
-	s.bg.Wait()
+	s.gate.Wait()
 	return err
 }
 
@@ -187,38 +183,17 @@ func (l *listener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		ip := connlimit.AddrOf(c)
-		if !l.srv.perIP.Admit(ip) {
-			l.srv.refuse(c, "421 4.7.0 "+l.srv.opts.Hostname+" too many connections from your address\r\n")
-			continue
-		}
-		select {
-		case l.srv.slots <- struct{}{}:
+		var line string
+		switch l.srv.gate.Admit(ip) {
+		case connlimit.Admitted:
 			return &conn{Conn: c, srv: l.srv, ip: ip}, nil
+		case connlimit.ClientLimit:
+			line = "421 4.7.0 " + l.srv.opts.Hostname + " too many connections from your address\r\n"
 		default:
-			l.srv.perIP.Release(ip)
-			l.srv.refuse(c, "421 4.4.5 "+l.srv.opts.Hostname+" too many connections\r\n")
+			line = "421 4.4.5 " + l.srv.opts.Hostname + " too many connections\r\n"
 		}
+		l.srv.gate.Refuse(c, 5*time.Second, nil, line) // RFC 5321 3.1
 	}
-}
-
-// refuse says line (RFC 5321 3.1: a 421 greeting) and closes c, in the
-// background, with a short deadline so a peer that does not read cannot
-// hold it. Under a flood, when every refuser is busy, it just closes.
-func (s *Server) refuse(c net.Conn, line string) {
-	select {
-	case s.refusers <- struct{}{}:
-	default:
-		c.Close()
-		return
-	}
-	s.bg.Add(1)
-	go func() {
-		defer s.bg.Done()
-		defer func() { <-s.refusers }()
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-		_, _ = io.WriteString(c, line)
-	}()
 }
 
 // conn gives back its slots once closed.
@@ -232,8 +207,7 @@ type conn struct {
 func (c *conn) Close() error {
 	err := c.Conn.Close()
 	c.closed.Do(func() {
-		c.srv.perIP.Release(c.ip)
-		<-c.srv.slots
+		c.srv.gate.Release(c.ip)
 	})
 	return err
 }

@@ -184,10 +184,11 @@ func TestTLSRPTMailSigned(t *testing.T) {
 		p.dkimKey(dkim.AlgorithmEd25519, "ed1")
 		p.start("w1", nil)
 		day := time.Now().UTC().Truncate(24*time.Hour).AddDate(0, 0, -1)
-		for _, res := range []string{"", "", "certificate-expired"} {
-			if err := p.st.CountTLSResult(context.Background(), day, "reports.test", "sts", "mx.reports.test", res); err != nil {
-				t.Fatal(err)
-			}
+		if err := p.st.AddTLSResultCounts(context.Background(), []store.TLSResultCount{
+			{Day: day, PolicyDomain: "reports.test", PolicyType: "sts", MXHost: "mx.reports.test", Count: 2},
+			{Day: day, PolicyDomain: "reports.test", PolicyType: "sts", MXHost: "mx.reports.test", Result: "certificate-expired", Count: 1},
+		}); err != nil {
+			t.Fatal(err)
 		}
 		p.dns.TXT("_smtp._tls.reports.test", "v=TLSRPTv1; rua=mailto:tlsrpt@rcv.test")
 		r, err := tlspolicy.NewReporter(tlspolicy.ReporterOptions{Store: p.st, From: "tlsrpt@example.com",

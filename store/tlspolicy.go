@@ -32,9 +32,9 @@ ON CONFLICT (domain) DO UPDATE SET policy_id = excluded.policy_id, mode = exclud
 	// lockSTSDomain serialises refreshes of one domain's policy across the
 	// fleet: two int4 keys, the first naming this use.
 	lockSTSDomain = `SELECT pg_advisory_xact_lock(8461, hashtext($1))`
-	countTLSRPT   = `INSERT INTO tlsrpt_counts (day, policy_domain, policy_type, mx_host, result_type, count)
-VALUES ($1, $2, $3, $4, $5, 1)
-ON CONFLICT (day, policy_domain, policy_type, mx_host, result_type) DO UPDATE SET count = tlsrpt_counts.count + 1`
+	addTLSRPT     = `INSERT INTO tlsrpt_counts (day, policy_domain, policy_type, mx_host, result_type, count)
+SELECT * FROM unnest($1::date[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[])
+ON CONFLICT (day, policy_domain, policy_type, mx_host, result_type) DO UPDATE SET count = tlsrpt_counts.count + EXCLUDED.count`
 )
 
 // STSPolicy returns domain's cached policy, or nil if there is none.
@@ -96,12 +96,22 @@ func (s *Store) RefreshSTSPolicy(ctx context.Context, domain string, refresh fun
 	return out, nil
 }
 
-// CountTLSResult adds one session's outcome to the day's TLS-RPT counts
-// (RFC 8460 4.4): result "" is a success, else a result type (4.3).
-func (s *Store) CountTLSResult(ctx context.Context, day time.Time, policyDomain, policyType, mxHost, result string) error {
-	d := day.UTC().Truncate(24 * time.Hour)
-	if _, err := s.pool.Exec(ctx, countTLSRPT, d, policyDomain, policyType, mxHost, result); err != nil {
-		return fmt.Errorf("count TLS result for %s: %w", policyDomain, err)
+// AddTLSResultCounts adds sessions' outcomes to the days' TLS-RPT counts
+// (RFC 8460 4.4) in one statement: Result "" is a success, else a result
+// type (4.3). Each key appears once in counts.
+func (s *Store) AddTLSResultCounts(ctx context.Context, counts []TLSResultCount) error {
+	if len(counts) == 0 {
+		return nil
+	}
+	days := make([]time.Time, len(counts))
+	domains, types, mxs, results := make([]string, len(counts)), make([]string, len(counts)), make([]string, len(counts)), make([]string, len(counts))
+	ns := make([]int64, len(counts))
+	for i, c := range counts {
+		days[i] = c.Day.UTC().Truncate(24 * time.Hour)
+		domains[i], types[i], mxs[i], results[i], ns[i] = c.PolicyDomain, c.PolicyType, c.MXHost, c.Result, c.Count
+	}
+	if _, err := s.pool.Exec(ctx, addTLSRPT, days, domains, types, mxs, results, ns); err != nil {
+		return fmt.Errorf("add %d TLS result counts: %w", len(counts), err)
 	}
 	return nil
 }

@@ -112,14 +112,11 @@ type Server struct {
 	smtp    *smtp.Server
 	limiter *failureLimiter
 
-	slots    chan struct{} // one per open connection, MaxConnections
-	refusers chan struct{} // goroutines saying 421 to connections over the limit
+	gate     *connlimit.Gate // MaxConnections, MaxConnectionsPerIP
 	draining atomic.Bool
 
 	mu    sync.Mutex
 	conns map[*trackedConn]struct{}
-	perIP *connlimit.PerClient // open connections by client, MaxConnectionsPerIP
-	bg    sync.WaitGroup       // the refusers
 }
 
 // New checks opts and returns a Server. It starts nothing.
@@ -168,12 +165,10 @@ func New(opts Options) (*Server, error) {
 	}
 
 	s := &Server{
-		opts:     opts,
-		limiter:  newFailureLimiter(opts.AuthFailures, opts.AuthBlock, opts.Now),
-		slots:    make(chan struct{}, opts.MaxConnections),
-		refusers: make(chan struct{}, 16),
-		conns:    make(map[*trackedConn]struct{}),
-		perIP:    connlimit.NewPerClient(opts.MaxConnectionsPerIP),
+		opts:    opts,
+		limiter: newFailureLimiter(opts.AuthFailures, opts.AuthBlock, opts.Now),
+		gate:    connlimit.NewGate(opts.MaxConnections, opts.MaxConnectionsPerIP),
+		conns:   make(map[*trackedConn]struct{}),
 	}
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
 	srv.Domain = opts.Hostname
@@ -265,7 +260,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		_ = s.smtp.Close()
 		err = ctx.Err()
 	}
-	s.bg.Wait()
+	s.gate.Wait()
 	return err
 }
 
@@ -288,14 +283,9 @@ func (l *listener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		ip := addrOf(c)
-		if !l.srv.admitIP(ip) {
-			l.srv.opts.Metrics.refused(refusedClientLimit)
-			l.srv.refuse(c, l.implicitTLS, clientLimitLine(l.srv.opts.Hostname))
-			continue
-		}
-		select {
-		case l.srv.slots <- struct{}{}:
+		ip := connlimit.AddrOf(c)
+		switch l.srv.gate.Admit(ip) {
+		case connlimit.Admitted:
 			l.srv.opts.Metrics.session(l.name)
 			tc := l.srv.track(c, ip)
 			if !l.implicitTLS {
@@ -303,45 +293,27 @@ func (l *listener) Accept() (net.Conn, error) {
 			}
 			tc.tls = tls.Server(tc, l.srv.smtp.TLSConfig)
 			return tc.tls, nil
+		case connlimit.ClientLimit:
+			l.srv.opts.Metrics.refused(refusedClientLimit)
+			l.srv.refuse(c, l.implicitTLS, clientLimitLine(l.srv.opts.Hostname))
 		default:
-			l.srv.releaseIP(ip)
 			l.srv.opts.Metrics.refused(refusedConnectionLimit)
 			l.srv.refuse(c, l.implicitTLS, connectionLimitLine(l.srv.opts.Hostname))
 		}
 	}
 }
 
-// admitIP counts a connection from ip against MaxConnectionsPerIP and
-// reports whether it is within it.
-func (s *Server) admitIP(ip netip.Addr) bool { return s.perIP.Admit(ip) }
-
-func (s *Server) releaseIP(ip netip.Addr) { s.perIP.Release(ip) }
-
-// refuse tells a connection over a limit line (421, RFC 5321 3.1) and
-// closes it, in the background so that accepting goes on. Under a flood,
-// when all refusers are busy, it just closes.
+// refuse tells a connection over a limit line (421, RFC 5321 3.1); on 465
+// after the TLS handshake the client expects first.
 func (s *Server) refuse(c net.Conn, implicitTLS bool, line string) {
-	select {
-	case s.refusers <- struct{}{}:
-	default:
-		c.Close()
-		return
-	}
-	s.bg.Add(1)
-	go func() {
-		defer s.bg.Done()
-		defer func() { <-s.refusers }()
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(s.opts.TLSHandshakeTimeout))
-		if implicitTLS {
+	var wrap func(net.Conn) (net.Conn, error)
+	if implicitTLS {
+		wrap = func(c net.Conn) (net.Conn, error) {
 			tc := tls.Server(c, s.smtp.TLSConfig)
-			if tc.Handshake() != nil {
-				return
-			}
-			c = tc
+			return tc, tc.Handshake()
 		}
-		_, _ = c.Write([]byte(line)) // RFC 5321 3.1
-	}()
+	}
+	s.gate.Refuse(c, s.opts.TLSHandshakeTimeout, wrap, line)
 }
 
 func (s *Server) track(c net.Conn, ip netip.Addr) *trackedConn {
@@ -358,8 +330,7 @@ func (s *Server) release(c *trackedConn) {
 	delete(s.conns, c)
 	s.mu.Unlock()
 	s.opts.Metrics.open(-1)
-	s.releaseIP(c.ip)
-	<-s.slots
+	s.gate.Release(c.ip)
 }
 
 // trackedConn is one accepted connection. While the server drains, a
@@ -425,10 +396,6 @@ func (c *trackedConn) kickIfIdle() {
 		_ = c.Conn.SetReadDeadline(time.Unix(1, 0))
 	}
 }
-
-// addrOf is a connection's client address, zero when it has none (not
-// TCP).
-func addrOf(c net.Conn) netip.Addr { return connlimit.AddrOf(c) }
 
 // unwrap finds the trackedConn under a go-smtp connection, through TLS.
 func unwrap(c net.Conn) *trackedConn {

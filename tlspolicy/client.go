@@ -37,7 +37,7 @@ type Inner interface {
 type Cache interface {
 	STSPolicy(ctx context.Context, domain string) (*store.STSPolicy, error)
 	RefreshSTSPolicy(ctx context.Context, domain string, refresh func(*store.STSPolicy) (*store.STSPolicy, error)) (*store.STSPolicy, error)
-	CountTLSResult(ctx context.Context, day time.Time, policyDomain, policyType, mxHost, result string) error
+	AddTLSResultCounts(ctx context.Context, counts []store.TLSResultCount) error
 	STSPoliciesDue(ctx context.Context, now time.Time, refresh time.Duration, limit int) ([]string, error)
 }
 
@@ -66,7 +66,10 @@ type Options struct {
 	// again although its id did not change (RFC 8461 10.2: refresh before
 	// max_age runs out); default 24h, capped at half of max_age.
 	Refresh time.Duration
-	Logger  *slog.Logger
+	// Memo is how long one process reuses a domain's MTA-STS lookup
+	// (memo.go); default 1m, negative: every attempt looks.
+	Memo   time.Duration
+	Logger *slog.Logger
 	// Registerer takes mailferry_tls_policy_total; nil: not registered.
 	Registerer prometheus.Registerer
 	Now        func() time.Time
@@ -79,6 +82,8 @@ type Client struct {
 	res    *resolver
 	fetch  *fetcher
 	counts *prometheus.CounterVec
+	memo   *memo
+	tally  tally // TLS-RPT results not yet written: FlushCounts, RunCounts
 }
 
 // New checks opts.
@@ -91,6 +96,9 @@ func New(opts Options) (*Client, error) {
 	}
 	if opts.Refresh <= 0 {
 		opts.Refresh = 24 * time.Hour
+	}
+	if opts.Memo == 0 {
+		opts.Memo = time.Minute
 	}
 	if opts.ResolvConf == "" {
 		opts.ResolvConf = "/etc/resolv.conf"
@@ -106,6 +114,7 @@ func New(opts Options) (*Client, error) {
 		return nil, fmt.Errorf("tlspolicy: %w", err)
 	}
 	c := &Client{opts: opts, res: res, fetch: newFetcher(res, opts.AllowPrivate, opts.RootCAs, opts.HTTPSPort, opts.FetchTimeout),
+		memo: newMemo(opts.Memo, 100_000),
 		counts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mailferry_tls_policy_total",
 			Help: "Delivery attempts by TLS policy and result: success (TLS as the policy asks), failure (a host refused or, in MTA-STS testing mode, a host that would have been).",
@@ -252,14 +261,26 @@ func (c *Client) record(ctx context.Context, log *slog.Logger, domain, label, rp
 	if result == smtpclient.TLSNoRequireTLS {
 		result = "" // the TLS session met the policy; REQUIRETLS is no TLS-RPT matter
 	}
-	if err := c.opts.Cache.CountTLSResult(ctx, c.opts.Now(), domain, rptType, mx, result); err != nil {
-		log.WarnContext(ctx, "TLS-RPT count not recorded", "error", err)
-	}
+	c.count(c.opts.Now(), domain, rptType, mx, result)
 }
 
 // stsPolicy returns domain's MTA-STS policy in force, nil if none.
 func (c *Client) stsPolicy(ctx context.Context, domain string) (*store.STSPolicy, error) {
 	now := c.opts.Now()
+	if p, ok := c.memo.get(domain, now); ok {
+		return p, nil
+	}
+	p, err := c.lookupSTSPolicy(ctx, domain, now)
+	if err != nil {
+		return nil, err // not memoised: the next attempt asks again
+	}
+	c.memo.put(domain, p, now)
+	return p, nil
+}
+
+// lookupSTSPolicy asks DNS and the shared cache, and fetches the policy
+// when the record's id is new or the cached copy is due (RFC 8461 3.3).
+func (c *Client) lookupSTSPolicy(ctx context.Context, domain string, now time.Time) (*store.STSPolicy, error) {
 	var rec Record
 	haveRec := false
 	txts, err := c.res.txt(ctx, "_mta-sts."+domain)
@@ -300,9 +321,7 @@ func (c *Client) stsPolicy(ctx context.Context, domain string) (*store.STSPolicy
 			// RFC 8461 5.1: without a new policy the cached one (if still
 			// valid) applies; without either, no MTA-STS.
 			c.opts.Logger.WarnContext(ctx, "MTA-STS policy fetch failed", "domain", domain, "error", err)
-			if cerr := c.opts.Cache.CountTLSResult(ctx, now, domain, "sts", "", fetchResultType(err)); cerr != nil {
-				c.opts.Logger.WarnContext(ctx, "TLS-RPT count not recorded", "error", cerr)
-			}
+			c.count(now, domain, "sts", "", fetchResultType(err))
 			return nil, nil
 		}
 		return &store.STSPolicy{Domain: domain, ID: rec.ID, Mode: pol.Mode, MX: pol.MX, MaxAge: pol.MaxAge,

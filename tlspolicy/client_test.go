@@ -153,6 +153,9 @@ func TestPolicies(t *testing.T) {
 	if n := testutil.ToFloat64(c.counts.WithLabelValues(PolicyMTASTS, "failure")); n != 5 {
 		t.Errorf("mailferry_tls_policy_total{policy=mta-sts,result=failure} = %v, want 5", n)
 	}
+	if err := c.FlushCounts(t.Context()); err != nil {
+		t.Fatal(err)
+	}
 	counts, err := e.store.TLSResultCounts(t.Context(), "other.test", e.now.AddDate(0, 0, -1), e.now.AddDate(0, 0, 1))
 	if err != nil {
 		t.Fatal(err)
@@ -221,13 +224,17 @@ func TestCacheRules(t *testing.T) {
 	}{
 		{"first use fetches", func() {}, 1, PolicyMTASTS},
 		{"same id: cached", func() {}, 1, PolicyMTASTS},
-		{"new id, policy now lists the host: fetched again", func() {
+		{"new id within the memo: the policy in memory still applies", func() {
 			e.dns.Clear("_mta-sts.example.test")
 			e.dns.TXT("_mta-sts.example.test", "v=STSv1; id=2;")
 			e.ps.set("example.test", strings.Replace(enforcePolicy, "*.example.test", "*.elsewhere.test", 1))
+		}, 1, PolicyMTASTS},
+		{"new id, policy now lists the host: fetched again once the memo ends", func() {
+			e.now = e.now.Add(time.Minute)
 		}, 2, PolicyMTASTS},
 		{"record removed: cached policy still applies", func() {
 			e.dns.Clear("_mta-sts.example.test")
+			e.now = e.now.Add(time.Minute)
 		}, 2, PolicyMTASTS},
 		{"record removed and max_age passed: no policy", func() {
 			e.now = e.now.Add(86401e9)

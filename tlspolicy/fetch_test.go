@@ -68,6 +68,9 @@ func TestFetchFailuresCounted(t *testing.T) {
 		if att.Results[0].Err != nil || att.TLSPolicy != PolicyNone {
 			t.Errorf("%s: %v, policy %q; want delivered without a policy", domain, att.Results[0].Err, att.TLSPolicy)
 		}
+		if err := c.FlushCounts(t.Context()); err != nil {
+			t.Fatal(err)
+		}
 		counts, err := e.store.TLSResultCounts(t.Context(), domain, e.now.AddDate(0, 0, -1), e.now.AddDate(0, 0, 1))
 		if err != nil {
 			t.Fatal(err)

@@ -153,6 +153,15 @@ func TestTLSRPTReport(t *testing.T) {
 		name := map[string]string{"127.0.0.2": "mx1.other.test", "127.0.0.3": "mx2.other.test"}[h]
 		c.Deliver(ctx(t), hostsOf(name, h), envelope("", "bob@other.test"))
 	}
+	// The worker's counts reach the shared store when it shuts down, long
+	// before its next periodic flush.
+	flushCtx, stop := context.WithCancel(t.Context())
+	flushed := make(chan error)
+	go func() { flushed <- c.RunCounts(flushCtx, time.Hour) }()
+	stop()
+	if err := <-flushed; err != nil {
+		t.Fatal(err)
+	}
 	rs := startRUA(t)
 	e.dns.A("rua.example.test", "127.0.0.11")
 	e.dns.TXT("_smtp._tls.other.test", "v=TLSRPTv1; rua=https://rua.example.test:"+itoa(rs.port)+"/v1/report,mailto:tlsrpt@example.test")

@@ -121,7 +121,9 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	errc := make(chan error, 9)
+	// Room for every goroutine below to send its end without a reader
+	// (there are 11 at most): wg.Wait must never wait on a blocked send.
+	errc := make(chan error, 16)
 
 	if roles["scheduler"] {
 		sch, err := scheduler.New(scheduler.Options{Queue: q, Ledger: st, Logger: log.With("role", "scheduler"),
@@ -146,13 +148,14 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	// counts sync bounces into it, the inbound processor async ones.
 	inboundMetrics := inbound.NewMetrics(reg)
 	if roles["worker"] {
-		w, err := newWorker(cfg, st, q, reg, log.With("role", "worker"), workerBounces{bounceSetup: bounces,
+		w, tlsp, err := newWorker(cfg, st, q, reg, log.With("role", "worker"), workerBounces{bounceSetup: bounces,
 			count: func(class string) { inboundMetrics.Bounced(class, inbound.KindSync) }})
 		if err != nil {
 			return err
 		}
-		wg.Add(1)
+		wg.Add(2)
 		go func() { defer wg.Done(); errc <- w.Run(ctx) }()
+		go func() { defer wg.Done(); errc <- tlsp.RunCounts(ctx, 10*time.Second) }()
 	}
 
 	if roles["webhooks"] {

@@ -31,14 +31,14 @@ type workerBounces struct {
 	count func(class string)
 }
 
-func newWorker(cfg config.Config, st *store.Store, q *queue.Queue, reg prometheus.Registerer, log *slog.Logger, b workerBounces) (*relay.Worker, error) {
+func newWorker(cfg config.Config, st *store.Store, q *queue.Queue, reg prometheus.Registerer, log *slog.Logger, b workerBounces) (*relay.Worker, *tlspolicy.Client, error) {
 	sealer, err := dkim.NewSealer(cfg.SecretKey)
 	if err != nil {
-		return nil, fmt.Errorf("MAILFERRY_SECRET_KEY: %w", err)
+		return nil, nil, fmt.Errorf("MAILFERRY_SECRET_KEY: %w", err)
 	}
 	router, err := relay.NewRouter(relay.RouterOptions{DNSServer: cfg.DNSServer, AllowPrivate: cfg.AllowPrivateDestinations})
 	if err != nil {
-		return nil, fmt.Errorf("MAILFERRY_DNS_SERVER: %w", err)
+		return nil, nil, fmt.Errorf("MAILFERRY_DNS_SERVER: %w", err)
 	}
 	copts := smtpclient.Options{Hostname: cfg.Hostname, Port: cfg.SMTPPort, AllowPrivate: cfg.AllowPrivateDestinations}
 	// Keep as many idle connections to a host as transactions may run to
@@ -49,13 +49,13 @@ func newWorker(cfg config.Config, st *store.Store, q *queue.Queue, reg prometheu
 	if cfg.Smarthost != nil {
 		route, err = smarthostRoute(cfg, &copts)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		log.Info("relaying all mail through a smarthost", "smarthost", cfg.Smarthost.Redacted())
 	}
 	inner, err := smtpclient.New(copts)
 	if err != nil {
-		return nil, fmt.Errorf("smtp client: %w", err)
+		return nil, nil, fmt.Errorf("smtp client: %w", err)
 	}
 	// The TLS policy layer: MTA-STS of the recipient domain (not through
 	// a smarthost, whose name no recipient domain's policy lists) and
@@ -66,13 +66,13 @@ func newWorker(cfg config.Config, st *store.Store, q *queue.Queue, reg prometheu
 		Logger: log, Registerer: reg,
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if cfg.DNSSEC {
 		log.Info("DANE on: trusting the AD bit of the DNS server, which must validate and be reached over a trusted path",
 			"dns_server", cmp.Or(cfg.DNSServer, "/etc/resolv.conf"))
 	}
-	return relay.NewWorker(relay.WorkerOptions{
+	w, err := relay.NewWorker(relay.WorkerOptions{
 		Ledger: st, Queue: q, Route: route, Client: client,
 		Signer: dkim.NewSigner(dkim.SignOptions{}), Sealer: sealer,
 		Logger: log, Metrics: relay.NewMetrics(reg),
@@ -82,6 +82,10 @@ func newWorker(cfg config.Config, st *store.Store, q *queue.Queue, reg prometheu
 		Heartbeat: cfg.Leases.Heartbeat, Lease: cfg.Leases.Lease,
 		ReturnPaths: returnPaths(b.signer), Rules: b.rules, CountBounce: b.count,
 	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return w, client, nil
 }
 
 // returnPaths keeps a nil signer a nil interface: relay tells "no bounce
