@@ -109,16 +109,26 @@ func (s *stack) killPrimary(key string, atKill func()) (string, time.Duration) {
 			if err != nil || !strings.Contains(info, "cluster_state:ok") {
 				return false
 			}
-			slots, err := c.ClusterSlots(ctx).Result()
+			shards, err := c.ClusterShards(ctx).Result()
 			if err != nil {
 				return false
 			}
-			covered := 0
-			for _, r := range slots {
-				if len(r.Nodes) == 0 || r.Nodes[0].Addr == dead {
+			var covered int64
+			for _, sh := range shards {
+				if len(sh.Slots) == 0 {
+					continue
+				}
+				served := false
+				for _, n := range sh.Nodes {
+					addr := fmt.Sprintf("%s:%d", n.IP, n.Port)
+					served = served || n.Role == "master" && n.Health == "online" && addr != dead
+				}
+				if !served {
 					return false
 				}
-				covered += r.End - r.Start + 1
+				for _, r := range sh.Slots {
+					covered += r.End - r.Start + 1
+				}
 			}
 			if covered != 16384 {
 				return false
