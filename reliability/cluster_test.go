@@ -205,10 +205,16 @@ const fleetPerDestination = 4
 func TestFleet(t *testing.T) {
 	n := size(900, 20000)
 	s := newStackWith(t, stackOptions{DataDelay: 20 * time.Millisecond, Cluster: true})
-	// PgBouncer plugs in here: point the fleet at a transaction pooler in
-	// front of s.pg (s.appDB = <pooler URL>) once the harness has one.
-	// migrate and keys create above ran direct, as an operator's would.
+	// PGBOUNCER: the one place a transaction pooler in front of s.pg plugs
+	// in (issue 15 item 3): s.appDB = <the pooler's URL>. Every serve
+	// process below then goes through it; migrate and keys create above
+	// ran direct, as an operator's would.
 	limits := fmt.Sprintf("MAILFERRY_WORKER_PER_DOMAIN=%d", fleetPerDestination)
+	// RATELIMIT: the fleet-wide per-key limit (issue 15 item 4) goes into
+	// apiEnv (MAILFERRY_RATE_LIMIT=<r>, env() turns it off), and its check
+	// below the load: the accepted rate over the three API processes
+	// within 10% of r.
+	apiEnv := []string{limits}
 	port := func() int {
 		p, err := devstack.FreePort()
 		if err != nil {
@@ -219,7 +225,7 @@ func TestFleet(t *testing.T) {
 	var apis []string
 	for range 3 {
 		p := port()
-		s.serveRoles(p, "api", limits)
+		s.serveRoles(p, "api", apiEnv...)
 		apis = append(apis, fmt.Sprintf("127.0.0.1:%d", p))
 	}
 	var workers []*server
@@ -232,9 +238,6 @@ func TestFleet(t *testing.T) {
 	defer stopProg()
 	l := s.newLoad()
 	l.addrs = apis
-	// Per-key rate limit across the API processes (h/shaping's fleet-wide
-	// limiter) is asserted here once it lands: set MAILFERRY_RATE_LIMIT on
-	// the api processes and check l's accepted rate is within 10% of it.
 	posted := make(chan struct{})
 	go func() { defer close(posted); l.run(n, 24, time.Time{}, nil) }()
 
@@ -246,6 +249,7 @@ func TestFleet(t *testing.T) {
 	var primaryKilledAt time.Time
 	dead, takeover := s.killPrimary("mailferry:{q0}:ready", func() { primaryKilledAt, inFlight = time.Now(), inFlight+s.inAttempt() })
 	<-posted
+	// RATELIMIT: assert the accepted rate here.
 	accepted := l.sent()
 	healed := s.waitFinal(ids(accepted), size(4*time.Minute, 15*time.Minute))
 	lost, dups := s.tally(accepted)
