@@ -43,6 +43,9 @@ type Intake interface {
 	Accept(ctx context.Context, r intake.Receipt, s intake.Submission) ([]intake.Suppression, error)
 	SubmitIdempotent(ctx context.Context, r intake.Receipt, s intake.Submission, key store.Idempotency,
 		answer func(suppressed []intake.Suppression) ([]byte, error)) (*store.Idempotency, error)
+	AcceptAll(ctx context.Context, rs []intake.Receipt, ss []intake.Submission) ([][]intake.Suppression, []error)
+	SubmitAllIdempotent(ctx context.Context, rs []intake.Receipt, ss []intake.Submission, key store.Idempotency,
+		answer func(suppressed [][]intake.Suppression) ([]byte, error)) (*store.Idempotency, error)
 }
 
 // Check is one readiness probe (Redis, PostgreSQL).
@@ -77,13 +80,17 @@ type Options struct {
 	// RateLimit is the requests a second each API key may make to /v1
 	// (MAILFERRY_RATE_LIMIT), in bursts of up to RateBurst (0: twice the
 	// rate, at least 1); beyond it the answer is 429 with Retry-After.
-	// 0 turns the limit off. The limit is per process (ratelimit.Local).
-	// Limiter, when set, is used instead: the one limiter the process
-	// shares with SMTP submission.
+	// 0 turns the limit off. That limit is per process (ratelimit.Local).
+	// Limiter, when set, is used instead: serve passes the fleet-wide
+	// ratelimit.Redis it shares with SMTP submission.
 	RateLimit float64
 	RateBurst int
 	Limiter   ratelimit.Limiter
-	Now       func() time.Time
+	// Quota, when set, counts each POST /v1/messages against its tenant's
+	// daily quota (MAILFERRY_TENANT_DAILY_QUOTA); past it the answer is
+	// 429 with Retry-After at midnight UTC.
+	Quota Quota
+	Now   func() time.Time
 	// Webhooks serves /v1/webhooks and /v1/events; nil leaves those
 	// routes out.
 	Webhooks Webhooks
@@ -94,6 +101,18 @@ type Options struct {
 	// submission (MAILFERRY_MAX_BYTES_IN_FLIGHT); past it a POST gets 503
 	// with Retry-After. Nil: no cap.
 	Budget *budget.Budget
+	// Keys serves /v1/tenants and /v1/keys; nil leaves them out.
+	Keys KeyManager
+	// Cancel serves DELETE /v1/messages/{id}; nil leaves it out.
+	Cancel Canceler
+	// MaxBatch caps the messages of POST /v1/messages/batch
+	// (MAILFERRY_MAX_BATCH); 0: DefaultMaxBatch.
+	MaxBatch int
+}
+
+// Quota is a tenant's daily message quota (ratelimit.Quota).
+type Quota interface {
+	Take(ctx context.Context, tenant string, n int64) (ratelimit.QuotaResult, error)
 }
 
 type server struct {
@@ -119,6 +138,9 @@ func New(opts Options) (http.Handler, error) {
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
+	}
+	if opts.MaxBatch <= 0 {
+		opts.MaxBatch = DefaultMaxBatch
 	}
 	if opts.RateLimit < 0 || opts.RateBurst < 0 || math.IsNaN(opts.RateLimit) || math.IsInf(opts.RateLimit, 0) {
 		return nil, errors.New("api: RateLimit and RateBurst must be finite and not negative")
@@ -148,26 +170,7 @@ func New(opts Options) (http.Handler, error) {
 	r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(opts.Registry, promhttp.HandlerOpts{Registry: opts.Registry, ErrorHandling: promhttp.ContinueOnError}))
 	r.Route("/v1", func(r chi.Router) {
 		r.Use(s.authenticate, s.rateLimit)
-		r.Post("/messages", s.sendMessage)
-		r.Get("/messages", s.listMessages)
-		r.Get("/messages/{id}", s.getMessage)
-		if opts.Suppressions != nil {
-			r.Get("/suppressions", s.listSuppressions)
-			r.Get("/suppressions/{email}", s.getSuppression)
-			r.Put("/suppressions/{email}", s.putSuppression)
-			r.Delete("/suppressions/{email}", s.deleteSuppression)
-		}
-		if opts.Webhooks != nil {
-			r.Post("/webhooks", s.createWebhook)
-			r.Get("/webhooks", s.listWebhooks)
-			r.Get("/webhooks/{id}", s.getWebhook)
-			r.Patch("/webhooks/{id}", s.patchWebhook)
-			r.Delete("/webhooks/{id}", s.deleteWebhook)
-			r.Post("/webhooks/{id}/rotate-secret", s.rotateWebhookSecret)
-			r.Get("/webhooks/{id}/deliveries", s.listWebhookDeliveries)
-			r.Post("/webhooks/{id}/replay", s.replayWebhook)
-			r.Get("/events", s.listEvents)
-		}
+		s.mountV1(r)
 	})
 	return r, nil
 }

@@ -136,3 +136,48 @@ func checkWire(t *testing.T, b []byte) []byte {
 	}
 	return head
 }
+
+// FuzzBatch runs a POST /v1/messages/batch body through decodeBatch and
+// each item through batchItem: nothing panics, a refusal of the whole
+// body is a 4xx problem, and each item's refusal is one too, its fields
+// named under messages[i].
+func FuzzBatch(f *testing.F) {
+	for _, s := range []string{
+		`{"messages":[{"from":"alice@example.com","to":["bob@example.net"],"text":"x"}]}`,
+		`{"messages":[{"from":"alice@example.com","to":["bob@example.net"],"text":"x"},{"from":1},{"to":[]},null,[]]}`,
+		`{"messages":[]}`, `{"messages":null}`, `{"messages":[{}],"x":1}`, `{"messages":[1,2,3,4]}`, `[]`, `{} {}`,
+	} {
+		f.Add([]byte(s))
+	}
+	s := &server{opts: Options{
+		Hostname: "relay.test", MaxMessageBytes: 1 << 20, MaxRecipients: 50, MaxBatch: 3,
+		MaxScheduleAhead: 30 * 24 * time.Hour, Now: time.Now,
+	}}
+	key := store.APIKey{ID: "kfuzz", TenantID: "acme", Domains: []string{"example.com"}}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		items, p := decodeBatch(body, s.opts.MaxBatch)
+		if p != nil {
+			checkProblem(t, p, http.StatusBadRequest, http.StatusUnprocessableEntity)
+			return
+		}
+		if len(items) == 0 || len(items) > s.opts.MaxBatch {
+			t.Fatalf("decodeBatch passed %d items", len(items))
+		}
+		for i, raw := range items {
+			_, resp, p := s.batchItem(t.Context(), key, raw)
+			if p == nil {
+				if resp == nil {
+					t.Fatal("no problem and no answer")
+				}
+				continue
+			}
+			q := itemProblem(p, i)
+			checkProblem(t, q, http.StatusBadRequest, http.StatusUnprocessableEntity, http.StatusRequestEntityTooLarge, http.StatusForbidden)
+			for _, fp := range q.Errors {
+				if !strings.HasPrefix(fp.Field, "messages[") {
+					t.Fatalf("item field %q not under messages[i]", fp.Field)
+				}
+			}
+		}
+	})
+}

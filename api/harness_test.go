@@ -21,6 +21,7 @@ import (
 	"github.com/mailferry/mailferry/internal/testenv"
 	"github.com/mailferry/mailferry/internal/teststack"
 	"github.com/mailferry/mailferry/queue"
+	"github.com/mailferry/mailferry/ratelimit"
 	"github.com/mailferry/mailferry/store"
 )
 
@@ -39,6 +40,7 @@ type harness struct {
 	key    string // secret of a key for tenant "acme", domain example.com
 	keyID  string
 	tenant string
+	opts   api.Options // to start another API process on the same ledger and queue
 }
 
 type harnessOptions struct {
@@ -48,9 +50,12 @@ type harnessOptions struct {
 	draining        func() bool
 	rateLimit       float64
 	rateBurst       int
+	limiter         ratelimit.Limiter
+	quota           api.Quota
 	now             func() time.Time
 	budget          *budget.Budget
 	ledger          func(*store.Store) intake.Ledger // wraps the store under intake
+	maxBatch        int                              // 0: api.DefaultMaxBatch
 }
 
 func newHarness(t *testing.T, opts harnessOptions) *harness {
@@ -95,7 +100,7 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 			t.Fatal("the key cache is not listening after 10 s")
 		}
 	}
-	h, err := api.New(api.Options{
+	apiOpts := api.Options{
 		Auth: keys, Reader: st, Intake: in, Registry: reg, Suppressions: st,
 		Ready:           []api.Check{{Name: "postgres", Ping: st.Ping}, {Name: "redis", Ping: q.Ping}},
 		Hostname:        "relay.test",
@@ -104,10 +109,16 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 		Draining:        opts.draining,
 		RateLimit:       opts.rateLimit,
 		RateBurst:       opts.rateBurst,
+		Limiter:         opts.limiter,
+		Quota:           opts.quota,
 		Now:             opts.now,
 		Budget:          opts.budget,
 		Webhooks:        st,
-	})
+		Keys:            st,
+		Cancel:          st,
+		MaxBatch:        opts.maxBatch,
+	}
+	h, err := api.New(apiOpts)
 	if err != nil {
 		t.Fatalf("api.New: %v", err)
 	}
@@ -122,7 +133,7 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 		t.Fatal(err)
 	}
 	t.Cleanup(db.Close)
-	return &harness{t: t, srv: srv, store: st, queue: q, rdb: ts.Redis, dbURL: dbURL, db: db, spec: loadSpec(t), key: secret, keyID: key.ID, tenant: "acme"}
+	return &harness{t: t, srv: srv, store: st, queue: q, rdb: ts.Redis, dbURL: dbURL, db: db, spec: loadSpec(t), key: secret, keyID: key.ID, tenant: "acme", opts: apiOpts}
 }
 
 type response struct {

@@ -182,7 +182,7 @@ func TestMessageLogRefusals(t *testing.T) {
 		field string
 	}{
 		{"status=sent", "status"},
-		{"status=canceled", "status"},
+		{"status=sent", "status"},
 		{"recipient=not-an-address", "recipient"},
 		{"recipient=Ann+%3Cann@example.net%3E", "recipient"},
 		{"since=yesterday", "since"},

@@ -65,8 +65,11 @@ func pointer(tok string) string {
 	return strings.ReplaceAll(strings.ReplaceAll(tok, "~", "~0"), "/", "~1")
 }
 
-// match finds the path template of the spec for a request path.
+// match finds the path template of the spec for a request path; a
+// literal segment wins over a parameter (/v1/messages/batch is not
+// /v1/messages/{id}).
 func (s *spec) match(path string) (string, bool) {
+	best, bestParams := "", -1
 	paths, _ := s.doc["paths"].(map[string]any)
 	path, _, _ = strings.Cut(path, "?")
 	reqParts := strings.Split(strings.Trim(path, "/"), "/")
@@ -82,11 +85,11 @@ func (s *spec) match(path string) (string, bool) {
 				break
 			}
 		}
-		if ok {
-			return tmpl, true
+		if params := strings.Count(tmpl, "{"); ok && (bestParams < 0 || params < bestParams) {
+			best, bestParams = tmpl, params
 		}
 	}
-	return "", false
+	return best, bestParams >= 0
 }
 
 // validate checks one response; body is the response body already read.

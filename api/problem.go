@@ -50,6 +50,10 @@ var (
 	kindInternal     = kind{http.StatusInternalServerError, "internal", "Internal error"}
 	kindNoRoute      = kind{http.StatusNotFound, "not-found", "No such route"}
 	kindNoMethod     = kind{http.StatusMethodNotAllowed, "method-not-allowed", "Method not allowed"}
+	kindScope        = kind{http.StatusForbidden, "insufficient-scope", "The key may not do this"}
+	kindTenantDenied = kind{http.StatusForbidden, "other-tenant", "Another tenant's resource"}
+	kindNothingLeft  = kind{http.StatusConflict, "nothing-to-cancel", "Nothing left to cancel"}
+	kindTooMany      = kind{http.StatusUnprocessableEntity, "batch-too-large", "Too many messages in the batch"}
 )
 
 func newProblem(k kind, detail string, fields ...FieldProblem) *problem {

@@ -40,11 +40,12 @@ type Config struct {
 	MaxQueueAge              time.Duration   // MAILFERRY_MAX_QUEUE_AGE, 120h
 	MaxMessageBytes          int64           // MAILFERRY_MAX_MESSAGE_BYTES, 26214400
 	MaxRecipients            int             // MAILFERRY_MAX_RECIPIENTS, 1000
+	MaxBatch                 int             // MAILFERRY_MAX_BATCH, 100 messages per POST /v1/messages/batch
 	MaxBytesInFlight         int64           // MAILFERRY_MAX_BYTES_IN_FLIGHT, 134217728 (128 MiB), message bytes held by API and submission at once
 	WorkerConcurrency        int             // MAILFERRY_WORKER_CONCURRENCY, 256
 	WorkerPerDomain          int             // MAILFERRY_WORKER_PER_DOMAIN, 32: per destination (next hop)
 	SmarthostConnections     int             // MAILFERRY_SMARTHOST_CONNECTIONS, 50
-	RateLimit                int             // MAILFERRY_RATE_LIMIT, 100 requests (API) and messages (SMTP) a second per API key, shared (burst 2×); 0 = off
+	RateLimit                int             // MAILFERRY_RATE_LIMIT, 100 requests (API) and messages (SMTP) a second per API key, shared by the fleet (burst 2×); 0 = off
 	SecretKey                []byte          // MAILFERRY_SECRET_KEY, none
 
 	SubmissionAddr       string // MAILFERRY_SUBMISSION_ADDR, ":587"
@@ -76,6 +77,12 @@ type Config struct {
 
 	WebhookRetrySchedule []time.Duration // MAILFERRY_WEBHOOK_RETRY_SCHEDULE, 5s,5m,30m,2h,5h,10h,10h
 	EventRetention       time.Duration   // MAILFERRY_EVENT_RETENTION, 720h (30 days)
+
+	// Scale-out: poolers, fleet-wide limits, shaping (README.md, Scale-out).
+	DatabasePooler    string   // MAILFERRY_DATABASE_POOLER, "none" (or "pgbouncer": transaction pooling in front of PostgreSQL)
+	DatabaseDirectURL *url.URL // MAILFERRY_DATABASE_DIRECT_URL, none: PostgreSQL itself, for LISTEN; unset behind a pooler, key revocation is polled
+	TenantDailyQuota  int      // MAILFERRY_TENANT_DAILY_QUOTA, 0 = none: messages a tenant may send a UTC day
+	ShapingFile       string   // MAILFERRY_SHAPING_FILE, none: YAML of per-destination limits, merged over the built-in ones
 }
 
 // Var names one environment variable with its default, for help texts.
@@ -96,11 +103,12 @@ func Vars() []Var {
 		{"MAILFERRY_MAX_QUEUE_AGE", "120h", "after this a deferred recipient bounces as expired"},
 		{"MAILFERRY_MAX_MESSAGE_BYTES", "26214400", "larger messages are refused with 413"},
 		{"MAILFERRY_MAX_RECIPIENTS", "1000", "recipients per message (to+cc+bcc)"},
+		{"MAILFERRY_MAX_BATCH", "100", "messages per POST /v1/messages/batch; more is refused with 422"},
 		{"MAILFERRY_MAX_BYTES_IN_FLIGHT", "134217728", "message bytes the API and submission hold at once (128 MiB, for a 512 MiB pod); beyond it 503 or SMTP 452 4.3.1"},
 		{"MAILFERRY_WORKER_CONCURRENCY", "256", "SMTP transactions in flight per worker process"},
 		{"MAILFERRY_WORKER_PER_DOMAIN", "32", "most transactions in flight to one destination (an MX host, shared by every domain it serves), over every worker"},
 		{"MAILFERRY_SMARTHOST_CONNECTIONS", "50", "most transactions in flight to MAILFERRY_SMARTHOST, over every worker"},
-		{"MAILFERRY_RATE_LIMIT", "100", "API requests and SMTP messages a second per key, together, in bursts of twice that, per process (0: off); beyond it 429 or SMTP 451 4.7.0"},
+		{"MAILFERRY_RATE_LIMIT", "100", "API requests and SMTP messages a second per key, together, in bursts of twice that, over the fleet (GCRA in Redis; 0: off); beyond it 429 or SMTP 451 4.7.0"},
 		{"MAILFERRY_SECRET_KEY", "none", "encrypts DKIM private keys at rest"},
 		{"MAILFERRY_SUBMISSION_ADDR", ":587", "SMTP submission with STARTTLS (empty: off)"},
 		{"MAILFERRY_SUBMISSIONS_ADDR", ":465", "SMTP submission with implicit TLS (empty: off)"},
@@ -127,6 +135,10 @@ func Vars() []Var {
 		{"MAILFERRY_SOFT_BOUNCE_LIMIT", "5", "consecutive soft failures across messages before the address is suppressed (0: never)"},
 		{"MAILFERRY_WEBHOOK_RETRY_SCHEDULE", "5s,5m,30m,2h,5h,10h,10h", "delays between webhook attempts; the last repeats until the delivery is 3 days old, then it is given up"},
 		{"MAILFERRY_EVENT_RETENTION", "720h", "events (the /v1/events feed, webhook deliveries and their history) older than this are deleted (30 days)"},
+		{"MAILFERRY_DATABASE_POOLER", "none", "pgbouncer: MAILFERRY_DATABASE_URL is PgBouncer in transaction pooling mode (no named prepared statements)"},
+		{"MAILFERRY_DATABASE_DIRECT_URL", "none", "PostgreSQL itself, bypassing the pooler, for the LISTEN that revokes API keys at once; unset behind a pooler: revocation is polled, within 1s"},
+		{"MAILFERRY_TENANT_DAILY_QUOTA", "0", "messages each tenant may send per UTC day, over the fleet (0: no quota); beyond it 429 with Retry-After at midnight UTC"},
+		{"MAILFERRY_SHAPING_FILE", "none", "YAML file of per-destination limits and automation rules, over the built-in ones (mailferry shaping show)"},
 	}
 }
 
@@ -154,6 +166,7 @@ func Load(lookup func(string) (string, bool)) (Config, error) {
 		MaxQueueAge:              p.duration("MAILFERRY_MAX_QUEUE_AGE", 120*time.Hour),
 		MaxMessageBytes:          int64(p.intRange("MAILFERRY_MAX_MESSAGE_BYTES", 26214400, 1024, 1<<30)),
 		MaxRecipients:            p.intRange("MAILFERRY_MAX_RECIPIENTS", 1000, 1, 100000),
+		MaxBatch:                 p.intRange("MAILFERRY_MAX_BATCH", 100, 1, 10000),
 		SoftBounceLimit:          p.intRange("MAILFERRY_SOFT_BOUNCE_LIMIT", 5, 0, 1000000),
 		MaxBytesInFlight:         int64(p.intRange("MAILFERRY_MAX_BYTES_IN_FLIGHT", 128<<20, 1024, 1<<40)),
 		WorkerConcurrency:        p.intRange("MAILFERRY_WORKER_CONCURRENCY", 256, 1, 100000),
@@ -185,6 +198,10 @@ func Load(lookup func(string) (string, bool)) (Config, error) {
 		// events long enough for their webhooks' first retries.
 		EventRetention: p.durationAtLeast("MAILFERRY_EVENT_RETENTION", 720*time.Hour, time.Hour),
 	}
+	c.DatabasePooler = p.oneOf("MAILFERRY_DATABASE_POOLER", "none", "none", "pgbouncer")
+	c.DatabaseDirectURL = p.optionalURL("MAILFERRY_DATABASE_DIRECT_URL", "postgres", "postgresql")
+	c.TenantDailyQuota = p.intRange("MAILFERRY_TENANT_DAILY_QUOTA", 0, 0, 1<<31-1)
+	c.ShapingFile = p.file("MAILFERRY_SHAPING_FILE")
 	if t, err := lease.New(c.VisibilityTimeout); err != nil {
 		p.errs = append(p.errs, err) // names the variable itself
 	} else {

@@ -104,6 +104,7 @@ func rowError(err error) (string, bool) {
 type Ledger interface {
 	AcceptBatch(ctx context.Context, msgs []store.NewMessage) error
 	AcceptIdempotent(ctx context.Context, msg store.NewMessage, key store.Idempotency) (*store.Idempotency, error)
+	AcceptIdempotentBatch(ctx context.Context, msgs []store.NewMessage, key store.Idempotency) (*store.Idempotency, error)
 	// MessageExists settles a write whose reply was lost: did it commit?
 	MessageExists(ctx context.Context, id uuid.UUID) (bool, error)
 	// LookupIdempotency finds a repeat before its jobs are queued.

@@ -2,9 +2,10 @@
 // submission share (MAILFERRY_RATE_LIMIT): one request or one message
 // costs one token, whichever door it comes through.
 //
-// Local is a token bucket per key in this process. The Limiter interface
-// takes a context and returns an error so that a limiter shared by the
-// fleet (a GCRA in Redis, one round trip a request) can stand in for it.
+// Redis, the one serve uses, is a GCRA per key in Redis shared by the
+// fleet (one round trip a request); Local is a token bucket per key in
+// this process, for a single process and tests. Quota counts a tenant's
+// messages per UTC day (MAILFERRY_TENANT_DAILY_QUOTA).
 package ratelimit
 
 import (
@@ -55,9 +56,8 @@ const maxKeys = 10000
 // It is per process: with N processes a key may make N times the rate in
 // all. That protects each process, and the ledger behind it, from one
 // runaway client without a Redis round trip on every request and without
-// failing when Redis does. Operators who scale out divide
-// MAILFERRY_RATE_LIMIT by the number of API processes until a fleet-wide
-// Limiter replaces this one.
+// failing when Redis does. serve uses Redis instead, which holds across
+// processes.
 type Local struct {
 	limit Limit
 	rate  float64 // tokens a second

@@ -45,8 +45,22 @@ func (w *Worker) route(ctx context.Context, domain string) *nextHop {
 	case err != nil:
 		return &nextHop{err: err}
 	case w.opts.Smarthost:
-		return &nextHop{hosts: hosts, dest: SmarthostDestination, max: w.opts.SmarthostConnections}
+		return w.shaped(&nextHop{hosts: hosts, dest: SmarthostDestination, max: w.opts.SmarthostConnections})
 	default:
-		return &nextHop{hosts: hosts, dest: destinationOf(hosts), max: w.opts.PerDestination}
+		return w.shaped(&nextHop{hosts: hosts, dest: destinationOf(hosts), max: w.opts.PerDestination})
 	}
 }
+
+// shaped applies the shaping file's max_connections for the destination.
+func (w *Worker) shaped(h *nextHop) *nextHop {
+	if w.opts.Shaper != nil {
+		if n := w.opts.Shaper.MaxConnections(h.dest); n > 0 {
+			h.max = n
+		}
+	}
+	return h
+}
+
+// DestinationName is the destination (next hop) a route's hosts make, as
+// the scheduler, metrics and `mailferry shaping show` name it.
+func DestinationName(hosts []Host) string { return destinationOf(hosts) }

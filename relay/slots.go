@@ -42,6 +42,7 @@ var _ DestLeases = (*queue.Leases)(nil)
 // for everyone else: waiting jobs hold no transaction slot of the worker.
 type destGate struct {
 	leases    DestLeases
+	shaper    Shaper // nil: no shaping file
 	slowAfter time.Duration
 	now       func() time.Time
 	log       *slog.Logger
@@ -93,8 +94,8 @@ const (
 	pollMax = time.Second
 )
 
-func newDestGate(leases DestLeases, slowAfter time.Duration, now func() time.Time, log *slog.Logger) *destGate {
-	return &destGate{leases: leases, slowAfter: slowAfter, now: now, log: log, m: map[string]*gateDest{}}
+func newDestGate(leases DestLeases, shaper Shaper, slowAfter time.Duration, now func() time.Time, log *slog.Logger) *destGate {
+	return &destGate{leases: leases, shaper: shaper, slowAfter: slowAfter, now: now, log: log, m: map[string]*gateDest{}}
 }
 
 // dest returns dest's state, creating it; g.mu must be held.
@@ -166,6 +167,26 @@ func (g *destGate) pump(ctx context.Context, dest string, d *gateDest) {
 		if err != nil && ctx.Err() == nil {
 			g.log.LogAttrs(ctx, slog.LevelWarn, "acquire destination lease", slog.String("destination", dest), slog.Any("error", err))
 		}
+		// The shaping file's rate and suspensions, after the connection
+		// count: a message-rate token is spent only on a transaction that
+		// has its lease, so a destination at its connection limit does not
+		// burn its rate. Leases not admitted go back at once, unjudged.
+		if len(ids) > 0 {
+			k, pace := g.admit(ctx, dest, len(ids))
+			for _, id := range ids[k:] {
+				if _, _, _, rerr := g.leases.Release(ctx, dest, id, queue.Unjudged, "", lim, false, g.now()); rerr != nil && ctx.Err() == nil {
+					g.log.LogAttrs(ctx, slog.LevelWarn, "release destination lease; it lapses on its own", slog.String("destination", dest), slog.Any("error", rerr))
+				}
+			}
+			ids = ids[:k]
+			if k == 0 {
+				select {
+				case <-ctx.Done():
+				case <-time.After(min(pace, pollMax)):
+				}
+				continue
+			}
+		}
 		g.mu.Lock()
 		if err == nil {
 			d.limit = limit
@@ -204,6 +225,30 @@ func (g *destGate) hand(dest string, d *gateDest, ids []string) (spare []string)
 	return nil
 }
 
+// admit asks the shaper how many of n transactions to dest may start, and
+// how long to wait when none may. Without a shaper, or when Redis does not
+// answer, all may: shaping must not stop the mail.
+func (g *destGate) admit(ctx context.Context, dest string, n int) (int, time.Duration) {
+	if g.shaper == nil {
+		return n, 0
+	}
+	k, wait, err := g.shaper.Admit(ctx, dest, n)
+	if err != nil {
+		if ctx.Err() == nil {
+			g.log.LogAttrs(ctx, slog.LevelWarn, "shaping unavailable; destination unshaped", slog.String("destination", dest), slog.Any("error", err))
+		}
+		return n, 0
+	}
+	return k, max(wait, pollMin)
+}
+
+// observe runs a transaction's replies through the automation rules.
+func (g *destGate) observe(ctx context.Context, dest string, a *Attempt) {
+	if _, err := g.shaper.Observe(ctx, dest, replies(a)); err != nil {
+		g.log.LogAttrs(ctx, slog.LevelWarn, "shaping rule not applied", slog.String("destination", dest), slog.Any("error", err))
+	}
+}
+
 // judge notes the transaction run under the slot, for release.
 func (s *slot) judge(a Attempt) { s.att = &a }
 
@@ -218,6 +263,16 @@ func (g *destGate) release(s *slot) {
 			v = queue.Unhealthy
 		}
 	}
+	// Not the job's context: a lease left behind costs a transaction slot
+	// until its TTL.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if g.shaper != nil && s.att != nil {
+		g.observe(ctx, s.dest, s.att)
+	}
+	// A paced destination's next transaction waits to be admitted by the
+	// pump: handing the slot straight on would pass its rate by.
+	paced := g.shaper != nil && g.shaper.Paced(ctx, s.dest)
 	g.mu.Lock()
 	d := g.m[s.dest]
 	if d == nil {
@@ -225,12 +280,8 @@ func (g *destGate) release(s *slot) {
 	}
 	delete(d.running, s.id)
 	d.last = g.now()
-	handoff := len(d.waiters) > 0
+	handoff := len(d.waiters) > 0 && !paced
 	g.mu.Unlock()
-	// Not the job's context: a lease left behind costs a transaction slot
-	// until its TTL.
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
 	next, limit, free, err := g.leases.Release(ctx, s.dest, s.id, v, why, s.lim, handoff, g.now())
 	if err != nil {
 		g.log.LogAttrs(ctx, slog.LevelWarn, "release destination lease; it lapses on its own", slog.String("destination", s.dest), slog.Any("error", err))
@@ -245,7 +296,7 @@ func (g *destGate) release(s *slot) {
 	}
 	// The pump asks again only if the limit has room the handoff did not
 	// use (it grew), or Redis failed: otherwise it would be refused.
-	if len(d.waiters) > 0 && (free > 0 || err != nil) {
+	if len(d.waiters) > 0 && (free > 0 || err != nil || paced) {
 		poke(d.wake)
 	}
 	g.mu.Unlock()

@@ -33,7 +33,7 @@ func newGate(t *testing.T, prefix, name string) *destGate {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return newDestGate(l, 10*time.Second, time.Now, slog.New(slog.DiscardHandler))
+	return newDestGate(l, nil, 10*time.Second, time.Now, slog.New(slog.DiscardHandler))
 }
 
 // TestDestGateHandoff: with the fleet's one slot taken, a job waits in

@@ -108,6 +108,10 @@ type WorkerOptions struct {
 	// (default 50).
 	Smarthost            bool
 	SmarthostConnections int
+	// Shaper applies MAILFERRY_SHAPING_FILE to destinations: their
+	// max_connections in place of the caps above, their message rates and
+	// automation rules. Nil: none.
+	Shaper Shaper
 	// SlowAfter is when a transaction counts as slow; default 10s.
 	SlowAfter time.Duration
 	// KeyCacheTTL is how long a sender domain's opened DKIM keys are
@@ -254,7 +258,7 @@ func NewWorker(opts WorkerOptions) (*Worker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("relay worker: %w", err)
 	}
-	w := &Worker{opts: opts, gate: newDestGate(leases, opts.SlowAfter, opts.Now, opts.Logger), keys: newKeyCache(opts.KeyCacheTTL),
+	w := &Worker{opts: opts, gate: newDestGate(leases, opts.Shaper, opts.SlowAfter, opts.Now, opts.Logger), keys: newKeyCache(opts.KeyCacheTTL),
 		runners: make(chan struct{}, opts.Concurrency), waiting: map[string]*holding{}, wake: make(chan struct{}, 1)}
 	opts.Metrics.watch(w.gate)
 	return w, nil

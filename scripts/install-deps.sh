@@ -3,7 +3,7 @@
 # redis-server and redis-cli (a Redis Cluster for the tests), the PostgreSQL server, swaks (an outside SMTP client the
 # submission tests use) and Postfix (the bounce test runs its own instance
 # as a real MTA that bounces after queueing), unbound (a validating resolver
-# for the DANE tests); with arguments also:
+# for the DANE tests), pgbouncer (transaction pooling tests); with arguments also:
 #
 #   node      Node.js 20 or later and npm, for MailDev (`make run`)
 #   chromium  headless Chromium (`make demo-test`)
@@ -23,6 +23,10 @@ perl -MNet::SSLeay -MIO::Socket::SSL -e1 >/dev/null 2>&1 || need="$need libnet-s
 # unbound: the validating resolver the DANE tests put in front of a
 # DNSSEC-signed test zone (internal/testmx/unbound.go).
 [ -x /usr/sbin/unbound ] || need="$need unbound"
+# pgbouncer: the tests run Mailferry behind PgBouncer in transaction pooling
+# mode (internal/devstack/pgbouncer.go); the package's system service is
+# never started by the tests.
+[ -x /usr/sbin/pgbouncer ] || need="$need pgbouncer"
 if ! command -v pg_config >/dev/null 2>&1 || [ ! -x "$(pg_config --bindir 2>/dev/null)/initdb" ]; then
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need="$need postgresql"
 fi

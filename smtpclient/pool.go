@@ -20,6 +20,10 @@ type Reuse struct {
 	// MaxMessages per connection; default 100. Bounds what one session
 	// carries and spreads load over a host's addresses again.
 	MaxMessages int
+	// MaxMessagesFor, when set, gives the cap for connections to an MX
+	// host (the shaping file's max_messages_per_connection); 0 from it
+	// means MaxMessages.
+	MaxMessagesFor func(host string) int
 	// MaxAge of a connection; default 5m.
 	MaxAge time.Duration
 	// MaxIdle connections kept in all; default 256.
@@ -100,7 +104,7 @@ func (p *connPool) take(k poolKey) *session {
 // or the pool is full.
 func (p *connPool) put(s *session) {
 	now := p.now()
-	if p.opts.Disabled || s.used >= p.opts.MaxMessages || now.Sub(s.born) >= p.opts.MaxAge {
+	if p.opts.Disabled || s.used >= p.maxMessages(s.host.Name) || now.Sub(s.born) >= p.opts.MaxAge {
 		s.close()
 		return
 	}
@@ -115,6 +119,16 @@ func (p *connPool) put(s *session) {
 	p.idle[k] = append(p.idle[k], s)
 	p.count++
 	p.mu.Unlock()
+}
+
+// maxMessages is the cap on messages per connection to host.
+func (p *connPool) maxMessages(host string) int {
+	if p.opts.MaxMessagesFor != nil {
+		if n := p.opts.MaxMessagesFor(host); n > 0 {
+			return n
+		}
+	}
+	return p.opts.MaxMessages
 }
 
 // sweep closes the sessions idle longer than Idle.

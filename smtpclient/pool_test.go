@@ -37,6 +37,11 @@ func TestConnectionReuse(t *testing.T) {
 			want: []string{"delivered 250 2.0.0", "delivered 250 2.0.0", "delivered 250 2.0.0", "delivered 250 2.0.0", "delivered 250 2.0.0"},
 		},
 		{
+			// The shaping file's max_messages_per_connection, per MX host.
+			name: "a cap per host", reuse: Reuse{MaxMessages: 100, MaxMessagesFor: func(string) int { return 2 }}, sends: 5, conns: 3,
+			want: []string{"delivered 250 2.0.0", "delivered 250 2.0.0", "delivered 250 2.0.0", "delivered 250 2.0.0", "delivered 250 2.0.0"},
+		},
+		{
 			// RFC 5321 4.5.3.2.7: a server may close an idle session;
 			// the next message must not fail for it.
 			name: "server closed the idle connection", sends: 3, conns: 3,

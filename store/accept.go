@@ -50,6 +50,8 @@ type NewRecipient struct {
 
 // Idempotency is the first answer to a request with an Idempotency-Key.
 type Idempotency struct {
+	// TenantID owns the key; "" takes the first message's tenant.
+	TenantID    string
 	Key         string
 	RequestHash []byte // lets the API tell a repeat from a different request reusing the key
 	Status      int    // HTTP status of the first answer
@@ -125,30 +127,54 @@ func (s *Store) AcceptBatch(ctx context.Context, msgs []NewMessage) error {
 // replaced. Two concurrent calls with one key store one message: the
 // second waits for the first and then returns its record.
 func (s *Store) AcceptIdempotent(ctx context.Context, msg NewMessage, key Idempotency) (existing *Idempotency, err error) {
-	if err := msg.check(); err != nil {
-		return nil, fmt.Errorf("accept idempotent: %w: %w", ErrRejected, err)
+	if key.CreatedAt.IsZero() {
+		key.CreatedAt = msg.CreatedAt
+	}
+	existing, err = s.AcceptIdempotentBatch(ctx, []NewMessage{msg}, key)
+	if err != nil {
+		return nil, fmt.Errorf("accept idempotent: %w", err)
+	}
+	return existing, nil
+}
+
+// AcceptIdempotentBatch is AcceptIdempotent for a batch (POST
+// /v1/messages/batch): the key and every message in one transaction, all
+// or none. The key names the first message; a batch of none stores the
+// key alone, so a repeat still gets the first answer.
+func (s *Store) AcceptIdempotentBatch(ctx context.Context, msgs []NewMessage, key Idempotency) (existing *Idempotency, err error) {
+	for i := range msgs {
+		if err := msgs[i].check(); err != nil {
+			return nil, fmt.Errorf("accept idempotent batch: %w: message %d: %w", ErrRejected, i, err)
+		}
 	}
 	if key.Key == "" || len(key.Key) > maxIdempotencyKey || !storable(key.Key) {
-		return nil, fmt.Errorf("accept idempotent: %w: key must be 1 to %d bytes of UTF-8 without NUL", ErrRejected, maxIdempotencyKey)
+		return nil, fmt.Errorf("accept idempotent batch: %w: key must be 1 to %d bytes of UTF-8 without NUL", ErrRejected, maxIdempotencyKey)
+	}
+	if key.TenantID == "" && len(msgs) > 0 {
+		key.TenantID = msgs[0].TenantID
+	}
+	if key.TenantID == "" {
+		return nil, fmt.Errorf("accept idempotent batch: %w: no tenant", ErrRejected)
 	}
 	now := time.Now()
 	var deliveries int
 	if key.CreatedAt.IsZero() {
-		key.CreatedAt = msg.CreatedAt
-		if key.CreatedAt.IsZero() {
-			key.CreatedAt = now
-		}
+		key.CreatedAt = now
+	}
+	var first *uuid.UUID
+	if len(msgs) > 0 {
+		first = &msgs[0].ID
 	}
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		// The key goes first so a repeat writes no body; its foreign key to
 		// the message is checked at commit.
 		var claimed bool
 		err := tx.QueryRow(ctx, claimIdempotency,
-			msg.TenantID, key.Key, nonNil(key.RequestHash), key.Status, nonNil(key.Response),
-			msg.ID, key.CreatedAt, key.CreatedAt.Add(-IdempotencyTTL)).Scan(&claimed)
+			key.TenantID, key.Key, nonNil(key.RequestHash), key.Status, nonNil(key.Response),
+			first, key.CreatedAt, key.CreatedAt.Add(-IdempotencyTTL)).Scan(&claimed)
 		if errors.Is(err, pgx.ErrNoRows) {
 			var e Idempotency
-			err := tx.QueryRow(ctx, selectIdempotency, msg.TenantID, key.Key).
+			err := tx.QueryRow(ctx, selectIdempotency, key.TenantID, key.Key).
 				Scan(&e.Key, &e.RequestHash, &e.Status, &e.Response, &e.CreatedAt)
 			if err != nil {
 				return fmt.Errorf("read key: %w", err)
@@ -159,14 +185,17 @@ func (s *Store) AcceptIdempotent(ctx context.Context, msg NewMessage, key Idempo
 		if err != nil {
 			return fmt.Errorf("claim key: %w", err)
 		}
-		deliveries, err = copyMessages(ctx, tx, []NewMessage{msg}, now)
+		if len(msgs) == 0 {
+			return nil
+		}
+		deliveries, err = copyMessages(ctx, tx, msgs, now)
 		return err
 	})
 	if errors.Is(err, errRepeat) {
 		return existing, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("accept idempotent: %w", rejected(err))
+		return nil, fmt.Errorf("accept idempotent batch: %w", rejected(err))
 	}
 	if deliveries > 0 {
 		s.EventsAdded()

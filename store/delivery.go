@@ -54,7 +54,7 @@ const (
 	(SELECT reason FROM parked_jobs WHERE message_id = $1 AND domain = $2 AND parked_at IS NOT NULL), require_tls
 FROM messages WHERE id = $1`
 	selectPending = `SELECT idx, email, attempts, next_attempt_at FROM recipients
-WHERE message_id = $1 AND domain = $2 AND status NOT IN ('delivered', 'bounced', 'suppressed') ORDER BY idx`
+WHERE message_id = $1 AND domain = $2 AND status NOT IN ('delivered', 'bounced', 'suppressed', 'canceled') ORDER BY idx`
 	// saveSignature stores the header unless one is stored and returns the
 	// one that counts, in one statement. A NULL means a concurrent signer
 	// committed after this statement's snapshot: readSignature sees it.
@@ -72,7 +72,7 @@ SELECT dkim_header FROM messages WHERE id = $1 AND NOT EXISTS (SELECT FROM saved
 	// the first one wrote, so only one of them gets it.
 	takeLease = `UPDATE recipients SET next_attempt_at = $3, lease_owner = $4,
 	lease_until = now() + $5::bigint * interval '1 microsecond', updated_at = now()
-WHERE message_id = $1 AND idx = ANY($2) AND status NOT IN ('delivered', 'bounced', 'suppressed')
+WHERE message_id = $1 AND idx = ANY($2) AND status NOT IN ('delivered', 'bounced', 'suppressed', 'canceled')
 AND (lease_owner IS NULL OR lease_until < now())
 AND (next_attempt_at IS NULL OR next_attempt_at <= $6)
 RETURNING idx`
@@ -80,7 +80,7 @@ RETURNING idx`
 	// the holder lives, that is the earliest another attempt could start.
 	renewLease = `UPDATE recipients SET lease_until = now() + $4::bigint * interval '1 microsecond',
 	next_attempt_at = greatest(next_attempt_at, now() + $4::bigint * interval '1 microsecond')
-WHERE message_id = $1 AND idx = ANY($2) AND lease_owner = $3 AND status NOT IN ('delivered', 'bounced', 'suppressed')`
+WHERE message_id = $1 AND idx = ANY($2) AND lease_owner = $3 AND status NOT IN ('delivered', 'bounced', 'suppressed', 'canceled')`
 	// lockMessage serialises RecordOutcomes per message: without it, workers
 	// for two domains finishing at once each miss the other's uncommitted
 	// recipients and neither completes the message. Advisory, so no row is
@@ -120,7 +120,7 @@ WHERE message_id = $1 AND idx = ANY($2) AND lease_owner = $3 AND status NOT IN (
 		bounce_type = o.bounce_type, bounce_class = o.bounce_class, bounce_async = false
 	FROM o
 	WHERE r.message_id = $1 AND r.idx = o.idx AND r.attempts = o.attempt - 1
-	AND r.status NOT IN ('delivered', 'bounced', 'suppressed')
+	AND r.status NOT IN ('delivered', 'bounced', 'suppressed', 'canceled')
 	RETURNING r.idx, ` + suppressionAddr + ` AS addr, o.outcome, o.bounce_type, o.outcome = 'bounced' AND o.suppress AS suppress
 ), inserted AS (
 	INSERT INTO attempts (` + attemptColumnList + `)
@@ -170,12 +170,13 @@ AND b.email = ` + suppressionAddr + ` AND $3::int > 0 AND b.failures >= $3`
 	// same row version, so no write is added.
 	completeMessage = `UPDATE messages SET body = NULL, completed_at = now(), status = ` + finalStatus + `
 WHERE id = $1 AND completed_at IS NULL
-AND NOT EXISTS (SELECT 1 FROM recipients WHERE message_id = $1 AND status NOT IN ('delivered', 'bounced', 'suppressed'))
+AND NOT EXISTS (SELECT 1 FROM recipients WHERE message_id = $1 AND status NOT IN ('delivered', 'bounced', 'suppressed', 'canceled'))
 RETURNING true`
 	// finalStatus is messageStatus in SQL for a message with no recipient
-	// left to send: delivered, partially_delivered or bounced.
+	// left to send: delivered, partially_delivered, canceled or bounced.
 	finalStatus = `(SELECT CASE WHEN bool_and(status = 'delivered') THEN 'delivered'
-	WHEN bool_or(status = 'delivered') THEN 'partially_delivered' ELSE 'bounced' END
+	WHEN bool_or(status = 'delivered') THEN 'partially_delivered'
+	WHEN bool_and(status = 'canceled') THEN 'canceled' ELSE 'bounced' END
 FROM recipients WHERE message_id = $1)`
 	// restatusMessage follows a report that bounced a recipient of a
 	// message already complete (a DSN after a 250): its status changes,
@@ -358,8 +359,22 @@ func (s *Store) RecordOutcomes(ctx context.Context, id uuid.UUID, outs []Outcome
 	// The events go after the change (they read the recipients' new
 	// attempt numbers and the suppressions just added) and before
 	// clearSoftLimit (which needs nothing of them).
+	// A deferral of a message canceled while it was in flight cancels
+	// the recipient (CancelMessage), before the events, which read it.
+	evs := outcomeEvents(id, outs)
+	var deferred []int
+	for _, o := range outs {
+		if o.Attempt.Outcome == RecipientDeferred {
+			deferred = append(deferred, o.Attempt.Recipient)
+			evs = append(evs, NewEvent{ID: EventID(id, o.Attempt.Recipient, EventMessageCanceled, 0), Type: EventMessageCanceled,
+				MessageID: id, RcptIdx: o.Attempt.Recipient, When: WhenCanceled})
+		}
+	}
+	if len(deferred) > 0 {
+		b.Queue(cancelDeferred, id, toInt16(deferred))
+	}
 	var deliveries int
-	if err := QueueEvents(b, outcomeEvents(id, outs), func(_, nd int) { deliveries = nd }); err != nil {
+	if err := QueueEvents(b, evs, func(_, nd int) { deliveries = nd }); err != nil {
 		return false, fmt.Errorf("record outcomes %s: %w", id, err)
 	}
 	if s.softBounceLimit > 0 {

@@ -88,6 +88,9 @@ const (
 	// on its tenant's suppression list because of this message (an address
 	// listed before adds no event).
 	WhenSuppressed = "suppressed"
+	// WhenCanceled: only if the recipient is canceled (RecordOutcomes: a
+	// deferral of a recipient whose message was canceled meanwhile).
+	WhenCanceled = "canceled"
 )
 
 // EventID is the id of the event typ about recipient rcpt of message msg
@@ -179,7 +182,9 @@ const insertEvents = `WITH input AS (
 		OR (i.cond = 'suppressed' AND EXISTS (SELECT 1 FROM recipients r JOIN messages m ON m.id = r.message_id
 			JOIN suppressions s ON s.tenant_id = m.tenant_id AND s.email = ` + suppressionAddr + `
 			WHERE r.message_id = i.message_id AND r.idx = i.rcpt_idx AND s.message_id = i.message_id
-			AND s.created_at = now())))
+			AND s.created_at = now()))
+		OR (i.cond = 'canceled' AND EXISTS (SELECT 1 FROM recipients r
+			WHERE r.message_id = i.message_id AND r.idx = i.rcpt_idx AND r.status = 'canceled')))
 ), counts AS (
 	SELECT message_id, rcpt_idx, count(*)::int AS n FROM fresh
 	WHERE message_id IS NOT NULL AND given_seq = 0 GROUP BY message_id, rcpt_idx
@@ -242,7 +247,7 @@ func buildEventArgs(evs []NewEvent) (eventArgs, error) {
 		a.ids[i], a.types[i] = id, e.Type
 		switch e.When {
 		case WhenAlways:
-		case WhenAttempt, WhenSuppressed:
+		case WhenAttempt, WhenSuppressed, WhenCanceled:
 			if e.MessageID == uuid.Nil {
 				errs = append(errs, fmt.Errorf("event %d: condition %q needs a message", i, e.When))
 			}

@@ -22,6 +22,9 @@ const KeyCacheChannel = "mailferry_api_keys"
 const (
 	DefaultKeyCacheTTL     = 5 * time.Second
 	DefaultKeyCacheEntries = 10000
+	// KeyCachePollTTL caps TTL when the cache polls (behind a pooler
+	// without a direct URL): how late a revocation may be seen.
+	KeyCachePollTTL = time.Second
 )
 
 const (
@@ -49,7 +52,14 @@ type KeyCacheOptions struct {
 // Revocation stays effectively immediate: Run LISTENs on KeyCacheChannel on
 // a connection of its own, and every notification flushes the cache, so a
 // key revoked in any process is refused within milliseconds. Entries also
-// expire after TTL. While Run is not listening (not started yet, lost its
+// expire after TTL. The listening connection goes to Options.DirectURL
+// when set, since LISTEN needs a session of its own and a transaction
+// pooler (PgBouncer in transaction mode) hands each transaction to any
+// server connection, so notifications would go to a connection nobody
+// reads. Behind a pooler without DirectURL, Run polls instead: the cache is
+// on, but an entry is trusted for at most KeyCachePollTTL (1 s), so a
+// revocation takes effect within a second in every process, for at most
+// one query per key and second per process. While Run is not listening (not started yet, lost its
 // connection, reconnecting) nothing is cached or served from the cache:
 // every request asks PostgreSQL. Only the sha256 of a secret is kept,
 // never the secret.
@@ -70,7 +80,15 @@ type KeyCache struct {
 	// notification of that revocation.
 	gen     uint64
 	entries map[[sha256.Size]byte]cachedKey
+
+	// used is when each key's last use was written (recordUse): at most
+	// one write per key per KeyUseInterval, never one per request.
+	usedMu sync.Mutex
+	used   map[string]time.Time
 }
+
+// KeyUseInterval is how often at most a process writes a key's last use.
+const KeyUseInterval = time.Minute
 
 type cachedKey struct {
 	key     APIKey
@@ -95,9 +113,13 @@ func NewKeyCache(st *Store, opts KeyCacheOptions) (*KeyCache, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	if st.pooled && st.directURL == "" {
+		opts.TTL = min(opts.TTL, KeyCachePollTTL)
+	}
 	return &KeyCache{
 		store: st, ttl: opts.TTL, max: opts.MaxEntries, log: opts.Logger,
 		entries: make(map[[sha256.Size]byte]cachedKey),
+		used:    make(map[string]time.Time),
 	}, nil
 }
 
@@ -105,6 +127,34 @@ func NewKeyCache(st *Store, opts KeyCacheOptions) (*KeyCache, error) {
 // Store.Authenticate. The APIKey returned may be shared with other
 // callers: treat its Domains as read-only.
 func (c *KeyCache) Authenticate(ctx context.Context, secret string) (APIKey, error) {
+	key, err := c.authenticate(ctx, secret)
+	if err == nil {
+		c.recordUse(ctx, key.ID)
+	}
+	return key, err
+}
+
+// recordUse writes the key's last use unless this process wrote it less
+// than KeyUseInterval ago. A failed write is logged, not returned: the
+// request is authenticated all the same.
+func (c *KeyCache) recordUse(ctx context.Context, id string) {
+	now := time.Now()
+	c.usedMu.Lock()
+	if last, ok := c.used[id]; ok && now.Sub(last) < KeyUseInterval {
+		c.usedMu.Unlock()
+		return
+	}
+	if len(c.used) >= c.max {
+		clear(c.used) // bounded: at worst one more write per key
+	}
+	c.used[id] = now
+	c.usedMu.Unlock()
+	if err := c.store.TouchKeys(ctx, []string{id}, now); err != nil {
+		c.log.LogAttrs(ctx, slog.LevelWarn, "record api key use", slog.String("key", id), slog.Any("error", err))
+	}
+}
+
+func (c *KeyCache) authenticate(ctx context.Context, secret string) (APIKey, error) {
 	hash := hashSecret(secret)
 	if !c.listening.Load() {
 		return c.store.authenticate(ctx, secret, hash)
@@ -146,6 +196,10 @@ func hashSecret(secret string) [sha256.Size]byte {
 // Listening reports whether the cache is in use: Run is connected and
 // listening for changes.
 func (c *KeyCache) Listening() bool { return c.listening.Load() }
+
+// Polling reports whether the cache polls rather than listens: the store
+// is behind a pooler and has no direct URL.
+func (c *KeyCache) Polling() bool { return c.store.pooled && c.store.directURL == "" }
 
 // Len is the number of keys cached, expired ones included.
 func (c *KeyCache) Len() int {
@@ -192,6 +246,14 @@ func (c *KeyCache) setListening(on bool) {
 // cache off and reconnects, waiting 100 ms at first and up to 10 s
 // between attempts.
 func (c *KeyCache) Run(ctx context.Context) error {
+	if c.Polling() {
+		c.setListening(true)
+		c.log.LogAttrs(ctx, slog.LevelInfo, "api key cache on, polling: behind a pooler without MAILFERRY_DATABASE_DIRECT_URL; a revoked key is refused within the TTL",
+			slog.Duration("ttl", c.ttl))
+		<-ctx.Done()
+		c.setListening(false)
+		return nil
+	}
 	backoff := keyCacheMinBackoff
 	for {
 		connected, err := c.listen(ctx)
@@ -220,6 +282,12 @@ func (c *KeyCache) Run(ctx context.Context) error {
 // got as far as listening.
 func (c *KeyCache) listen(ctx context.Context) (connected bool, err error) {
 	cfg := c.store.pool.Config().ConnConfig // a copy
+	if c.store.directURL != "" {
+		var err error
+		if cfg, err = pgx.ParseConfig(c.store.directURL); err != nil {
+			return false, fmt.Errorf("key cache: direct URL: %w", err) // pgx redacts the password
+		}
+	}
 	if cfg.RuntimeParams == nil {
 		cfg.RuntimeParams = map[string]string{}
 	}

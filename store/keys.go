@@ -9,6 +9,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 	"unicode"
@@ -24,8 +25,35 @@ type APIKey struct {
 	ID        string
 	TenantID  string
 	Domains   []string // sender domains the key may use, lower case
+	Scopes    []string // ScopeSend, ScopeRead, ScopeManage
+	Admin     bool     // operator key: manages tenants and every tenant's keys
 	CreatedAt time.Time
 	RevokedAt *time.Time
+	// LastUsedAt is the last authenticated use, recorded at most once a
+	// minute per key and process (KeyCache); nil: never used.
+	LastUsedAt *time.Time
+}
+
+// Key scopes (migration 0012). Keys made before scopes existed have all
+// three.
+const (
+	ScopeSend   = "send"   // POST /v1/messages, batch, cancel
+	ScopeRead   = "read"   // messages, events, suppressions, webhook reads
+	ScopeManage = "manage" // webhook and suppression writes, keys, domains
+)
+
+// Scopes returns every scope, in the order keys list them.
+func Scopes() []string { return []string{ScopeSend, ScopeRead, ScopeManage} }
+
+// Has reports whether the key carries scope.
+func (k APIKey) Has(scope string) bool { return slices.Contains(k.Scopes, scope) }
+
+// KeySpec is a key to create (CreateKey).
+type KeySpec struct {
+	Tenant  string
+	Domains []string // sender domains; required with ScopeSend
+	Scopes  []string // nil: all of Scopes()
+	Admin   bool
 }
 
 // Secret layout: "mf_" + key id + "_" + base64url(32 random bytes), for
@@ -44,26 +72,47 @@ var keyIDEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithP
 
 const (
 	insertTenant = `INSERT INTO tenants (id) VALUES ($1) ON CONFLICT (id) DO NOTHING`
-	insertAPIKey = `INSERT INTO api_keys (id, tenant_id, secret_hash, domains)
-VALUES ($1, $2, $3, $4) RETURNING created_at`
-	selectAPIKeys = `SELECT id, tenant_id, domains, created_at, revoked_at
-FROM api_keys ORDER BY created_at, id`
-	revokeAPIKey     = `UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1`
-	selectKeyForAuth = `SELECT tenant_id, secret_hash, domains, created_at, revoked_at
+	insertAPIKey = `INSERT INTO api_keys (id, tenant_id, secret_hash, domains, scopes, admin)
+VALUES ($1, $2, $3, $4, $5, $6) RETURNING created_at`
+	keyColumns    = `id, tenant_id, domains, scopes, admin, created_at, revoked_at, last_used_at`
+	selectAPIKeys = `SELECT ` + keyColumns + `
+FROM api_keys WHERE $1 = '' OR tenant_id = $1 ORDER BY created_at, id`
+	selectAPIKey = `SELECT ` + keyColumns + ` FROM api_keys WHERE id = $1`
+	// revokeAPIKey revokes within a tenant, or any key when $2 is ''. A
+	// tenant's revocation never reaches an operator key, even one of the
+	// same tenant: managing keys must not reach above the tenant.
+	revokeAPIKey     = `UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 AND ($2 = '' OR (tenant_id = $2 AND NOT admin))`
+	selectKeyForAuth = `SELECT tenant_id, secret_hash, domains, scopes, admin, created_at, revoked_at
 FROM api_keys WHERE id = $1`
+	// touchKeys records last use; migration 0012 keeps it from notifying
+	// the key caches.
+	touchKeys = `UPDATE api_keys SET last_used_at = $2 WHERE id = ANY($1) AND (last_used_at IS NULL OR last_used_at < $2)`
 )
 
 // CreateAPIKey creates a key for tenant that may send from domains,
 // creating the tenant if it is new. It returns the secret, which is stored
 // only as a hash and cannot be shown again.
 func (s *Store) CreateAPIKey(ctx context.Context, tenant string, domains []string) (APIKey, string, error) {
-	tenant = strings.TrimSpace(tenant)
+	return s.CreateKey(ctx, KeySpec{Tenant: tenant, Domains: domains})
+}
+
+// CreateKey creates the key spec describes, creating its tenant if it is
+// new, and returns it with its secret, shown this once: only its sha256 is
+// stored. Errors wrapping ErrRejected name what is wrong with spec.
+func (s *Store) CreateKey(ctx context.Context, spec KeySpec) (APIKey, string, error) {
+	tenant := strings.TrimSpace(spec.Tenant)
 	if err := checkTenant(tenant); err != nil {
-		return APIKey{}, "", fmt.Errorf("create api key: %w", err)
+		return APIKey{}, "", fmt.Errorf("create api key: %w: %w", ErrRejected, err)
 	}
-	doms, err := normalizeDomains(domains)
+	scopes, err := normalizeScopes(spec.Scopes)
 	if err != nil {
-		return APIKey{}, "", fmt.Errorf("create api key: %w", err)
+		return APIKey{}, "", fmt.Errorf("create api key: %w: %w", ErrRejected, err)
+	}
+	doms := []string{}
+	if len(spec.Domains) > 0 || slices.Contains(scopes, ScopeSend) {
+		if doms, err = normalizeDomains(spec.Domains); err != nil {
+			return APIKey{}, "", fmt.Errorf("create api key: %w: %w", ErrRejected, err)
+		}
 	}
 	id := newKeyID()
 	raw := make([]byte, secretBytes)
@@ -71,12 +120,12 @@ func (s *Store) CreateAPIKey(ctx context.Context, tenant string, domains []strin
 	secret := secretPrefix + id + "_" + base64.RawURLEncoding.EncodeToString(raw)
 	hash := sha256.Sum256([]byte(secret))
 
-	key := APIKey{ID: id, TenantID: tenant, Domains: doms}
+	key := APIKey{ID: id, TenantID: tenant, Domains: doms, Scopes: scopes, Admin: spec.Admin}
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, insertTenant, tenant); err != nil {
 			return err
 		}
-		return tx.QueryRow(ctx, insertAPIKey, id, tenant, hash[:], doms).Scan(&key.CreatedAt)
+		return tx.QueryRow(ctx, insertAPIKey, id, tenant, hash[:], doms, scopes, spec.Admin).Scan(&key.CreatedAt)
 	})
 	if err != nil {
 		return APIKey{}, "", fmt.Errorf("create api key: %w", err)
@@ -86,11 +135,15 @@ func (s *Store) CreateAPIKey(ctx context.Context, tenant string, domains []strin
 
 // ListAPIKeys returns every key, revoked ones included, oldest first.
 func (s *Store) ListAPIKeys(ctx context.Context) ([]APIKey, error) {
-	rows, _ := s.pool.Query(ctx, selectAPIKeys)
+	return s.ListKeys(ctx, "")
+}
+
+// ListKeys returns tenant's keys, or every key when tenant is "", revoked
+// ones included, oldest first.
+func (s *Store) ListKeys(ctx context.Context, tenant string) ([]APIKey, error) {
+	rows, _ := s.pool.Query(ctx, selectAPIKeys, tenant)
 	keys, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (APIKey, error) {
-		var k APIKey
-		err := r.Scan(&k.ID, &k.TenantID, &k.Domains, &k.CreatedAt, &k.RevokedAt)
-		return k, err
+		return scanKey(r)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("list api keys: %w", err)
@@ -98,12 +151,56 @@ func (s *Store) ListAPIKeys(ctx context.Context) ([]APIKey, error) {
 	return keys, nil
 }
 
+// GetKey returns the key id; ErrNotFound if there is none.
+func (s *Store) GetKey(ctx context.Context, id string) (APIKey, error) {
+	k, err := scanKey(s.pool.QueryRow(ctx, selectAPIKey, id))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return APIKey{}, fmt.Errorf("get api key %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return APIKey{}, fmt.Errorf("get api key %s: %w", id, err)
+	}
+	return k, nil
+}
+
+func scanKey(r pgx.Row) (APIKey, error) {
+	var k APIKey
+	err := r.Scan(&k.ID, &k.TenantID, &k.Domains, &k.Scopes, &k.Admin, &k.CreatedAt, &k.RevokedAt, &k.LastUsedAt)
+	return k, err
+}
+
+// RevokeTenantKey is RevokeAPIKey for a key of tenant only: another
+// tenant's key, or an operator key, is ErrNotFound, as if it did not
+// exist.
+func (s *Store) RevokeTenantKey(ctx context.Context, tenant, id string) error {
+	if tenant == "" {
+		return fmt.Errorf("revoke api key %s: %w: no tenant", id, ErrRejected)
+	}
+	return s.revoke(ctx, tenant, id)
+}
+
+// TouchKeys records that the keys ids were used at at. Keys that were
+// used later already are left alone.
+func (s *Store) TouchKeys(ctx context.Context, ids []string, at time.Time) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	if _, err := s.pool.Exec(ctx, touchKeys, ids, at); err != nil {
+		return fmt.Errorf("record api key use: %w", err)
+	}
+	return nil
+}
+
 // RevokeAPIKey revokes a key at once: the next Authenticate refuses it,
 // and the NOTIFY that migration 0004 sends on commit flushes the KeyCache
 // of every API process within milliseconds. Revoking a revoked key keeps
 // the first revocation time.
 func (s *Store) RevokeAPIKey(ctx context.Context, id string) error {
-	tag, err := s.pool.Exec(ctx, revokeAPIKey, id)
+	return s.revoke(ctx, "", id)
+}
+
+func (s *Store) revoke(ctx context.Context, tenant, id string) error {
+	tag, err := s.pool.Exec(ctx, revokeAPIKey, id, tenant)
 	if err != nil {
 		return fmt.Errorf("revoke api key %s: %w", id, err)
 	}
@@ -130,7 +227,7 @@ func (s *Store) authenticate(ctx context.Context, secret string, hash [sha256.Si
 	k := APIKey{ID: id}
 	var stored []byte
 	err := s.pool.QueryRow(ctx, selectKeyForAuth, id).
-		Scan(&k.TenantID, &stored, &k.Domains, &k.CreatedAt, &k.RevokedAt)
+		Scan(&k.TenantID, &stored, &k.Domains, &k.Scopes, &k.Admin, &k.CreatedAt, &k.RevokedAt)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return APIKey{}, fmt.Errorf("authenticate key %s: unknown key: %w", id, ErrUnauthorized)
 	}
@@ -173,6 +270,29 @@ func parseSecret(secret string) (id string, ok bool) {
 	}
 	return id, true
 }
+
+// normalizeScopes checks scopes and puts them in Scopes() order; nil or
+// empty is every scope.
+func normalizeScopes(scopes []string) ([]string, error) {
+	if len(scopes) == 0 {
+		return Scopes(), nil
+	}
+	out := make([]string, 0, len(scopes))
+	for _, sc := range Scopes() {
+		if slices.Contains(scopes, sc) {
+			out = append(out, sc)
+		}
+	}
+	for _, sc := range scopes {
+		if !slices.Contains(out, sc) {
+			return nil, fmt.Errorf("unknown scope %q: scopes are send, read and manage", sc)
+		}
+	}
+	return out, nil
+}
+
+// CheckTenant says what is wrong with a tenant id, if anything.
+func CheckTenant(t string) error { return checkTenant(t) }
 
 // checkTenant accepts any printable name without spaces, up to 200 bytes:
 // tenant ids come from operators, and they are shown back in listings.

@@ -16,7 +16,7 @@ const MaxMessagePage = 1000
 
 // MessageStatuses are the statuses ListMessages filters on.
 func MessageStatuses() []string {
-	return []string{StatusPending, StatusDelivered, StatusPartiallyDelivered, StatusBounced}
+	return []string{StatusPending, StatusDelivered, StatusPartiallyDelivered, StatusBounced, StatusCanceled}
 }
 
 // MessageFilter selects a tenant's messages for ListMessages. Zero fields

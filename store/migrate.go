@@ -13,7 +13,7 @@ import (
 	"github.com/mailferry/mailferry/migrations"
 )
 
-// migrateLockKey is the pg_advisory_lock key that serialises Migrate
+// migrateLockKey is the pg_advisory_xact_lock key that serialises Migrate
 // across processes ("mfmigrat" in ASCII); partitionLockKey does the same
 // for partition maintenance.
 const (
@@ -34,6 +34,7 @@ const (
 )`
 	selectMigrations = `SELECT version FROM schema_migrations`
 	insertMigration  = `INSERT INTO schema_migrations (version) VALUES ($1)`
+	selectMigration  = `SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = $1)`
 )
 
 // Migrate applies the migration files not yet recorded in
@@ -41,8 +42,12 @@ const (
 // returns their versions (file names without ".sql"). It then makes sure
 // attempt partitions exist for this month and the next two.
 //
-// A session-level advisory lock makes processes that start at once take
-// turns: the first applies, the others find nothing left to do.
+// Each transaction first takes a transaction-scoped advisory lock and then
+// checks whether its migration is still to do, so processes that start at
+// once take turns: the first applies, the others find it done. The lock
+// is never session-level: behind a transaction pooler (PgBouncer) a
+// session lock would stay on whichever server connection took it, and
+// pg_advisory_unlock could run on another.
 func (s *Store) Migrate(ctx context.Context) (applied []string, err error) {
 	files, err := migrationFiles()
 	if err != nil {
@@ -53,26 +58,24 @@ func (s *Store) Migrate(ctx context.Context) (applied []string, err error) {
 		return nil, fmt.Errorf("migrate: %w", err)
 	}
 	defer conn.Release()
-	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, migrateLockKey); err != nil {
-		return nil, fmt.Errorf("migrate: lock: %w", err)
-	}
-	defer func() {
-		// Unlock even if ctx is done; should that fail, close the
-		// connection, since a session lock would outlive us on a pooled one.
-		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		if _, uerr := conn.Exec(uctx, `SELECT pg_advisory_unlock($1)`, migrateLockKey); uerr != nil {
-			_ = conn.Conn().Close(uctx)
-		}
-	}()
 
-	if _, err := conn.Exec(ctx, createSchemaMigrations); err != nil {
-		return nil, fmt.Errorf("migrate: create schema_migrations: %w", err)
-	}
-	rows, _ := conn.Query(ctx, selectMigrations)
-	done, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	var done []string
+	err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, migrateLockKey); err != nil {
+			return fmt.Errorf("lock: %w", err)
+		}
+		if _, err := tx.Exec(ctx, createSchemaMigrations); err != nil {
+			return fmt.Errorf("create schema_migrations: %w", err)
+		}
+		rows, _ := tx.Query(ctx, selectMigrations)
+		done, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return fmt.Errorf("read schema_migrations: %w", err)
+		}
+		return nil
+	})
 	if err != nil {
-		return nil, fmt.Errorf("migrate: read schema_migrations: %w", err)
+		return nil, fmt.Errorf("migrate: %w", err)
 	}
 	have := make(map[string]bool, len(done))
 	for _, v := range done {
@@ -88,19 +91,33 @@ func (s *Store) Migrate(ctx context.Context) (applied []string, err error) {
 		if err != nil {
 			return applied, fmt.Errorf("migrate %s: %w", version, err)
 		}
+		var ran bool
 		err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, migrateLockKey); err != nil {
+				return fmt.Errorf("lock: %w", err)
+			}
+			var exists bool
+			if err := tx.QueryRow(ctx, selectMigration, version).Scan(&exists); err != nil {
+				return err
+			}
+			if exists {
+				return nil // another process applied it while we waited
+			}
 			// No arguments: pgx uses the simple protocol, which runs a
 			// file of many statements in one go.
 			if _, err := tx.Exec(ctx, string(sql)); err != nil {
 				return err
 			}
 			_, err := tx.Exec(ctx, insertMigration, version)
+			ran = true
 			return err
 		})
 		if err != nil {
 			return applied, fmt.Errorf("migrate %s: %w", version, err)
 		}
-		applied = append(applied, version)
+		if ran {
+			applied = append(applied, version)
+		}
 	}
 
 	if err := ensureAttemptPartitions(ctx, conn, time.Now(), partitionsAhead); err != nil {

@@ -17,6 +17,7 @@ const (
 	StatusDelivered          = "delivered"
 	StatusPartiallyDelivered = "partially_delivered"
 	StatusBounced            = "bounced"
+	StatusCanceled           = "canceled" // every recipient canceled (CancelMessage)
 )
 
 // Recipient statuses, as stored in recipients.status.
@@ -26,6 +27,7 @@ const (
 	RecipientDelivered  = "delivered"
 	RecipientBounced    = "bounced"
 	RecipientSuppressed = "suppressed"
+	RecipientCanceled   = "canceled" // DELETE /v1/messages/{id} before it was sent
 )
 
 // Message event types besides the attempt outcomes (delivered, deferred,
@@ -74,6 +76,8 @@ type RecipientView struct {
 	// before one reached a host, or before TLS policies were recorded).
 	TLSPolicy   *string
 	TLSVerified *bool
+	// CanceledAt is when a canceled recipient was canceled (its event).
+	CanceledAt *time.Time
 }
 
 // Event is one thing that happened to a message: accepted, scheduled, an
@@ -123,7 +127,8 @@ const (
 FROM messages WHERE id = $1 AND tenant_id = $2`
 	selectRecipients = `SELECT r.idx, r.email, r.status, r.attempts, r.last_attempt_at, r.next_attempt_at,
 	r.smtp_code, r.enhanced_code, r.response, r.mx_host, r.tls_version,
-	r.bounce_type, r.bounce_class, r.suppressed_reason, r.bounce_async, r.tls_policy, r.tls_verified
+	r.bounce_type, r.bounce_class, r.suppressed_reason, r.bounce_async, r.tls_policy, r.tls_verified,
+	CASE WHEN r.status = 'canceled' THEN r.updated_at END
 FROM recipients r JOIN messages m ON m.id = r.message_id
 WHERE r.message_id = $1 AND m.tenant_id = $2
 ORDER BY r.idx`
@@ -162,7 +167,7 @@ func (s *Store) GetMessage(ctx context.Context, tenantID string, id uuid.UUID) (
 			var idx int
 			err := row.Scan(&idx, &r.Email, &r.Status, &r.Attempts, &r.LastAttemptAt, &r.NextAttemptAt,
 				&r.SMTPCode, &r.EnhancedCode, &r.Response, &r.MXHost, &r.TLSVersion,
-				&r.BounceType, &r.BounceClass, &r.SuppressedReason, &r.BounceAsync, &r.TLSPolicy, &r.TLSVerified)
+				&r.BounceType, &r.BounceClass, &r.SuppressedReason, &r.BounceAsync, &r.TLSPolicy, &r.TLSVerified, &r.CanceledAt)
 			for len(emails) <= idx {
 				emails = append(emails, "")
 			}
@@ -222,6 +227,9 @@ func (s *Store) GetMessage(ctx context.Context, tenantID string, id uuid.UUID) (
 	// one was written for it.
 	rest := attempts
 	for idx, r := range v.Recipients {
+		if r.CanceledAt != nil {
+			rest = append(rest, Event{At: *r.CanceledAt, Type: RecipientCanceled, Recipient: r.Email})
+		}
 		if r.Status == RecipientSuppressed && r.Attempts == 0 && !suppressedEvent[idx] {
 			rest = append(rest, Event{At: v.CreatedAt, Type: RecipientSuppressed, Recipient: r.Email,
 				BounceType: r.BounceType, BounceClass: r.BounceClass})
@@ -236,16 +244,19 @@ func (s *Store) GetMessage(ctx context.Context, tenantID string, id uuid.UUID) (
 }
 
 // messageStatus is pending while any recipient is queued or deferred;
-// then delivered if all were delivered, bounced if none was (suppressed
-// counts as not delivered), else partially_delivered.
+// then delivered if all were delivered, canceled if all were canceled,
+// bounced if none was delivered (suppressed and canceled count as not
+// delivered), else partially_delivered.
 func messageStatus(rs []RecipientView) string {
-	delivered := 0
+	delivered, canceled := 0, 0
 	for _, r := range rs {
 		switch r.Status {
 		case RecipientQueued, RecipientDeferred:
 			return StatusPending
 		case RecipientDelivered:
 			delivered++
+		case RecipientCanceled:
+			canceled++
 		}
 	}
 	switch {
@@ -253,6 +264,8 @@ func messageStatus(rs []RecipientView) string {
 		return StatusPending // cannot happen: accept requires a recipient
 	case delivered == len(rs):
 		return StatusDelivered
+	case canceled == len(rs):
+		return StatusCanceled
 	case delivered == 0:
 		return StatusBounced
 	default:

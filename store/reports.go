@@ -64,7 +64,7 @@ const (
 	selectByMessageID      = `SELECT id FROM messages WHERE message_id = $1 ORDER BY created_at DESC LIMIT 10`
 
 	// bounceAsync makes a recipient bounced whatever it was, but
-	// suppressed (never sent, so nothing to bounce): from delivered (a
+	// suppressed or canceled (never sent, so nothing to bounce): from delivered (a
 	// DSN after a 250), and from queued or deferred, its next attempt and
 	// lease cleared so that it is not sent again; a worker holding the
 	// lease then records nothing (RecordOutcomes moves no final
@@ -72,14 +72,14 @@ const (
 	bounceAsync = `UPDATE recipients SET status = 'bounced', bounce_async = true, smtp_code = $3, enhanced_code = $4,
 	response = $5, bounce_type = $6, bounce_class = $7, next_attempt_at = NULL, lease_owner = NULL, lease_until = NULL,
 	updated_at = now()
-WHERE message_id = $1 AND idx = $2 AND status <> 'suppressed'
+WHERE message_id = $1 AND idx = $2 AND status NOT IN ('suppressed', 'canceled')
 AND NOT (status IN ('queued', 'deferred') AND lease_owner IS NOT NULL AND lease_until > now())
 RETURNING email`
 	// recipientLeased: a worker holds the recipient, in an SMTP
 	// transaction or recording its outcome.
 	recipientLeased = `SELECT EXISTS (SELECT FROM recipients WHERE message_id = $1 AND idx = $2
 	AND status IN ('queued', 'deferred') AND lease_owner IS NOT NULL AND lease_until > now())`
-	selectRecipientEmail = `SELECT email FROM recipients WHERE message_id = $1 AND idx = $2 AND status <> 'suppressed'`
+	selectRecipientEmail = `SELECT email FROM recipients WHERE message_id = $1 AND idx = $2 AND status NOT IN ('suppressed', 'canceled')`
 	insertRecipientEvent = `INSERT INTO recipient_events (message_id, rcpt_idx, type, async, smtp_code, enhanced_code,
 	response, reporting_mta, remote_mta, bounce_type, bounce_class, inbound_id)
 VALUES ($1, $2, $3, true, $4, $5, $6, $7, $8, $9, $10, $11)

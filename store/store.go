@@ -7,6 +7,7 @@ import (
 	"math"
 	"strings"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
@@ -51,6 +52,16 @@ const minDefaultConns = 8
 // Options configures Open.
 type Options struct {
 	URL string // postgres:// URL or key=value DSN; pgxpool's pool_* settings apply
+	// Pooler names what URL points at when it is not PostgreSQL itself
+	// (MAILFERRY_DATABASE_POOLER): "" or PoolerNone for PostgreSQL, or
+	// PoolerPgBouncer for PgBouncer in transaction pooling mode. See
+	// PoolerPgBouncer for what changes.
+	Pooler string
+	// DirectURL reaches PostgreSQL itself, not through the pooler
+	// (MAILFERRY_DATABASE_DIRECT_URL). Only the KeyCache's LISTEN
+	// connection uses it. Empty: URL, unless Pooler is set, in which case
+	// the KeyCache polls instead of listening (see KeyCache).
+	DirectURL string
 	// MaxConns caps the pool. 0: pool_max_conns from URL, else pgxpool's
 	// default but at least 8.
 	MaxConns int32
@@ -76,10 +87,45 @@ type SecretSealer interface {
 	Open(blob []byte) ([]byte, error)
 }
 
+// Values of Options.Pooler.
+const (
+	PoolerNone = "none"
+	// PoolerPgBouncer is PgBouncer in transaction pooling mode, where each
+	// transaction (or statement outside one) may run on a different
+	// server connection. pgx's default exec mode prepares named
+	// statements on a connection and reuses them, which fails there
+	// (PgBouncer before 1.21, as Debian 12 ships, does not track prepared
+	// statements: "prepared statement ... does not exist"). The store then
+	// uses QueryExecModeCacheDescribe instead: every query is sent as one
+	// self-contained Parse/Bind/Execute/Sync with the unnamed statement,
+	// one round trip once the parameter and result types are cached, so a
+	// server switch between round trips breaks nothing.
+	// QueryExecModeDescribeExec would not do: its describe and execute
+	// are two round trips on the unnamed statement, and PgBouncer may
+	// switch servers between them. The simple protocol would work too but
+	// sends every value as text. A default_query_exec_mode set in the URL
+	// wins over this choice.
+	//
+	// The store holds no session state across transactions: its advisory
+	// locks are transaction-scoped (pg_advisory_xact_lock) and SET is
+	// always SET LOCAL.
+	PoolerPgBouncer = "pgbouncer"
+)
+
 func (o Options) validate() error {
 	var errs []error
 	if strings.TrimSpace(o.URL) == "" {
 		errs = append(errs, errors.New("URL is empty"))
+	}
+	switch o.Pooler {
+	case "", PoolerNone, PoolerPgBouncer:
+	default:
+		errs = append(errs, fmt.Errorf("pooler %q is not %q or %q", o.Pooler, PoolerNone, PoolerPgBouncer))
+	}
+	if o.DirectURL != "" {
+		if _, err := pgx.ParseConfig(o.DirectURL); err != nil {
+			errs = append(errs, fmt.Errorf("DirectURL: %w", err))
+		}
 	}
 	if o.MaxConns < 0 {
 		errs = append(errs, fmt.Errorf("MaxConns %d is negative", o.MaxConns))
@@ -93,6 +139,8 @@ func (o Options) validate() error {
 // Store is the PostgreSQL ledger. It is safe for concurrent use.
 type Store struct {
 	pool            *pgxpool.Pool
+	pooled          bool   // URL is a transaction-pooling PgBouncer
+	directURL       string // for LISTEN; "" : the pool's config
 	softBounceLimit int32
 	metrics         *metrics
 	onEvents        func()
@@ -110,6 +158,10 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
+	pooled := opts.Pooler == PoolerPgBouncer
+	if pooled && !strings.Contains(opts.URL, "default_query_exec_mode") {
+		cfg.ConnConfig.DefaultQueryExecMode = pgx.QueryExecModeCacheDescribe
+	}
 	switch {
 	case opts.MaxConns > 0:
 		cfg.MaxConns = opts.MaxConns
@@ -124,7 +176,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		pool.Close()
 		return nil, fmt.Errorf("open store: %w", err)
 	}
-	return &Store{pool: pool, softBounceLimit: int32(opts.SoftBounceLimit), metrics: newMetrics(opts.Registerer),
+	return &Store{pool: pool, pooled: pooled, directURL: opts.DirectURL, softBounceLimit: int32(opts.SoftBounceLimit), metrics: newMetrics(opts.Registerer),
 		onEvents: opts.OnEvents, secrets: opts.Secrets}, nil
 }
 

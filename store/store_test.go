@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -27,7 +28,12 @@ func newStore(t testing.TB) *Store {
 
 func openStore(t testing.TB, url string) *Store {
 	t.Helper()
-	s, err := Open(t.Context(), Options{URL: url})
+	opts := Options{URL: url}
+	if os.Getenv(poolerEnv) == PoolerPgBouncer {
+		// The suite again, through PgBouncer (TestThroughPgBouncer).
+		opts = Options{URL: testenv.PgBouncer(t, url), Pooler: PoolerPgBouncer, DirectURL: url}
+	}
+	s, err := Open(t.Context(), opts)
 	if err != nil {
 		t.Fatalf("open: %v", err)
 	}

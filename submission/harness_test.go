@@ -75,6 +75,9 @@ type harnessOptions struct {
 	// rateLimit, when set, is one per-key budget shared by the API and
 	// submission, on the harness clock.
 	rateLimit *ratelimit.Limit
+	// quota, when set, is the tenants' daily quota shared by the API and
+	// submission (in Redis), on the harness clock.
+	quota int64
 	// logger receives the submission server's log lines.
 	logger *slog.Logger
 	// auth wraps the store the server checks keys against.
@@ -114,6 +117,15 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 		}
 		limiter = l
 	}
+	var quota *ratelimit.Quota
+	var apiQuota api.Quota
+	if opts.quota > 0 {
+		q, err := ratelimit.NewQuota(stack.Redis, ratelimit.QuotaOptions{PerDay: opts.quota, Prefix: stack.Prefix, Now: clk.Now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		quota, apiQuota = q, q
+	}
 	var auth submission.Authenticator = st
 	if opts.auth != nil {
 		auth = opts.auth(st)
@@ -123,6 +135,7 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 		Auth:                auth,
 		Logger:              opts.logger,
 		Limiter:             limiter,
+		Quota:               quota,
 		TLSConfig:           &tls.Config{Certificates: []tls.Certificate{cert}},
 		Hostname:            hostname,
 		MaxMessageBytes:     opts.maxMessageBytes,
@@ -159,7 +172,7 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 	})
 
 	handler, err := api.New(api.Options{Auth: st, Reader: st, Intake: in, Registry: prometheus.NewRegistry(),
-		Hostname: hostname, MaxMessageBytes: opts.maxMessageBytes, MaxRecipients: opts.maxRecipients, Limiter: limiter})
+		Hostname: hostname, MaxMessageBytes: opts.maxMessageBytes, MaxRecipients: opts.maxRecipients, Limiter: limiter, Quota: apiQuota})
 	if err != nil {
 		t.Fatalf("api.New: %v", err)
 	}

@@ -347,3 +347,45 @@ func TestAcceptBackoff(t *testing.T) {
 		})
 	}
 }
+
+// TestTenantQuotaSharedWithAPI: MAILFERRY_TENANT_DAILY_QUOTA counts the
+// tenant's messages over the API and SMTP together; past it MAIL gets
+// 451 4.7.0 naming midnight UTC and the API 429; the next UTC day sends.
+func TestTenantQuotaSharedWithAPI(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{quota: 2})
+	body := `{"from":"alice@example.com","to":["bob@example.net"],"subject":"api","text":"hi"}`
+	post := func() int {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPost, h.api.URL+"/v1/messages", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+h.secret)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := h.api.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if got := post(); got != http.StatusAccepted {
+		t.Fatalf("first message over the API: %d", got)
+	}
+	c := h.login()
+	msg := message("alice@example.com", "bob@example.net", "smtp")
+	if _, err := send(c, "alice@example.com", []string{"bob@example.net"}, msg); err != nil {
+		t.Fatalf("second message, over SMTP: %v", err)
+	}
+	se := wantSMTPError(t, "MAIL past the quota", c.Mail("alice@example.com", nil), 451, smtp.EnhancedCode{4, 7, 0})
+	if !strings.Contains(se.Message, "daily quota of 2 messages") || !strings.Contains(se.Message, "midnight UTC") {
+		t.Errorf("451 does not name the quota: %q", se.Message)
+	}
+	if got := post(); got != http.StatusTooManyRequests {
+		t.Errorf("API past the quota: %d, want 429", got)
+	}
+	now := h.clock.Now().UTC()
+	h.clock.Advance(time.Date(now.Year(), now.Month(), now.Day()+1, 0, 0, 1, 0, time.UTC).Sub(now))
+	if _, err := send(c, "alice@example.com", []string{"bob@example.net"}, msg); err != nil {
+		t.Fatalf("the next UTC day: %v", err)
+	}
+}

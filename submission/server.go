@@ -101,6 +101,10 @@ type Options struct {
 	// the HTTP API: each MAIL spends a token, and past the budget MAIL
 	// gets 451 4.7.0 with the wait. Nil: no limit.
 	Limiter ratelimit.Limiter
+	// Quota counts each MAIL against its tenant's daily quota
+	// (MAILFERRY_TENANT_DAILY_QUOTA), shared with the HTTP API; past it
+	// MAIL gets 451 4.7.0 naming midnight UTC. Nil: no quota.
+	Quota *ratelimit.Quota
 	// HideClient leaves the client's IP address out of the Received field
 	// (MAILFERRY_SUBMISSION_HIDE_CLIENT).
 	HideClient bool

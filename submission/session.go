@@ -121,6 +121,9 @@ func (s *session) login(tenant, secret string) error {
 		return errAuthUnavailable()
 	case key.TenantID != tenant:
 		return s.failed(tenant, "the API key belongs to another tenant", s.srv.limiter.end(s.ip, true))
+	case !key.Has(store.ScopeSend):
+		// Submission is sending: a read-only or manage-only key may not.
+		return s.failed(tenant, "the API key lacks the send scope", s.srv.limiter.end(s.ip, true))
 	}
 	s.srv.limiter.end(s.ip, false)
 	s.mu.Lock()

@@ -13,6 +13,8 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+
+	"github.com/mailferry/mailferry/store"
 )
 
 // TestSubmit: mail submitted over STARTTLS with AUTH PLAIN is recorded
@@ -243,6 +245,10 @@ func TestAuthFailures(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	_, readOnlySecret, err := h.store.CreateKey(ctx, store.KeySpec{Tenant: tenant, Scopes: []string{store.ScopeRead, store.ScopeManage}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	wrong := h.secret[:len(h.secret)-4] + "AAAA"
 	if wrong == h.secret {
 		wrong = h.secret[:len(h.secret)-4] + "BBBB"
@@ -258,6 +264,7 @@ func TestAuthFailures(t *testing.T) {
 		{"user is not the key's tenant", sasl.NewPlainClient("", "globex", h.secret)},
 		{"another tenant's key", sasl.NewPlainClient("", tenant, globexSecret)},
 		{"revoked key", sasl.NewPlainClient("", tenant, revokedSecret)},
+		{"key without the send scope", sasl.NewPlainClient("", tenant, readOnlySecret)},
 		{"authorization identity of someone else", sasl.NewPlainClient("globex", tenant, h.secret)},
 	}
 	for _, tt := range tests {

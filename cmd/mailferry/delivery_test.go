@@ -13,15 +13,32 @@ import (
 
 	msgauth "github.com/emersion/go-msgauth/dkim"
 
+	"github.com/mailferry/mailferry/internal/testenv"
 	"github.com/mailferry/mailferry/internal/testmx"
 )
 
 // TestDeliveryThroughBinary is the README's manual check, automated: the
 // binary's dkim keygen prints the record, the DNS serves it, a POSTed
 // message lands in an SMTP server's mailbox with signatures that verify,
-// and GET shows delivered, 250, the MX host and the TLS version.
+// and GET shows delivered, 250, the MX host and the TLS version. It runs
+// with PostgreSQL itself and again behind PgBouncer in transaction pooling
+// mode (MAILFERRY_DATABASE_POOLER=pgbouncer, no direct URL: the key cache
+// polls).
 func TestDeliveryThroughBinary(t *testing.T) {
+	for _, pooled := range []bool{false, true} {
+		t.Run(map[bool]string{false: "postgres", true: "pgbouncer"}[pooled], func(t *testing.T) {
+			testDeliveryThroughBinary(t, pooled)
+		})
+	}
+}
+
+func testDeliveryThroughBinary(t *testing.T, pooled bool) {
 	c := newCLI(t)
+	if pooled {
+		direct := strings.TrimPrefix(c.env[1], "MAILFERRY_DATABASE_URL=")
+		// os/exec keeps the last of repeated variables.
+		c.env = append(c.env, "MAILFERRY_DATABASE_URL="+testenv.PgBouncer(t, direct), "MAILFERRY_DATABASE_POOLER=pgbouncer")
+	}
 	dns := testmx.StartDNS(t) // replaces newCLI's empty one below
 	port, lns := testmx.Listen(t, "127.0.0.2")
 	mx := testmx.StartSMTP(t, lns[0], testmx.SMTPOptions{})

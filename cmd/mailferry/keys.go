@@ -18,7 +18,7 @@ func (l *stringList) String() string     { return strings.Join(*l, ",") }
 func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
 
 func runKeys(ctx context.Context, env *environment, args []string) error {
-	return dispatch(ctx, env, "keys", "keys create --tenant T --domain D [--domain D2] | keys list | keys revoke ID", args, []command{
+	return dispatch(ctx, env, "keys", "keys create --tenant T --domain D [--domain D2] [--scope S] [--admin] | keys list | keys revoke ID", args, []command{
 		{"create", "create a key; prints the secret alone on stdout", keysCreate},
 		{"list", "list keys", keysList},
 		{"revoke", "revoke a key at once", keysRevoke},
@@ -32,7 +32,7 @@ func openStore(ctx context.Context, env *environment) (config.Config, *store.Sto
 	if err != nil {
 		return cfg, nil, err
 	}
-	st, err := store.Open(ctx, store.Options{URL: cfg.DatabaseURL.String(), MaxConns: 2})
+	st, err := store.Open(ctx, store.Options{URL: cfg.DatabaseURL.String(), Pooler: cfg.DatabasePooler, MaxConns: 2})
 	if err != nil {
 		return cfg, nil, fmt.Errorf("open database %s: %w", cfg.DatabaseURL.Redacted(), err)
 	}
@@ -40,14 +40,26 @@ func openStore(ctx context.Context, env *environment) (config.Config, *store.Sto
 }
 
 func keysCreate(ctx context.Context, env *environment, args []string) error {
-	fs := flagSet(env, "keys create", "keys create --tenant T --domain D [--domain D2]\n\nCreates an API key allowed to send from the domains; prints the secret alone on stdout.")
-	tenant := fs.String("tenant", "", "tenant the key belongs to (required)")
-	var domains stringList
-	fs.Var(&domains, "domain", "sender domain the key may use (repeatable, at least one)")
+	fs := flagSet(env, "keys create", "keys create --tenant T --domain D [--domain D2] [--scope send --scope read --scope manage]\n"+
+		"keys create --admin [--tenant T]\n\n"+
+		"Creates an API key allowed to send from the domains; prints the secret alone on stdout.\n"+
+		"Scopes: send, read, manage (default: all three). --admin makes an operator key, which manages\n"+
+		"tenants and every tenant's keys over HTTP (POST /v1/tenants, /v1/keys); without --domain it cannot send.")
+	tenant := fs.String("tenant", "", "tenant the key belongs to (required, except with --admin: default "+operatorTenant+")")
+	admin := fs.Bool("admin", false, "operator key: manages tenants and keys of every tenant")
+	var domains, scopes stringList
+	fs.Var(&domains, "domain", "sender domain the key may use (repeatable; at least one unless the key lacks send)")
+	fs.Var(&scopes, "scope", "send, read or manage (repeatable; default all three, or read and manage for --admin without --domain)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *tenant == "" || len(domains) == 0 {
+	if *admin && *tenant == "" {
+		*tenant = operatorTenant
+	}
+	if *admin && len(domains) == 0 && len(scopes) == 0 {
+		scopes = stringList{store.ScopeRead, store.ScopeManage}
+	}
+	if *tenant == "" || (len(domains) == 0 && !*admin) {
 		return errors.New("keys create: --tenant and at least one --domain are required")
 	}
 	_, st, err := openStore(ctx, env)
@@ -55,13 +67,28 @@ func keysCreate(ctx context.Context, env *environment, args []string) error {
 		return err
 	}
 	defer st.Close()
-	key, secret, err := st.CreateAPIKey(ctx, *tenant, domains)
+	key, secret, err := st.CreateKey(ctx, store.KeySpec{Tenant: *tenant, Domains: domains, Scopes: scopes, Admin: *admin})
 	if err != nil {
 		return fmt.Errorf("create key: %w", err)
 	}
-	fmt.Fprintf(env.stderr, "created key %s for tenant %s, domains %s\n", key.ID, key.TenantID, strings.Join(key.Domains, ", "))
+	kind := "key"
+	if key.Admin {
+		kind = "operator key"
+	}
+	fmt.Fprintf(env.stderr, "created %s %s for tenant %s, domains %s, scopes %s\n", kind, key.ID, key.TenantID,
+		orDash(strings.Join(key.Domains, ", ")), strings.Join(key.Scopes, ", "))
 	fmt.Fprintln(env.stdout, secret)
 	return nil
+}
+
+// operatorTenant is the tenant of an operator key made without --tenant.
+const operatorTenant = "operator"
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 func keysList(ctx context.Context, env *environment, args []string) error {
@@ -79,13 +106,21 @@ func keysList(ctx context.Context, env *environment, args []string) error {
 		return fmt.Errorf("list keys: %w", err)
 	}
 	tw := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tTENANT\tDOMAINS\tCREATED\tREVOKED")
+	fmt.Fprintln(tw, "ID\tTENANT\tDOMAINS\tSCOPES\tCREATED\tLAST USED\tREVOKED")
 	for _, k := range keys {
-		revoked := "-"
+		revoked, used := "-", "-"
 		if k.RevokedAt != nil {
 			revoked = k.RevokedAt.UTC().Format(time.RFC3339)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", k.ID, k.TenantID, strings.Join(k.Domains, ","), k.CreatedAt.UTC().Format(time.RFC3339), revoked)
+		if k.LastUsedAt != nil {
+			used = k.LastUsedAt.UTC().Format(time.RFC3339)
+		}
+		scopes := strings.Join(k.Scopes, ",")
+		if k.Admin {
+			scopes += ",admin"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.ID, k.TenantID, orDash(strings.Join(k.Domains, ",")), scopes,
+			k.CreatedAt.UTC().Format(time.RFC3339), used, revoked)
 	}
 	return tw.Flush()
 }

@@ -36,6 +36,7 @@ func commands() []command {
 		{"dkim", "create and list DKIM signing keys", runDKIM},
 		{"requeue", "rebuild the Redis queue from PostgreSQL", runRequeue},
 		{"queue", "show destinations: jobs queued, in flight, concurrency limit, last error", runQueue},
+		{"shaping", "show the destinations' shaping: limits, rules, live throttles and suspensions", runShaping},
 		{"parked", "list or release jobs parked after repeated panics", runParked},
 		{"inbound", "list the DSNs and complaints the inbound listener received", runInbound},
 		{"suppressions", "list, add and remove addresses on a tenant's suppression list", runSuppressions},

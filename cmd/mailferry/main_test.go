@@ -128,6 +128,24 @@ func TestCommandLine(t *testing.T) {
 	if _, stderr, err := c.run("keys", "revoke", "knosuchkey"); err == nil || !strings.Contains(stderr, "no key") {
 		t.Errorf("revoke unknown key: %v %s", err, stderr)
 	}
+	// An operator key manages tenants and keys over HTTP.
+	admin, stderr, err := c.run("keys", "create", "--admin")
+	if err != nil || !strings.Contains(stderr, "created operator key") {
+		t.Fatalf("keys create --admin: %v %s", err, stderr)
+	}
+	admin = strings.TrimSpace(admin)
+	if status, b := request(t, "POST", base+"/v1/tenants", admin, `{"id":"globex"}`); status != http.StatusCreated {
+		t.Errorf("POST /v1/tenants: %d %s", status, b)
+	}
+	if status, b := request(t, "POST", base+"/v1/keys", admin, `{"tenant":"globex","domains":["globex.example"]}`); status != http.StatusCreated || !strings.Contains(string(b), `"secret":"mf_`) {
+		t.Errorf("POST /v1/keys: %d %s", status, b)
+	}
+	if status, b := request(t, "POST", base+"/v1/messages", admin, body); status != http.StatusForbidden {
+		t.Errorf("operator key without send POSTs a message: %d %s, want 403", status, b)
+	}
+	if list, _, err := c.run("keys", "list"); err != nil || !strings.Contains(list, "read,manage,admin") || !strings.Contains(list, "LAST USED") {
+		t.Errorf("keys list: %v\n%s", err, list)
+	}
 	logs := srv.stop(t)
 	if !strings.Contains(logs, sent.ID) {
 		t.Errorf("logs do not carry the message id %s", sent.ID)

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"slices"
 	"strings"
@@ -148,8 +149,14 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	// counts sync bounces into it, the inbound processor async ones.
 	inboundMetrics := inbound.NewMetrics(reg)
 	if roles["worker"] {
+		// The shaping file (MAILFERRY_SHAPING_FILE) over the built-in
+		// provider entries, shared by the fleet through Redis.
+		sh, err := newShaper(cfg, rdb, reg, log.With("component", "shaping"))
+		if err != nil {
+			return err
+		}
 		w, tlsp, err := newWorker(cfg, st, q, reg, log.With("role", "worker"), workerBounces{bounceSetup: bounces,
-			count: func(class string) { inboundMetrics.Bounced(class, inbound.KindSync) }})
+			count: func(class string) { inboundMetrics.Bounced(class, inbound.KindSync) }}, sh)
 		if err != nil {
 			return err
 		}
@@ -195,14 +202,21 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 		Help: "Message bytes the API and SMTP submission hold now, against MAILFERRY_MAX_BYTES_IN_FLIGHT.",
 	}, func() float64 { return float64(bodies.InUse()) }))
 	// One per-key budget (MAILFERRY_RATE_LIMIT), shared by the API and
-	// submission: a key that sends over both doors spends one budget.
+	// submission and by every process of the fleet: a GCRA in Redis.
+	// Likewise the tenants' daily quota (MAILFERRY_TENANT_DAILY_QUOTA).
 	var limiter ratelimit.Limiter
 	if cfg.RateLimit > 0 {
-		l, err := ratelimit.NewLocal(ratelimit.Limit{Rate: float64(cfg.RateLimit)}, nil) // bursts of twice the rate
+		l, err := ratelimit.NewRedis(rdb, ratelimit.RedisOptions{Limit: ratelimit.Limit{Rate: float64(cfg.RateLimit)}}) // bursts of twice the rate
 		if err != nil {
 			return fmt.Errorf("MAILFERRY_RATE_LIMIT: %w", err)
 		}
 		limiter = l
+	}
+	var quota *ratelimit.Quota
+	if cfg.TenantDailyQuota > 0 {
+		if quota, err = ratelimit.NewQuota(rdb, ratelimit.QuotaOptions{PerDay: int64(cfg.TenantDailyQuota)}); err != nil {
+			return fmt.Errorf("MAILFERRY_TENANT_DAILY_QUOTA: %w", err)
+		}
 	}
 	stopInbound := func(context.Context) error { return nil }
 	if roles["inbound"] {
@@ -212,26 +226,32 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 			return err
 		}
 	}
-	stopSubmission := func(context.Context) error { return nil }
-	if roles["api"] {
-		stopSubmission, err = startSubmission(ctx, cfg, submissionDeps{intake: in, auth: st, bodies: bodies,
-			limiter: limiter, reg: reg, log: log.With("role", "submission")})
-		if err != nil {
-			return err
-		}
-	}
-	// The API authenticates through a cache of verified keys that listens
+	// The API and submission authenticate through a cache of verified keys that listens
 	// for revocations; until its listener connects it asks PostgreSQL.
 	keys, err := store.NewKeyCache(st, store.KeyCacheOptions{Logger: log.With("component", "keycache")})
 	if err != nil {
 		return err
+	}
+	stopSubmission := func(context.Context) error { return nil }
+	if roles["api"] {
+		// Through the cache, as the API: it also records each key's last use.
+		stopSubmission, err = startSubmission(ctx, cfg, submissionDeps{intake: in, auth: keys, bodies: bodies,
+			limiter: limiter, quota: quota, reg: reg, log: log.With("role", "submission")})
+		if err != nil {
+			return err
+		}
 	}
 	if roles["api"] {
 		wg.Add(1)
 		go func() { defer wg.Done(); errc <- keys.Run(ctx) }()
 	}
 	var draining atomic.Bool
+	var apiQuota api.Quota // not a nil *ratelimit.Quota in an interface
+	if quota != nil {
+		apiQuota = quota
+	}
 	handler, err := api.New(api.Options{
+		Quota:    apiQuota,
 		Draining: draining.Load,
 		Auth:     keys, Reader: st, Intake: in, Suppressions: st, Registry: reg, Logger: log,
 		Ready:           checks,
@@ -242,6 +262,9 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 		Warn:            newDKIMWarner(st, log).warn,
 		Budget:          bodies,
 		Webhooks:        st,
+		Keys:            st,
+		Cancel:          st,
+		MaxBatch:        cfg.MaxBatch,
 
 		AllowPrivateDestinations: cfg.AllowPrivateDestinations,
 	})
@@ -343,8 +366,8 @@ func openLedger(ctx context.Context, cfg config.Config, reg prometheus.Registere
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		st, err := store.Open(ctx, store.Options{URL: cfg.DatabaseURL.String(),
-			SoftBounceLimit: cfg.SoftBounceLimit, Registerer: reg, OnEvents: onEvents, Secrets: sealer})
+		st, err := store.Open(ctx, store.Options{URL: cfg.DatabaseURL.String(), Pooler: cfg.DatabasePooler,
+			DirectURL: urlString(cfg.DatabaseDirectURL), SoftBounceLimit: cfg.SoftBounceLimit, Registerer: reg, OnEvents: onEvents, Secrets: sealer})
 		if err == nil {
 			return st, nil
 		}
@@ -441,4 +464,12 @@ func (c *dependencyCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, up, chk.Name)
 	}
+}
+
+// urlString is u as a string, "" for nil.
+func urlString(u *url.URL) string {
+	if u == nil {
+		return ""
+	}
+	return u.String()
 }

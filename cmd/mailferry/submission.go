@@ -26,6 +26,7 @@ type submissionDeps struct {
 	auth    submission.Authenticator
 	bodies  *budget.Budget    // message bytes in flight, shared with the API
 	limiter ratelimit.Limiter // per-key budget, shared with the API; nil: none
+	quota   *ratelimit.Quota  // tenants' daily quota, shared with the API; nil: none
 	reg     prometheus.Registerer
 	log     *slog.Logger
 }
@@ -69,6 +70,7 @@ func startSubmission(ctx context.Context, cfg config.Config, deps submissionDeps
 		Metrics:         submission.NewMetrics(deps.reg),
 		Budget:          deps.bodies,
 		Limiter:         deps.limiter,
+		Quota:           deps.quota,
 		HideClient:      cfg.SubmissionHideClient,
 		// Both ports together; MaxConnections keeps its default of 100.
 		MaxConnectionsPerIP: cfg.SubmissionMaxPerIP,

@@ -19,6 +19,7 @@ import (
 	"github.com/mailferry/mailferry/queue"
 	"github.com/mailferry/mailferry/relay"
 	"github.com/mailferry/mailferry/returnpath"
+	"github.com/mailferry/mailferry/shaping"
 	"github.com/mailferry/mailferry/smtpclient"
 	"github.com/mailferry/mailferry/store"
 	"github.com/mailferry/mailferry/tlspolicy"
@@ -31,7 +32,7 @@ type workerBounces struct {
 	count func(class string)
 }
 
-func newWorker(cfg config.Config, st *store.Store, q *queue.Queue, reg prometheus.Registerer, log *slog.Logger, b workerBounces) (*relay.Worker, *tlspolicy.Client, error) {
+func newWorker(cfg config.Config, st *store.Store, q *queue.Queue, reg prometheus.Registerer, log *slog.Logger, b workerBounces, sh *shaping.Shaper) (*relay.Worker, *tlspolicy.Client, error) {
 	sealer, err := dkim.NewSealer(cfg.SecretKey)
 	if err != nil {
 		return nil, nil, fmt.Errorf("MAILFERRY_SECRET_KEY: %w", err)
@@ -45,6 +46,8 @@ func newWorker(cfg config.Config, st *store.Store, q *queue.Queue, reg prometheu
 	// it: the smarthost's 50 would otherwise be cut to the pool's 32 and
 	// redialled.
 	copts.Reuse.MaxIdlePerHost = max(cfg.WorkerPerDomain, cfg.SmarthostConnections)
+	// max_messages_per_connection of the shaping file, per MX host.
+	copts.Reuse.MaxMessagesFor = sh.MaxMessagesPerConnection
 	route := router.Route
 	if cfg.Smarthost != nil {
 		route, err = smarthostRoute(cfg, &copts)
@@ -81,6 +84,7 @@ func newWorker(cfg config.Config, st *store.Store, q *queue.Queue, reg prometheu
 		Smarthost: cfg.Smarthost != nil, SmarthostConnections: cfg.SmarthostConnections,
 		Heartbeat: cfg.Leases.Heartbeat, Lease: cfg.Leases.Lease,
 		ReturnPaths: returnPaths(b.signer), Rules: b.rules, CountBounce: b.count,
+		Shaper: sh,
 	})
 	if err != nil {
 		return nil, nil, err

@@ -228,3 +228,30 @@ func randomHex(t testing.TB, n int) string {
 	}
 	return hex.EncodeToString(b)
 }
+
+// PgBouncer starts PgBouncer in transaction pooling mode on a free
+// loopback port in front of the PostgreSQL server of dbURL (a URL from
+// Database, or the server's own), stops it when the test ends, and returns
+// dbURL pointed at PgBouncer, with the same user and database. Give that
+// URL to Mailferry with MAILFERRY_DATABASE_POOLER=pgbouncer (pgx's
+// describe-cache exec mode; see store.Options.Pooler), and dbURL itself as
+// MAILFERRY_DATABASE_DIRECT_URL where LISTEN/NOTIFY is wanted.
+//
+// As root PgBouncer runs as the "postgres" user, like PostgreSQL.
+func PgBouncer(t testing.TB, dbURL string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	p, err := devstack.StartPgBouncer(ctx, devstack.PgBouncerOptions{Dir: t.TempDir(), Upstream: dbURL})
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		if err := p.Stop(ctx); err != nil {
+			t.Errorf("stop pgbouncer: %v", err)
+		}
+	})
+	return p.URL
+}
