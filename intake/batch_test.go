@@ -15,6 +15,8 @@ import (
 // message answered alone; an empty batch is no work.
 func TestAcceptAll(t *testing.T) {
 	t.Parallel()
+	testenv.EachRedis(t, func(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, teststack.Options{})
 	if sup, errs := f.in.AcceptAll(t.Context(), nil, nil); len(sup) != 0 || len(errs) != 0 {
 		t.Fatalf("empty batch: %v %v", sup, errs)
@@ -38,6 +40,7 @@ func TestAcceptAll(t *testing.T) {
 			t.Fatalf("message %d not stored", i)
 		}
 	}
+	})
 }
 
 // BenchmarkBatchVersusSingles accepts 100 messages as one AcceptAll and

@@ -51,6 +51,7 @@ func (p *pipeline) events(id uuid.UUID, typ string) int {
 // stands: delivered stays delivered, with no canceled event; a deferral
 // cancels the recipient, which is not tried again.
 func TestCancelDuringData(t *testing.T) {
+	testenv.EachRedis(t, func(t *testing.T) {
 	tests := []struct {
 		name, reply string
 		want        string // recipient status
@@ -85,6 +86,7 @@ func TestCancelDuringData(t *testing.T) {
 			}
 		})
 	}
+	})
 }
 
 // TestCancelRacesDelivery cancels messages at random moments while a
@@ -92,6 +94,7 @@ func TestCancelDuringData(t *testing.T) {
 // recipient ends delivered or canceled, never both, and a canceled one
 // never reached the MX (it was never sent, before or after the cancel).
 func TestCancelRacesDelivery(t *testing.T) {
+	testenv.EachRedis(t, func(t *testing.T) {
 	p := newPipeline(t)
 	mx := p.mx("example.net", "127.0.0.2", testmx.SMTPOptions{DataDelay: 20 * time.Millisecond})
 	p.start("w1", func(o *WorkerOptions) { o.PerDestination = 4 })
@@ -144,4 +147,5 @@ func TestCancelRacesDelivery(t *testing.T) {
 		}
 	}
 	t.Logf("%d delivered, %d canceled; %d cancels came during a transaction", delivered, canceled, inFlight.Load())
+	})
 }

@@ -59,6 +59,7 @@ func gauge(t *testing.T, reg *prometheus.Registry, name, dest string) float64 {
 // attempt), and once the MX answers normally the rate comes back, a
 // step per period of the rule on the shaper's clock.
 func TestShapingThrottlesOn421(t *testing.T) {
+	testenv.EachRedis(t, func(t *testing.T) {
 	p := newPipeline(t)
 	mx := p.mx("example.net", "127.0.0.2", testmx.SMTPOptions{})
 	cfg, err := shaping.Load([]byte(`
@@ -111,12 +112,14 @@ rules:
 	}
 	// More mail flows at the full rate.
 	p.waitAll(p.sendMany(10, func(i int) string { return fmt.Sprintf("s%d@example.net", i) }), 30*time.Second)
+	})
 }
 
 // TestShapingSuspendKeepsQueue: a suspending rule stops the destination:
 // its mail waits, nothing bounces and nothing is sent until the
 // suspension ends on the shaper's clock; then all of it is delivered.
 func TestShapingSuspendKeepsQueue(t *testing.T) {
+	testenv.EachRedis(t, func(t *testing.T) {
 	p := newPipeline(t)
 	mx := p.mx("example.net", "127.0.0.2", testmx.SMTPOptions{})
 	cfg, err := shaping.Load([]byte(`
@@ -160,12 +163,14 @@ rules:
 	}
 	clk.add(30 * time.Minute)
 	p.waitAll(append(first, more...), time.Minute)
+	})
 }
 
 // TestShapingLimitsDestination: the shaping file's max_connections
 // replaces the worker's cap, across two workers, and its
 // max_message_rate holds for both together.
 func TestShapingLimitsDestination(t *testing.T) {
+	testenv.EachRedis(t, func(t *testing.T) {
 	p := newPipeline(t)
 	mx := p.mx("example.net", "127.0.0.2", testmx.SMTPOptions{})
 	cfg, err := shaping.Load([]byte(`
@@ -196,11 +201,13 @@ destinations:
 	if took < 2700*time.Millisecond {
 		t.Errorf("%d messages in %s: faster than 600/min allows", n, took)
 	}
+	})
 }
 
 // TestShapingMaxConnections: max_connections from the shaping file caps a
 // slow destination's transactions across two workers whose own cap is 16.
 func TestShapingMaxConnections(t *testing.T) {
+	testenv.EachRedis(t, func(t *testing.T) {
 	p := newPipeline(t)
 	mx := p.mx("example.net", "127.0.0.2", testmx.SMTPOptions{DataDelay: 100 * time.Millisecond})
 	cfg, err := shaping.Load([]byte("destinations: [{name: two, destinations: [mx:mx.example.net], max_connections: 2}]"))
@@ -219,4 +226,5 @@ func TestShapingMaxConnections(t *testing.T) {
 	if peak := mx.PeakTransactions(); peak > 2 {
 		t.Errorf("peak %d transactions at once, want at most max_connections 2", peak)
 	}
+	})
 }

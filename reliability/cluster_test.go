@@ -12,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/mailferry/mailferry/internal/devstack"
+	"github.com/mailferry/mailferry/internal/testenv"
 )
 
 // progress samples how many messages the sinks hold, every 10ms, so a test
@@ -197,7 +198,7 @@ const fleetPerDestination = 4
 
 // TestFleet runs the deployment the scale-out guide describes: three
 // `--roles api` and three `--roles worker` processes (and one scheduler)
-// on one Redis Cluster and one PostgreSQL. Mid-run one worker is killed
+// on one Redis Cluster and one PostgreSQL behind PgBouncer. Mid-run one worker is killed
 // with SIGKILL and one Redis primary is killed. Every accepted message is
 // delivered; the extra copies are at most the transactions in flight at
 // the kills; no sink ever sees more transactions at once than the
@@ -205,10 +206,10 @@ const fleetPerDestination = 4
 func TestFleet(t *testing.T) {
 	n := size(900, 20000)
 	s := newStackWith(t, stackOptions{DataDelay: 20 * time.Millisecond, Cluster: true})
-	// PGBOUNCER: the one place a transaction pooler in front of s.pg plugs
-	// in (issue 15 item 3): s.appDB = <the pooler's URL>. Every serve
-	// process below then goes through it; migrate and keys create above
-	// ran direct, as an operator's would.
+	// Every serve process below goes through PgBouncer in transaction
+	// pooling mode, as users deploy it; migrate and keys create above ran
+	// direct, as an operator's would.
+	s.appDB = testenv.PgBouncer(t, s.pg.URL)
 	limits := fmt.Sprintf("MAILFERRY_WORKER_PER_DOMAIN=%d", fleetPerDestination)
 	// RATELIMIT: the fleet-wide per-key limit (issue 15 item 4) goes into
 	// apiEnv (MAILFERRY_RATE_LIMIT=<r>, env() turns it off), and its check

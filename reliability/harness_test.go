@@ -236,8 +236,11 @@ func (s *stack) stopPostgres() {
 
 func (s *stack) env() []string {
 	db := s.pg.URL
+	var poolerEnv []string
 	if s.appDB != "" {
+		// Behind PgBouncer in transaction pooling mode; LISTEN goes direct.
 		db = s.appDB
+		poolerEnv = []string{"MAILFERRY_DATABASE_POOLER=pgbouncer", "MAILFERRY_DATABASE_DIRECT_URL=" + s.pg.URL}
 	}
 	var redisEnv []string
 	if s.cluster == nil {
@@ -246,6 +249,7 @@ func (s *stack) env() []string {
 		redisEnv = []string{"MAILFERRY_REDIS_MODE=cluster", "MAILFERRY_REDIS_URL=" + s.cluster.URL,
 			"MAILFERRY_QUEUE_SHARDS=" + strconv.Itoa(clusterShards)}
 	}
+	redisEnv = append(redisEnv, poolerEnv...)
 	return append(redisEnv,
 		"PATH="+os.Getenv("PATH"),
 		"MAILFERRY_DATABASE_URL="+db,
