@@ -103,6 +103,11 @@ func (s *server) sendBatch(w http.ResponseWriter, r *http.Request) {
 		out.Data[i] = batchResult{Status: http.StatusAccepted, Body: resp}
 		receipts, subs, at = append(receipts, receipt), append(subs, sub), append(at, i)
 	}
+	// The daily quota counts messages, not requests: the batch's valid
+	// ones all fit, or none is accepted.
+	if s.takeQuota(w, r, key.TenantID, len(subs)) {
+		return
+	}
 	suppress := func(sup [][]intake.Suppression) {
 		for j, i := range at {
 			b := out.Data[i].Body.suppress(sup[j])

@@ -1,6 +1,7 @@
 package api_test
 
 import (
+	"fmt"
 	"math"
 	"net/http"
 	"net/http/httptest"
@@ -145,5 +146,44 @@ func TestTenantDailyQuota(t *testing.T) {
 	mu.Unlock()
 	if r := h.post(basic(), nil); r.status != http.StatusAccepted {
 		t.Errorf("next day: %d %s", r.status, r.body)
+	}
+}
+
+// A batch spends the quota by its valid messages, all or none.
+func TestTenantDailyQuotaBatch(t *testing.T) {
+	q, err := ratelimit.NewQuota(ownRedis(t), ratelimit.QuotaOptions{PerDay: 3, Prefix: testenv.KeyPrefix(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := newHarness(t, harnessOptions{quota: q})
+	batch := func(valid, invalid int) response {
+		var msgs []map[string]any
+		for i := range valid {
+			msgs = append(msgs, with("to", []string{fmt.Sprintf("r%d@example.net", i)}))
+		}
+		for range invalid {
+			msgs = append(msgs, with("from", "not an address"))
+		}
+		return h.do(http.MethodPost, "/v1/messages/batch", h.key, jsonBody(t, map[string]any{"messages": msgs}), nil)
+	}
+	steps := []struct {
+		name           string
+		valid, invalid int
+		want           int
+	}{
+		{"two valid and one invalid spend two", 2, 1, http.StatusMultiStatus},
+		{"two more do not fit in the one left", 2, 0, http.StatusTooManyRequests},
+		{"one fits", 1, 0, http.StatusMultiStatus},
+		{"invalid items alone spend nothing", 0, 2, http.StatusMultiStatus},
+		{"spent", 1, 0, http.StatusTooManyRequests},
+	}
+	before := h.messageCount()
+	for _, st := range steps {
+		if r := batch(st.valid, st.invalid); r.status != st.want {
+			t.Fatalf("%s: %d %s, want %d", st.name, r.status, r.body, st.want)
+		}
+	}
+	if got := h.messageCount() - before; got != 3 {
+		t.Errorf("%d messages stored, want 3", got)
 	}
 }

@@ -55,7 +55,17 @@ func (s *server) overQuota(w http.ResponseWriter, r *http.Request, tenant string
 	if s.opts.Quota == nil || r.Method != http.MethodPost || r.URL.Path != "/v1/messages" {
 		return false
 	}
-	res, err := s.opts.Quota.Take(r.Context(), tenant, 1)
+	return s.takeQuota(w, r, tenant, 1)
+}
+
+// takeQuota counts n messages against the tenant's daily quota and, when
+// they do not fit, answers 429 and reports true. A batch counts each of its
+// messages (sendBatch), all or none.
+func (s *server) takeQuota(w http.ResponseWriter, r *http.Request, tenant string, n int) bool {
+	if s.opts.Quota == nil || n <= 0 {
+		return false
+	}
+	res, err := s.opts.Quota.Take(r.Context(), tenant, int64(n))
 	if err != nil {
 		s.opts.Logger.LogAttrs(r.Context(), slog.LevelWarn, "tenant quota unavailable; message let through",
 			slog.String("tenant", tenant), slog.Any("error", err))

@@ -144,7 +144,7 @@ func (w *Worker) signature(ctx context.Context, d *store.Delivery) (string, erro
 			return "", err
 		}
 	}
-	return w.opts.Ledger.SaveSignature(ctx, d.ID, header)
+	return w.saveSignature(ctx, d.ID, header)
 }
 
 // openKeys reads and unseals domain's active signing keys.

@@ -217,7 +217,7 @@ var commitWaits = [...]time.Duration{2 * time.Millisecond, 8 * time.Millisecond,
 // loadFresh is LoadDelivery that, for a job made in the last second and not
 // found, reads again after each of commitWaits.
 func (w *Worker) loadFresh(ctx context.Context, id uuid.UUID, domain string) (*store.Delivery, error) {
-	d, err := w.opts.Ledger.LoadDelivery(ctx, id, domain)
+	d, err := w.loadDelivery(ctx, id, domain)
 	for _, pause := range commitWaits {
 		if !errors.Is(err, store.ErrNotFound) || id.Version() != 7 || w.opts.Now().Sub(uuidV7Time(id)) > time.Second {
 			break
@@ -227,7 +227,7 @@ func (w *Worker) loadFresh(ctx context.Context, id uuid.UUID, domain string) (*s
 			return nil, ctx.Err()
 		case <-time.After(pause):
 		}
-		d, err = w.opts.Ledger.LoadDelivery(ctx, id, domain)
+		d, err = w.loadDelivery(ctx, id, domain)
 	}
 	return d, err
 }
@@ -265,7 +265,7 @@ func (w *Worker) lease(ctx context.Context, log *slog.Logger, c queue.Claimed, d
 	for i, r := range due {
 		idxs[i] = r.Idx
 	}
-	taken, err := w.opts.Ledger.TakeLease(ctx, d.ID, idxs, store.Lease{Owner: lj.owner, For: w.opts.Lease, Next: now.Add(w.opts.Lease), DueBy: now.Add(dueSlack)})
+	taken, err := w.takeLease(ctx, d.ID, idxs, store.Lease{Owner: lj.owner, For: w.opts.Lease, Next: now.Add(w.opts.Lease), DueBy: now.Add(dueSlack)})
 	if err != nil {
 		return nil, w.ledgerDown(log, "lease recipients", err), false
 	}
@@ -396,7 +396,7 @@ func (w *Worker) record(ctx context.Context, log *slog.Logger, id uuid.UUID, dom
 	for attempt := 1; ; attempt++ {
 		// Even after ctx ends each try gets its time: one last try is made.
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		_, err := w.opts.Ledger.RecordOutcomes(rctx, id, outs)
+		_, err := w.recordOutcomes(rctx, id, outs)
 		cancel()
 		if err == nil {
 			if attempt > 1 {

@@ -20,6 +20,7 @@ type Metrics struct {
 	parks      prometheus.Counter
 	unrecords  prometheus.Counter
 	dests      *destCollector
+	ledger     *ledgerCollector
 }
 
 // NewMetrics registers the delivery metrics with reg.
@@ -70,7 +71,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			"The concurrency each busy destination has earned, for the same destinations as mailferry_destination_inflight.",
 			[]string{"destination"}, nil),
 	}
-	reg.MustRegister(m.deliveries, m.duration, m.tls, m.replies, m.roundTrips, m.panics, m.parks, m.unrecords, m.dests)
+	m.ledger = newLedgerCollector()
+	reg.MustRegister(m.deliveries, m.duration, m.tls, m.replies, m.roundTrips, m.panics, m.parks, m.unrecords, m.dests, m.ledger)
 	for _, r := range []string{store.RecipientDelivered, store.RecipientDeferred, store.RecipientBounced} {
 		m.deliveries.WithLabelValues(r)
 	}

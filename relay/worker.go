@@ -163,6 +163,8 @@ type Worker struct {
 	opts WorkerOptions
 	gate *destGate
 	keys *keyCache
+	// batch group-commits the jobs' ledger writes; nil: job by job.
+	batch *ledgerBatcher
 	// ledger pauses claiming while PostgreSQL fails: jobs claimed then
 	// could only be put back.
 	ledger backoff
@@ -259,8 +261,10 @@ func NewWorker(opts WorkerOptions) (*Worker, error) {
 		return nil, fmt.Errorf("relay worker: %w", err)
 	}
 	w := &Worker{opts: opts, gate: newDestGate(leases, opts.Shaper, opts.SlowAfter, opts.Now, opts.Logger), keys: newKeyCache(opts.KeyCacheTTL),
-		runners: make(chan struct{}, opts.Concurrency), waiting: map[string]*holding{}, wake: make(chan struct{}, 1)}
+		runners: make(chan struct{}, opts.Concurrency), waiting: map[string]*holding{}, wake: make(chan struct{}, 1),
+		batch: newLedgerBatcher(opts.Ledger)}
 	opts.Metrics.watch(w.gate)
+	opts.Metrics.watchLedger(w)
 	return w, nil
 }
 

@@ -43,6 +43,8 @@ type pipeline struct {
 	key    store.APIKey
 	opts   WorkerOptions
 	router RouterOptions
+	// worker is the last one start made.
+	worker *Worker
 }
 
 func newPipeline(t *testing.T) *pipeline {
@@ -143,6 +145,7 @@ func (p *pipeline) start(consumer string, mutate func(o *WorkerOptions)) {
 	if err != nil {
 		p.t.Fatal(err)
 	}
+	p.worker = w
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {

@@ -334,70 +334,14 @@ func (s *Store) RecordOutcomes(ctx context.Context, id uuid.UUID, outs []Outcome
 	if len(outs) == 0 {
 		return false, nil
 	}
-	var cols attemptArrays
-	next := make([]*time.Time, len(outs))
-	suppress := make([]bool, len(outs))
-	for i, o := range outs {
-		suppress[i] = o.Suppress
-		a := o.Attempt
-		a.MessageID = id
-		if err := cols.add(a); err != nil {
-			return false, fmt.Errorf("record outcomes %s: %w: attempt %d: %w", id, ErrRejected, i, err)
-		}
-		if a.Outcome == RecipientDeferred {
-			next[i] = o.NextAttemptAt
-		}
+	// One code path with the batch form (store/batch.go): the same
+	// statements, but the events after clearSoftLimit and completeMessage,
+	// which read nothing of them.
+	c, err := s.RecordOutcomesBatch(ctx, []MessageOutcomes{{ID: id, Outcomes: outs}})
+	if err != nil {
+		return false, err
 	}
-	b := &pgx.Batch{}
-	b.Queue(lockMessage, messageLockClass, messageLockKey(id))
-	var hard, limited int64
-	b.Queue(recordAttempts, id, cols.rcpt, cols.attempt, cols.started, cols.durationMS, cols.mxHost, cols.mxIP,
-		cols.tlsVersion, cols.tlsCipher, cols.tlsVerified, cols.code, cols.enhanced, cols.response, cols.outcome, next,
-		cols.bounceType, cols.bounceClass, suppress, s.softBounceLimit, cols.tlsPolicy, cols.tlsFailure, cols.tlsOptOut).QueryRow(func(row pgx.Row) error {
-		return row.Scan(&hard, &limited)
-	})
-	// The events go after the change (they read the recipients' new
-	// attempt numbers and the suppressions just added) and before
-	// clearSoftLimit (which needs nothing of them).
-	// A deferral of a message canceled while it was in flight cancels
-	// the recipient (CancelMessage), before the events, which read it.
-	evs := outcomeEvents(id, outs)
-	var deferred []int
-	for _, o := range outs {
-		if o.Attempt.Outcome == RecipientDeferred {
-			deferred = append(deferred, o.Attempt.Recipient)
-			evs = append(evs, NewEvent{ID: EventID(id, o.Attempt.Recipient, EventMessageCanceled, 0), Type: EventMessageCanceled,
-				MessageID: id, RcptIdx: o.Attempt.Recipient, When: WhenCanceled})
-		}
-	}
-	if len(deferred) > 0 {
-		b.Queue(cancelDeferred, id, toInt16(deferred))
-	}
-	var deliveries int
-	if err := QueueEvents(b, evs, func(_, nd int) { deliveries = nd }); err != nil {
-		return false, fmt.Errorf("record outcomes %s: %w", id, err)
-	}
-	if s.softBounceLimit > 0 {
-		b.Queue(clearSoftLimit, id, cols.rcpt, s.softBounceLimit)
-	}
-	// A statement of its own, so that its snapshot sees the recipients just
-	// updated and those of any domain recorded before the lock was granted.
-	b.Queue(completeMessage, id).QueryRow(func(row pgx.Row) error {
-		err := row.Scan(&complete)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return nil
-		}
-		return err
-	})
-	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
-		return false, fmt.Errorf("record outcomes %s: %w", id, rejected(err))
-	}
-	s.metrics.suppressed(SuppressedHardBounce, hard)
-	s.metrics.suppressed(SuppressedSoftBounceLimit, limited)
-	if deliveries > 0 {
-		s.EventsAdded()
-	}
-	return complete, nil
+	return c[0], nil
 }
 
 // outcomeEvents are the events of outs: message.delivered, .deferred,

@@ -3,6 +3,7 @@ package store
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 )
@@ -39,6 +40,8 @@ func TestDeliveryPlansUsePrimaryKey(t *testing.T) {
 	}{
 		{"load pending recipients", selectPending, []any{id, "example.net"}},
 		{"take lease", takeLease, []any{id, []int16{0}, nil, "owner", int64(1), nil}},
+		{"take leases", takeLeases, []any{[]uuid.UUID{id, uuid.New()}, []int16{0, 0}, []time.Time{time.Now(), time.Now()},
+			[]string{"a", "b"}, []int64{1, 1}, []time.Time{time.Now(), time.Now()}}},
 		{"renew lease", renewLease, []any{id, []int16{0}, "owner", int64(1)}},
 		{"complete message", completeMessage, []any{id}},
 	} {
