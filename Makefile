@@ -60,7 +60,8 @@ run: build
 	@./scripts/install-deps.sh node
 	@./scripts/install-maildev.sh $(RUN_DIR)/maildev
 	@$(GO) build -o bin/devstack ./internal/cmd/devstack
-	bin/devstack -dir $(RUN_DIR) -persist -prefix MAILFERRY_ -- ./scripts/run.sh $(BIN) $(RUN_DIR)
+	@$(GO) build -o bin/devdns ./internal/cmd/devdns
+	DEVDNS=$(abspath bin/devdns) bin/devstack -dir $(RUN_DIR) -persist -prefix MAILFERRY_ -- ./scripts/run.sh $(BIN) $(RUN_DIR)
 
 # stop ends what a `make run` left behind when it was killed without Ctrl-C.
 stop:

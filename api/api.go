@@ -97,6 +97,12 @@ type Options struct {
 	// AllowPrivateDestinations lets webhook URLs be http and name private
 	// addresses (MAILFERRY_ALLOW_PRIVATE_DESTINATIONS, tests only).
 	AllowPrivateDestinations bool
+	// Domains serves /v1/domains; nil leaves those routes out.
+	Domains Domains
+	// RequireVerifiedDomain refuses mail whose From domain is not a
+	// verified sending domain of the key's tenant
+	// (MAILFERRY_REQUIRE_VERIFIED_DOMAIN); it needs Domains.
+	RequireVerifiedDomain bool
 	// Budget caps the message bytes in flight, shared with SMTP
 	// submission (MAILFERRY_MAX_BYTES_IN_FLIGHT); past it a POST gets 503
 	// with Retry-After. Nil: no cap.
@@ -138,6 +144,9 @@ func New(opts Options) (http.Handler, error) {
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
+	}
+	if opts.RequireVerifiedDomain && opts.Domains == nil {
+		return nil, errors.New("api: RequireVerifiedDomain needs Domains")
 	}
 	if opts.MaxBatch <= 0 {
 		opts.MaxBatch = DefaultMaxBatch

@@ -17,6 +17,8 @@ import (
 
 	"github.com/mailferry/mailferry/api"
 	"github.com/mailferry/mailferry/budget"
+	"github.com/mailferry/mailferry/dkim"
+	"github.com/mailferry/mailferry/domains"
 	"github.com/mailferry/mailferry/intake"
 	"github.com/mailferry/mailferry/internal/testenv"
 	"github.com/mailferry/mailferry/internal/teststack"
@@ -55,6 +57,8 @@ type harnessOptions struct {
 	now             func() time.Time
 	budget          *budget.Budget
 	ledger          func(*store.Store) intake.Ledger // wraps the store under intake
+	domains         func(*store.Store) api.Domains   // serves /v1/domains; nil: no such routes
+	requireVerified bool                             // MAILFERRY_REQUIRE_VERIFIED_DOMAIN
 	maxBatch        int                              // 0: api.DefaultMaxBatch
 }
 
@@ -100,7 +104,24 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 			t.Fatal("the key cache is not listening after 10 s")
 		}
 	}
+	var doms api.Domains
+	if opts.domains != nil {
+		doms = opts.domains(st)
+	} else {
+		// Every route is mounted, as in production; a test that reaches a
+		// domain handler brings its own DNS server (domainHarness).
+		sealer, err := dkim.NewSealer(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		svc, err := domains.New(domains.Options{Ledger: st, Sealer: sealer, DNSServer: "127.0.0.1:1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		doms = svc
+	}
 	apiOpts := api.Options{
+		Domains: doms, RequireVerifiedDomain: opts.requireVerified,
 		Auth: keys, Reader: st, Intake: in, Registry: reg, Suppressions: st,
 		Ready:           []api.Check{{Name: "postgres", Ping: st.Ping}, {Name: "redis", Ping: q.Ping}},
 		Hostname:        "relay.test",

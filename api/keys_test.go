@@ -69,7 +69,7 @@ func TestEveryRouteChecksItsScope(t *testing.T) {
 				}
 			}
 			_, secret := h.newKey(store.KeySpec{Tenant: "acme", Domains: []string{"example.com"}, Scopes: scopes})
-			path := strings.NewReplacer("{id}", "0190b6a4-8f1e-7c3a-9d2b-4e5f6a7b8c9d", "{email}", "bob@example.net").Replace(rt.Pattern)
+			path := strings.NewReplacer("{id}", "0190b6a4-8f1e-7c3a-9d2b-4e5f6a7b8c9d", "{email}", "bob@example.net", "{name}", "example.com").Replace(rt.Pattern)
 			var body *bytes.Reader
 			if rt.Method == http.MethodPost || rt.Method == http.MethodPut || rt.Method == http.MethodPatch {
 				body = bytes.NewReader([]byte(`{}`))

@@ -24,6 +24,7 @@ func hasSuppressions(o Options) bool { return o.Suppressions != nil }
 func hasWebhooks(o Options) bool     { return o.Webhooks != nil }
 func hasKeys(o Options) bool         { return o.Keys != nil }
 func hasCancel(o Options) bool       { return o.Cancel != nil }
+func hasDomains(o Options) bool      { return o.Domains != nil }
 
 // v1Routes is the table of /v1 routes. read covers what only looks;
 // manage what changes the tenant's set-up (webhooks, suppressions, keys).
@@ -54,6 +55,14 @@ func v1Routes() []routeDef {
 		{http.MethodPost, "/keys", store.ScopeManage, false, (*server).createKey, hasKeys},
 		{http.MethodGet, "/keys", store.ScopeManage, false, (*server).listKeys, hasKeys},
 		{http.MethodDelete, "/keys/{id}", store.ScopeManage, false, (*server).revokeKey, hasKeys},
+
+		// Sending domains are the tenant's set-up: manage, reads included
+		// (a GET checks DNS and records what it found).
+		{http.MethodPost, "/domains", store.ScopeManage, false, (*server).createDomain, hasDomains},
+		{http.MethodGet, "/domains", store.ScopeManage, false, (*server).listDomains, hasDomains},
+		{http.MethodGet, "/domains/{name}", store.ScopeManage, false, (*server).getDomain, hasDomains},
+		{http.MethodDelete, "/domains/{name}", store.ScopeManage, false, (*server).deleteDomain, hasDomains},
+		{http.MethodPost, "/domains/{name}/dkim/rotate", store.ScopeManage, false, (*server).rotateDomainKeys, hasDomains},
 	}
 }
 

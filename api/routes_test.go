@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mailferry/mailferry/api"
+	"github.com/mailferry/mailferry/domains"
 	"github.com/mailferry/mailferry/intake"
 	"github.com/mailferry/mailferry/store"
 )
@@ -21,7 +22,7 @@ func TestNoRouteOutsideTheTable(t *testing.T) {
 	var st *store.Store // never called: the handler is only walked
 	h, err := api.New(api.Options{
 		Auth: st, Reader: st, Intake: (*intake.Intake)(nil), Registry: prometheus.NewRegistry(),
-		Suppressions: st, Webhooks: st, Keys: st, Cancel: st,
+		Suppressions: st, Webhooks: st, Keys: st, Cancel: st, Domains: (*domains.Service)(nil),
 		Hostname: "relay.test", MaxMessageBytes: 1 << 20, MaxRecipients: 10,
 	})
 	if err != nil {

@@ -148,6 +148,12 @@ func (s *server) sendMessage(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, p)
 		return
 	}
+	for _, from := range msg.From {
+		if p := s.requireVerified(r.Context(), key.TenantID, from.Domain()); p != nil {
+			writeProblem(w, p)
+			return
+		}
+	}
 	sub := intake.Submission{
 		TenantID: key.TenantID,
 		APIKeyID: key.ID,

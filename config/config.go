@@ -78,6 +78,14 @@ type Config struct {
 	WebhookRetrySchedule []time.Duration // MAILFERRY_WEBHOOK_RETRY_SCHEDULE, 5s,5m,30m,2h,5h,10h,10h
 	EventRetention       time.Duration   // MAILFERRY_EVENT_RETENTION, 720h (30 days)
 
+	// Sending domains (README.md, Onboarding a sending domain).
+	DKIMZone              string        // MAILFERRY_DKIM_ZONE, none: DKIM delegated by CNAME to this zone; "" = direct TXT records
+	DKIMZoneAddr          string        // MAILFERRY_DKIM_ZONE_ADDR, none: serve MAILFERRY_DKIM_ZONE authoritatively on this host:port (UDP and TCP)
+	SPFInclude            string        // MAILFERRY_SPF_INCLUDE, none: the include: tenants add to their SPF record
+	RequireVerifiedDomain bool          // MAILFERRY_REQUIRE_VERIFIED_DOMAIN, false
+	DKIMRetireAfter       time.Duration // MAILFERRY_DKIM_RETIRE_AFTER, 168h
+	DKIMRotateEvery       time.Duration // MAILFERRY_DKIM_ROTATE_EVERY, 0 = never
+	DomainCheckInterval   time.Duration // MAILFERRY_DOMAIN_CHECK_INTERVAL, 1h
 	// Scale-out: poolers, fleet-wide limits, shaping (README.md, Scale-out).
 	DatabasePooler    string   // MAILFERRY_DATABASE_POOLER, "none" (or "pgbouncer": transaction pooling in front of PostgreSQL)
 	DatabaseDirectURL *url.URL // MAILFERRY_DATABASE_DIRECT_URL, none: PostgreSQL itself, for LISTEN; unset behind a pooler, key revocation is polled
@@ -135,6 +143,13 @@ func Vars() []Var {
 		{"MAILFERRY_SOFT_BOUNCE_LIMIT", "5", "consecutive soft failures across messages before the address is suppressed (0: never)"},
 		{"MAILFERRY_WEBHOOK_RETRY_SCHEDULE", "5s,5m,30m,2h,5h,10h,10h", "delays between webhook attempts; the last repeats until the delivery is 3 days old, then it is given up"},
 		{"MAILFERRY_EVENT_RETENTION", "720h", "events (the /v1/events feed, webhook deliveries and their history) older than this are deleted (30 days)"},
+		{"MAILFERRY_DKIM_ZONE", "none", "zone the operator publishes DKIM keys in: tenants' DKIM records are CNAMEs to it and rotate with no change on their side; unset: direct TXT records"},
+		{"MAILFERRY_DKIM_ZONE_ADDR", "none", "host:port (UDP and TCP) where serve answers for MAILFERRY_DKIM_ZONE from the ledger, as its authoritative server"},
+		{"MAILFERRY_SPF_INCLUDE", "none", "domain whose SPF record lists the sending addresses; tenants merge include:<it> into their SPF record"},
+		{"MAILFERRY_REQUIRE_VERIFIED_DOMAIN", "false", "refuse mail (403) from a From domain that is not a verified sending domain of the key's tenant"},
+		{"MAILFERRY_DKIM_RETIRE_AFTER", "168h", "after a rotation switches signing, the old DKIM key stays published this long, then is retired"},
+		{"MAILFERRY_DKIM_ROTATE_EVERY", "none", "rotate every sending domain's DKIM keys when they are this old (unset: only on request)"},
+		{"MAILFERRY_DOMAIN_CHECK_INTERVAL", "1h", "how often the scheduler re-checks each sending domain's DNS records"},
 		{"MAILFERRY_DATABASE_POOLER", "none", "pgbouncer: MAILFERRY_DATABASE_URL is PgBouncer in transaction pooling mode (no named prepared statements)"},
 		{"MAILFERRY_DATABASE_DIRECT_URL", "none", "PostgreSQL itself, bypassing the pooler, for the LISTEN that revokes API keys at once; unset behind a pooler: revocation is polled, within 1s"},
 		{"MAILFERRY_TENANT_DAILY_QUOTA", "0", "messages each tenant may send per UTC day, over the fleet (0: no quota); beyond it 429 with Retry-After at midnight UTC"},
@@ -197,6 +212,22 @@ func Load(lookup func(string) (string, bool)) (Config, error) {
 		// A floor of an hour catches a unit typo (720m for 720h) and keeps
 		// events long enough for their webhooks' first retries.
 		EventRetention: p.durationAtLeast("MAILFERRY_EVENT_RETENTION", 720*time.Hour, time.Hour),
+
+		DKIMZone:              p.optionalHostname("MAILFERRY_DKIM_ZONE"),
+		DKIMZoneAddr:          p.addr("MAILFERRY_DKIM_ZONE_ADDR", "", true),
+		SPFInclude:            p.optionalHostname("MAILFERRY_SPF_INCLUDE"),
+		RequireVerifiedDomain: p.boolean("MAILFERRY_REQUIRE_VERIFIED_DOMAIN", false),
+		// Floors catch unit typos (168m for 168h): an old key retired
+		// within minutes would fail mail still queued under it.
+		DKIMRetireAfter:     p.durationAtLeast("MAILFERRY_DKIM_RETIRE_AFTER", 168*time.Hour, time.Hour),
+		DKIMRotateEvery:     p.duration("MAILFERRY_DKIM_ROTATE_EVERY", 0),
+		DomainCheckInterval: p.durationAtLeast("MAILFERRY_DOMAIN_CHECK_INTERVAL", time.Hour, time.Minute),
+	}
+	if c.DKIMZoneAddr != "" && c.DKIMZone == "" {
+		p.fail("MAILFERRY_DKIM_ZONE_ADDR", "needs MAILFERRY_DKIM_ZONE: the zone it answers for")
+	}
+	if c.DKIMRotateEvery > 0 && c.DKIMRotateEvery < c.DKIMRetireAfter {
+		p.fail("MAILFERRY_DKIM_ROTATE_EVERY", "%v is shorter than MAILFERRY_DKIM_RETIRE_AFTER (%v): a rotation would wait for the last one's keys to retire", c.DKIMRotateEvery, c.DKIMRetireAfter)
 	}
 	c.DatabasePooler = p.oneOf("MAILFERRY_DATABASE_POOLER", "none", "none", "pgbouncer")
 	c.DatabaseDirectURL = p.optionalURL("MAILFERRY_DATABASE_DIRECT_URL", "postgres", "postgresql")

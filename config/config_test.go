@@ -204,3 +204,35 @@ func TestWebhookSettings(t *testing.T) {
 		}
 	}
 }
+
+func TestDomainSettings(t *testing.T) {
+	c, err := Load(env(map[string]string{"MAILFERRY_HOSTNAME": "mx.example.com"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.DKIMZone != "" || c.SPFInclude != "" || c.RequireVerifiedDomain || c.DKIMRetireAfter != 168*time.Hour ||
+		c.DKIMRotateEvery != 0 || c.DomainCheckInterval != time.Hour {
+		t.Errorf("defaults: zone %q include %q require %t retire %v rotate %v check %v", c.DKIMZone, c.SPFInclude,
+			c.RequireVerifiedDomain, c.DKIMRetireAfter, c.DKIMRotateEvery, c.DomainCheckInterval)
+	}
+	c, err = Load(env(map[string]string{"MAILFERRY_HOSTNAME": "mx.example.com", "MAILFERRY_DKIM_ZONE": "DKIM.Relay.example.",
+		"MAILFERRY_SPF_INCLUDE": "spf.relay.example", "MAILFERRY_REQUIRE_VERIFIED_DOMAIN": "true",
+		"MAILFERRY_DKIM_ROTATE_EVERY": "2160h"}))
+	if err != nil || c.DKIMZone != "dkim.relay.example" || !c.RequireVerifiedDomain || c.DKIMRotateEvery != 2160*time.Hour {
+		t.Errorf("set: %v, zone %q", err, c.DKIMZone)
+	}
+	for _, tc := range []struct{ name, value string }{
+		{"MAILFERRY_DKIM_ZONE", "not a zone"},
+		{"MAILFERRY_SPF_INCLUDE", "localhost"},
+		{"MAILFERRY_REQUIRE_VERIFIED_DOMAIN", "yes please"},
+		{"MAILFERRY_DKIM_RETIRE_AFTER", "30m"}, // under the 1h floor
+		{"MAILFERRY_DKIM_ROTATE_EVERY", "24h"}, // shorter than the retirement
+		{"MAILFERRY_DOMAIN_CHECK_INTERVAL", "5s"},
+		{"MAILFERRY_DKIM_ZONE_ADDR", "127.0.0.1:5300"}, // without MAILFERRY_DKIM_ZONE
+	} {
+		_, err := Load(env(map[string]string{"MAILFERRY_HOSTNAME": "mx.example.com", tc.name: tc.value}))
+		if err == nil || !strings.Contains(err.Error(), tc.name) {
+			t.Errorf("%s=%s: error %v does not name it", tc.name, tc.value, err)
+		}
+	}
+}

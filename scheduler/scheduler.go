@@ -44,6 +44,18 @@ type Options struct {
 	// kept (MAILFERRY_EVENT_RETENTION); default 720h (30 days).
 	EventRetention time.Duration
 	Now            func() time.Time
+	// Domains re-checks sending domains' DNS records, moves DKIM
+	// rotations on and retires old keys (domains.Service); nil: not run.
+	Domains DomainSweeper
+	// DomainsEvery is how often Domains sweeps; default 1m. Each domain
+	// is looked up at its own interval; one whose rotation waits for DNS
+	// at every sweep.
+	DomainsEvery time.Duration
+}
+
+// DomainSweeper re-checks the sending domains that are due.
+type DomainSweeper interface {
+	Sweep(ctx context.Context) (int, error)
 }
 
 // DefaultEventRetention is MAILFERRY_EVENT_RETENTION's default.
@@ -78,11 +90,21 @@ func New(opts Options) (*Scheduler, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.DomainsEvery <= 0 {
+		opts.DomainsEvery = time.Minute
+	}
 	return &Scheduler{opts: opts}, nil
 }
 
 // Run loops until ctx is done, then returns nil.
 func (s *Scheduler) Run(ctx context.Context) error {
+	if s.opts.Domains != nil {
+		// DNS lookups of many domains take their time: in a loop of
+		// their own, they never hold up due jobs.
+		done := make(chan struct{})
+		defer func() { <-done }()
+		go func() { defer close(done); s.sweepDomains(ctx) }()
+	}
 	promote := time.NewTicker(s.opts.PromoteEvery)
 	defer promote.Stop()
 	chores := time.NewTicker(s.opts.ChoresEvery)
@@ -146,5 +168,23 @@ func (s *Scheduler) chores(ctx context.Context) {
 	} else if n > 0 {
 		s.opts.Logger.LogAttrs(ctx, slog.LevelInfo, "purged events past retention", slog.Int64("count", n),
 			slog.Duration("retention", s.opts.EventRetention))
+	}
+}
+
+func (s *Scheduler) sweepDomains(ctx context.Context) {
+	t := time.NewTicker(s.opts.DomainsEvery)
+	defer t.Stop()
+	for {
+		n, err := s.opts.Domains.Sweep(ctx)
+		if err != nil && ctx.Err() == nil {
+			s.opts.Logger.LogAttrs(ctx, slog.LevelWarn, "check sending domains", slog.Any("error", err))
+		} else if n > 0 {
+			s.opts.Logger.LogAttrs(ctx, slog.LevelDebug, "checked sending domains", slog.Int("count", n))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
 	}
 }

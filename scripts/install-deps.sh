@@ -3,7 +3,8 @@
 # redis-server and redis-cli (a Redis Cluster for the tests), the PostgreSQL server, swaks (an outside SMTP client the
 # submission tests use) and Postfix (the bounce test runs its own instance
 # as a real MTA that bounces after queueing), unbound (a validating resolver
-# for the DANE tests), pgbouncer (transaction pooling tests); with arguments also:
+# for the DANE tests), pgbouncer (transaction pooling tests), python3-dkim
+# (an independent DKIM verifier); with arguments also:
 #
 #   node      Node.js 20 or later and npm, for MailDev (`make run`)
 #   chromium  headless Chromium (`make demo-test`)
@@ -23,6 +24,10 @@ perl -MNet::SSLeay -MIO::Socket::SSL -e1 >/dev/null 2>&1 || need="$need libnet-s
 # unbound: the validating resolver the DANE tests put in front of a
 # DNSSEC-signed test zone (internal/testmx/unbound.go).
 [ -x /usr/sbin/unbound ] || need="$need unbound"
+# python3-dkim (dkimpy, with dnspython): the independent DKIM verifier of
+# the rotation test (cmd/mailferry/rotation_test.go). Debian's own python,
+# which is what the test runs.
+/usr/bin/python3 -c 'import dkim, dns.resolver' >/dev/null 2>&1 || need="$need python3-dkim python3-dnspython"
 # pgbouncer: the tests run Mailferry behind PgBouncer in transaction pooling
 # mode (internal/devstack/pgbouncer.go); the package's system service is
 # never started by the tests.
@@ -37,6 +42,9 @@ for what in "$@"; do
 		# Debian's npm package conflicts with it: install only what is absent.
 		command -v node >/dev/null 2>&1 || need="$need nodejs"
 		command -v npm >/dev/null 2>&1 || need="$need npm"
+		# jq: README's onboarding walk-through turns the API's records into
+		# lines for make run's DNS server.
+		command -v jq >/dev/null 2>&1 || need="$need jq"
 		;;
 	chromium) command -v chromium >/dev/null 2>&1 || need="$need chromium" ;;
 	curl) command -v curl >/dev/null 2>&1 || need="$need curl" ;;

@@ -10,6 +10,11 @@
 # foreground. Ctrl-C (SIGINT) or SIGTERM stops mailferry, then MailDev;
 # devstack then stops Redis and PostgreSQL.
 #
+# It also starts devdns ($DEVDNS, else next to BIN) on a free loopback port as
+# MAILFERRY_DNS_SERVER, unless that is set: it answers from
+# RUN_DIR/dns-records.txt (README.md, Onboarding a sending domain) and
+# passes other questions to the system's resolver.
+#
 # Environment: MAILFERRY_HTTP_ADDR (127.0.0.1:8080), MAILDEV_SMTP_PORT
 # (1025), MAILDEV_WEB_PORT (1080); other MAILFERRY_ variables pass through.
 set -eu
@@ -72,11 +77,23 @@ setsid "$dir/maildev/node_modules/.bin/maildev" \
 	</dev/null >"$maildev_log" 2>&1 &
 maildev=$!
 
+devdns=""
+if [ -z "${MAILFERRY_DNS_SERVER:-}" ]; then
+	rm -f "$dir/dns.addr"
+	setsid "${DEVDNS:-$(dirname "$bin")/devdns}" -records "$dir/dns-records.txt" -addr-file "$dir/dns.addr" \
+		</dev/null >"$dir/devdns.log" 2>&1 &
+	devdns=$!
+fi
+
 # shellcheck disable=SC2317 # called by the EXIT trap
 stop_maildev() {
 	kill -TERM "$maildev" 2>/dev/null || true
 	# Wait, so that its ports are free when make run returns.
 	wait "$maildev" 2>/dev/null || true
+	if [ -n "$devdns" ]; then
+		kill -TERM "$devdns" 2>/dev/null || true
+		wait "$devdns" 2>/dev/null || true
+	fi
 }
 trap stop_maildev EXIT
 # Until mailferry serves, a signal ends the set-up (and MailDev, on EXIT).
@@ -95,6 +112,21 @@ until listening "$MAILDEV_SMTP_PORT" && listening "$MAILDEV_WEB_PORT"; do
 	sleep 0.1
 done
 
+if [ -n "$devdns" ]; then
+	tries=0
+	until [ -s "$dir/dns.addr" ]; do
+		tries=$((tries + 1))
+		if ! kill -0 "$devdns" 2>/dev/null || [ "$tries" -gt 100 ]; then
+			echo "run.sh: devdns did not start; its log ($dir/devdns.log):" >&2
+			tail -n 20 "$dir/devdns.log" >&2
+			exit 1
+		fi
+		sleep 0.1
+	done
+	MAILFERRY_DNS_SERVER="$(cat "$dir/dns.addr")"
+	export MAILFERRY_DNS_SERVER
+fi
+
 "$bin" migrate
 once "$dir/dev-api-key" "$bin" keys create --tenant dev --domain example.com
 once "$dir/dkim-example.com.txt" "$bin" dkim keygen --domain example.com --algorithm ed25519
@@ -106,6 +138,7 @@ Mailferry is starting on http://127.0.0.1:$port; it relays all mail to MailDev.
   MailDev (the mail catcher, web UI):  http://127.0.0.1:$MAILDEV_WEB_PORT
   Development API key (tenant "dev", sender domain example.com):  $dir/dev-api-key
   DKIM key for example.com (ed25519); its DNS record:  $dir/dkim-example.com.txt
+  DNS records Mailferry's domain checks see (devdns):  $dir/dns-records.txt
 Ctrl-C stops Mailferry, MailDev, Redis and PostgreSQL; their data stay in $dir.
 
 Send a message:

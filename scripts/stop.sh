@@ -1,7 +1,7 @@
 #!/bin/sh
 # Ends what a `make run` on RUN_DIR left running after it was killed without
 # Ctrl-C (kill -9 of make run, a closed terminal): mailferry, MailDev, Redis
-# and PostgreSQL.
+# and PostgreSQL, and devdns.
 #
 #   stop.sh RUN_DIR
 set -eu
@@ -24,7 +24,7 @@ left() {
 	esac
 	for p in /proc/[0-9]*; do
 		case "$(cat "$p/comm" 2>/dev/null || true)" in
-		redis-server | postgres | node) ;;
+		redis-server | postgres | node | devdns) ;;
 		*) continue ;;
 		esac
 		pid="${p#/proc/}"

@@ -25,12 +25,15 @@ type DKIMKey struct {
 	PublicKey  []byte
 	Active     bool
 	CreatedAt  time.Time
+	// State is where the key is in rotation: pending, active or retiring
+	// (KeyActive when empty on a write).
+	State string
 }
 
 const (
 	insertDKIMKey = `INSERT INTO dkim_keys (domain, selector, algorithm, private_key, public_key, active, created_at)
 VALUES ($1, $2, $3, $4, $5, true, $6)`
-	selectDKIMKeys       = `SELECT domain, selector, algorithm, private_key, public_key, active, created_at FROM dkim_keys`
+	selectDKIMKeys       = `SELECT domain, selector, algorithm, private_key, public_key, active, created_at, state FROM dkim_keys`
 	selectActiveDKIMKeys = selectDKIMKeys + ` WHERE domain = $1 AND active ORDER BY algorithm, selector`
 	uniqueViolation      = "23505"
 )
@@ -69,7 +72,7 @@ func (s *Store) dkimKeys(ctx context.Context, query string, args ...any) ([]DKIM
 	}
 	keys, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (DKIMKey, error) {
 		var k DKIMKey
-		err := row.Scan(&k.Domain, &k.Selector, &k.Algorithm, &k.PrivateKey, &k.PublicKey, &k.Active, &k.CreatedAt)
+		err := row.Scan(&k.Domain, &k.Selector, &k.Algorithm, &k.PrivateKey, &k.PublicKey, &k.Active, &k.CreatedAt, &k.State)
 		return k, err
 	})
 	if err != nil {

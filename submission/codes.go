@@ -76,6 +76,10 @@ func errSenderNotAllowed(where, domain string, allowed []string) *smtp.SMTPError
 		"%s: this key may not send from %s (allowed: %s)", where, domain, strings.Join(allowed, ", "))
 }
 
+func errSenderUnverified(refusal string) *smtp.SMTPError {
+	return reply(codeNotAllowed, smtp.EnhancedCode{5, 7, 1}, "%s", refusal) // RFC 3463 3.8: X.7.1 not authorized
+}
+
 func errNullSender() *smtp.SMTPError {
 	return reply(codeNotAllowed, smtp.EnhancedCode{5, 7, 1}, // RFC 3463 3.8
 		"a null reverse-path <> cannot be submitted: give a sender address in one of your domains")

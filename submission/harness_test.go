@@ -72,6 +72,7 @@ type harnessOptions struct {
 	dataTimeout     time.Duration
 	budget          *budget.Budget
 	hideClient      bool
+	requireVerified func(ctx context.Context, tenant, domain string) (string, error)
 	// rateLimit, when set, is one per-key budget shared by the API and
 	// submission, on the harness clock.
 	rateLimit *ratelimit.Limit
@@ -152,6 +153,7 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 		Now:                 clk.Now,
 		Budget:              opts.budget,
 		HideClient:          opts.hideClient,
+		RequireVerified:     opts.requireVerified,
 	})
 	if err != nil {
 		t.Fatalf("submission.New: %v", err)

@@ -59,6 +59,11 @@ type Options struct {
 	Logger  *slog.Logger
 	Metrics *Metrics
 
+	// RequireVerified, when set (MAILFERRY_REQUIRE_VERIFIED_DOMAIN), is
+	// asked about each From domain: a refusal (non-empty, naming the
+	// record that is not verified) is answered 550 5.7.1; an error, 451.
+	RequireVerified func(ctx context.Context, tenant, domain string) (refusal string, err error)
+
 	// MaxConnections caps open connections over both listeners; beyond it a
 	// new connection gets 421 4.4.5 and is closed. Default 100.
 	MaxConnections int

@@ -276,6 +276,9 @@ func (s *session) Data(r io.Reader) error {
 	if err := s.checkSenders(key, msg); err != nil {
 		return err
 	}
+	if err := s.checkVerified(key, msg); err != nil {
+		return err
+	}
 
 	sub := intake.Submission{TenantID: key.TenantID, APIKeyID: key.ID, Ingress: "smtp", Message: msg, RequireTLS: requireTLS}
 	receipt, err := s.srv.opts.Intake.NewReceipt(sub)
@@ -326,6 +329,28 @@ func (s *session) checkSenders(key *store.APIKey, msg *mail.Message) error {
 	s.srv.opts.Metrics.refused(refusedSenderDomain)
 	s.log(key).Info("smtp sender refused", slog.String("header_domain", r.Domain))
 	return errSenderNotAllowed(r.Where, r.Domain, key.Domains)
+}
+
+// checkVerified refuses a From domain that is not a verified sending
+// domain of the key's tenant (Options.RequireVerified).
+func (s *session) checkVerified(key *store.APIKey, msg *mail.Message) error {
+	if s.srv.opts.RequireVerified == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.srv.opts.OpTimeout)
+	defer cancel()
+	for _, a := range msg.From {
+		refusal, err := s.srv.opts.RequireVerified(ctx, key.TenantID, a.Domain())
+		if err != nil {
+			s.log(key).Error("smtp message: domain verification lookup", slog.Any("error", err))
+			return errUnavailable()
+		}
+		if refusal != "" {
+			s.srv.opts.Metrics.refused(refusedSenderDomain)
+			return errSenderUnverified(refusal)
+		}
+	}
+	return nil
 }
 
 // refusedMessage answers what mail.ParseRaw refused: 5.6.7 for 8-bit

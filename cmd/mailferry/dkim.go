@@ -15,9 +15,11 @@ import (
 )
 
 func runDKIM(ctx context.Context, env *environment, args []string) error {
-	return dispatch(ctx, env, "dkim", "dkim keygen --domain D [--selector S] [--algorithm rsa2048|ed25519] [--json] | dkim list", args, []command{
+	return dispatch(ctx, env, "dkim", "dkim keygen --domain D [--selector S] [--algorithm rsa2048|ed25519] [--json] | dkim list | dkim rotate --domain D | dkim zone", args, []command{
 		{"keygen", "create and store a signing key; print its DNS record", dkimKeygen},
 		{"list", "list signing keys", dkimList},
+		{"rotate", "rotate a sending domain's keys; signing switches once DNS shows them", dkimRotate},
+		{"zone", "print the TXT records of MAILFERRY_DKIM_ZONE (delegated DKIM)", dkimZone},
 	})
 }
 
@@ -133,9 +135,9 @@ func dkimList(ctx context.Context, env *environment, args []string) error {
 		return nil
 	}
 	tw := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "DOMAIN\tSELECTOR\tALGORITHM\tACTIVE\tENCRYPTED\tCREATED\tDNS NAME")
+	fmt.Fprintln(tw, "DOMAIN\tSELECTOR\tALGORITHM\tACTIVE\tSTATE\tENCRYPTED\tCREATED\tDNS NAME")
 	for _, k := range keys {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%t\t%t\t%s\t%s._domainkey.%s\n", k.Domain, k.Selector, k.Algorithm, k.Active,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%t\t%s\t%t\t%s\t%s._domainkey.%s\n", k.Domain, k.Selector, k.Algorithm, k.Active, k.State,
 			dkim.IsSealed(k.PrivateKey), k.CreatedAt.UTC().Format(time.RFC3339), k.Selector, k.Domain)
 	}
 	return tw.Flush()

@@ -126,9 +126,18 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	// (there are 11 at most): wg.Wait must never wait on a blocked send.
 	errc := make(chan error, 16)
 
+	doms, err := newDomains(cfg, st, log)
+	if err != nil {
+		return err
+	}
+	if roles["api"] && cfg.DKIMZoneAddr != "" {
+		if err := startDKIMZone(ctx, cfg.DKIMZoneAddr, doms, log.With("component", "dkimzone"), &wg, errc); err != nil {
+			return err
+		}
+	}
 	if roles["scheduler"] {
 		sch, err := scheduler.New(scheduler.Options{Queue: q, Ledger: st, Logger: log.With("role", "scheduler"),
-			AttemptRetention: cfg.AttemptRetention, EventRetention: cfg.EventRetention})
+			AttemptRetention: cfg.AttemptRetention, EventRetention: cfg.EventRetention, Domains: doms})
 		if err != nil {
 			return err
 		}
@@ -235,8 +244,11 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	stopSubmission := func(context.Context) error { return nil }
 	if roles["api"] {
 		// Through the cache, as the API: it also records each key's last use.
-		stopSubmission, err = startSubmission(ctx, cfg, submissionDeps{intake: in, auth: keys, bodies: bodies,
-			limiter: limiter, quota: quota, reg: reg, log: log.With("role", "submission")})
+		deps := submissionDeps{intake: in, auth: keys, bodies: bodies, limiter: limiter, quota: quota, reg: reg, log: log.With("role", "submission")}
+		if cfg.RequireVerifiedDomain {
+			deps.verified = verifiedForSubmission(doms)
+		}
+		stopSubmission, err = startSubmission(ctx, cfg, deps)
 		if err != nil {
 			return err
 		}
@@ -265,7 +277,9 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 		Keys:            st,
 		Cancel:          st,
 		MaxBatch:        cfg.MaxBatch,
+		Domains:         doms,
 
+		RequireVerifiedDomain:    cfg.RequireVerifiedDomain,
 		AllowPrivateDestinations: cfg.AllowPrivateDestinations,
 	})
 	if err != nil {

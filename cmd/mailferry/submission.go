@@ -29,6 +29,8 @@ type submissionDeps struct {
 	quota   *ratelimit.Quota  // tenants' daily quota, shared with the API; nil: none
 	reg     prometheus.Registerer
 	log     *slog.Logger
+	// verified answers MAILFERRY_REQUIRE_VERIFIED_DOMAIN; nil: off.
+	verified func(ctx context.Context, tenant, domain string) (string, error)
 }
 
 // startSubmission starts the SMTP submission listeners configured by
@@ -72,6 +74,7 @@ func startSubmission(ctx context.Context, cfg config.Config, deps submissionDeps
 		Limiter:         deps.limiter,
 		Quota:           deps.quota,
 		HideClient:      cfg.SubmissionHideClient,
+		RequireVerified: deps.verified,
 		// Both ports together; MaxConnections keeps its default of 100.
 		MaxConnectionsPerIP: cfg.SubmissionMaxPerIP,
 	})
