@@ -34,7 +34,7 @@ lint: fmt-check vet
 # test runs everything CI runs: formatting, vet, staticcheck, and the race-
 # enabled test suite against real Redis and PostgreSQL.
 test: deps lint
-	$(GO) run ./internal/cmd/devstack -- $(GO) test -race -count=1 -timeout 20m ./...
+	$(GO) run ./internal/cmd/devstack -cluster -- $(GO) test -race -count=1 -timeout 20m ./...
 	$(MAKE) fuzz FUZZTIME=20000x
 
 # reliability runs the fault tests (kill -9, SIGTERM, Redis data loss, a

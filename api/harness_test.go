@@ -35,7 +35,7 @@ type harness struct {
 	srv    *httptest.Server
 	store  *store.Store
 	queue  *queue.Queue
-	rdb    *redis.Client
+	rdb    redis.UniversalClient
 	dbURL  string
 	db     *pgxpool.Pool // direct SQL, to check what the ledger holds
 	spec   *spec

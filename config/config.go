@@ -20,7 +20,8 @@ import (
 // environment variable and its default.
 type Config struct {
 	HTTPAddr    string   // MAILFERRY_HTTP_ADDR, ":8080"
-	RedisURL    *url.URL // MAILFERRY_REDIS_URL, "redis://127.0.0.1:6379/0"
+	RedisURL    *url.URL // MAILFERRY_REDIS_URL, "redis://127.0.0.1:6379/0"; in cluster mode seeds in addr= parameters
+	RedisMode   string   // MAILFERRY_REDIS_MODE, "single" or "cluster"
 	DatabaseURL *url.URL // MAILFERRY_DATABASE_URL, "postgres://127.0.0.1:5432/mailferry"
 	Hostname    string   // MAILFERRY_HOSTNAME, the host name
 	DNSServer   string   // MAILFERRY_DNS_SERVER, "" = system resolver
@@ -134,7 +135,8 @@ func Vars() []Var {
 		{"MAILFERRY_AUTO_MIGRATE", "true", "serve applies migrations at start"},
 		{"MAILFERRY_LOG_LEVEL", "info", "debug, info, warn or error"},
 		{"MAILFERRY_LOG_FORMAT", "json", "json or text"},
-		{"MAILFERRY_QUEUE_SHARDS", "1", "Redis streams the queue is spread over (Redis Cluster)"},
+		{"MAILFERRY_REDIS_MODE", "single", "single: one Redis server; cluster: MAILFERRY_REDIS_URL is a Redis Cluster URL, seed nodes in addr= parameters (redis://h1:6379?addr=h2:6379&addr=h3:6379)"},
+		{"MAILFERRY_QUEUE_SHARDS", "1", "Redis streams the queue is spread over, each its own hash tag and so its own Cluster slot (at most 256); on a cluster a few per primary"},
 		{"MAILFERRY_VISIBILITY_TIMEOUT", "30s", "a job whose worker is silent this long goes to another worker; heartbeat (1/6) and recipient lease (1/2) follow from it"},
 		{"MAILFERRY_RECONCILE_INTERVAL", "5m", "how often the queue is checked against PostgreSQL for lost jobs"},
 		{"MAILFERRY_ATTEMPT_RETENTION", "2160h", "attempt history older than this is dropped, a month at a time (90 days)"},
@@ -165,6 +167,7 @@ func Load(lookup func(string) (string, bool)) (Config, error) {
 	c := Config{
 		HTTPAddr:                 p.addr("MAILFERRY_HTTP_ADDR", ":8080", false),
 		RedisURL:                 p.url("MAILFERRY_REDIS_URL", "redis://127.0.0.1:6379/0", "redis", "rediss"),
+		RedisMode:                p.oneOf("MAILFERRY_REDIS_MODE", "single", "single", "cluster"),
 		DatabaseURL:              p.url("MAILFERRY_DATABASE_URL", "postgres://127.0.0.1:5432/mailferry", "postgres", "postgresql"),
 		Hostname:                 p.hostname("MAILFERRY_HOSTNAME", host),
 		DNSServer:                p.addr("MAILFERRY_DNS_SERVER", "", true),
@@ -200,7 +203,7 @@ func Load(lookup func(string) (string, bool)) (Config, error) {
 		AutoMigrate:              p.boolean("MAILFERRY_AUTO_MIGRATE", true),
 		LogLevel:                 p.oneOf("MAILFERRY_LOG_LEVEL", "info", "debug", "info", "warn", "error"),
 		LogFormat:                p.oneOf("MAILFERRY_LOG_FORMAT", "json", "json", "text"),
-		QueueShards:              p.intRange("MAILFERRY_QUEUE_SHARDS", 1, 1, 1024),
+		QueueShards:              p.intRange("MAILFERRY_QUEUE_SHARDS", 1, 1, 256),
 		VisibilityTimeout:        p.durationAtLeast("MAILFERRY_VISIBILITY_TIMEOUT", 30*time.Second, time.Second),
 		ReconcileInterval:        p.durationAtLeast("MAILFERRY_RECONCILE_INTERVAL", 5*time.Minute, time.Second),
 		// A floor of a day catches a unit typo (90m for 90 days).

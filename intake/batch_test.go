@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/mailferry/mailferry/intake"
+	"github.com/mailferry/mailferry/internal/testenv"
 	"github.com/mailferry/mailferry/internal/teststack"
 	"github.com/mailferry/mailferry/mail"
 )
@@ -15,29 +16,32 @@ import (
 // message answered alone; an empty batch is no work.
 func TestAcceptAll(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t, teststack.Options{})
-	if sup, errs := f.in.AcceptAll(t.Context(), nil, nil); len(sup) != 0 || len(errs) != 0 {
-		t.Fatalf("empty batch: %v %v", sup, errs)
-	}
-	var rs []intake.Receipt
-	var ss []intake.Submission
-	for i := range 50 {
-		s := f.submission(t, fmt.Sprintf("u%d@example.net", i))
-		r, err := f.in.NewReceipt(s)
-		if err != nil {
-			t.Fatal(err)
+	testenv.EachRedis(t, func(t *testing.T) {
+		t.Parallel()
+		f := newFixture(t, teststack.Options{})
+		if sup, errs := f.in.AcceptAll(t.Context(), nil, nil); len(sup) != 0 || len(errs) != 0 {
+			t.Fatalf("empty batch: %v %v", sup, errs)
 		}
-		rs, ss = append(rs, r), append(ss, s)
-	}
-	_, errs := f.in.AcceptAll(t.Context(), rs, ss)
-	for i, err := range errs {
-		if err != nil {
-			t.Fatalf("message %d: %v", i, err)
+		var rs []intake.Receipt
+		var ss []intake.Submission
+		for i := range 50 {
+			s := f.submission(t, fmt.Sprintf("u%d@example.net", i))
+			r, err := f.in.NewReceipt(s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rs, ss = append(rs, r), append(ss, s)
 		}
-		if !f.stored(t, rs[i].ID) {
-			t.Fatalf("message %d not stored", i)
+		_, errs := f.in.AcceptAll(t.Context(), rs, ss)
+		for i, err := range errs {
+			if err != nil {
+				t.Fatalf("message %d: %v", i, err)
+			}
+			if !f.stored(t, rs[i].ID) {
+				t.Fatalf("message %d not stored", i)
+			}
 		}
-	}
+	})
 }
 
 // BenchmarkBatchVersusSingles accepts 100 messages as one AcceptAll and

@@ -26,71 +26,74 @@ import (
 // fix the slot holder committed for the newcomers until they stopped.
 func TestCommitterReturnsUnderSustainedArrivals(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t, teststack.Options{Intake: intake.Options{Committers: 1, MaxBatch: 2, MaxWait: time.Minute}})
-	const (
-		callers = 12
-		each    = 20              // submissions per caller once the load runs
-		load    = 5 * time.Second // arrivals stop after this at the latest
-		bound   = 2 * time.Second // a wait of 6 batches of 2 takes milliseconds
-	)
-	// Each caller keeps submitting until every caller has had `each`
-	// answers (or the load time is up): arrivals never pause for a
-	// caller still waiting.
-	stop := time.Now().Add(load)
-	var (
-		mu      sync.Mutex
-		longest time.Duration
-		ids     []uuid.UUID
-		short   = callers // callers with fewer than `each` answers
-		wg      sync.WaitGroup
-	)
-	more := func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return short > 0 && time.Now().Before(stop)
-	}
-	for c := range callers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			s := f.submission(t, fmt.Sprintf("r%d@one.example", c))
-			for i := 0; more(); i++ {
-				r, err := f.in.NewReceipt(s)
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				start := time.Now()
-				err = f.in.Submit(context.Background(), r, s)
-				took := time.Since(start)
-				mu.Lock()
-				longest = max(longest, took)
-				if err == nil {
-					ids = append(ids, r.ID)
-				}
-				if i+1 == each {
-					short--
-				}
-				mu.Unlock()
-				if err != nil {
-					t.Errorf("caller %d, submission %d: %v", c, i, err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	if longest > bound {
-		t.Errorf("a caller waited %v under sustained arrivals, want at most %v", longest.Round(time.Millisecond), bound)
-	}
-	if short > 0 {
-		t.Errorf("%d callers had fewer than %d answers in %v", short, each, load)
-	}
-	for _, id := range ids {
-		if !f.stored(t, id) {
-			t.Fatalf("message %s answered as accepted is not in the ledger", id)
+	testenv.EachRedis(t, func(t *testing.T) {
+		t.Parallel()
+		f := newFixture(t, teststack.Options{Intake: intake.Options{Committers: 1, MaxBatch: 2, MaxWait: time.Minute}})
+		const (
+			callers = 12
+			each    = 20              // submissions per caller once the load runs
+			load    = 5 * time.Second // arrivals stop after this at the latest
+			bound   = 2 * time.Second // a wait of 6 batches of 2 takes milliseconds
+		)
+		// Each caller keeps submitting until every caller has had `each`
+		// answers (or the load time is up): arrivals never pause for a
+		// caller still waiting.
+		stop := time.Now().Add(load)
+		var (
+			mu      sync.Mutex
+			longest time.Duration
+			ids     []uuid.UUID
+			short   = callers // callers with fewer than `each` answers
+			wg      sync.WaitGroup
+		)
+		more := func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return short > 0 && time.Now().Before(stop)
 		}
-	}
+		for c := range callers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s := f.submission(t, fmt.Sprintf("r%d@one.example", c))
+				for i := 0; more(); i++ {
+					r, err := f.in.NewReceipt(s)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					start := time.Now()
+					err = f.in.Submit(context.Background(), r, s)
+					took := time.Since(start)
+					mu.Lock()
+					longest = max(longest, took)
+					if err == nil {
+						ids = append(ids, r.ID)
+					}
+					if i+1 == each {
+						short--
+					}
+					mu.Unlock()
+					if err != nil {
+						t.Errorf("caller %d, submission %d: %v", c, i, err)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		if longest > bound {
+			t.Errorf("a caller waited %v under sustained arrivals, want at most %v", longest.Round(time.Millisecond), bound)
+		}
+		if short > 0 {
+			t.Errorf("%d callers had fewer than %d answers in %v", short, each, load)
+		}
+		for _, id := range ids {
+			if !f.stored(t, id) {
+				t.Fatalf("message %s answered as accepted is not in the ledger", id)
+			}
+		}
+	})
 }
 
 // stored reports whether the ledger holds message id, as GET would see it.
@@ -130,76 +133,79 @@ func (g *gatedLedger) AcceptBatch(ctx context.Context, msgs []store.NewMessage) 
 // for a message that was committed.
 func TestWaitIsBounded(t *testing.T) {
 	t.Parallel()
-	for _, tc := range []struct {
-		name    string
-		maxWait time.Duration
-		ctx     func() context.Context
-	}{
-		{"context ended", time.Minute, func() context.Context {
-			ctx, cancel := context.WithCancel(context.Background())
-			cancel()
-			return ctx
-		}},
-		{"max wait passed", 100 * time.Millisecond, context.Background},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			g := &gatedLedger{entered: make(chan struct{}), open: make(chan struct{})}
-			f := newFixture(t, teststack.Options{
-				Intake: intake.Options{Committers: 1, MaxWait: tc.maxWait, CommitTimeout: time.Minute},
-				Ledger: func(st *store.Store) intake.Ledger { g.Store = st; return g },
+	testenv.EachRedis(t, func(t *testing.T) {
+		t.Parallel()
+		for _, tc := range []struct {
+			name    string
+			maxWait time.Duration
+			ctx     func() context.Context
+		}{
+			{"context ended", time.Minute, func() context.Context {
+				ctx, cancel := context.WithCancel(context.Background())
+				cancel()
+				return ctx
+			}},
+			{"max wait passed", 100 * time.Millisecond, context.Background},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				t.Parallel()
+				g := &gatedLedger{entered: make(chan struct{}), open: make(chan struct{})}
+				f := newFixture(t, teststack.Options{
+					Intake: intake.Options{Committers: 1, MaxWait: tc.maxWait, CommitTimeout: time.Minute},
+					Ledger: func(st *store.Store) intake.Ledger { g.Store = st; return g },
+				})
+				opened := false
+				defer func() {
+					if !opened {
+						close(g.open)
+					}
+				}()
+
+				// A leads a batch and is held in it; its own context ends.
+				actx, cancelA := context.WithCancel(context.Background())
+				defer cancelA()
+				sa := f.submission(t, "a@one.example")
+				ra, _ := f.in.NewReceipt(sa)
+				aDone := make(chan error, 1)
+				go func() { aDone <- f.in.Submit(actx, ra, sa) }()
+				<-g.entered
+				cancelA()
+
+				// B arrives behind it.
+				sb := f.submission(t, "b@one.example")
+				rb, _ := f.in.NewReceipt(sb)
+				bDone := make(chan error, 1)
+				go func() { bDone <- f.in.Submit(tc.ctx(), rb, sb) }()
+				select {
+				case err := <-bDone:
+					if !errors.Is(err, intake.ErrUnavailable) {
+						t.Errorf("B: %v, want ErrUnavailable", err)
+					}
+				case <-time.After(10 * time.Second):
+					t.Fatal("B was not answered while the batch ahead of it was in flight")
+				}
+				close(g.open)
+				opened = true
+				if err := <-aDone; err != nil {
+					t.Errorf("A, whose message was in the batch: %v, want accepted", err)
+				}
+				ctx := context.Background()
+				if !f.stored(t, ra.ID) {
+					t.Error("A's message is not in the ledger")
+				}
+				if f.stored(t, rb.ID) {
+					t.Error("B's withdrawn message is in the ledger")
+				}
+				var jobs []string
+				if err := f.q.Jobs(ctx, func(j queue.Job) error { jobs = append(jobs, j.MessageID); return nil }); err != nil {
+					t.Fatal(err)
+				}
+				if len(jobs) != 1 || jobs[0] != ra.ID.String() {
+					t.Errorf("queued jobs %v, want only A's %s", jobs, ra.ID)
+				}
 			})
-			opened := false
-			defer func() {
-				if !opened {
-					close(g.open)
-				}
-			}()
-
-			// A leads a batch and is held in it; its own context ends.
-			actx, cancelA := context.WithCancel(context.Background())
-			defer cancelA()
-			sa := f.submission(t, "a@one.example")
-			ra, _ := f.in.NewReceipt(sa)
-			aDone := make(chan error, 1)
-			go func() { aDone <- f.in.Submit(actx, ra, sa) }()
-			<-g.entered
-			cancelA()
-
-			// B arrives behind it.
-			sb := f.submission(t, "b@one.example")
-			rb, _ := f.in.NewReceipt(sb)
-			bDone := make(chan error, 1)
-			go func() { bDone <- f.in.Submit(tc.ctx(), rb, sb) }()
-			select {
-			case err := <-bDone:
-				if !errors.Is(err, intake.ErrUnavailable) {
-					t.Errorf("B: %v, want ErrUnavailable", err)
-				}
-			case <-time.After(10 * time.Second):
-				t.Fatal("B was not answered while the batch ahead of it was in flight")
-			}
-			close(g.open)
-			opened = true
-			if err := <-aDone; err != nil {
-				t.Errorf("A, whose message was in the batch: %v, want accepted", err)
-			}
-			ctx := context.Background()
-			if !f.stored(t, ra.ID) {
-				t.Error("A's message is not in the ledger")
-			}
-			if f.stored(t, rb.ID) {
-				t.Error("B's withdrawn message is in the ledger")
-			}
-			var jobs []string
-			if err := f.q.Jobs(ctx, func(j queue.Job) error { jobs = append(jobs, j.MessageID); return nil }); err != nil {
-				t.Fatal(err)
-			}
-			if len(jobs) != 1 || jobs[0] != ra.ID.String() {
-				t.Errorf("queued jobs %v, want only A's %s", jobs, ra.ID)
-			}
-		})
-	}
+		}
+	})
 }
 
 // undoFails is a ledger whose DeleteMessages fails, as a PostgreSQL that
@@ -265,18 +271,21 @@ func (l lostReply) AcceptBatch(ctx context.Context, msgs []store.NewMessage) err
 // caller is told it was accepted, and its jobs are queued.
 func TestLostCommitReplyIsAccepted(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
-	f := newFixture(t, teststack.Options{Ledger: func(st *store.Store) intake.Ledger { return lostReply{st} }})
-	s := f.submission(t, "u@one.example")
-	r, _ := f.in.NewReceipt(s)
-	if err := f.in.Submit(ctx, r, s); err != nil {
-		t.Fatalf("submit whose commit landed: %v, want accepted", err)
-	}
-	d, err := f.q.Depth(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if d.Ready != 1 {
-		t.Errorf("ready jobs %d, want 1", d.Ready)
-	}
+	testenv.EachRedis(t, func(t *testing.T) {
+		t.Parallel()
+		ctx := context.Background()
+		f := newFixture(t, teststack.Options{Ledger: func(st *store.Store) intake.Ledger { return lostReply{st} }})
+		s := f.submission(t, "u@one.example")
+		r, _ := f.in.NewReceipt(s)
+		if err := f.in.Submit(ctx, r, s); err != nil {
+			t.Fatalf("submit whose commit landed: %v, want accepted", err)
+		}
+		d, err := f.q.Depth(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.Ready != 1 {
+			t.Errorf("ready jobs %d, want 1", d.Ready)
+		}
+	})
 }

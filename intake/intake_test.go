@@ -21,7 +21,9 @@ import (
 	"github.com/mailferry/mailferry/store"
 )
 
-func TestMain(m *testing.M) { testenv.Main(m) }
+// TestMain starts a Redis Cluster too: the suite runs on both kinds of Redis
+// (testenv.EachRedis).
+func TestMain(m *testing.M) { testenv.Main(m, testenv.WithCluster()) }
 
 type fixture struct {
 	in  *intake.Intake
@@ -67,54 +69,57 @@ func TestNewRefusesMissingParts(t *testing.T) {
 // messages once they pile up.
 func TestGroupCommit(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t, teststack.Options{})
-	const n = 300
-	var wg sync.WaitGroup
-	ids := make(chan string, n)
-	for i := 0; i < n; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			s := f.submission(t, fmt.Sprintf("a%d@one.example", i), fmt.Sprintf("b%d@two.example", i), fmt.Sprintf("c%d@ONE.example", i))
-			r, err := f.in.NewReceipt(s)
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			if err := f.in.Submit(context.Background(), r, s); err != nil {
-				t.Errorf("submit %d: %v", i, err)
-				return
-			}
-			ids <- r.ID.String()
-		}()
-	}
-	wg.Wait()
-	close(ids)
-	seen := map[string]bool{}
-	for id := range ids {
-		if seen[id] {
-			t.Errorf("id %s twice", id)
+	testenv.EachRedis(t, func(t *testing.T) {
+		t.Parallel()
+		f := newFixture(t, teststack.Options{})
+		const n = 300
+		var wg sync.WaitGroup
+		ids := make(chan string, n)
+		for i := 0; i < n; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s := f.submission(t, fmt.Sprintf("a%d@one.example", i), fmt.Sprintf("b%d@two.example", i), fmt.Sprintf("c%d@ONE.example", i))
+				r, err := f.in.NewReceipt(s)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if err := f.in.Submit(context.Background(), r, s); err != nil {
+					t.Errorf("submit %d: %v", i, err)
+					return
+				}
+				ids <- r.ID.String()
+			}()
 		}
-		seen[id] = true
-	}
-	if len(seen) != n {
-		t.Fatalf("%d accepted, want %d", len(seen), n)
-	}
-	d, err := f.q.Depth(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if d.Ready != 2*n {
-		t.Errorf("ready jobs %d, want %d (one per message and domain)", d.Ready, 2*n)
-	}
-	want := fmt.Sprintf(`# HELP mailferry_messages_accepted_total Messages recorded and queued, by ingress.
+		wg.Wait()
+		close(ids)
+		seen := map[string]bool{}
+		for id := range ids {
+			if seen[id] {
+				t.Errorf("id %s twice", id)
+			}
+			seen[id] = true
+		}
+		if len(seen) != n {
+			t.Fatalf("%d accepted, want %d", len(seen), n)
+		}
+		d, err := f.q.Depth(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.Ready != 2*n {
+			t.Errorf("ready jobs %d, want %d (one per message and domain)", d.Ready, 2*n)
+		}
+		want := fmt.Sprintf(`# HELP mailferry_messages_accepted_total Messages recorded and queued, by ingress.
 # TYPE mailferry_messages_accepted_total counter
 mailferry_messages_accepted_total{ingress="api"} %d
 mailferry_messages_accepted_total{ingress="smtp"} 0
 `, n)
-	if err := testutil.GatherAndCompare(f.reg, strings.NewReader(want), "mailferry_messages_accepted_total"); err != nil {
-		t.Error(err)
-	}
+		if err := testutil.GatherAndCompare(f.reg, strings.NewReader(want), "mailferry_messages_accepted_total"); err != nil {
+			t.Error(err)
+		}
+	})
 }
 
 // TestQueueDownUndoes: when Redis refuses, the caller hears ErrUnavailable

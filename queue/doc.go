@@ -87,7 +87,10 @@
 // memory. The same job scheduled twice is one member, so it runs once.
 //
 // Both keys of a shard share the hash tag {qN}, so each MULTI and Lua script
-// touches one Redis Cluster slot. A job lives in shard
+// touches one Redis Cluster slot; the package's tests run on a real cluster
+// as well as one server (testenv.EachRedis), where a script over two slots
+// is refused. Commands over several shards (Intact, Depth) are pipelines,
+// which go-redis splits by node. A job lives in shard
 // fnv32a(MessageID) % Shards and its retries stay there; changing Shards
 // strands jobs in the shards that go away until they are requeued.
 //

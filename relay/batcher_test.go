@@ -13,6 +13,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/mailferry/mailferry/internal/testenv"
 	"github.com/mailferry/mailferry/internal/testmx"
 	"github.com/mailferry/mailferry/internal/wait"
 	"github.com/mailferry/mailferry/store"
@@ -154,74 +155,76 @@ func (l *gatedLedger) RecordOutcomesBatch(ctx context.Context, msgs []store.Mess
 // (inside a batch) is parked alone, and every other job of its batch is
 // recorded.
 func TestLedgerWritesBatched(t *testing.T) {
-	for _, tc := range []struct {
-		name   string
-		reject bool
-	}{{"all good", false}, {"one refused", true}} {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			const n = 60
-			p := newPipeline(t)
-			s := p.mx("example.net", "127.0.0.2", testmx.SMTPOptions{})
-			ids := p.sendMany(n, func(i int) string { return fmt.Sprintf("u%d@example.net", i) })
-			l := &gatedLedger{Store: p.st, gate: make(chan struct{})}
-			if tc.reject {
-				l.bad = ids[n/2]
-			}
-			p.start("w1", func(o *WorkerOptions) { o.Ledger = l })
-			w := p.worker
-			if w.batch == nil {
-				t.Fatal("the worker writes the ledger job by job; want batched")
-			}
-			// Two writes hold the committers at the gate; the rest gather.
-			wait.For(t, "outcomes gathered", func() bool { return w.batch.outcomes.waiting() >= n/2 })
-			close(l.gate)
-			var good []uuid.UUID
-			for _, id := range ids {
-				if id != l.bad {
-					good = append(good, id)
+	testenv.EachRedis(t, func(t *testing.T) {
+		for _, tc := range []struct {
+			name   string
+			reject bool
+		}{{"all good", false}, {"one refused", true}} {
+			t.Run(tc.name, func(t *testing.T) {
+				t.Parallel()
+				const n = 60
+				p := newPipeline(t)
+				s := p.mx("example.net", "127.0.0.2", testmx.SMTPOptions{})
+				ids := p.sendMany(n, func(i int) string { return fmt.Sprintf("u%d@example.net", i) })
+				l := &gatedLedger{Store: p.st, gate: make(chan struct{})}
+				if tc.reject {
+					l.bad = ids[n/2]
 				}
-			}
-			p.waitAll(good, time.Minute)
-			if tc.reject {
-				wait.For(t, "the refused job parked", func() bool {
-					d, err := p.st.LoadDelivery(context.Background(), l.bad, "example.net")
-					return err == nil && d.Parked != ""
-				})
-			}
-			for _, id := range good {
-				v := p.wait(id, time.Second)
-				if r := v.Recipients[0]; r.Attempts != 1 {
-					t.Errorf("%s: %d attempts recorded, want 1", id, r.Attempts)
+				p.start("w1", func(o *WorkerOptions) { o.Ledger = l })
+				w := p.worker
+				if w.batch == nil {
+					t.Fatal("the worker writes the ledger job by job; want batched")
 				}
-			}
-			if got := len(s.Messages()); got != n {
-				t.Errorf("receiver got %d messages, want %d (each once)", got, n)
-			}
-			stats := w.LedgerStats()
-			t.Logf("ledger writes: %+v", stats)
-			out := stats["outcome"]
-			// The refused job tries recordRejects times, each a request.
-			wantReq := int64(n)
-			if tc.reject {
-				wantReq = n - 1 + recordRejects
-			}
-			if out.Requests != wantReq {
-				t.Errorf("%d outcome requests, want %d", out.Requests, wantReq)
-			}
-			if tc.reject && out.Fallbacks < 1 {
-				t.Error("no batch written one by one, though one job's outcome was refused in it")
-			}
-			if !tc.reject {
-				if out.Commits > n-n/2+2 || out.Fallbacks != 0 {
-					t.Errorf("%d outcome commits for %d messages (%d fallbacks); want at most %d", out.Commits, n, out.Fallbacks, n-n/2+2)
+				// Two writes hold the committers at the gate; the rest gather.
+				wait.For(t, "outcomes gathered", func() bool { return w.batch.outcomes.waiting() >= n/2 })
+				close(l.gate)
+				var good []uuid.UUID
+				for _, id := range ids {
+					if id != l.bad {
+						good = append(good, id)
+					}
 				}
-			}
-			if lease := stats["lease"]; lease.Requests != n || lease.Commits > lease.Requests {
-				t.Errorf("lease writes %+v, want %d requests", lease, n)
-			}
-		})
-	}
+				p.waitAll(good, time.Minute)
+				if tc.reject {
+					wait.For(t, "the refused job parked", func() bool {
+						d, err := p.st.LoadDelivery(context.Background(), l.bad, "example.net")
+						return err == nil && d.Parked != ""
+					})
+				}
+				for _, id := range good {
+					v := p.wait(id, time.Second)
+					if r := v.Recipients[0]; r.Attempts != 1 {
+						t.Errorf("%s: %d attempts recorded, want 1", id, r.Attempts)
+					}
+				}
+				if got := len(s.Messages()); got != n {
+					t.Errorf("receiver got %d messages, want %d (each once)", got, n)
+				}
+				stats := w.LedgerStats()
+				t.Logf("ledger writes: %+v", stats)
+				out := stats["outcome"]
+				// The refused job tries recordRejects times, each a request.
+				wantReq := int64(n)
+				if tc.reject {
+					wantReq = n - 1 + recordRejects
+				}
+				if out.Requests != wantReq {
+					t.Errorf("%d outcome requests, want %d", out.Requests, wantReq)
+				}
+				if tc.reject && out.Fallbacks < 1 {
+					t.Error("no batch written one by one, though one job's outcome was refused in it")
+				}
+				if !tc.reject {
+					if out.Commits > n-n/2+2 || out.Fallbacks != 0 {
+						t.Errorf("%d outcome commits for %d messages (%d fallbacks); want at most %d", out.Commits, n, out.Fallbacks, n-n/2+2)
+					}
+				}
+				if lease := stats["lease"]; lease.Requests != n || lease.Commits > lease.Requests {
+					t.Errorf("lease writes %+v, want %d requests", lease, n)
+				}
+			})
+		}
+	})
 }
 
 // TestLedgerCommitsFallUnderLoad: with nothing held back, a worker busy
@@ -229,46 +232,49 @@ func TestLedgerWritesBatched(t *testing.T) {
 // that arrive while one commits go together into the next.
 func TestLedgerCommitsFallUnderLoad(t *testing.T) {
 	t.Parallel()
-	const n = 1000
-	p := newPipeline(t)
-	s := p.mx("example.net", "127.0.0.2", testmx.SMTPOptions{})
-	ids := p.sendMany(n, func(i int) string { return fmt.Sprintf("u%d@example.net", i) })
-	var commits atomic.Int64
-	reg := prometheus.NewRegistry()
-	p.start("w1", func(o *WorkerOptions) { o.PerDestination, o.Concurrency, o.Metrics = 64, 64, NewMetrics(reg) })
-	p.waitAll(ids, 2*time.Minute)
-	if got := len(s.Messages()); got != n {
-		t.Errorf("receiver got %d messages, want %d", got, n)
-	}
-	stats := p.worker.LedgerStats()
-	var req int64
-	for _, st := range stats {
-		req += st.Requests
-		commits.Add(st.Commits)
-	}
-	t.Logf("%d messages: %+v; %.2f transactions per message for loads, leases, signatures and outcomes (4.00 unbatched)", n, stats, float64(commits.Load())/n)
-	if req != 4*n {
-		t.Errorf("%d ledger requests, want %d (4 per message)", req, 4*n)
-	}
-	if commits.Load() >= req {
-		t.Errorf("%d transactions for %d requests: nothing batched", commits.Load(), req)
-	}
-	// The metrics say the same.
-	families, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	metric := map[string]float64{}
-	for _, f := range families {
-		for _, m := range f.GetMetric() {
-			if len(m.GetLabel()) == 1 && m.GetLabel()[0].GetName() == "kind" {
-				metric[f.GetName()] += m.GetCounter().GetValue()
+	testenv.EachRedis(t, func(t *testing.T) {
+		t.Parallel()
+		const n = 1000
+		p := newPipeline(t)
+		s := p.mx("example.net", "127.0.0.2", testmx.SMTPOptions{})
+		ids := p.sendMany(n, func(i int) string { return fmt.Sprintf("u%d@example.net", i) })
+		var commits atomic.Int64
+		reg := prometheus.NewRegistry()
+		p.start("w1", func(o *WorkerOptions) { o.PerDestination, o.Concurrency, o.Metrics = 64, 64, NewMetrics(reg) })
+		p.waitAll(ids, 2*time.Minute)
+		if got := len(s.Messages()); got != n {
+			t.Errorf("receiver got %d messages, want %d", got, n)
+		}
+		stats := p.worker.LedgerStats()
+		var req int64
+		for _, st := range stats {
+			req += st.Requests
+			commits.Add(st.Commits)
+		}
+		t.Logf("%d messages: %+v; %.2f transactions per message for loads, leases, signatures and outcomes (4.00 unbatched)", n, stats, float64(commits.Load())/n)
+		if req != 4*n {
+			t.Errorf("%d ledger requests, want %d (4 per message)", req, 4*n)
+		}
+		if commits.Load() >= req {
+			t.Errorf("%d transactions for %d requests: nothing batched", commits.Load(), req)
+		}
+		// The metrics say the same.
+		families, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		metric := map[string]float64{}
+		for _, f := range families {
+			for _, m := range f.GetMetric() {
+				if len(m.GetLabel()) == 1 && m.GetLabel()[0].GetName() == "kind" {
+					metric[f.GetName()] += m.GetCounter().GetValue()
+				}
 			}
 		}
-	}
-	if metric["mailferry_ledger_requests_total"] != float64(req) || metric["mailferry_ledger_transactions_total"] != float64(commits.Load()) {
-		t.Errorf("metrics %v, want %d requests and %d transactions", metric, req, commits.Load())
-	}
+		if metric["mailferry_ledger_requests_total"] != float64(req) || metric["mailferry_ledger_transactions_total"] != float64(commits.Load()) {
+			t.Errorf("metrics %v, want %d requests and %d transactions", metric, req, commits.Load())
+		}
+	})
 }
 
 // TestBatcherPanic: a write that panics answers every other caller of its

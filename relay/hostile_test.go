@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/mailferry/mailferry/internal/testenv"
 	"github.com/mailferry/mailferry/internal/testmx"
 	"github.com/mailferry/mailferry/internal/wait"
 	"github.com/mailferry/mailferry/mail"
@@ -103,38 +104,41 @@ func (s *scriptedMX) count() int {
 // message stayed queued with 0 attempts and the domain stalled.
 func TestHostileDataReply(t *testing.T) {
 	t.Parallel()
-	for _, tc := range []struct {
-		name, reply        string
-		status, rcptStatus string
-		response, enhanced string
-	}{
-		{"invalid UTF-8", "250 2.0.0 queued N \xff\xfe", store.StatusDelivered, store.RecipientDelivered, "queued N \uFFFD\uFFFD", "2.0.0"},
-		{"NUL", "250 ok \x00", store.StatusDelivered, store.RecipientDelivered, "ok \uFFFD", ""},
-		{"bounce with an invalid byte", "550 5.7.1 rejected \xff", store.StatusBounced, store.RecipientBounced, "rejected \uFFFD", "5.7.1"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			p := newPipeline(t)
-			mx := p.scriptedMX("example.net", "127.0.0.2", tc.reply)
-			p.start("w", nil)
-			id := p.send(mail.Draft{From: "alice@example.com", To: []string{"bob@example.net"}, Text: "hi"})
-			v := p.wait(id, 20*time.Second)
-			r := rcpt(t, v, "bob@example.net")
-			if v.Status != tc.status || r.Status != tc.rcptStatus || r.Attempts != 1 ||
-				deref(r.Response) != tc.response || deref(r.EnhancedCode) != tc.enhanced {
-				t.Errorf("message %s, recipient %s after %d attempts, %q %q; want %s, %s after 1, %q %q",
-					v.Status, r.Status, r.Attempts, deref(r.EnhancedCode), deref(r.Response),
-					tc.status, tc.rcptStatus, tc.enhanced, tc.response)
-			}
-			next := p.send(mail.Draft{From: "alice@example.com", To: []string{"carol@example.net"}, Text: "next"})
-			if v := p.wait(next, 20*time.Second); v.Status != store.StatusDelivered {
-				t.Errorf("the next message to the domain: %s", v.Status)
-			}
-			if n := mx.count(); n != 2 {
-				t.Errorf("the receiver read %d messages, want 2 (one each)", n)
-			}
-		})
-	}
+	testenv.EachRedis(t, func(t *testing.T) {
+		t.Parallel()
+		for _, tc := range []struct {
+			name, reply        string
+			status, rcptStatus string
+			response, enhanced string
+		}{
+			{"invalid UTF-8", "250 2.0.0 queued N \xff\xfe", store.StatusDelivered, store.RecipientDelivered, "queued N \uFFFD\uFFFD", "2.0.0"},
+			{"NUL", "250 ok \x00", store.StatusDelivered, store.RecipientDelivered, "ok \uFFFD", ""},
+			{"bounce with an invalid byte", "550 5.7.1 rejected \xff", store.StatusBounced, store.RecipientBounced, "rejected \uFFFD", "5.7.1"},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				t.Parallel()
+				p := newPipeline(t)
+				mx := p.scriptedMX("example.net", "127.0.0.2", tc.reply)
+				p.start("w", nil)
+				id := p.send(mail.Draft{From: "alice@example.com", To: []string{"bob@example.net"}, Text: "hi"})
+				v := p.wait(id, 20*time.Second)
+				r := rcpt(t, v, "bob@example.net")
+				if v.Status != tc.status || r.Status != tc.rcptStatus || r.Attempts != 1 ||
+					deref(r.Response) != tc.response || deref(r.EnhancedCode) != tc.enhanced {
+					t.Errorf("message %s, recipient %s after %d attempts, %q %q; want %s, %s after 1, %q %q",
+						v.Status, r.Status, r.Attempts, deref(r.EnhancedCode), deref(r.Response),
+						tc.status, tc.rcptStatus, tc.enhanced, tc.response)
+				}
+				next := p.send(mail.Draft{From: "alice@example.com", To: []string{"carol@example.net"}, Text: "next"})
+				if v := p.wait(next, 20*time.Second); v.Status != store.StatusDelivered {
+					t.Errorf("the next message to the domain: %s", v.Status)
+				}
+				if n := mx.count(); n != 2 {
+					t.Errorf("the receiver read %d messages, want 2 (one each)", n)
+				}
+			})
+		}
+	})
 }
 
 // countingLedger counts RecordOutcomes calls.
@@ -157,50 +161,53 @@ func (l *countingLedger) RecordOutcomes(ctx context.Context, id uuid.UUID, outs 
 // domain.
 func TestRefusedRecordParks(t *testing.T) {
 	t.Parallel()
-	p := newPipeline(t)
-	conn, err := pgx.Connect(t.Context(), p.dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	if _, err := conn.Exec(t.Context(), `ALTER TABLE attempts ADD CONSTRAINT test_refuse_poison CHECK (response IS DISTINCT FROM 'poison')`); err != nil {
-		t.Fatal(err)
-	}
-	mx := p.scriptedMX("example.net", "127.0.0.2", "250 poison")
-	l := &countingLedger{Ledger: p.st}
-	m := NewMetrics(prometheus.NewRegistry())
-	p.start("w", func(o *WorkerOptions) {
-		o.Ledger = l
-		o.Metrics = m
-	})
-	id := p.send(mail.Draft{From: "alice@example.com", To: []string{"bob@example.net"}, Text: "poison"})
-	var parked []store.ParkedJob
-	wait.Within(t, 30*time.Second, "the job parked", func() bool {
-		parked, err = p.st.ParkedJobs(context.Background())
+	testenv.EachRedis(t, func(t *testing.T) {
+		t.Parallel()
+		p := newPipeline(t)
+		conn, err := pgx.Connect(t.Context(), p.dbURL)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return len(parked) > 0
+		defer conn.Close(context.Background())
+		if _, err := conn.Exec(t.Context(), `ALTER TABLE attempts ADD CONSTRAINT test_refuse_poison CHECK (response IS DISTINCT FROM 'poison')`); err != nil {
+			t.Fatal(err)
+		}
+		mx := p.scriptedMX("example.net", "127.0.0.2", "250 poison")
+		l := &countingLedger{Ledger: p.st}
+		m := NewMetrics(prometheus.NewRegistry())
+		p.start("w", func(o *WorkerOptions) {
+			o.Ledger = l
+			o.Metrics = m
+		})
+		id := p.send(mail.Draft{From: "alice@example.com", To: []string{"bob@example.net"}, Text: "poison"})
+		var parked []store.ParkedJob
+		wait.Within(t, 30*time.Second, "the job parked", func() bool {
+			parked, err = p.st.ParkedJobs(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			return len(parked) > 0
+		})
+		if j := parked[0]; j.MessageID != id || j.Domain != "example.net" ||
+			!strings.Contains(j.Reason, "delivered 1") || !strings.Contains(j.Reason, "23514") {
+			t.Errorf("parked %+v", j)
+		}
+		p.waitDepth("nothing (the job parked and acked)", 10*time.Second, func(d queue.Depth) bool { return d == queue.Depth{} })
+		if n := l.records.Load(); n != recordRejects {
+			t.Errorf("record tried %d times, want %d", n, recordRejects)
+		}
+		if n := testutil.ToFloat64(m.unrecords); n != 1 {
+			t.Errorf("mailferry_outcomes_unrecorded_total %v, want 1", n)
+		}
+		if n := testutil.ToFloat64(m.parks); n != 1 {
+			t.Errorf("mailferry_jobs_parked_total %v, want 1", n)
+		}
+		next := p.send(mail.Draft{From: "alice@example.com", To: []string{"carol@example.net"}, Text: "next"})
+		if v := p.wait(next, 20*time.Second); v.Status != store.StatusDelivered {
+			t.Errorf("the next message to the domain: %s", v.Status)
+		}
+		if n := mx.count(); n != 2 {
+			t.Errorf("the receiver read %d messages, want 2 (one each)", n)
+		}
 	})
-	if j := parked[0]; j.MessageID != id || j.Domain != "example.net" ||
-		!strings.Contains(j.Reason, "delivered 1") || !strings.Contains(j.Reason, "23514") {
-		t.Errorf("parked %+v", j)
-	}
-	p.waitDepth("nothing (the job parked and acked)", 10*time.Second, func(d queue.Depth) bool { return d == queue.Depth{} })
-	if n := l.records.Load(); n != recordRejects {
-		t.Errorf("record tried %d times, want %d", n, recordRejects)
-	}
-	if n := testutil.ToFloat64(m.unrecords); n != 1 {
-		t.Errorf("mailferry_outcomes_unrecorded_total %v, want 1", n)
-	}
-	if n := testutil.ToFloat64(m.parks); n != 1 {
-		t.Errorf("mailferry_jobs_parked_total %v, want 1", n)
-	}
-	next := p.send(mail.Draft{From: "alice@example.com", To: []string{"carol@example.net"}, Text: "next"})
-	if v := p.wait(next, 20*time.Second); v.Status != store.StatusDelivered {
-		t.Errorf("the next message to the domain: %s", v.Status)
-	}
-	if n := mx.count(); n != 2 {
-		t.Errorf("the receiver read %d messages, want 2 (one each)", n)
-	}
 }

@@ -13,9 +13,10 @@ import (
 // TestMain fails the run if goroutines outlive the tests: every session,
 // DNS query and test server must have ended. The worker tests need
 // PostgreSQL and Redis; testenv stops any server it started before the
-// check.
+// check. The delivery suite runs on single Redis and on a Redis Cluster
+// (testenv.EachRedis).
 func TestMain(m *testing.M) {
-	os.Exit(leakcheck.Run(os.Stderr, func() int { return testenv.Run(m) }))
+	os.Exit(leakcheck.Run(os.Stderr, func() int { return testenv.Run(m, testenv.WithCluster()) }))
 }
 
 const ehloName = "relay.test"

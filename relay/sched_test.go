@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/mailferry/mailferry/internal/testenv"
 	"github.com/mailferry/mailferry/internal/testmx"
 	"github.com/mailferry/mailferry/internal/wait"
 	"github.com/mailferry/mailferry/mail"
@@ -60,58 +61,60 @@ func retried(qs ...*queue.Queue) (n int64) {
 // within a heartbeat; every message arrives once; and no job is written
 // back to Redis for want of a slot, though most of them waited.
 func TestDestinationLimitFleetWide(t *testing.T) {
-	const n, limit = 5000, 6
-	p := newPipeline(t)
-	s := p.mx("example.net", "127.0.0.2", testmx.SMTPOptions{DataDelay: 2 * time.Millisecond})
-	ids := p.sendMany(n, func(i int) string { return fmt.Sprintf("u%d@example.net", i) })
+	testenv.EachRedis(t, func(t *testing.T) {
+		const n, limit = 5000, 6
+		p := newPipeline(t)
+		s := p.mx("example.net", "127.0.0.2", testmx.SMTPOptions{DataDelay: 2 * time.Millisecond})
+		ids := p.sendMany(n, func(i int) string { return fmt.Sprintf("u%d@example.net", i) })
 
-	// The dead worker: it took the two leases a new destination starts
-	// with and was killed; nothing renews them.
-	const ttl = time.Second
-	dead, err := p.newQueue("dead", time.Minute).Leases(ttl)
-	if err != nil {
-		t.Fatal(err)
-	}
-	held, _, err := dead.Acquire(context.Background(), "mx:mx.example.net", 10, queue.DestLimit{Start: 2, Max: limit}, time.Now())
-	if err != nil || len(held) != 2 {
-		t.Fatalf("dead worker's leases %v, %v: want 2", held, err)
-	}
-	killed := time.Now()
+		// The dead worker: it took the two leases a new destination starts
+		// with and was killed; nothing renews them.
+		const ttl = time.Second
+		dead, err := p.newQueue("dead", time.Minute).Leases(ttl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held, _, err := dead.Acquire(context.Background(), "mx:mx.example.net", 10, queue.DestLimit{Start: 2, Max: limit}, time.Now())
+		if err != nil || len(held) != 2 {
+			t.Fatalf("dead worker's leases %v, %v: want 2", held, err)
+		}
+		killed := time.Now()
 
-	var qs []*queue.Queue
-	for _, name := range []string{"w1", "w2"} {
-		q := p.newQueue(name, time.Minute)
-		qs = append(qs, q)
-		p.start(name, func(o *WorkerOptions) {
-			o.Queue, o.PerDestination, o.Concurrency = q, limit, 64
-			o.Heartbeat, o.Lease = 100*time.Millisecond, ttl
-		})
-	}
-	wait.For(t, "the first delivery", func() bool { return len(s.Messages()) > 0 })
-	waited := time.Since(killed)
-	t.Logf("first delivery %v after the holder of the destination's leases died (TTL %v)", waited.Round(time.Millisecond), ttl)
-	if waited < ttl/2 || waited > ttl+2*time.Second {
-		// Before the TTL the limit (2, both dead) admits nothing.
-		t.Errorf("first delivery %v after the holder died, want after its leases' TTL %v and soon after", waited, ttl)
-	}
-	p.waitAll(ids, 2*time.Minute)
-	if got := len(s.Messages()); got != n {
-		t.Errorf("receiver got %d messages, want %d", got, n)
-	}
-	t.Logf("%d messages, peak %d transactions at once (limit %d), queue counts %+v and %+v", n, s.PeakTransactions(), limit, qs[0].Counts(), qs[1].Counts())
-	if peak := s.PeakTransactions(); peak > limit || peak < limit-1 {
-		t.Errorf("peak %d transactions at once, want the limit %d (two workers, each allowed %d)", peak, limit, limit)
-	}
-	if r := retried(qs...); r != 0 {
-		t.Errorf("%d jobs written back to Redis; a busy destination must not cause any", r)
-	}
-	var claimed int64
-	for _, q := range qs {
-		claimed += q.Counts().Claimed
-	}
-	if claimed != n {
-		t.Errorf("%d claims for %d jobs: a job went round through Redis", claimed, n)
-	}
+		var qs []*queue.Queue
+		for _, name := range []string{"w1", "w2"} {
+			q := p.newQueue(name, time.Minute)
+			qs = append(qs, q)
+			p.start(name, func(o *WorkerOptions) {
+				o.Queue, o.PerDestination, o.Concurrency = q, limit, 64
+				o.Heartbeat, o.Lease = 100*time.Millisecond, ttl
+			})
+		}
+		wait.For(t, "the first delivery", func() bool { return len(s.Messages()) > 0 })
+		waited := time.Since(killed)
+		t.Logf("first delivery %v after the holder of the destination's leases died (TTL %v)", waited.Round(time.Millisecond), ttl)
+		if waited < ttl/2 || waited > ttl+2*time.Second {
+			// Before the TTL the limit (2, both dead) admits nothing.
+			t.Errorf("first delivery %v after the holder died, want after its leases' TTL %v and soon after", waited, ttl)
+		}
+		p.waitAll(ids, 2*time.Minute)
+		if got := len(s.Messages()); got != n {
+			t.Errorf("receiver got %d messages, want %d", got, n)
+		}
+		t.Logf("%d messages, peak %d transactions at once (limit %d), queue counts %+v and %+v", n, s.PeakTransactions(), limit, qs[0].Counts(), qs[1].Counts())
+		if peak := s.PeakTransactions(); peak > limit || peak < limit-1 {
+			t.Errorf("peak %d transactions at once, want the limit %d (two workers, each allowed %d)", peak, limit, limit)
+		}
+		if r := retried(qs...); r != 0 {
+			t.Errorf("%d jobs written back to Redis; a busy destination must not cause any", r)
+		}
+		var claimed int64
+		for _, q := range qs {
+			claimed += q.Counts().Claimed
+		}
+		if claimed != n {
+			t.Errorf("%d claims for %d jobs: a job went round through Redis", claimed, n)
+		}
+	})
 }
 
 // TestBusyDestinationDelaysNoOther: a slow destination's backlog waits in
@@ -119,32 +122,34 @@ func TestDestinationLimitFleetWide(t *testing.T) {
 // destination, sent after it, is delivered while the slow one is still at
 // work; and no job is requeued for a busy destination.
 func TestBusyDestinationDelaysNoOther(t *testing.T) {
-	p := newPipeline(t)
-	slow := p.mx("slow.example", "127.0.0.2", testmx.SMTPOptions{DataDelay: 700 * time.Millisecond})
-	quick := p.mx("quick.example", "127.0.0.3", testmx.SMTPOptions{})
-	q := p.newQueue("w", time.Minute)
-	// Concurrency 4: without the gate, the slow backlog would fill every slot.
-	// A lease TTL of seconds, not the pipeline's 300 ms: a loaded test
-	// machine must not let a lease lapse mid-transaction and so admit a
-	// third.
-	p.start("w", func(o *WorkerOptions) { o.Queue, o.PerDestination, o.Concurrency, o.Lease = q, 2, 4, 2*time.Second })
-	slowIDs := p.sendMany(16, func(i int) string { return fmt.Sprintf("u%d@slow.example", i) })
-	wait.For(t, "the slow destination at work", func() bool { return slow.PeakTransactions() > 0 })
-	quickIDs := p.sendMany(40, func(i int) string { return fmt.Sprintf("u%d@quick.example", i) })
-	p.waitAll(quickIDs, 30*time.Second)
-	if got := len(slow.Messages()); got >= len(slowIDs) {
-		t.Errorf("the slow destination finished (%d messages) before the quick one: the test shows nothing", got)
-	}
-	if got := len(quick.Messages()); got != len(quickIDs) {
-		t.Errorf("quick destination got %d, want %d", got, len(quickIDs))
-	}
-	p.waitAll(slowIDs, time.Minute)
-	if peak := slow.PeakTransactions(); peak > 2 {
-		t.Errorf("slow destination peak %d, want at most its limit 2", peak)
-	}
-	if c := q.Counts(); c.Retried != 0 || c.Claimed != int64(len(slowIDs)+len(quickIDs)) {
-		t.Errorf("queue counts %+v: want every job claimed once and none written back", c)
-	}
+	testenv.EachRedis(t, func(t *testing.T) {
+		p := newPipeline(t)
+		slow := p.mx("slow.example", "127.0.0.2", testmx.SMTPOptions{DataDelay: 700 * time.Millisecond})
+		quick := p.mx("quick.example", "127.0.0.3", testmx.SMTPOptions{})
+		q := p.newQueue("w", time.Minute)
+		// Concurrency 4: without the gate, the slow backlog would fill every slot.
+		// A lease TTL of seconds, not the pipeline's 300 ms: a loaded test
+		// machine must not let a lease lapse mid-transaction and so admit a
+		// third.
+		p.start("w", func(o *WorkerOptions) { o.Queue, o.PerDestination, o.Concurrency, o.Lease = q, 2, 4, 2*time.Second })
+		slowIDs := p.sendMany(16, func(i int) string { return fmt.Sprintf("u%d@slow.example", i) })
+		wait.For(t, "the slow destination at work", func() bool { return slow.PeakTransactions() > 0 })
+		quickIDs := p.sendMany(40, func(i int) string { return fmt.Sprintf("u%d@quick.example", i) })
+		p.waitAll(quickIDs, 30*time.Second)
+		if got := len(slow.Messages()); got >= len(slowIDs) {
+			t.Errorf("the slow destination finished (%d messages) before the quick one: the test shows nothing", got)
+		}
+		if got := len(quick.Messages()); got != len(quickIDs) {
+			t.Errorf("quick destination got %d, want %d", got, len(quickIDs))
+		}
+		p.waitAll(slowIDs, time.Minute)
+		if peak := slow.PeakTransactions(); peak > 2 {
+			t.Errorf("slow destination peak %d, want at most its limit 2", peak)
+		}
+		if c := q.Counts(); c.Retried != 0 || c.Claimed != int64(len(slowIDs)+len(quickIDs)) {
+			t.Errorf("queue counts %+v: want every job claimed once and none written back", c)
+		}
+	})
 }
 
 // TestClosingDestinationBacksOff: a destination that answers 421 to every
@@ -152,56 +157,58 @@ func TestBusyDestinationDelaysNoOther(t *testing.T) {
 // deferred (never bounced), and once it answers again the limit grows
 // back and everything is delivered.
 func TestClosingDestinationBacksOff(t *testing.T) {
-	p := newPipeline(t)
-	s := p.mx("example.net", "127.0.0.2", testmx.SMTPOptions{})
-	var qs []*queue.Queue
-	for _, name := range []string{"w1", "w2"} {
-		q := p.newQueue(name, time.Minute)
-		qs = append(qs, q)
-		p.start(name, func(o *WorkerOptions) { o.Queue, o.PerDestination = q, 8 })
-	}
-	const dest = "mx:mx.example.net"
-	limitNow := func() int {
-		ds, err := p.q.Destinations(context.Background(), time.Now())
-		if err != nil {
-			t.Fatal(err)
+	testenv.EachRedis(t, func(t *testing.T) {
+		p := newPipeline(t)
+		s := p.mx("example.net", "127.0.0.2", testmx.SMTPOptions{})
+		var qs []*queue.Queue
+		for _, name := range []string{"w1", "w2"} {
+			q := p.newQueue(name, time.Minute)
+			qs = append(qs, q)
+			p.start(name, func(o *WorkerOptions) { o.Queue, o.PerDestination = q, 8 })
 		}
-		for _, d := range ds {
-			if d.Name == dest {
-				return d.Limit
+		const dest = "mx:mx.example.net"
+		limitNow := func() int {
+			ds, err := p.q.Destinations(context.Background(), time.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, d := range ds {
+				if d.Name == dest {
+					return d.Limit
+				}
+			}
+			return 0
+		}
+		// Warm up: quick transactions earn the destination its cap.
+		p.waitAll(p.sendMany(30, func(i int) string { return fmt.Sprintf("a%d@example.net", i) }), 30*time.Second)
+		if l := limitNow(); l < 6 {
+			t.Fatalf("limit %d after 30 quick transactions, want near the cap 8", l)
+		}
+		closing := make([]string, 40)
+		for i := range closing {
+			closing[i] = "421 4.3.2 shutting down"
+		}
+		s.OnMail(closing...)
+		ids := p.sendMany(10, func(i int) string { return fmt.Sprintf("b%d@example.net", i) })
+		wait.For(t, "the limit down to 1", func() bool { return limitNow() == 1 })
+		for _, id := range ids[:3] {
+			v, err := p.st.GetMessage(context.Background(), p.key.TenantID, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v.Status == store.StatusBounced {
+				t.Fatalf("%s %s under 421: a 421 must defer, not bounce", id, v.Status)
 			}
 		}
-		return 0
-	}
-	// Warm up: quick transactions earn the destination its cap.
-	p.waitAll(p.sendMany(30, func(i int) string { return fmt.Sprintf("a%d@example.net", i) }), 30*time.Second)
-	if l := limitNow(); l < 6 {
-		t.Fatalf("limit %d after 30 quick transactions, want near the cap 8", l)
-	}
-	closing := make([]string, 40)
-	for i := range closing {
-		closing[i] = "421 4.3.2 shutting down"
-	}
-	s.OnMail(closing...)
-	ids := p.sendMany(10, func(i int) string { return fmt.Sprintf("b%d@example.net", i) })
-	wait.For(t, "the limit down to 1", func() bool { return limitNow() == 1 })
-	for _, id := range ids[:3] {
-		v, err := p.st.GetMessage(context.Background(), p.key.TenantID, id)
-		if err != nil {
-			t.Fatal(err)
+		// The 421s run out: the destination answers again.
+		p.waitAll(ids, time.Minute)
+		more := p.sendMany(10, func(i int) string { return fmt.Sprintf("c%d@example.net", i) })
+		p.waitAll(more, 30*time.Second)
+		if l := limitNow(); l < 2 {
+			t.Errorf("limit %d after the destination recovered, want it growing again", l)
 		}
-		if v.Status == store.StatusBounced {
-			t.Fatalf("%s %s under 421: a 421 must defer, not bounce", id, v.Status)
+		if r := qs[0].Counts().Retried + qs[1].Counts().Retried; r == 0 {
+			t.Error("no deferral written back: the 421s were never seen")
 		}
-	}
-	// The 421s run out: the destination answers again.
-	p.waitAll(ids, time.Minute)
-	more := p.sendMany(10, func(i int) string { return fmt.Sprintf("c%d@example.net", i) })
-	p.waitAll(more, 30*time.Second)
-	if l := limitNow(); l < 2 {
-		t.Errorf("limit %d after the destination recovered, want it growing again", l)
-	}
-	if r := qs[0].Counts().Retried + qs[1].Counts().Retried; r == 0 {
-		t.Error("no deferral written back: the 421s were never seen")
-	}
+	})
 }

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mailferry/mailferry/internal/testenv"
 	"github.com/mailferry/mailferry/internal/wait"
 
 	"github.com/google/uuid"
@@ -46,25 +47,28 @@ func (p *pipeline) newMessage(id uuid.UUID, to string) store.NewMessage {
 // undone accept), and the mail waited for the reconciler.
 func TestJobBeforeItsRows(t *testing.T) {
 	t.Parallel()
-	p := newPipeline(t)
-	mx := p.mx("example.net", "127.0.0.2", testmx.SMTPOptions{})
-	id := uuid.Must(uuid.NewV7())
-	if err := p.q.Enqueue(context.Background(), queue.Item{Job: queue.Job{MessageID: id.String(), Domain: "example.net"}}); err != nil {
-		t.Fatal(err)
-	}
-	p.start("w1", func(o *WorkerOptions) { o.AcceptWindow = time.Minute })
-	// The worker has looked and found nothing when the job is neither ready
-	// nor claimed any more.
-	p.waitDepth("the job looked at", 10*time.Second, func(d queue.Depth) bool { return d.Ready == 0 && d.Inflight == 0 })
-	if err := p.st.AcceptBatch(context.Background(), []store.NewMessage{p.newMessage(id, "bob@example.net")}); err != nil {
-		t.Fatal(err)
-	}
-	if v := p.wait(id, 20*time.Second); v.Status != store.StatusDelivered {
-		t.Fatalf("status %s, want delivered", v.Status)
-	}
-	if n := len(mx.Messages()); n != 1 {
-		t.Errorf("example.net received %d messages, want 1", n)
-	}
+	testenv.EachRedis(t, func(t *testing.T) {
+		t.Parallel()
+		p := newPipeline(t)
+		mx := p.mx("example.net", "127.0.0.2", testmx.SMTPOptions{})
+		id := uuid.Must(uuid.NewV7())
+		if err := p.q.Enqueue(context.Background(), queue.Item{Job: queue.Job{MessageID: id.String(), Domain: "example.net"}}); err != nil {
+			t.Fatal(err)
+		}
+		p.start("w1", func(o *WorkerOptions) { o.AcceptWindow = time.Minute })
+		// The worker has looked and found nothing when the job is neither ready
+		// nor claimed any more.
+		p.waitDepth("the job looked at", 10*time.Second, func(d queue.Depth) bool { return d.Ready == 0 && d.Inflight == 0 })
+		if err := p.st.AcceptBatch(context.Background(), []store.NewMessage{p.newMessage(id, "bob@example.net")}); err != nil {
+			t.Fatal(err)
+		}
+		if v := p.wait(id, 20*time.Second); v.Status != store.StatusDelivered {
+			t.Fatalf("status %s, want delivered", v.Status)
+		}
+		if n := len(mx.Messages()); n != 1 {
+			t.Errorf("example.net received %d messages, want 1", n)
+		}
+	})
 }
 
 // TestJobWithoutRowsIsDropped: the rows of a job never committed (the
@@ -72,17 +76,20 @@ func TestJobBeforeItsRows(t *testing.T) {
 // and nothing is sent.
 func TestJobWithoutRowsIsDropped(t *testing.T) {
 	t.Parallel()
-	p := newPipeline(t)
-	mx := p.mx("example.net", "127.0.0.2", testmx.SMTPOptions{})
-	id := uuid.Must(uuid.NewV7())
-	if err := p.q.Enqueue(context.Background(), queue.Item{Job: queue.Job{MessageID: id.String(), Domain: "example.net"}}); err != nil {
-		t.Fatal(err)
-	}
-	p.start("w1", func(o *WorkerOptions) { o.AcceptWindow = 500 * time.Millisecond })
-	p.waitDepth("empty", 10*time.Second, func(d queue.Depth) bool { return d == queue.Depth{} })
-	if n := len(mx.Messages()); n != 0 {
-		t.Errorf("example.net received %d messages for a job without rows", n)
-	}
+	testenv.EachRedis(t, func(t *testing.T) {
+		t.Parallel()
+		p := newPipeline(t)
+		mx := p.mx("example.net", "127.0.0.2", testmx.SMTPOptions{})
+		id := uuid.Must(uuid.NewV7())
+		if err := p.q.Enqueue(context.Background(), queue.Item{Job: queue.Job{MessageID: id.String(), Domain: "example.net"}}); err != nil {
+			t.Fatal(err)
+		}
+		p.start("w1", func(o *WorkerOptions) { o.AcceptWindow = 500 * time.Millisecond })
+		p.waitDepth("empty", 10*time.Second, func(d queue.Depth) bool { return d == queue.Depth{} })
+		if n := len(mx.Messages()); n != 0 {
+			t.Errorf("example.net received %d messages for a job without rows", n)
+		}
+	})
 }
 
 func TestUnrecordedRetry(t *testing.T) {

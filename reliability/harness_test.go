@@ -25,6 +25,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/mailferry/mailferry/internal/devstack"
+	"github.com/mailferry/mailferry/internal/redisconn"
 	"github.com/mailferry/mailferry/internal/testmx"
 )
 
@@ -81,12 +82,18 @@ const (
 // stack is one test's world: Redis and PostgreSQL it can break, DNS and
 // SMTP sinks on loopback, and the mailferry binary pointed at them.
 type stack struct {
-	t                  *testing.T
-	dir                string
-	redis, pg          *devstack.Process
-	redisPort, pgPort  int
-	redisDir, pgDir    string
-	rdb                *redis.Client
+	t                 *testing.T
+	dir               string
+	redis, pg         *devstack.Process
+	redisPort, pgPort int
+	redisDir, pgDir   string
+	rdb               redis.UniversalClient
+	// cluster, if set, is the Redis the binary uses (MAILFERRY_REDIS_MODE=
+	// cluster) instead of redis, which then stays unused.
+	cluster *devstack.RedisCluster
+	// appDB, if set, is the database URL the binary gets instead of pg's:
+	// the place a connection pooler in front of PostgreSQL plugs in.
+	appDB              string
 	db                 *pgxpool.Pool // direct SQL, to read the ledger as it is
 	dns                *testmx.DNS
 	sinks              []*testmx.SMTP // the last is slowDomain's
@@ -100,6 +107,25 @@ type stack struct {
 
 func newStack(t *testing.T, dataDelay time.Duration) *stack {
 	t.Helper()
+	return newStackWith(t, stackOptions{DataDelay: dataDelay})
+}
+
+// stackOptions shape a stack beyond newStack's.
+type stackOptions struct {
+	DataDelay time.Duration // each sink holds its reply to DATA this long
+	// Cluster runs the binary on a Redis Cluster of 3 primaries and 3
+	// replicas of the test's own (it may kill them), the queue in
+	// clusterShards shards.
+	Cluster bool
+}
+
+// clusterShards spreads the queue over the cluster's primaries, two
+// shards each.
+const clusterShards = 6
+
+func newStackWith(t *testing.T, opts stackOptions) *stack {
+	t.Helper()
+	dataDelay := opts.DataDelay
 	s := &stack{t: t, dir: t.TempDir()}
 	s.redisDir, s.pgDir = filepath.Join(s.dir, "redis"), filepath.Join(s.dir, "postgres")
 	var err error
@@ -108,16 +134,32 @@ func newStack(t *testing.T, dataDelay time.Duration) *stack {
 			t.Fatal(err)
 		}
 	}
-	s.startRedis()
+	if opts.Cluster {
+		c, err := devstack.StartRedisCluster(context.Background(), devstack.ClusterOptions{Dir: filepath.Join(s.dir, "cluster")})
+		if err != nil {
+			t.Fatalf("start redis cluster: %v", err)
+		}
+		s.cluster = c
+	} else {
+		s.startRedis()
+	}
 	s.startPostgres()
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
 		_ = s.redis.Stop(ctx)
+		_ = s.cluster.Stop(ctx)
 		_ = s.pg.Stop(ctx)
 	})
-	ro, _ := redis.ParseURL(s.redis.URL)
-	s.rdb = redis.NewClient(ro)
+	mode, url := redisconn.Single, ""
+	if s.cluster != nil {
+		mode, url = redisconn.Cluster, s.cluster.URL
+	} else {
+		url = s.redis.URL
+	}
+	if s.rdb, err = redisconn.Open(mode, url, redisconn.Options{}); err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() { s.rdb.Close() })
 	s.db, err = pgxpool.New(context.Background(), s.pg.URL)
 	if err != nil {
@@ -193,24 +235,38 @@ func (s *stack) stopPostgres() {
 }
 
 func (s *stack) env() []string {
-	return []string{
-		"PATH=" + os.Getenv("PATH"),
-		"MAILFERRY_DATABASE_URL=" + s.pg.URL,
-		"MAILFERRY_REDIS_URL=" + s.redis.URL,
+	db := s.pg.URL
+	var poolerEnv []string
+	if s.appDB != "" {
+		// Behind PgBouncer in transaction pooling mode; LISTEN goes direct.
+		db = s.appDB
+		poolerEnv = []string{"MAILFERRY_DATABASE_POOLER=pgbouncer", "MAILFERRY_DATABASE_DIRECT_URL=" + s.pg.URL}
+	}
+	var redisEnv []string
+	if s.cluster == nil {
+		redisEnv = []string{"MAILFERRY_REDIS_URL=" + s.redis.URL}
+	} else {
+		redisEnv = []string{"MAILFERRY_REDIS_MODE=cluster", "MAILFERRY_REDIS_URL=" + s.cluster.URL,
+			"MAILFERRY_QUEUE_SHARDS=" + strconv.Itoa(clusterShards)}
+	}
+	redisEnv = append(redisEnv, poolerEnv...)
+	return append(redisEnv,
+		"PATH="+os.Getenv("PATH"),
+		"MAILFERRY_DATABASE_URL="+db,
 		"MAILFERRY_HOSTNAME=relay.test",
-		"MAILFERRY_DNS_SERVER=" + s.dns.Addr(),
-		"MAILFERRY_SMTP_PORT=" + strconv.Itoa(s.smtpPort),
+		"MAILFERRY_DNS_SERVER="+s.dns.Addr(),
+		"MAILFERRY_SMTP_PORT="+strconv.Itoa(s.smtpPort),
 		"MAILFERRY_ALLOW_PRIVATE_DESTINATIONS=true",
 		"MAILFERRY_SUBMISSION_ADDR=",
 		"MAILFERRY_SUBMISSIONS_ADDR=",
-		"MAILFERRY_HTTP_ADDR=" + s.addr(),
+		"MAILFERRY_HTTP_ADDR="+s.addr(),
 		"MAILFERRY_RETRY_SCHEDULE=1s",
-		"MAILFERRY_VISIBILITY_TIMEOUT=" + visibility.String(),
-		"MAILFERRY_RECONCILE_INTERVAL=" + reconcile.String(),
+		"MAILFERRY_VISIBILITY_TIMEOUT="+visibility.String(),
+		"MAILFERRY_RECONCILE_INTERVAL="+reconcile.String(),
 		// The per-key rate limit is not the fault under test, and would
 		// make the loads take minutes.
 		"MAILFERRY_RATE_LIMIT=0",
-	}
+	)
 }
 
 func (s *stack) addr() string { return fmt.Sprintf("127.0.0.1:%d", s.httpPort) }
@@ -370,6 +426,9 @@ type load struct {
 	accepted []sent
 	status   map[int]int // HTTP status → count, 202 included
 	errors   int         // requests with no answer (connection refused, reset)
+	// addrs, if set, are API processes taken in turn instead of the
+	// stack's one.
+	addrs []string
 }
 
 func (s *stack) newLoad() *load {
@@ -393,8 +452,12 @@ func body(i int, domain string, sendAt time.Time) string {
 // retried: a rate limit is not the fault under test.
 func (l *load) post(sendAt time.Time) (int, error) {
 	i := int(l.s.next.Add(1))
+	addr := l.s.addr()
+	if len(l.addrs) > 0 {
+		addr = l.addrs[i%len(l.addrs)]
+	}
 	for {
-		req, _ := http.NewRequest("POST", "http://"+l.s.addr()+"/v1/messages", strings.NewReader(body(i, l.domain, sendAt)))
+		req, _ := http.NewRequest("POST", "http://"+addr+"/v1/messages", strings.NewReader(body(i, l.domain, sendAt)))
 		req.Header.Set("Authorization", "Bearer "+l.s.key)
 		req.Header.Set("Content-Type", "application/json")
 		resp, err := l.client.Do(req)

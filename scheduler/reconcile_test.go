@@ -10,6 +10,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/mailferry/mailferry/internal/testenv"
 	"github.com/mailferry/mailferry/internal/teststack"
 	"github.com/mailferry/mailferry/queue"
 	"github.com/mailferry/mailferry/scheduler"
@@ -19,7 +20,7 @@ import (
 type reconcileEnv struct {
 	t      *testing.T
 	st     *store.Store
-	rdb    *redis.Client
+	rdb    redis.UniversalClient
 	prefix string
 	q      *queue.Queue
 	key    store.APIKey
@@ -78,11 +79,7 @@ func (e *reconcileEnv) queued() []string {
 // lose deletes the test's Redis keys, as FLUSHALL would.
 func (e *reconcileEnv) lose() {
 	ctx := context.Background()
-	keys, err := e.rdb.Keys(ctx, e.prefix+":*").Result()
-	if err == nil && len(keys) > 0 {
-		err = e.rdb.Del(ctx, keys...).Err()
-	}
-	if err != nil {
+	if err := testenv.DeleteKeys(ctx, e.rdb, e.prefix); err != nil {
 		e.t.Errorf("delete test keys: %v", err)
 	}
 }

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Installs what Mailferry's tests and `make run` need, when missing. Always
-# redis-server, the PostgreSQL server, swaks (an outside SMTP client the
+# redis-server and redis-cli (a Redis Cluster for the tests), the PostgreSQL server, swaks (an outside SMTP client the
 # submission tests use) and Postfix (the bounce test runs its own instance
 # as a real MTA that bounces after queueing), unbound (a validating resolver
 # for the DANE tests), pgbouncer (transaction pooling tests), python3-dkim
@@ -14,6 +14,8 @@
 set -eu
 need=""
 command -v redis-server >/dev/null 2>&1 || need="$need redis-server"
+# redis-cli --cluster create joins the test Redis Cluster (internal/devstack).
+command -v redis-cli >/dev/null 2>&1 || need="$need redis-tools"
 command -v swaks >/dev/null 2>&1 || need="$need swaks"
 # swaks speaks TLS only through Net::SSLeay and IO::Socket::SSL, which it
 # merely recommends: --no-install-recommends leaves them out.

@@ -6,9 +6,8 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/mailferry/mailferry/config"
+	"github.com/mailferry/mailferry/internal/redisconn"
 	"github.com/mailferry/mailferry/queue"
 	"github.com/mailferry/mailferry/scheduler"
 	"github.com/mailferry/mailferry/store"
@@ -56,11 +55,10 @@ func runRequeue(ctx context.Context, env *environment, args []string) error {
 
 // openQueue connects to MAILFERRY_REDIS_URL the way serve does.
 func openQueue(cfg config.Config) (*queue.Queue, func(), error) {
-	ropts, err := redis.ParseURL(cfg.RedisURL.String())
+	rdb, err := redisconn.Open(cfg.RedisMode, cfg.RedisURL.String(), redisconn.Options{})
 	if err != nil {
 		return nil, nil, fmt.Errorf("MAILFERRY_REDIS_URL: %w", err)
 	}
-	rdb := redis.NewClient(ropts)
 	q, err := queue.New(rdb, queue.Options{Shards: cfg.QueueShards, VisibilityTimeout: cfg.Leases.Visibility})
 	if err != nil {
 		rdb.Close()

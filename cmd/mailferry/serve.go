@@ -27,6 +27,7 @@ import (
 	"github.com/mailferry/mailferry/dkim"
 	"github.com/mailferry/mailferry/inbound"
 	"github.com/mailferry/mailferry/intake"
+	"github.com/mailferry/mailferry/internal/redisconn"
 	"github.com/mailferry/mailferry/queue"
 	"github.com/mailferry/mailferry/ratelimit"
 	"github.com/mailferry/mailferry/scheduler"
@@ -97,12 +98,11 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 		}
 	}
 
-	ropts, err := redis.ParseURL(cfg.RedisURL.String())
+	redis.SetLogger(redisLogger{log})
+	rdb, err := redisconn.Open(cfg.RedisMode, cfg.RedisURL.String(), redisconn.Options{})
 	if err != nil {
 		return fmt.Errorf("MAILFERRY_REDIS_URL: %w", err)
 	}
-	redis.SetLogger(redisLogger{log})
-	rdb := redis.NewClient(ropts)
 	defer rdb.Close()
 	q, err := queue.New(rdb, queue.Options{Shards: cfg.QueueShards, Consumer: consumerName(cfg), VisibilityTimeout: cfg.Leases.Visibility})
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/mailferry/mailferry/config"
+	"github.com/mailferry/mailferry/internal/redisconn"
 	"github.com/mailferry/mailferry/relay"
 	"github.com/mailferry/mailferry/shaping"
 )
@@ -63,11 +64,10 @@ func shapingShow(ctx context.Context, env *environment, args []string) error {
 	if err != nil {
 		return err
 	}
-	ropts, err := redis.ParseURL(cfg.RedisURL.String())
+	rdb, err := redisconn.Open(cfg.RedisMode, cfg.RedisURL.String(), redisconn.Options{})
 	if err != nil {
 		return fmt.Errorf("MAILFERRY_REDIS_URL: %w", err)
 	}
-	rdb := redis.NewClient(ropts)
 	defer rdb.Close()
 	sh, err := newShaper(cfg, rdb, nil, nil)
 	if err != nil {

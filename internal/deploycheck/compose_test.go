@@ -343,6 +343,7 @@ func checkCompose(c composeFile, root string) []string {
 			ps.add("%s: no named volume on /data; the queue would not survive the container", at("redis"))
 		}
 	}
+	ps = append(ps, checkComposeCluster(c)...)
 	if p, ok := c.Services["postgres"]; ok {
 		if !strings.HasPrefix(p.Image, "postgres:16") {
 			ps.add("%s: image %s is not PostgreSQL 16", at("postgres"), p.Image)
@@ -386,7 +387,10 @@ func checkCompose(c composeFile, root string) []string {
 			}
 		}
 		for _, pair := range [][2]string{{"MAILFERRY_REDIS_URL", "redis"}, {"MAILFERRY_DATABASE_URL", "postgres"}} {
-			if u, err := url.Parse(s.Environment[pair[0]]); err != nil || u.Hostname() != pair[1] {
+			// The default of a ${NAME:-default} (the cluster profile sets
+			// the Redis URL in .env).
+			raw, _ := interpolate(s.Environment[pair[0]], nil)
+			if u, err := url.Parse(raw); err != nil || u.Hostname() != pair[1] {
 				ps.add("%s: %s does not point at the %s service", at(name), pair[0], pair[1])
 			}
 		}

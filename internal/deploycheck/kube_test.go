@@ -179,6 +179,14 @@ type hpaMetric struct {
 	Resource *struct {
 		Name string `yaml:"name"`
 	} `yaml:"resource"`
+	External *struct {
+		Metric struct {
+			Name     string `yaml:"name"`
+			Selector struct {
+				MatchLabels map[string]string `yaml:"matchLabels"`
+			} `yaml:"selector"`
+		} `yaml:"metric"`
+	} `yaml:"external"`
 }
 
 type serviceMonitorSpec struct {

@@ -39,6 +39,26 @@ func (p *Process) Stop(ctx context.Context) error {
 	return p.stop(ctx)
 }
 
+// Kill ends the server with SIGKILL, as a crash would, and waits for it.
+func (p *Process) Kill() {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Kill()
+	<-p.done
+}
+
+// Addr is the host:port the server listens on.
+func (p *Process) Addr() string {
+	u, err := url.Parse(p.URL)
+	if err != nil {
+		return ""
+	}
+	return u.Host
+}
+
 // FreePort asks the kernel for a free TCP port on 127.0.0.1.
 func FreePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -56,6 +76,8 @@ type RedisOptions struct {
 	// Persist enables AOF so a restart keeps the data (make run); tests
 	// run without persistence.
 	Persist bool
+	// Args are more redis-server options (a cluster node's).
+	Args []string
 }
 
 // StartRedis starts redis-server on 127.0.0.1.
@@ -84,6 +106,7 @@ func StartRedis(ctx context.Context, opts RedisOptions) (*Process, error) {
 	} else {
 		args = append(args, "--appendonly", "no")
 	}
+	args = append(args, opts.Args...)
 	cmd := exec.Command(bin, args...)
 	cmd.SysProcAttr = serverAttr()
 	p, err := startProcess("redis", cmd)

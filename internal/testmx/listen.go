@@ -89,6 +89,7 @@ type connTracker struct {
 	net.Listener
 	mu       sync.Mutex
 	accepted int
+	peak     int // most connections open at once
 	open     map[*trackedConn]struct{}
 }
 
@@ -105,6 +106,7 @@ func (l *connTracker) Accept() (net.Conn, error) {
 	l.mu.Lock()
 	l.accepted++
 	l.open[tc] = struct{}{}
+	l.peak = max(l.peak, len(l.open))
 	l.mu.Unlock()
 	return tc, nil
 }

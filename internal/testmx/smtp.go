@@ -178,6 +178,13 @@ func (s *SMTP) Messages() []Message {
 	return append([]Message(nil), s.messages...)
 }
 
+// Received counts the messages accepted so far, without copying them.
+func (s *SMTP) Received() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.messages)
+}
+
 // PeakTransactions is the most mail transactions that were open at once
 // (MAIL accepted, DATA not yet answered), over all connections.
 func (s *SMTP) PeakTransactions() int {
@@ -204,6 +211,14 @@ func (s *SMTP) Hellos() []Hello {
 // Connections reports how many connections the server accepted and how
 // many are still open.
 func (s *SMTP) Connections() (accepted, open int) { return s.ln.counts() }
+
+// PeakConnections is the most connections that were open at once, idle
+// ones included: what a fleet-wide connection limit must hold to.
+func (s *SMTP) PeakConnections() int {
+	s.ln.mu.Lock()
+	defer s.ln.mu.Unlock()
+	return s.ln.peak
+}
 
 // DropConnections closes every open connection, as a server does to idle
 // sessions (RFC 5321 4.5.3.2.7), while it goes on listening.

@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/mailferry/mailferry/intake"
+	"github.com/mailferry/mailferry/internal/redisconn"
 	"github.com/mailferry/mailferry/internal/testenv"
 	"github.com/mailferry/mailferry/queue"
 	"github.com/mailferry/mailferry/store"
@@ -40,9 +41,11 @@ type Options struct {
 type Stack struct {
 	DatabaseURL string
 	// Prefix is the queue's key prefix, unique to the test.
-	Prefix   string
-	Store    *store.Store
-	Redis    *redis.Client
+	Prefix string
+	Store  *store.Store
+	// Redis is the single test server, or the test cluster inside
+	// testenv.EachRedis's cluster subtest.
+	Redis    redis.UniversalClient
 	Queue    *queue.Queue
 	Intake   *intake.Intake
 	Registry *prometheus.Registry
@@ -66,17 +69,18 @@ func New(t testing.TB, opts Options) *Stack {
 	}
 	s.Store = st
 
-	url := opts.RedisURL
-	if url == "" {
-		url = testenv.RedisURL(t)
+	// A stopped Redis must fail fast in the outage tests.
+	ro := redisconn.Options{MaxRetries: -1}
+	if opts.RedisURL == "" {
+		s.Redis = testenv.Redis(t, ro)
+	} else {
+		rdb, err := redisconn.Open(redisconn.Single, opts.RedisURL, ro)
+		if err != nil {
+			t.Fatalf("teststack: redis url %q: %v", opts.RedisURL, err)
+		}
+		s.Redis = rdb
+		t.Cleanup(func() { rdb.Close() })
 	}
-	ro, err := redis.ParseURL(url)
-	if err != nil {
-		t.Fatalf("teststack: redis url %q: %v", url, err)
-	}
-	ro.MaxRetries = -1 // a stopped Redis must fail fast in the outage tests
-	s.Redis = redis.NewClient(ro)
-	t.Cleanup(func() { s.Redis.Close() })
 
 	qo := opts.Queue
 	if qo.Prefix == "" {

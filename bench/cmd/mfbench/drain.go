@@ -64,6 +64,9 @@ type drainOptions struct {
 	WorkerEnv []string
 	// WorkerRoles are the delivering process's roles; "" worker,scheduler.
 	WorkerRoles string
+	// Workers is how many delivering processes start at once; 0 is 1. The
+	// second and later run only the worker role.
+	Workers int
 	// Prepare, if set, runs once the API is up, before the load (a
 	// webhook endpoint to create).
 	Prepare func(ctx context.Context, apiAddr, apiKey string) error
@@ -166,6 +169,15 @@ func (b *bench) drain(ctx context.Context, o drainOptions) (*drainResult, error)
 		return nil, err
 	}
 	defer st.stopMailferry(worker, 2*time.Second)
+	workers := []*mfProc{worker}
+	for range max(o.Workers, 1) - 1 {
+		w, err := st.startMailferry(ctx, r, "worker", o.WorkerEnv...)
+		if err != nil {
+			return nil, err
+		}
+		defer st.stopMailferry(w, 2*time.Second)
+		workers = append(workers, w)
+	}
 	var prof, self <-chan string
 	if o.Profile != "" {
 		prof = b.profile(worker, o.Profile, 0)
@@ -189,13 +201,15 @@ func (b *bench) drain(ctx context.Context, o drainOptions) (*drainResult, error)
 			b.rep.Profiles = append(b.rep.Profiles, p)
 		}
 	}
-	c3 := st.cpu(worker)
+	c3 := st.cpu(workers...)
 	res.drainCPU = since(c2, c3)
 	res.drainWindow = time.Since(res.workerStart)
 	res.workerMem = readMemory(worker.pid())
 	res.smtpMean = worker.histogramMean("mailferry_delivery_duration_seconds")
 	// Deliveries still running (the tarpit) are cut off: SIGKILL soon.
-	st.stopMailferry(worker, 2*time.Second)
+	for _, w := range workers {
+		st.stopMailferry(w, 2*time.Second)
+	}
 	if pg2, err := st.dbStats(ctx, r); err == nil {
 		res.drainPG = pg2.sub(pg1)
 	}

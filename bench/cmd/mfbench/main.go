@@ -46,6 +46,12 @@ type config struct {
 	S3Messages, S3Runs int
 	S3Timeout          time.Duration
 
+	// Scale: drains by 1, 2 and 4 worker processes on one Redis and on a
+	// Redis Cluster.
+	ScaleMessages int
+	ScaleWorkers  string
+	ScaleTimeout  time.Duration
+
 	S4Fraction float64
 	S4Delay    time.Duration
 	S4Timeout  time.Duration
@@ -111,6 +117,8 @@ var quickDefaults = map[string]string{
 	"light-duration":     "5s",
 	"webhook-recipients": "2000",
 	"s5-messages":        "3000",
+	"scale-messages":     "2000",
+	"scale-timeout":      "2m",
 	"s5-timeout":         "3m",
 	"ceil-duration":      "2s",
 	"pprof-duration":     "5s",
@@ -121,7 +129,7 @@ func parseFlags(args []string) (*config, []string, error) {
 	fs := flag.NewFlagSet("mfbench", flag.ContinueOnError)
 	fs.BoolVar(&c.Quick, "quick", false, "CI-sized run: shorter loads, fewer messages (explicit flags still win)")
 	fs.IntVar(&c.Runs, "runs", 3, "runs per scenario; each figure is their median")
-	fs.StringVar(&c.Scenarios, "scenarios", "all", "comma-separated: s1, s2, s4, light, webhooks, s3, big, s5 (s4 compares with s2), or all")
+	fs.StringVar(&c.Scenarios, "scenarios", "all", "comma-separated: s1, s2, s4, light, webhooks, s3, big, s5, scale (s4 compares with s2), or all")
 	fs.IntVar(&c.Clients, "clients", 64, "keep-alive HTTP clients of the load generator")
 	fs.DurationVar(&c.S1Duration, "s1-duration", 20*time.Second, "S1: measured load per run")
 	fs.DurationVar(&c.S1Warmup, "s1-warmup", 2*time.Second, "S1: unmeasured load before it")
@@ -130,6 +138,9 @@ func parseFlags(args []string) (*config, []string, error) {
 	fs.DurationVar(&c.S2Timeout, "s2-timeout", 5*time.Minute, "S2: give up a drain after this")
 	fs.IntVar(&c.S3Messages, "s3-messages", 15000, "S3: queued messages (issue 7 says 1,000,000)")
 	fs.IntVar(&c.S3Runs, "s3-runs", 3, "S3: runs")
+	fs.IntVar(&c.ScaleMessages, "scale-messages", 20000, "scale: messages each drain delivers")
+	fs.StringVar(&c.ScaleWorkers, "scale-workers", "1,2,4", "scale: worker process counts, comma-separated")
+	fs.DurationVar(&c.ScaleTimeout, "scale-timeout", 10*time.Minute, "scale: give up a drain after this")
 	fs.DurationVar(&c.S3Timeout, "s3-timeout", 10*time.Minute, "S3: give up a drain after this")
 	fs.Float64Var(&c.S4Fraction, "s4-fraction", 0.1, "S4: share of domains whose MX is the tarpit")
 	fs.DurationVar(&c.S4Delay, "s4-delay", 5*time.Second, "S4: tarpit wait before every reply")
@@ -333,6 +344,7 @@ func mainErr() error {
 		{"s3", func() []*scenarioResult { return one(b.s3(ctx)) }},
 		{"big", func() []*scenarioResult { return one(b.big(ctx)) }},
 		{"s5", func() []*scenarioResult { return b.s5(ctx) }},
+		{"scale", func() []*scenarioResult { return one(b.scale(ctx)) }},
 	}
 	for _, s := range steps {
 		if !cfg.want(s.name) || ctx.Err() != nil {

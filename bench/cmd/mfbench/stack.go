@@ -50,13 +50,18 @@ type stack struct {
 	pg       *devstack.Process
 	rdb      *redis.Client
 	redisPID int
-	pgPID    int
-	pgURL    *url.URL
-	dns      *dnsServer
-	sink     *sink
-	bin      string
-	secret   string
-	seq      int
+	// cluster, once a scenario asked for it (useCluster), is a Redis
+	// Cluster of 3 primaries and 3 replicas; while onCluster, runs use it.
+	cluster   *devstack.RedisCluster
+	crdb      *redis.ClusterClient
+	onCluster bool
+	pgPID     int
+	pgURL     *url.URL
+	dns       *dnsServer
+	sink      *sink
+	bin       string
+	secret    string
+	seq       int
 
 	mu    sync.Mutex
 	procs map[*mfProc]bool
@@ -140,13 +145,60 @@ func infoField(info, name string) string {
 	return ""
 }
 
-// redisUsedMemory is INFO memory's used_memory, in bytes.
+// redisUsedMemory is INFO memory's used_memory, in bytes: on the cluster,
+// summed over its primaries.
 func (s *stack) redisUsedMemory(ctx context.Context) (int64, error) {
+	if s.onCluster {
+		var mu sync.Mutex
+		var sum int64
+		err := s.crdb.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+			info, err := c.Info(ctx, "memory").Result()
+			if err != nil {
+				return err
+			}
+			n, err := strconv.ParseInt(infoField(info, "used_memory"), 10, 64)
+			mu.Lock()
+			sum += n
+			mu.Unlock()
+			return err
+		})
+		return sum, err
+	}
 	info, err := s.rdb.Info(ctx, "memory").Result()
 	if err != nil {
 		return 0, err
 	}
 	return strconv.ParseInt(infoField(info, "used_memory"), 10, 64)
+}
+
+// clusterShards is MAILFERRY_QUEUE_SHARDS on the cluster: two per primary.
+const clusterShards = 6
+
+// useCluster makes the following runs use a Redis Cluster, started on
+// first use, or (on false) the single Redis again.
+func (s *stack) useCluster(ctx context.Context, on bool) error {
+	if on && s.cluster == nil {
+		c, err := devstack.StartRedisCluster(ctx, devstack.ClusterOptions{Dir: filepath.Join(s.dir, "cluster")})
+		if err != nil {
+			return err
+		}
+		s.cluster = c
+		o, err := redis.ParseClusterURL(c.URL)
+		if err != nil {
+			return err
+		}
+		s.crdb = redis.NewClusterClient(o)
+	}
+	s.onCluster = on
+	return nil
+}
+
+// flush empties the Redis the runs use.
+func (s *stack) flush(ctx context.Context) error {
+	if s.onCluster {
+		return s.crdb.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error { return c.FlushAll(ctx).Err() })
+	}
+	return s.rdb.FlushAll(ctx).Err()
 }
 
 func (s *stack) close() {
@@ -164,6 +216,9 @@ func (s *stack) close() {
 	if s.rdb != nil {
 		s.rdb.Close()
 	}
+	if s.crdb != nil {
+		s.crdb.Close()
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	for _, p := range []*devstack.Process{s.pg, s.redis} {
@@ -172,6 +227,9 @@ func (s *stack) close() {
 				fmt.Fprintln(os.Stderr, "mfbench:", err)
 			}
 		}
+	}
+	if err := s.cluster.Stop(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "mfbench:", err)
 	}
 	if !s.cfg.Keep {
 		os.RemoveAll(s.dir)
@@ -196,7 +254,7 @@ func (s *stack) newRun(ctx context.Context, name, algorithm string) (*run, error
 	u := *s.pgURL
 	u.Path = "/" + r.db
 	r.dbURL = u.String()
-	if err := s.rdb.FlushAll(ctx).Err(); err != nil {
+	if err := s.flush(ctx); err != nil {
 		return nil, fmt.Errorf("flush redis: %w", err)
 	}
 	if err := s.admin(ctx, "CREATE DATABASE "+r.db); err != nil {
@@ -305,24 +363,28 @@ func (s *stack) admin(ctx context.Context, sql string) error {
 // inherited but PATH and HOME, so no MAILFERRY_ variable of the caller
 // changes what is measured.
 func (s *stack) env(r *run, httpAddr string) []string {
-	return []string{
-		"PATH=" + os.Getenv("PATH"),
-		"HOME=" + os.Getenv("HOME"),
-		"MAILFERRY_HTTP_ADDR=" + httpAddr,
-		"MAILFERRY_REDIS_URL=" + s.redis.URL,
-		"MAILFERRY_DATABASE_URL=" + r.dbURL,
-		"MAILFERRY_HOSTNAME=" + relayHost,
-		"MAILFERRY_DNS_SERVER=" + s.dns.addr,
-		"MAILFERRY_SMTP_PORT=" + strconv.Itoa(s.sink.port),
+	redisEnv := []string{"MAILFERRY_REDIS_URL=" + s.redis.URL}
+	if s.onCluster {
+		redisEnv = []string{"MAILFERRY_REDIS_MODE=cluster", "MAILFERRY_REDIS_URL=" + s.cluster.URL,
+			"MAILFERRY_QUEUE_SHARDS=" + strconv.Itoa(clusterShards)}
+	}
+	return append(redisEnv,
+		"PATH="+os.Getenv("PATH"),
+		"HOME="+os.Getenv("HOME"),
+		"MAILFERRY_HTTP_ADDR="+httpAddr,
+		"MAILFERRY_DATABASE_URL="+r.dbURL,
+		"MAILFERRY_HOSTNAME="+relayHost,
+		"MAILFERRY_DNS_SERVER="+s.dns.addr,
+		"MAILFERRY_SMTP_PORT="+strconv.Itoa(s.sink.port),
 		"MAILFERRY_ALLOW_PRIVATE_DESTINATIONS=true",
 		"MAILFERRY_SUBMISSION_ADDR=",
 		"MAILFERRY_SUBMISSIONS_ADDR=",
-		"MAILFERRY_SECRET_KEY=" + s.secret,
-		"MAILFERRY_LOG_LEVEL=" + s.cfg.LogLevel,
+		"MAILFERRY_SECRET_KEY="+s.secret,
+		"MAILFERRY_LOG_LEVEL="+s.cfg.LogLevel,
 		// The load generator is one API key sending as fast as it can;
 		// the per-key limit would measure itself.
 		"MAILFERRY_RATE_LIMIT=0",
-	}
+	)
 }
 
 // cli runs a mailferry command against the run's database and returns its

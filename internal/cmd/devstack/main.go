@@ -36,6 +36,7 @@ func run() error {
 	dir := flag.String("dir", "", "folder for server data; empty: a temporary folder removed afterwards")
 	persist := flag.Bool("persist", false, "keep Redis data across runs (AOF)")
 	prefix := flag.String("prefix", "MAILFERRY_TEST_", "prefix of the exported REDIS_URL and DATABASE_URL variables")
+	cluster := flag.Bool("cluster", false, "also start a Redis Cluster (3 primaries, 3 replicas) and export REDIS_CLUSTER_URL")
 	flag.Parse()
 	args := flag.Args()
 	if len(args) == 0 {
@@ -69,10 +70,26 @@ func run() error {
 	}
 	defer stop(pg)
 	fmt.Fprintf(os.Stderr, "devstack: redis %s, postgres %s\n", rds.URL, pg.URL)
+	env := append(os.Environ(), *prefix+"REDIS_URL="+rds.URL, *prefix+"DATABASE_URL="+pg.URL)
+	if *cluster {
+		c, err := devstack.StartRedisCluster(ctx, devstack.ClusterOptions{Dir: base + "/cluster"})
+		if err != nil {
+			return err
+		}
+		defer func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			if err := c.Stop(ctx); err != nil {
+				fmt.Fprintln(os.Stderr, "devstack:", err)
+			}
+		}()
+		fmt.Fprintf(os.Stderr, "devstack: redis cluster %s\n", c.URL)
+		env = append(env, *prefix+"REDIS_CLUSTER_URL="+c.URL)
+	}
 
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-	cmd.Env = append(os.Environ(), *prefix+"REDIS_URL="+rds.URL, *prefix+"DATABASE_URL="+pg.URL)
+	cmd.Env = env
 	// Ctrl-C reaches the child through the terminal's process group; wait
 	// for it to finish before stopping the servers it uses.
 	signal.Ignore(syscall.SIGINT)
