@@ -317,20 +317,22 @@ func hasFailure(rep *bounce.Report) bool {
 }
 
 // resolve finds the message a report is about: the return path it was
-// sent to (its tag verified at RCPT and again here), else (a complaint to
+// sent to (its tag verified at RCPT and again here; at bounces.<domain> a
+// tag that verifies was made with our key for that domain, so whether the
+// domain is still verified no longer matters), else (a complaint to
 // the FBL address) the return path or Message-ID of the original it
 // quotes. A quoted return path whose tag does not verify is never
 // trusted. tgt is nil with a reason when nothing matches.
 func (p *Processor) resolve(ctx context.Context, row store.InboundRow, rep *bounce.Report) (tgt *target, reason string, err error) {
 	for _, rcpt := range row.RcptTo {
-		id, idx, perr := p.opts.ReturnPaths.Parse(rcpt)
+		_, id, idx, perr := p.opts.ReturnPaths.ParseAny(rcpt)
 		if perr != nil {
 			continue
 		}
 		return p.load(ctx, id, idx, true)
 	}
 	if rp := rep.Original.ReturnPath; rp != "" {
-		id, idx, perr := p.opts.ReturnPaths.Parse(rp)
+		_, id, idx, perr := p.opts.ReturnPaths.ParseAny(rp)
 		switch {
 		case errors.Is(perr, returnpath.ErrForged):
 			return nil, "the quoted return path's tag does not verify", nil

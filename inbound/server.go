@@ -36,14 +36,24 @@ type Saver interface {
 	SaveInbound(ctx context.Context, m store.InboundMessage) (uuid.UUID, error)
 }
 
-// ReturnPaths checks a VERP address; *returnpath.Signer is one.
+// ReturnPaths checks a VERP address at the bounce domain or at a custom
+// return path domain (sending is then the sending domain, else "");
+// *returnpath.Signer is one.
 type ReturnPaths interface {
-	Parse(addr string) (messageID uuid.UUID, rcptIdx int, err error)
+	ParseAny(addr string) (sending string, messageID uuid.UUID, rcptIdx int, err error)
+}
+
+// CustomReturnPaths says which tenant owns a sending domain whose custom
+// return path (bounces.<domain>) is verified, "" for none;
+// *store.ReturnPathCache is one.
+type CustomReturnPaths interface {
+	ReturnPathTenant(ctx context.Context, domain string) (string, error)
 }
 
 var (
-	_ Saver       = (*store.Store)(nil)
-	_ ReturnPaths = (*returnpath.Signer)(nil)
+	_ Saver             = (*store.Store)(nil)
+	_ ReturnPaths       = (*returnpath.Signer)(nil)
+	_ CustomReturnPaths = (*store.ReturnPathCache)(nil)
 )
 
 // ServerOptions configures a Server. Saver, ReturnPaths and Hostname are
@@ -51,6 +61,11 @@ var (
 type ServerOptions struct {
 	Saver       Saver
 	ReturnPaths ReturnPaths
+	// CustomReturnPaths, when set, lets RCPT take return paths at
+	// bounces.<domain> for the domains that have it verified; nil: only
+	// the bounce domain's. Asked once per such RCPT whose tag verifies, so
+	// it should cache: a *store.ReturnPathCache.
+	CustomReturnPaths CustomReturnPaths
 	// FBLAddress takes complaints (MAILFERRY_FBL_ADDRESS); "" for none.
 	FBLAddress string
 	Hostname   string      // greeting and EHLO domain
@@ -248,9 +263,19 @@ func (s *session) Mail(from string, _ *smtp.MailOptions) error {
 
 // Rcpt takes the return paths whose tag verifies and the FBL address;
 // everything else is refused, so this is never a relay. A forged or
-// altered tag gets the same answer as a stranger.
+// altered tag gets the same answer as a stranger. A return path at
+// bounces.<domain> is taken only while that domain has its custom return
+// path verified; the tag is checked first, so a stranger's addresses cost
+// no lookup.
 func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
-	_, _, err := s.srv.opts.ReturnPaths.Parse(to)
+	sending, _, _, err := s.srv.opts.ReturnPaths.ParseAny(to)
+	if err == nil && sending != "" {
+		err = s.srv.customAllowed(sending)
+		if errors.Is(err, errLookup) {
+			// RFC 3463 3.4 X.3.0: the sender tries again later.
+			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Cannot check the recipient now, try again later"}
+		}
+	}
 	if err == nil || s.srv.isFBL(to) {
 		s.mu.Lock()
 		s.rcpts = append(s.rcpts, to)
@@ -264,6 +289,31 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	}
 	// RFC 3463 3.8 X.7.1: delivery not authorized.
 	return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "No such recipient here; relaying denied"}
+}
+
+var (
+	errNotCustom = errors.New("no verified custom return path")
+	errLookup    = errors.New("custom return path lookup failed")
+)
+
+// customAllowed says whether sending domain has its custom return path
+// verified: nil if so, errNotCustom if not, errLookup when it cannot be
+// told now.
+func (s *Server) customAllowed(sending string) error {
+	if s.opts.CustomReturnPaths == nil {
+		return errNotCustom
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.opts.SaveTimeout)
+	defer cancel()
+	tenant, err := s.opts.CustomReturnPaths.ReturnPathTenant(ctx, sending)
+	if err != nil {
+		s.opts.Logger.Error("inbound: custom return path lookup", "domain", sending, "error", err)
+		return errLookup
+	}
+	if tenant == "" {
+		return errNotCustom
+	}
+	return nil
 }
 
 func (s *Server) isFBL(addr string) bool {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/mailferry/mailferry/dkim"
@@ -33,7 +34,7 @@ func (w *Worker) deliver(ctx context.Context, log *slog.Logger, d *store.Deliver
 		// The signature and the stored body are read in place, never
 		// joined into a copy of the message.
 		att = w.opts.Client.Deliver(ctx, hop.hosts, smtpclient.Envelope{
-			From: w.mailFrom(d, rcpts), To: to, Body: smtpclient.Message(header, d.Body),
+			From: w.mailFrom(ctx, log, d, rcpts), To: to, Body: smtpclient.Message(header, d.Body),
 			Needs8Bit: d.Needs8Bit, NeedsUTF8: d.NeedsUTF8, TLS: requireTLS(d),
 		})
 	}
@@ -83,8 +84,10 @@ func (w *Worker) deliver(ctx context.Context, log *slog.Logger, d *store.Deliver
 // mailFrom is the envelope sender of a transaction: with a bounce domain
 // a VERP address naming the message and, for a single recipient, its
 // index, so that a later DSN says which recipient failed; else the stored
-// MAIL FROM.
-func (w *Worker) mailFrom(d *store.Delivery, rcpts []store.PendingRecipient) string {
+// MAIL FROM. The address is at bounces.<From domain> when the message's
+// tenant owns that domain and its custom return path is verified, so SPF
+// aligns with the From domain (RFC 7489 3.1.2); else at the bounce domain.
+func (w *Worker) mailFrom(ctx context.Context, log *slog.Logger, d *store.Delivery, rcpts []store.PendingRecipient) string {
 	if w.opts.ReturnPaths == nil {
 		return d.MailFrom
 	}
@@ -92,7 +95,34 @@ func (w *Worker) mailFrom(d *store.Delivery, rcpts []store.PendingRecipient) str
 	if len(rcpts) == 1 {
 		idx = rcpts[0].Idx
 	}
+	if sending := w.customReturnPath(ctx, log, d); sending != "" {
+		return w.opts.ReturnPaths.AddressAt(sending, d.ID, idx)
+	}
 	return w.opts.ReturnPaths.Address(d.ID, idx)
+}
+
+// customReturnPath returns the From domain of d when d's tenant has that
+// domain's custom return path verified, else "". A failed lookup keeps the
+// bounce domain, which always works: alignment is lost for one attempt,
+// not the delivery.
+func (w *Worker) customReturnPath(ctx context.Context, log *slog.Logger, d *store.Delivery) string {
+	if w.opts.CustomReturnPaths == nil {
+		return ""
+	}
+	from, err := mail.ParseAddress(d.From)
+	if err != nil {
+		return ""
+	}
+	domain := strings.ToLower(from.Domain())
+	tenant, err := w.opts.CustomReturnPaths.ReturnPathTenant(ctx, domain)
+	if err != nil {
+		log.Warn("custom return path lookup failed; using the bounce domain", "domain", domain, "error", err)
+		return ""
+	}
+	if tenant == "" || tenant != d.TenantID {
+		return ""
+	}
+	return domain
 }
 
 // classify gives a failed outcome its bounce type and class, from the

@@ -54,11 +54,22 @@ type Classifier interface {
 // *returnpath.Signer is one.
 type ReturnPaths interface {
 	Address(messageID uuid.UUID, rcptIdx int) string
+	// AddressAt is Address at bounces.<sending>, the sending domain's
+	// custom return path.
+	AddressAt(sending string, messageID uuid.UUID, rcptIdx int) string
+}
+
+// CustomReturnPaths says which tenant owns a sending domain whose custom
+// return path (bounces.<domain>, a CNAME to the bounce domain) is
+// verified, "" for none; *store.ReturnPathCache is one.
+type CustomReturnPaths interface {
+	ReturnPathTenant(ctx context.Context, domain string) (string, error)
 }
 
 var (
 	_ Classifier  = (*bounce.Rules)(nil)
-	_ ReturnPaths = (*returnpath.Signer)(nil)
+	_ ReturnPaths       = (*returnpath.Signer)(nil)
+	_ CustomReturnPaths = (*store.ReturnPathCache)(nil)
 )
 
 // WorkerOptions configure a Worker.
@@ -79,6 +90,11 @@ type WorkerOptions struct {
 	// transaction has one recipient, that recipient; nil keeps the stored
 	// MAIL FROM.
 	ReturnPaths ReturnPaths
+	// CustomReturnPaths, when set with ReturnPaths, puts the return path
+	// at bounces.<From domain> for a tenant whose domain has it verified.
+	// It is asked on every attempt, so it should cache: a
+	// *store.ReturnPathCache.
+	CustomReturnPaths CustomReturnPaths
 	// Rules classify every failed result (bounced or deferred) into a
 	// bounce type and class; nil: bounce.DefaultRules().
 	Rules Classifier

@@ -85,9 +85,29 @@ func (s *Signer) Domain() string { return s.domain }
 // messageID; rcptIdx < 0 (or > MaxIndex) when the transaction has several
 // recipients.
 func (s *Signer) Address(messageID uuid.UUID, rcptIdx int) string {
+	return s.address(s.domain, messageID, rcptIdx)
+}
+
+// CustomPrefix is the label a sending domain's custom return path domain
+// starts with: bounces.<domain>, a CNAME to the bounce domain (README
+// "Onboarding a sending domain").
+const CustomPrefix = "bounces."
+
+// CustomDomain is the custom return path domain of sending domain d.
+func CustomDomain(d string) string { return CustomPrefix + strings.ToLower(d) }
+
+// AddressAt is Address at sending domain's custom return path domain
+// (CustomDomain), so that SPF checks a name under the From domain and
+// aligns with it (RFC 7489 3.1.2). The tag binds that domain: an address
+// moved to another domain does not verify.
+func (s *Signer) AddressAt(sending string, messageID uuid.UUID, rcptIdx int) string {
+	return s.address(CustomDomain(sending), messageID, rcptIdx)
+}
+
+func (s *Signer) address(domain string, messageID uuid.UUID, rcptIdx int) string {
 	idx := indexText(rcptIdx)
 	id := strings.ToLower(b32.EncodeToString(messageID[:]))
-	return prefix + id + "-" + idx + "-" + s.tag(messageID, idx) + "@" + s.domain
+	return prefix + id + "-" + idx + "-" + s.tag(domain, messageID, idx) + "@" + domain
 }
 
 // Parse checks addr (local@domain, without angle brackets) and returns the
@@ -99,6 +119,39 @@ func (s *Signer) Parse(addr string) (messageID uuid.UUID, rcptIdx int, err error
 	if at < 0 || !strings.EqualFold(addr[at+1:], s.domain) {
 		return uuid.UUID{}, 0, fmt.Errorf("return path %q: %w", addr, ErrNotOurs)
 	}
+	return s.parse(addr, s.domain)
+}
+
+// ParseAny is Parse for an address at the bounce domain or at any custom
+// return path domain (bounces.<sending domain>, as AddressAt writes it).
+// sending is the sending domain in lower case, "" at the bounce domain.
+// Whether that domain has its custom return path verified is the
+// caller's question; a tag that verifies means this Signer's key made the
+// address, for that very domain.
+func (s *Signer) ParseAny(addr string) (sending string, messageID uuid.UUID, rcptIdx int, err error) {
+	at := strings.LastIndexByte(addr, '@')
+	if at < 0 {
+		return "", uuid.UUID{}, 0, fmt.Errorf("return path %q: %w", addr, ErrNotOurs)
+	}
+	domain := strings.ToLower(addr[at+1:])
+	if domain != s.domain {
+		d, ok := strings.CutPrefix(domain, CustomPrefix)
+		if !ok || !mail.IsDomainName(d) {
+			return "", uuid.UUID{}, 0, fmt.Errorf("return path %q: %w", addr, ErrNotOurs)
+		}
+		sending = d
+	}
+	messageID, rcptIdx, err = s.parse(addr, domain)
+	if err != nil {
+		return "", uuid.UUID{}, 0, err
+	}
+	return sending, messageID, rcptIdx, nil
+}
+
+// parse checks addr's local part against domain (lower case), which the
+// caller matched to addr's.
+func (s *Signer) parse(addr, domain string) (messageID uuid.UUID, rcptIdx int, err error) {
+	at := strings.LastIndexByte(addr, '@')
 	local := addr[:at]
 	if len(local) > maxLocal {
 		return uuid.UUID{}, 0, fmt.Errorf("return path %q: %w", addr, ErrNotOurs)
@@ -125,24 +178,26 @@ func (s *Signer) Parse(addr string) (messageID uuid.UUID, rcptIdx int, err error
 	if err != nil || len(got) != tagBytes {
 		return uuid.UUID{}, 0, fmt.Errorf("return path %q: tag: %w", addr, ErrNotOurs)
 	}
-	if !hmac.Equal(got, s.mac(messageID, parts[1])) { // constant time
+	if !hmac.Equal(got, s.mac(domain, messageID, parts[1])) { // constant time
 		return uuid.UUID{}, 0, fmt.Errorf("return path %q: %w", addr, ErrForged)
 	}
 	return messageID, idx, nil
 }
 
 // tag is the base32 text of mac.
-func (s *Signer) tag(id uuid.UUID, idx string) string {
-	return strings.ToLower(b32.EncodeToString(s.mac(id, idx)))
+func (s *Signer) tag(domain string, id uuid.UUID, idx string) string {
+	return strings.ToLower(b32.EncodeToString(s.mac(domain, id, idx)))
 }
 
 // mac is the truncated HMAC over the domain, id and index text. The NUL
-// separators keep the fields apart; the domain binds a tag to this bounce
-// domain, so a key shared by two deployments does not share tags.
-func (s *Signer) mac(id uuid.UUID, idx string) []byte {
+// separators keep the fields apart; the domain binds a tag to the domain
+// of the address (the bounce domain or a custom one), so a key shared by
+// two deployments does not share tags and a tag does not move between
+// domains.
+func (s *Signer) mac(domain string, id uuid.UUID, idx string) []byte {
 	m := hmac.New(sha256.New, s.key)
 	m.Write([]byte("mailferry-verp-1\x00"))
-	m.Write([]byte(s.domain))
+	m.Write([]byte(domain))
 	m.Write([]byte{0})
 	m.Write(id[:])
 	m.Write([]byte{0})

@@ -92,7 +92,8 @@ func startInbound(ctx context.Context, cfg config.Config, deps inboundDeps, wg *
 	}
 	srv, err := inbound.NewServer(inbound.ServerOptions{
 		Saver: deps.store, ReturnPaths: deps.bounces.signer, FBLAddress: cfg.FBLAddress,
-		Hostname: cfg.Hostname, TLSConfig: tlsConfig,
+		CustomReturnPaths: store.NewReturnPathCache(deps.store, 0),
+		Hostname:          cfg.Hostname, TLSConfig: tlsConfig,
 		MaxMessageBytes: min(cfg.MaxMessageBytes, 10<<20),
 		Stored:          proc.Wake, Budget: deps.bodies, Logger: log, Metrics: deps.metrics,
 	})

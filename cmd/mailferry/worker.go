@@ -84,7 +84,8 @@ func newWorker(cfg config.Config, st *store.Store, q *queue.Queue, reg prometheu
 		Smarthost: cfg.Smarthost != nil, SmarthostConnections: cfg.SmarthostConnections,
 		Heartbeat: cfg.Leases.Heartbeat, Lease: cfg.Leases.Lease,
 		ReturnPaths: returnPaths(b.signer), Rules: b.rules, CountBounce: b.count,
-		Shaper: sh,
+		CustomReturnPaths: store.NewReturnPathCache(st, 0),
+		Shaper:            sh,
 	})
 	if err != nil {
 		return nil, nil, err
