@@ -200,3 +200,106 @@ func FuzzRoundTrip(f *testing.F) {
 		}
 	})
 }
+
+// TestParseAny: addresses at the bounce domain and at a custom return
+// path domain (bounces.<sending>) verify, each with its own domain bound
+// into the tag, so no address verifies once moved to another domain.
+func TestParseAny(t *testing.T) {
+	s := mustNew(t, "bounces.mailferry.test")
+	id := uuid.MustParse("0193a5c2-7c1e-7f3a-9d2b-5e6f70819a2b")
+	base := s.Address(id, 2)
+	custom := s.AddressAt("Example.COM", id, 2)
+	local := func(a string) string { l, _, _ := strings.Cut(a, "@"); return l }
+	if !strings.HasSuffix(custom, "@bounces.example.com") {
+		t.Fatalf("AddressAt = %q, want it at bounces.example.com", custom)
+	}
+	if local(custom) == local(base) {
+		t.Fatalf("the custom address reuses the bounce domain's tag: %q", custom)
+	}
+	for _, tc := range []struct {
+		name        string
+		addr        string
+		want        error
+		wantSending string
+	}{
+		{"bounce domain", base, nil, ""},
+		{"custom", custom, nil, "example.com"},
+		{"custom, upper case", strings.ToUpper(custom), nil, "example.com"},
+		{"custom moved to another sending domain", local(custom) + "@bounces.example.org", ErrForged, ""},
+		{"bounce domain's tag at a custom domain", local(base) + "@bounces.example.com", ErrForged, ""},
+		{"custom tag at the bounce domain", local(custom) + "@bounces.mailferry.test", ErrForged, ""},
+		{"custom tag under the sending domain itself", local(custom) + "@example.com", ErrNotOurs, ""},
+		{"nested custom", local(custom) + "@bounces.bounces.example.com", ErrForged, ""},
+		{"no label after the prefix", local(custom) + "@bounces.", ErrNotOurs, ""},
+		{"someone at a custom domain", "postmaster@bounces.example.com", ErrNotOurs, ""},
+		{"no domain", local(custom), ErrNotOurs, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sending, gotID, gotIdx, err := s.ParseAny(tc.addr)
+			if tc.want != nil {
+				if !errors.Is(err, tc.want) {
+					t.Fatalf("ParseAny(%q) = %q, %s, %d, %v; want %v", tc.addr, sending, gotID, gotIdx, err, tc.want)
+				}
+				return
+			}
+			if err != nil || sending != tc.wantSending || gotID != id || gotIdx != 2 {
+				t.Fatalf("ParseAny(%q) = %q, %s, %d, %v; want %q, %s, 2", tc.addr, sending, gotID, gotIdx, err, tc.wantSending, id)
+			}
+		})
+	}
+	// Parse keeps to the bounce domain.
+	if _, _, err := s.Parse(custom); !errors.Is(err, ErrNotOurs) {
+		t.Errorf("Parse(%q) = %v, want ErrNotOurs", custom, err)
+	}
+}
+
+// FuzzParseAny: AddressAt round-trips through ParseAny for any sending
+// domain, and no input makes ParseAny accept an address it did not make.
+func FuzzParseAny(f *testing.F) {
+	f.Add([]byte("0123456789abcdef"), 7, "example.com", "b-aaaa@bounces.example.com")
+	f.Add([]byte{1}, -1, "a.b.c.example", "")
+	s := mustNew(f, "bounces.mailferry.test")
+	f.Fuzz(func(t *testing.T, idBytes []byte, idx int, sending, addr string) {
+		var id uuid.UUID
+		copy(id[:], idBytes)
+		if sendingOK(sending) {
+			a := s.AddressAt(sending, id, idx)
+			got, gotID, _, err := s.ParseAny(a)
+			if err != nil || got != strings.ToLower(sending) || gotID != id {
+				t.Fatalf("ParseAny(%q) = %q, %s, %v; want %q, %s", a, got, gotID, err, sending, id)
+			}
+		}
+		got, gotID, gotIdx, err := s.ParseAny(addr)
+		if err != nil {
+			return
+		}
+		// Accepted: it must be exactly what the signer writes.
+		var want string
+		if got == "" {
+			want = s.Address(gotID, gotIdx)
+		} else {
+			want = s.AddressAt(got, gotID, gotIdx)
+		}
+		if !strings.EqualFold(addr, want) {
+			t.Fatalf("ParseAny accepted %q, which the signer writes as %q", addr, want)
+		}
+	})
+}
+
+// sendingOK: a sending domain whose custom domain is a host name.
+func sendingOK(d string) bool {
+	if d == "" || len(d) > 200 {
+		return false
+	}
+	for _, l := range strings.Split(d, ".") {
+		if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
+			return false
+		}
+		for _, c := range l {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}
