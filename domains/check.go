@@ -9,6 +9,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/mailferry/mailferry/dkim"
+	"github.com/mailferry/mailferry/returnpath"
 )
 
 // Record purposes and statuses (openapi.yaml, DomainRecord).
@@ -113,14 +114,17 @@ func (c *checker) check(ctx context.Context, in checkInput) checkResult {
 	res.records = append(res.records, dkimRecs...)
 	spf, err := c.spf(ctx, in.domain)
 	note(err)
-	res.records = append(res.records, spf, c.returnPath(ctx, in.domain, note))
+	rp := c.returnPath(ctx, in.domain, note)
+	res.records = append(res.records, spf, rp)
 	dkimOK := true
 	for _, r := range dkimRecs {
 		if r.Required && r.Status != StatusVerified {
 			dkimOK = false
 		}
 	}
-	dmarc, err := c.dmarc(ctx, in.domain, dkimOK)
+	// A verified custom return path is what the relay writes (relay
+	// mailFrom), so DMARC's SPF alignment is judged on it.
+	dmarc, err := c.dmarc(ctx, in.domain, dkimOK, rp.Status == StatusVerified && rp.Type == "CNAME")
 	note(err)
 	res.records = append(res.records, dmarc)
 	res.records = append(res.records, c.info(ctx, in.domain, note)...)
@@ -350,7 +354,7 @@ func (c *checker) returnPath(ctx context.Context, domain string, note func(error
 		return Record{Type: "", Name: domain, Purpose: PurposeReturnPath, Status: StatusInfo,
 			Detail: "the return path is the From address, so SPF checks " + domain + " and aligns with it"}
 	}
-	name := "bounces." + domain
+	name := returnpath.CustomDomain(domain) // the relay writes return paths there once verified
 	rec := Record{Type: "CNAME", Name: name, Value: c.bounceDomain, Purpose: PurposeReturnPath}
 	got, err := c.r.cname(ctx, name)
 	note(err)
@@ -362,11 +366,12 @@ func (c *checker) returnPath(ctx context.Context, domain string, note func(error
 		rec.Status, rec.Detail = StatusMissing, "lookup failed: "+err.Error()
 	case got == "":
 		rec.Status = StatusMissing
-		rec.Detail = "optional: a CNAME to the bounce domain prepares a return path at " + name + ", aligned with " + domain + "; return paths are at " + c.bounceDomain + " and DMARC aligns through DKIM"
+		rec.Detail = "optional: with a CNAME to the bounce domain, return paths move to " + name + " and SPF aligns with " + domain + "; until then they are at " + c.bounceDomain + " and DMARC aligns through DKIM"
 	case got != c.bounceDomain:
 		rec.Status, rec.Detail = StatusWrong, "the CNAME points to "+got+", not "+c.bounceDomain
 	default:
 		rec.Status = StatusVerified
+		rec.Detail = "return paths are at " + name + ": SPF checks it (through the CNAME, the bounce domain's SPF record) and aligns with " + domain
 	}
 	return rec
 }
@@ -391,7 +396,9 @@ func isDMARC(txt string) bool {
 	return ok && strings.TrimSpace(n) == "v" && strings.TrimSpace(v) == "DMARC1"
 }
 
-func (c *checker) dmarc(ctx context.Context, domain string, dkimOK bool) (Record, error) {
+// dmarc checks domain's DMARC record; customRP: the return paths are at
+// the verified custom return path domain.
+func (c *checker) dmarc(ctx context.Context, domain string, dkimOK, customRP bool) (Record, error) {
 	name := "_dmarc." + domain
 	rec := Record{Type: "TXT", Name: name, Purpose: PurposeDMARC, Value: "v=DMARC1; p=none; adkim=r; aspf=r"}
 	txts, err := c.r.txt(ctx, name)
@@ -434,7 +441,10 @@ func (c *checker) dmarc(ctx context.Context, domain string, dkimOK bool) (Record
 	// exactly with aspf=s, by organizational domain with aspf=r
 	// (RFC 7489 3.1.2).
 	rp := domain
-	if c.bounceDomain != "" {
+	switch {
+	case customRP:
+		rp = returnpath.CustomDomain(domain)
+	case c.bounceDomain != "":
 		rp = c.bounceDomain
 	}
 	spfAligned := rp == domain || !strings.EqualFold(tags["aspf"], "s") && orgDomain(rp) == orgDomain(domain)

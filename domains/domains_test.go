@@ -330,7 +330,8 @@ func TestDMARC(t *testing.T) {
 		name    string
 		bounce  string // MAILFERRY_BOUNCE_DOMAIN
 		publish []string
-		dkim    bool // publish the DKIM keys first
+		dkim    bool   // publish the DKIM keys first
+		cname   string // bounces.<domain>'s CNAME, "" for none
 		status  string
 		detail  string
 		// domain is the sending domain (default example.test), orgRecord
@@ -348,6 +349,9 @@ func TestDMARC(t *testing.T) {
 		{name: "bounce subdomain, relaxed", bounce: "mf.example.test", publish: []string{"v=DMARC1; p=quarantine"}, status: domains.StatusVerified, detail: "SPF only"},
 		{name: "inherited from the organizational domain", domain: "mail.example.test", orgRecord: "v=DMARC1; p=reject; sp=none", status: domains.StatusVerified, detail: "_dmarc.example.test applies"},
 		{name: "bounce subdomain, strict", bounce: "mf.example.test", publish: []string{"v=DMARC1; p=quarantine; aspf=s"}, status: domains.StatusWrong, detail: "will not align"},
+		{name: "custom return path verified", bounce: "bounces.relay.test", cname: "bounces.relay.test", publish: []string{"v=DMARC1; p=quarantine"}, status: domains.StatusVerified, detail: "SPF only"},
+		{name: "custom return path verified, strict", bounce: "bounces.relay.test", cname: "bounces.relay.test", publish: []string{"v=DMARC1; p=quarantine; aspf=s"}, status: domains.StatusWrong, detail: "return path is at bounces.example.test"},
+		{name: "custom return path wrong", bounce: "bounces.relay.test", cname: "other.test", publish: []string{"v=DMARC1; p=quarantine"}, status: domains.StatusWrong, detail: "return path is at bounces.relay.test"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -358,6 +362,9 @@ func TestDMARC(t *testing.T) {
 			}
 			if tc.orgRecord != "" {
 				f.dns.TXT("_dmarc.example.test", tc.orgRecord)
+			}
+			if tc.cname != "" {
+				f.dns.CNAME("bounces."+domain, tc.cname)
 			}
 			v := f.create(domain)
 			if tc.dkim {
@@ -391,7 +398,7 @@ func TestReturnPath(t *testing.T) {
 				f.dns.CNAME("bounces.example.test", tc.cname)
 			}
 			r := one(t, f.create("example.test"), domains.PurposeReturnPath)
-			if r.Status != tc.status {
+			if r.Status != tc.status || tc.status == domains.StatusVerified && !strings.Contains(r.Detail, "return paths are at bounces.example.test") {
 				t.Errorf("got %+v, want %s", r, tc.status)
 			}
 		})
