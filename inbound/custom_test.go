@@ -17,6 +17,12 @@ func (e *env) domain(tenant, name, status string) {
 	if _, err := e.st.CreateDomain(e.t.Context(), store.Domain{Name: name, TenantID: tenant, DKIMMode: domains.ModeDirect}, nil); err != nil {
 		e.t.Fatal(err)
 	}
+	e.recheck(name, status)
+}
+
+// recheck saves a check of name whose return path record has status.
+func (e *env) recheck(name, status string) {
+	e.t.Helper()
 	recs, err := json.Marshal([]domains.Record{{Type: "CNAME", Name: "bounces." + name, Value: bounceDomain,
 		Purpose: domains.PurposeReturnPath, Status: status}})
 	if err != nil {
@@ -36,7 +42,7 @@ func TestCustomReturnPaths(t *testing.T) {
 	e := newEnv(t)
 	e.domain("acme", "sender.example", domains.StatusVerified)
 	e.domain("acme", "pending.example", domains.StatusMissing)
-	custom := store.NewReturnPathCache(e.st, 0)
+	custom := store.NewReturnPathCache(e.st, store.ReturnPathCacheOptions{FreshNegatives: true})
 	addr := e.listen(func(o *ServerOptions) { o.CustomReturnPaths = custom })
 	without := e.listen(nil)
 	p := e.processor(nil)
@@ -75,8 +81,17 @@ func TestCustomReturnPaths(t *testing.T) {
 		})
 	}
 
-	// Three reports were taken above (both spellings of good and the
-	// bounce domain's address); each bounces recipient 1 of m.
+	// Refused just now, taken as soon as the check verifies the domain:
+	// the listener does not keep a "no", since a worker may switch to the
+	// domain's return paths before it would have expired.
+	e.recheck("pending.example", domains.StatusVerified)
+	if err := send(addr, "", []string{e.signer.AddressAt("pending.example", m.ID, 1)}, dsn(good, "user1@dest.example", "failed", "5.1.1", "550 5.1.1 no")); err != nil {
+		t.Fatalf("RCPT at a domain verified since the last refusal: %v", err)
+	}
+
+	// Four reports were taken above (both spellings of good, the bounce
+	// domain's address and the one just verified); each bounces
+	// recipient 1 of m.
 	for {
 		n, err := p.RunOnce(t.Context())
 		if err != nil {
@@ -86,8 +101,8 @@ func TestCustomReturnPaths(t *testing.T) {
 			break
 		}
 	}
-	if n := e.count(`SELECT count(*) FROM inbound_messages WHERE status = 'processed'`); n != 3 {
-		t.Errorf("%d reports processed, want 3", n)
+	if n := e.count(`SELECT count(*) FROM inbound_messages WHERE status = 'processed'`); n != 4 {
+		t.Errorf("%d reports processed, want 4", n)
 	}
 	if n := e.count(`SELECT count(*) FROM recipients WHERE message_id = $1 AND idx = 1 AND status = 'bounced' AND bounce_async
 		AND bounce_class = 'invalid_recipient'`, m.ID); n != 1 {
@@ -109,7 +124,9 @@ func TestCustomReturnPathLookupFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	closed.Close()
-	addr := e.listen(func(o *ServerOptions) { o.CustomReturnPaths = store.NewReturnPathCache(closed, 0) })
+	addr := e.listen(func(o *ServerOptions) {
+		o.CustomReturnPaths = store.NewReturnPathCache(closed, store.ReturnPathCacheOptions{FreshNegatives: true})
+	})
 	m := e.message(1, 1)
 	rp := e.signer.AddressAt("sender.example", m.ID, 0)
 	if got := code(send(addr, "", []string{rp}, dsn(rp, "user0@dest.example", "failed", "5.1.1", "550 5.1.1 no"))); got != "451 4.3.0" {

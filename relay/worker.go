@@ -67,7 +67,7 @@ type CustomReturnPaths interface {
 }
 
 var (
-	_ Classifier  = (*bounce.Rules)(nil)
+	_ Classifier        = (*bounce.Rules)(nil)
 	_ ReturnPaths       = (*returnpath.Signer)(nil)
 	_ CustomReturnPaths = (*store.ReturnPathCache)(nil)
 )

@@ -42,13 +42,14 @@ const DefaultReturnPathTTL = 30 * time.Second
 const maxReturnPathDomains = 10000
 
 // ReturnPathCache answers ReturnPathTenant from memory for TTL, the
-// negative answers too (most domains have no custom return path), so that
-// neither a delivery attempt nor an inbound RCPT costs a query. Errors are
-// not cached. It is safe for concurrent use.
+// negative answers too unless told not to (most domains have no custom
+// return path), so that a delivery attempt costs no query. Errors are not
+// cached. It is safe for concurrent use.
 type ReturnPathCache struct {
-	lookup func(ctx context.Context, domain string) (string, error)
-	ttl    time.Duration
-	now    func() time.Time
+	lookup    func(ctx context.Context, domain string) (string, error)
+	ttl       time.Duration
+	negatives bool
+	now       func() time.Time
 
 	mu sync.Mutex
 	m  map[string]cachedReturnPath
@@ -59,13 +60,25 @@ type cachedReturnPath struct {
 	at     time.Time
 }
 
-// NewReturnPathCache caches s.ReturnPathTenant for ttl (0:
-// DefaultReturnPathTTL).
-func NewReturnPathCache(s *Store, ttl time.Duration) *ReturnPathCache {
-	if ttl <= 0 {
-		ttl = DefaultReturnPathTTL
+// ReturnPathCacheOptions configures NewReturnPathCache.
+type ReturnPathCacheOptions struct {
+	TTL time.Duration // 0: DefaultReturnPathTTL
+	// FreshNegatives asks the ledger again for every domain without a
+	// verified custom return path. The inbound listener wants it: a
+	// worker may start writing bounces.<domain> as soon as its own cache
+	// sees the domain verified, and a DSN to it must not meet a stale
+	// "no" here and be refused for good. Its lookups follow a tag that
+	// verified, so strangers cannot make it query.
+	FreshNegatives bool
+}
+
+// NewReturnPathCache caches s.ReturnPathTenant.
+func NewReturnPathCache(s *Store, opts ReturnPathCacheOptions) *ReturnPathCache {
+	if opts.TTL <= 0 {
+		opts.TTL = DefaultReturnPathTTL
 	}
-	return &ReturnPathCache{lookup: s.ReturnPathTenant, ttl: ttl, now: time.Now, m: map[string]cachedReturnPath{}}
+	return &ReturnPathCache{lookup: s.ReturnPathTenant, ttl: opts.TTL, negatives: !opts.FreshNegatives, now: time.Now,
+		m: map[string]cachedReturnPath{}}
 }
 
 // ReturnPathTenant is Store.ReturnPathTenant, cached.
@@ -81,6 +94,9 @@ func (c *ReturnPathCache) ReturnPathTenant(ctx context.Context, domain string) (
 	tenant, err := c.lookup(ctx, domain)
 	if err != nil {
 		return "", err
+	}
+	if tenant == "" && !c.negatives {
+		return "", nil
 	}
 	c.mu.Lock()
 	if len(c.m) >= maxReturnPathDomains {

@@ -60,33 +60,51 @@ func TestReturnPathTenant(t *testing.T) {
 	}
 }
 
-// TestReturnPathCache: answers, negative ones too, come from memory until
-// the TTL has passed, then the ledger is asked again.
+// TestReturnPathCache: answers, negative ones too unless FreshNegatives,
+// come from memory until the TTL has passed, then the ledger is asked
+// again.
 func TestReturnPathCache(t *testing.T) {
-	s := newStore(t)
-	newTenant(t, s, "acme")
-	saveDomain(t, s, "acme", "a.example", "missing")
-	c := NewReturnPathCache(s, time.Minute)
-	now := time.Now()
-	c.now = func() time.Time { return now }
-	lookups := 0
-	c.lookup = func(ctx context.Context, d string) (string, error) {
-		lookups++
-		return s.ReturnPathTenant(ctx, d)
+	for _, tc := range []struct {
+		name  string
+		fresh bool
+		// lookups after each of the asks below
+		want []int
+	}{
+		{"negatives cached", false, []int{1, 1, 1, 2, 2}},
+		{"fresh negatives", true, []int{1, 2, 2, 3, 3}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newStore(t)
+			newTenant(t, s, "acme")
+			saveDomain(t, s, "acme", "a.example", "missing")
+			c := NewReturnPathCache(s, ReturnPathCacheOptions{TTL: time.Minute, FreshNegatives: tc.fresh})
+			now := time.Now()
+			c.now = func() time.Time { return now }
+			lookups, step := 0, 0
+			c.lookup = func(ctx context.Context, d string) (string, error) {
+				lookups++
+				return s.ReturnPathTenant(ctx, d)
+			}
+			ask := func(want string) {
+				t.Helper()
+				got, err := c.ReturnPathTenant(t.Context(), "A.example")
+				if err != nil || got != want || lookups != tc.want[step] {
+					t.Fatalf("ask %d: ReturnPathTenant = %q, %v after %d lookups; want %q after %d", step, got, err, lookups, want, tc.want[step])
+				}
+				step++
+			}
+			ask("")
+			saveDomain(t, s, "acme", "a.example", "verified")
+			want := ""
+			if tc.fresh {
+				want = "acme"
+			}
+			ask(want) // a cached "no", or a fresh "yes"
+			now = now.Add(59 * time.Second)
+			ask(want)
+			now = now.Add(time.Minute)
+			ask("acme")
+			ask("acme") // a "yes" is cached either way
+		})
 	}
-	ask := func(want string, wantLookups int) {
-		t.Helper()
-		got, err := c.ReturnPathTenant(t.Context(), "A.example")
-		if err != nil || got != want || lookups != wantLookups {
-			t.Fatalf("ReturnPathTenant = %q, %v after %d lookups; want %q after %d", got, err, lookups, want, wantLookups)
-		}
-	}
-	ask("", 1)
-	saveDomain(t, s, "acme", "a.example", "verified")
-	ask("", 1) // cached negative
-	now = now.Add(59 * time.Second)
-	ask("", 1)
-	now = now.Add(time.Second)
-	ask("acme", 2)
-	ask("acme", 2)
 }

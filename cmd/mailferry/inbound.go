@@ -92,7 +92,7 @@ func startInbound(ctx context.Context, cfg config.Config, deps inboundDeps, wg *
 	}
 	srv, err := inbound.NewServer(inbound.ServerOptions{
 		Saver: deps.store, ReturnPaths: deps.bounces.signer, FBLAddress: cfg.FBLAddress,
-		CustomReturnPaths: store.NewReturnPathCache(deps.store, 0),
+		CustomReturnPaths: store.NewReturnPathCache(deps.store, store.ReturnPathCacheOptions{FreshNegatives: true}),
 		Hostname:          cfg.Hostname, TLSConfig: tlsConfig,
 		MaxMessageBytes: min(cfg.MaxMessageBytes, 10<<20),
 		Stored:          proc.Wake, Budget: deps.bodies, Logger: log, Metrics: deps.metrics,

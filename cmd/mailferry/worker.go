@@ -84,7 +84,7 @@ func newWorker(cfg config.Config, st *store.Store, q *queue.Queue, reg prometheu
 		Smarthost: cfg.Smarthost != nil, SmarthostConnections: cfg.SmarthostConnections,
 		Heartbeat: cfg.Leases.Heartbeat, Lease: cfg.Leases.Lease,
 		ReturnPaths: returnPaths(b.signer), Rules: b.rules, CountBounce: b.count,
-		CustomReturnPaths: store.NewReturnPathCache(st, 0),
+		CustomReturnPaths: store.NewReturnPathCache(st, store.ReturnPathCacheOptions{}),
 		Shaper:            sh,
 	})
 	if err != nil {
