@@ -17,6 +17,7 @@ import (
 type DestLeases interface {
 	Acquire(ctx context.Context, dest string, want int, lim queue.DestLimit, now time.Time) ([]string, int, error)
 	Release(ctx context.Context, dest, id string, v queue.Verdict, errText string, lim queue.DestLimit, handoff bool, now time.Time) (next string, limit, free int, err error)
+	HandOff(ctx context.Context, dest, id string, v queue.Verdict, errText string, lim queue.DestLimit, now time.Time) (next string, limit, free int, err error)
 	Renew(ctx context.Context, dest string, ids []string, queued int, now time.Time) ([]string, error)
 	TTL() time.Duration
 }
@@ -313,9 +314,11 @@ func (s *slot) judge(a Attempt) { s.att = &a }
 // mail for it, and needs the pool to call back into Redis; trimming keeps
 // the lease where the work is. Reuse stays: a worker with jobs waiting
 // hands the lease straight on (handoff) and keeps the connection for the
-// next transaction; only a worker that runs out of work for the
-// destination closes connections, which is what the receiver wants of an
-// idle client anyway (RFC 5321 4.5.3.2.7).
+// next transaction; when the handoff is refused (the limit shrank, or
+// another worker's fair share), the lease stays in Redis until the
+// connection is closed (queue.Leases.HandOff). Only a worker out of work
+// for the destination closes connections, which frees the receiver's
+// session as the pool's short idle timeout would (smtpclient/pool.go).
 func (g *destGate) release(s *slot) {
 	v, why := queue.Unjudged, ""
 	if a := s.att; a != nil {
@@ -342,17 +345,36 @@ func (g *destGate) release(s *slot) {
 	delete(d.running, s.id)
 	d.last = g.now()
 	handoff := len(d.waiters) > 0 && !paced
-	keep := len(d.running)
-	if handoff {
-		keep++ // the lease handed on keeps this one's connection busy
-	}
 	var hosts []string
 	if g.trim != nil {
 		hosts = d.hostList()
 	}
 	g.mu.Unlock()
-	g.trimTo(hosts, keep)
-	next, limit, free, err := g.leases.Release(ctx, s.dest, s.id, v, why, s.lim, handoff, g.now())
+	var (
+		next        string
+		limit, free int
+		err         error
+	)
+	if handoff && g.trim != nil {
+		// The lease handed on keeps this one's connection: no trim. If it
+		// is refused, this lease stays until the connection is closed.
+		next, limit, free, err = g.leases.HandOff(ctx, s.dest, s.id, v, why, s.lim, g.now())
+		if err != nil || next == "" {
+			g.mu.Lock()
+			keep := len(d.running)
+			g.mu.Unlock()
+			g.trimTo(hosts, keep)
+		}
+		if err == nil && next == "" {
+			_, limit, free, err = g.leases.Release(ctx, s.dest, s.id, queue.Unjudged, "", s.lim, false, g.now())
+		}
+	} else {
+		g.mu.Lock()
+		keep := len(d.running)
+		g.mu.Unlock()
+		g.trimTo(hosts, keep)
+		next, limit, free, err = g.leases.Release(ctx, s.dest, s.id, v, why, s.lim, handoff, g.now())
+	}
 	if err != nil {
 		g.log.LogAttrs(ctx, slog.LevelWarn, "release destination lease; it lapses on its own", slog.String("destination", s.dest), slog.Any("error", err))
 	}
@@ -369,15 +391,7 @@ func (g *destGate) release(s *slot) {
 	if len(d.waiters) > 0 && (free > 0 || err != nil || paced) {
 		poke(d.wake)
 	}
-	// Refused the handoff (the limit shrank): the connection kept for it
-	// goes. Only a shrunk limit refuses, so the fleet was under its
-	// max_connections for the moment between.
-	refused := handoff && next == ""
-	keep = len(d.running)
 	g.mu.Unlock()
-	if refused {
-		g.trimTo(hosts, keep)
-	}
 	for _, id := range spare {
 		g.release(&slot{dest: s.dest, id: id, lim: s.lim})
 	}
