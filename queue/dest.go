@@ -111,8 +111,10 @@ return out
 // worker's fair share allow, grants it at once: a worker with jobs waiting
 // keeps the connection slot without a second round trip. Returns the
 // limit, the leases still free to this worker after it, and the new id if
-// granted.
-// KEYS: leases, state. ARGV: id, verdict, start, max, now ms, new id, expiry ms, error, idle ms, 2×ttl ms, consumer.
+// granted. With ARGV[12] '1' a refused handoff keeps the old lease (its
+// verdict applied) for the caller to release after it has closed the
+// connection it kept for the handoff (Leases.HandOff).
+// KEYS: leases, state. ARGV: id, verdict, start, max, now ms, new id, expiry ms, error, idle ms, 2×ttl ms, consumer, keep.
 const releaseScript = shareLua + `
 redis.call('ZREM', KEYS[1], ARGV[1])
 local max = tonumber(ARGV[4])
@@ -132,6 +134,10 @@ if ARGV[6] ~= '' and free > 0 then
   redis.call('ZADD', KEYS[1], ARGV[7], ARGV[6])
   redis.call('PEXPIRE', KEYS[1], ARGV[10])
   return {limit, free - 1, ARGV[6]}
+end
+if ARGV[6] ~= '' and ARGV[12] == '1' then
+  redis.call('ZADD', KEYS[1], ARGV[7], ARGV[1])
+  return {limit, 0}
 end
 return {limit, math.max(free, 0)}
 `
@@ -236,15 +242,31 @@ func (l *Leases) Acquire(ctx context.Context, dest string, want int, lim DestLim
 // is how many more the limit allows now: a grown limit leaves room for
 // waiting jobs beyond the handed-off one.
 func (l *Leases) Release(ctx context.Context, dest, id string, v Verdict, errText string, lim DestLimit, handoff bool, now time.Time) (next string, limit, free int, err error) {
+	return l.end(ctx, dest, id, v, errText, lim, handoff, false, now)
+}
+
+// HandOff is Release with handoff, except that when the limit or the
+// worker's fair share refuses the new lease (next is ""), lease id is kept,
+// its verdict applied: the caller releases it (Release, Unjudged) once it
+// has closed the idle connection it kept for the next job, so the fleet's
+// connections never outnumber its leases (relay/slots.go).
+func (l *Leases) HandOff(ctx context.Context, dest, id string, v Verdict, errText string, lim DestLimit, now time.Time) (next string, limit, free int, err error) {
+	return l.end(ctx, dest, id, v, errText, lim, true, true, now)
+}
+
+func (l *Leases) end(ctx context.Context, dest, id string, v Verdict, errText string, lim DestLimit, handoff, keep bool, now time.Time) (next string, limit, free int, err error) {
 	if err := checkDest(dest); err != nil {
 		return "", 0, 0, err
 	}
-	want := ""
+	want, keepArg := "", "0"
 	if handoff {
 		want = l.idPrefix() + "1"
 	}
+	if keep {
+		keepArg = "1"
+	}
 	res, err := l.release.Run(ctx, l.q.rdb, l.keys(dest), id, int(v), lim.Start, lim.Max, now.UnixMilli(), want,
-		now.Add(l.ttl).UnixMilli(), errText, destIdle.Milliseconds(), (2 * l.ttl).Milliseconds(), l.q.opts.Consumer).Slice()
+		now.Add(l.ttl).UnixMilli(), errText, destIdle.Milliseconds(), (2 * l.ttl).Milliseconds(), l.q.opts.Consumer, keepArg).Slice()
 	if err != nil {
 		return "", 0, 0, fmt.Errorf("release lease on %s: %w", dest, err)
 	}

@@ -182,3 +182,49 @@ func TestDestLeaseFairShare(t *testing.T) {
 		}
 	})
 }
+
+// TestHandOffRefusedKeepsLease: a handoff the limit refuses leaves the old
+// lease held, so the worker can close the connection it kept before the
+// slot goes to another worker; Release then frees it. A granted handoff
+// swaps the lease for the new one.
+func TestHandOffRefusedKeepsLease(t *testing.T) {
+	testenv.EachRedis(t, func(t *testing.T) {
+		ctx := context.Background()
+		rdb, prefix := shared(t)
+		l, err := newQueue(t, rdb, Options{Prefix: prefix, Consumer: "w1"}).Leases(time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		const dest = "mx:mx.example.net"
+		lim := DestLimit{Start: 2, Max: 2}
+		t0 := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+		ids, _, err := l.Acquire(ctx, dest, 2, lim, t0)
+		if err != nil || len(ids) != 2 {
+			t.Fatalf("acquire: %v, %v", ids, err)
+		}
+		// A 421 halves the limit to 1 with the other lease still held.
+		next, limit, _, err := l.HandOff(ctx, dest, ids[0], Unhealthy, "421", lim, t0)
+		if err != nil || next != "" || limit != 1 {
+			t.Fatalf("handoff over the shrunk limit: %q limit %d, %v; want refused at 1", next, limit, err)
+		}
+		if lost, err := l.Renew(ctx, dest, ids, 0, t0); err != nil || len(lost) != 0 {
+			t.Fatalf("after the refused handoff lost %v, %v; want both leases still held", lost, err)
+		}
+		for _, id := range ids {
+			if _, _, _, err := l.Release(ctx, dest, id, Unjudged, "", lim, false, t0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, _, _ := l.Acquire(ctx, dest, 1, lim, t0)
+		if len(got) != 1 {
+			t.Fatalf("after both released got %v, want one lease (limit 1)", got)
+		}
+		next, _, _, err = l.HandOff(ctx, dest, got[0], Healthy, "", lim, t0)
+		if err != nil || next == "" {
+			t.Fatalf("handoff under the limit: %q, %v; want granted", next, err)
+		}
+		if lost, _ := l.Renew(ctx, dest, []string{got[0], next}, 0, t0); len(lost) != 1 || lost[0] != got[0] {
+			t.Errorf("after a granted handoff lost %v, want the old lease %s gone", lost, got[0])
+		}
+	})
+}

@@ -20,6 +20,17 @@ type Client interface {
 
 var _ Client = (*smtpclient.Client)(nil)
 
+// IdleTrimmer is a Client that can close its idle connections to a
+// destination's hosts down to a count (smtpclient.Client.TrimIdle). A
+// Worker whose Client has it counts idle connections against the
+// destination's leases, so the MX sees at most max_connections from the
+// fleet (relay/slots.go, release).
+type IdleTrimmer interface {
+	TrimIdle(hosts []string, keep int)
+}
+
+var _ IdleTrimmer = (*smtpclient.Client)(nil)
+
 // The client's value types, under the names relay has always used.
 type (
 	Host    = smtpclient.Host

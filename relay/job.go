@@ -100,6 +100,7 @@ func (w *Worker) await(stop context.Context, log *slog.Logger, c queue.Claimed, 
 	wctx, cancel := context.WithCancel(stop)
 	defer cancel()
 	h := w.park(c, cancel)
+	w.gate.note(hop.dest, hop.max, hop.hosts)
 	s, err := w.gate.wait(wctx, stop, hop.dest, hop.max)
 	w.unpark(h)
 	if err == nil {

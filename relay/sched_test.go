@@ -212,3 +212,37 @@ func TestClosingDestinationBacksOff(t *testing.T) {
 		}
 	})
 }
+
+// TestDestinationConnectionsFleetWide: the destination's max_connections
+// bounds the connections the MX sees from the fleet, idle pooled ones
+// included, not only the transactions (issue 15). Two worker processes
+// (two Workers, each with its own SMTP client and pool) carry 600 messages
+// to one destination whose limit is 3: the MX never has more than 3
+// connections open at once, and connections are still reused hard (far
+// fewer opened than messages sent).
+func TestDestinationConnectionsFleetWide(t *testing.T) {
+	testenv.EachRedis(t, func(t *testing.T) {
+		const n, limit = 600, 3
+		p := newPipeline(t)
+		s := p.mx("example.org", "127.0.0.2", testmx.SMTPOptions{DataDelay: time.Millisecond})
+		ids := p.sendMany(n, func(i int) string { return fmt.Sprintf("u%d@example.org", i) })
+		for _, name := range []string{"w1", "w2"} {
+			p.start(name, func(o *WorkerOptions) {
+				o.PerDestination, o.Concurrency = limit, 32
+			})
+		}
+		p.waitAll(ids, 2*time.Minute)
+		accepted, _ := s.Connections()
+		t.Logf("%d messages, peak %d connections and %d transactions at once (limit %d), %d connections opened",
+			n, s.PeakConnections(), s.PeakTransactions(), limit, accepted)
+		if got := len(s.Messages()); got != n {
+			t.Errorf("receiver got %d messages, want %d", got, n)
+		}
+		if peak := s.PeakConnections(); peak > limit {
+			t.Errorf("peak %d connections open at once, want at most max_connections %d", peak, limit)
+		}
+		if accepted > n/10 {
+			t.Errorf("%d connections opened for %d messages: connections are not being reused", accepted, n)
+		}
+	})
+}

@@ -17,6 +17,7 @@ import (
 type DestLeases interface {
 	Acquire(ctx context.Context, dest string, want int, lim queue.DestLimit, now time.Time) ([]string, int, error)
 	Release(ctx context.Context, dest, id string, v queue.Verdict, errText string, lim queue.DestLimit, handoff bool, now time.Time) (next string, limit, free int, err error)
+	HandOff(ctx context.Context, dest, id string, v queue.Verdict, errText string, lim queue.DestLimit, now time.Time) (next string, limit, free int, err error)
 	Renew(ctx context.Context, dest string, ids []string, queued int, now time.Time) ([]string, error)
 	TTL() time.Duration
 }
@@ -42,7 +43,8 @@ var _ DestLeases = (*queue.Leases)(nil)
 // for everyone else: waiting jobs hold no transaction slot of the worker.
 type destGate struct {
 	leases    DestLeases
-	shaper    Shaper // nil: no shaping file
+	shaper    Shaper      // nil: no shaping file
+	trim      IdleTrimmer // nil: the client keeps no idle connections to count
 	slowAfter time.Duration
 	now       func() time.Time
 	log       *slog.Logger
@@ -62,6 +64,9 @@ type gateDest struct {
 	last    time.Time
 	// reported: a queued count was published, so 0 must be published too.
 	reported bool
+	// hosts are the MX host names (or the smarthost) of the jobs seen for
+	// the destination: the connections its leases count.
+	hosts map[string]struct{}
 }
 
 type waiter struct {
@@ -249,12 +254,71 @@ func (g *destGate) observe(ctx context.Context, dest string, a *Attempt) {
 	}
 }
 
+// note records hosts as the destination's, for the idle connections its
+// leases count.
+func (g *destGate) note(dest string, limit int, hosts []Host) {
+	if g.trim == nil {
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	d := g.dest(dest, limit)
+	if d.hosts == nil {
+		d.hosts = map[string]struct{}{}
+	}
+	for _, h := range hosts {
+		if len(d.hosts) >= maxNotedHosts {
+			break
+		}
+		d.hosts[h.Name] = struct{}{}
+	}
+}
+
+// maxNotedHosts bounds the host names kept per destination; an MX set is
+// a handful.
+const maxNotedHosts = 64
+
+// trimTo closes idle connections to d's hosts until this process has at
+// most keep open to them; g.mu must not be held: it waits for QUIT.
+func (g *destGate) trimTo(hosts []string, keep int) {
+	if g.trim != nil && len(hosts) > 0 {
+		g.trim.TrimIdle(hosts, keep)
+	}
+}
+
+// hostList returns d's host names; g.mu must be held.
+func (d *gateDest) hostList() []string {
+	out := make([]string, 0, len(d.hosts))
+	for h := range d.hosts {
+		out = append(out, h)
+	}
+	return out
+}
+
 // judge notes the transaction run under the slot, for release.
 func (s *slot) judge(a Attempt) { s.att = &a }
 
 // release ends the slot's lease with the verdict on its transaction and,
 // when jobs wait for the destination, takes a new lease for the first of
 // them in the same Redis call.
+//
+// A lease counts a connection, not only a transaction: the MX host sees
+// idle pooled connections as open sessions, and the destination's
+// max_connections is about what it sees (issue 15). So the connections
+// this process has open to the destination, busy or idle, stay within the
+// leases it holds, and before a lease goes back the idle connections
+// beyond the leases still held are closed — trim, then release, so that no
+// moment has the fleet over the limit. The other way (keep the lease while
+// its connection idles, give it back when the pool closes the connection)
+// would hold a share of a busy destination's limit on a worker with no
+// mail for it, and needs the pool to call back into Redis; trimming keeps
+// the lease where the work is. Reuse stays: a worker with jobs waiting
+// hands the lease straight on (handoff) and keeps the connection for the
+// next transaction; when the handoff is refused (the limit shrank, or
+// another worker's fair share), the lease stays in Redis until the
+// connection is closed (queue.Leases.HandOff). Only a worker out of work
+// for the destination closes connections, which frees the receiver's
+// session as the pool's short idle timeout would (smtpclient/pool.go).
 func (g *destGate) release(s *slot) {
 	v, why := queue.Unjudged, ""
 	if a := s.att; a != nil {
@@ -281,8 +345,36 @@ func (g *destGate) release(s *slot) {
 	delete(d.running, s.id)
 	d.last = g.now()
 	handoff := len(d.waiters) > 0 && !paced
+	var hosts []string
+	if g.trim != nil {
+		hosts = d.hostList()
+	}
 	g.mu.Unlock()
-	next, limit, free, err := g.leases.Release(ctx, s.dest, s.id, v, why, s.lim, handoff, g.now())
+	var (
+		next        string
+		limit, free int
+		err         error
+	)
+	if handoff && g.trim != nil {
+		// The lease handed on keeps this one's connection: no trim. If it
+		// is refused, this lease stays until the connection is closed.
+		next, limit, free, err = g.leases.HandOff(ctx, s.dest, s.id, v, why, s.lim, g.now())
+		if err != nil || next == "" {
+			g.mu.Lock()
+			keep := len(d.running)
+			g.mu.Unlock()
+			g.trimTo(hosts, keep)
+		}
+		if err == nil && next == "" {
+			_, limit, free, err = g.leases.Release(ctx, s.dest, s.id, queue.Unjudged, "", s.lim, false, g.now())
+		}
+	} else {
+		g.mu.Lock()
+		keep := len(d.running)
+		g.mu.Unlock()
+		g.trimTo(hosts, keep)
+		next, limit, free, err = g.leases.Release(ctx, s.dest, s.id, v, why, s.lim, handoff, g.now())
+	}
 	if err != nil {
 		g.log.LogAttrs(ctx, slog.LevelWarn, "release destination lease; it lapses on its own", slog.String("destination", s.dest), slog.Any("error", err))
 	}

@@ -279,6 +279,9 @@ func NewWorker(opts WorkerOptions) (*Worker, error) {
 	w := &Worker{opts: opts, gate: newDestGate(leases, opts.Shaper, opts.SlowAfter, opts.Now, opts.Logger), keys: newKeyCache(opts.KeyCacheTTL),
 		runners: make(chan struct{}, opts.Concurrency), waiting: map[string]*holding{}, wake: make(chan struct{}, 1),
 		batch: newLedgerBatcher(opts.Ledger)}
+	if t, ok := opts.Client.(IdleTrimmer); ok {
+		w.gate.trim = t
+	}
 	opts.Metrics.watch(w.gate)
 	opts.Metrics.watchLedger(w)
 	return w, nil

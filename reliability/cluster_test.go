@@ -270,6 +270,10 @@ func TestFleet(t *testing.T) {
 	if peakTx > fleetPerDestination {
 		t.Errorf("a sink saw %d transactions at once from the fleet, over the limit %d", peakTx, fleetPerDestination)
 	}
+	// Idle pooled connections count too: the MX sees them (relay/slots.go).
+	if peakConns > fleetPerDestination {
+		t.Errorf("a sink saw %d connections open at once from the fleet, over the limit %d", peakConns, fleetPerDestination)
+	}
 }
 
 // TestFleetRateLimit: MAILFERRY_RATE_LIMIT holds for one key across three

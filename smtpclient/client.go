@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/mailferry/mailferry/mail"
@@ -230,6 +231,13 @@ func (c *Client) Deliver(ctx context.Context, hosts []Host, env Envelope) (a Att
 		last                         error
 		tried, guarded, policyFailed int
 	)
+	// An idle connection to any of the most preferred hosts first: their
+	// order among themselves is random anyway (RFC 5321 5.1), and a busy
+	// destination keeps its connections busy rather than dialing more.
+	if out, ok := c.reusePreferred(ctx, hosts, &sub, &a); ok {
+		put(out.results)
+		return a
+	}
 hosts:
 	for _, h := range hosts {
 		for _, ip := range h.Addrs {
@@ -239,6 +247,11 @@ hosts:
 			}
 			out, ok := c.reuse(ctx, h, ip, &sub, &a)
 			if !ok {
+				// A new connection replaces an idle one to the same hosts,
+				// so one transaction never holds two: a caller that counts
+				// connections per destination (relay's leases) stays in
+				// its count.
+				c.evictOne(hosts)
 				out = c.connect(ctx, h, ip, &sub, !c.opts.ImplicitTLS, &a)
 			}
 			if out.tlsFailed && !c.opts.RequireTLS && env.TLS == nil {
@@ -313,6 +326,21 @@ func (c *Client) CloseIdle() { c.pool.closeIdle() }
 // SweepIdle ends the connections idle longer than Reuse.Idle.
 func (c *Client) SweepIdle() { c.pool.sweep() }
 
+// TrimIdle closes idle connections to the named hosts, longest idle
+// first, until at most keep connections to them are open, busy ones
+// included. It returns once they are closed (QUIT answered or timed out),
+// so a caller that counts connections against a limit shared with others
+// can give its share back after it: relay calls it before it releases a
+// destination lease, with the leases it still holds (relay/slots.go).
+func (c *Client) TrimIdle(hosts []string, keep int) {
+	ss := c.pool.trim(hosts, keep)
+	var wg sync.WaitGroup
+	for _, s := range ss {
+		wg.Go(s.close)
+	}
+	wg.Wait()
+}
+
 // reuse runs the transactions on an idle connection to h at ip, if there is
 // one. ok is false when there was none or it turned out dead before a
 // transaction began: the caller then dials afresh. A receiver may close an
@@ -346,6 +374,44 @@ func (c *Client) reuse(ctx context.Context, h Host, ip netip.Addr, env *prepared
 	return outcome{results: results, txs: txs, tls: s.tls}, true
 }
 
+// reusePreferred runs the transactions on an idle connection to one of
+// the hosts of the best preference, if there is one.
+func (c *Client) reusePreferred(ctx context.Context, hosts []Host, env *prepared, a *Attempt) (outcome, bool) {
+	if len(hosts) == 0 || ctx.Err() != nil {
+		return outcome{}, false
+	}
+	for _, h := range hosts {
+		if h.Preference != hosts[0].Preference {
+			break
+		}
+		for _, ip := range h.Addrs {
+			if out, ok := c.reuse(ctx, h, ip, env, a); ok {
+				a.Host, a.IP, a.TLS, a.Transactions = h.Name, ip, out.tls, out.txs
+				a.TLSFailure = ""
+				for i := range out.results {
+					if out.results[i].Err != nil {
+						out.results[i].Err = withCause(ctx, out.results[i].Err)
+					}
+				}
+				return out, true
+			}
+		}
+	}
+	return outcome{}, false
+}
+
+// evictOne closes an idle connection to one of hosts, if there is one,
+// and returns once it is closed.
+func (c *Client) evictOne(hosts []Host) {
+	names := make([]string, len(hosts))
+	for i, h := range hosts {
+		names[i] = h.Name
+	}
+	for _, s := range c.pool.evict(names) {
+		s.close()
+	}
+}
+
 // release pools s if it can carry another transaction, else closes it.
 func (c *Client) release(s *session) {
 	if s.broken {
@@ -374,6 +440,7 @@ func (c *Client) connect(ctx context.Context, h Host, ip netip.Addr, env *prepar
 	stop := context.AfterFunc(ctx, conn.abort)
 
 	s := &session{c: c, host: h, ip: ip, conn: conn, born: time.Now()}
+	c.pool.opened(h.Name)
 	out := s.run(env, tryTLS)
 	a.RoundTrips += s.trips
 	if !stop() {
@@ -382,7 +449,7 @@ func (c *Client) connect(ctx context.Context, h Host, ip netip.Addr, env *prepar
 	if out.results != nil {
 		c.release(s)
 	} else {
-		conn.Close()
+		s.end()
 	}
 	if out.err != nil {
 		out.err = fmt.Errorf("%s[%s]: %w", h.Name, ip, withCause(ctx, out.err))

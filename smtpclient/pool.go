@@ -2,6 +2,7 @@ package smtpclient
 
 import (
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 )
@@ -67,10 +68,88 @@ type connPool struct {
 	mu    sync.Mutex
 	idle  map[poolKey][]*session
 	count int
+	// open counts the connections to each host name, busy or idle, from
+	// dial to close: what TrimIdle holds to a fleet-wide lease count.
+	open map[string]int
 }
 
 func newConnPool(opts Reuse) *connPool {
-	return &connPool{opts: opts.withDefaults(), now: time.Now, idle: map[poolKey][]*session{}}
+	return &connPool{opts: opts.withDefaults(), now: time.Now, idle: map[poolKey][]*session{}, open: map[string]int{}}
+}
+
+// opened counts a new connection to host.
+func (p *connPool) opened(host string) {
+	p.mu.Lock()
+	p.open[host]++
+	p.mu.Unlock()
+}
+
+// closed uncounts a connection to host.
+func (p *connPool) closed(host string) {
+	p.mu.Lock()
+	if p.open[host]--; p.open[host] <= 0 {
+		delete(p.open, host)
+	}
+	p.mu.Unlock()
+}
+
+// trim takes idle sessions to hosts out of the pool, oldest first, until
+// the connections open to them (busy or idle) are at most keep, and
+// returns them for the caller to close.
+func (p *connPool) trim(hosts []string, keep int) []*session {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	total := 0
+	for _, h := range hosts {
+		total += p.open[h]
+	}
+	var out []*session
+	for total > keep {
+		k, ok := p.oldestIdle(hosts)
+		if !ok {
+			break
+		}
+		list := p.idle[k]
+		out = append(out, list[0])
+		p.store(k, list[1:])
+		p.count--
+		total--
+	}
+	return out
+}
+
+// evict takes the longest idle session to hosts out of the pool, if
+// there is one, for the caller to close.
+func (p *connPool) evict(hosts []string) []*session {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	k, ok := p.oldestIdle(hosts)
+	if !ok {
+		return nil
+	}
+	list := p.idle[k]
+	p.store(k, list[1:])
+	p.count--
+	return []*session{list[0]}
+}
+
+// oldestIdle finds the key of the idle session to hosts idle longest;
+// p.mu must be held.
+func (p *connPool) oldestIdle(hosts []string) (poolKey, bool) {
+	var (
+		best  poolKey
+		since time.Time
+		found bool
+	)
+	for k, list := range p.idle {
+		if len(list) == 0 || !slices.Contains(hosts, k.host) {
+			continue
+		}
+		if !found || list[0].idleSince.Before(since) {
+			best, since, found = k, list[0].idleSince, true
+		}
+	}
+	return best, found
 }
 
 // take returns an idle session for k, or nil. Sessions found expired are

@@ -170,3 +170,77 @@ func waitOpen(t *testing.T, srv *testmx.SMTP, want int) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestTrimIdle checks that TrimIdle closes idle connections to the named
+// hosts, longest idle first, down to the count asked, and leaves other
+// hosts' connections alone: relay holds a destination's connections to its
+// leases with it.
+func TestTrimIdle(t *testing.T) {
+	names := []string{"mx1.example.net", "mx2.example.net", "mx3.example.net"}
+	for _, tc := range []struct {
+		name  string
+		hosts []string
+		keep  int
+		open  int    // connections left open
+		kept  string // a host whose connection must still be reused; "" for none
+	}{
+		{name: "under the count", hosts: names, keep: 3, open: 3, kept: "mx1.example.net"},
+		{name: "down to one, the newest", hosts: names, keep: 1, open: 1, kept: "mx3.example.net"},
+		{name: "down to none", hosts: names, keep: 0, open: 0},
+		{name: "only the named hosts", hosts: names[:1], keep: 0, open: 2, kept: "mx2.example.net"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			port, lns := testmx.Listen(t, "127.0.0.2")
+			srv := testmx.StartSMTP(t, lns[0], testmx.SMTPOptions{})
+			c := newClient(t, port, nil)
+			for _, name := range names {
+				if got := statuses(c.Deliver(context.Background(), []Host{host(name, "127.0.0.2")}, envelope("bob@example.net"))); !slices.Equal(got, []string{"delivered 250 2.0.0"}) {
+					t.Fatalf("to %s: %v", name, got)
+				}
+			}
+			c.TrimIdle(tc.hosts, tc.keep)
+			waitOpen(t, srv, tc.open)
+			if tc.kept != "" {
+				c.Deliver(context.Background(), []Host{host(tc.kept, "127.0.0.2")}, envelope("bob@example.net"))
+				if accepted, _ := srv.Connections(); accepted != len(names) {
+					t.Errorf("server accepted %d connections, want %d: %s's was not kept", accepted, len(names), tc.kept)
+				}
+			}
+			waitClosed(t, c, srv.Connections)
+		})
+	}
+}
+
+// TestReuseAcrossPreferred checks that a delivery takes an idle connection
+// to any host of the best preference before it dials, and that a dial
+// closes an idle connection to the delivery's other hosts first, so one
+// transaction never holds two connections.
+func TestReuseAcrossPreferred(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		pref2    uint16 // mx2's preference; mx1's is 10
+		host     string // the host that takes the message
+		accepted int
+	}{
+		{name: "equal preference reuses", pref2: 10, host: "mx2.example.net", accepted: 1},
+		{name: "a less preferred host's idle connection is closed for the dial", pref2: 20, host: "mx1.example.net", accepted: 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			port, lns := testmx.Listen(t, "127.0.0.2")
+			srv := testmx.StartSMTP(t, lns[0], testmx.SMTPOptions{})
+			c := newClient(t, port, nil)
+			mx1, mx2 := host("mx1.example.net", "127.0.0.2"), host("mx2.example.net", "127.0.0.2")
+			mx1.Preference, mx2.Preference = 10, tc.pref2
+			c.Deliver(context.Background(), []Host{mx2}, envelope("bob@example.net"))
+			a := c.Deliver(context.Background(), []Host{mx1, mx2}, envelope("bob@example.net"))
+			if got := statuses(a); !slices.Equal(got, []string{"delivered 250 2.0.0"}) || a.Host != tc.host {
+				t.Fatalf("%v on %q, want delivered on %s", got, a.Host, tc.host)
+			}
+			if accepted, _ := srv.Connections(); accepted != tc.accepted {
+				t.Errorf("server accepted %d connections, want %d", accepted, tc.accepted)
+			}
+			waitOpen(t, srv, 1)
+			waitClosed(t, c, srv.Connections)
+		})
+	}
+}

@@ -112,7 +112,8 @@ type session struct {
 
 	born      time.Time
 	idleSince time.Time
-	used      int // transactions run
+	used      int  // transactions run
+	ended     bool // closed and uncounted in the pool
 }
 
 // wire sets up reading and writing over c, plain or TLS. A fresh reader
@@ -420,7 +421,16 @@ func (s *session) quit() {
 // close says QUIT when the connection can still carry it and closes it.
 func (s *session) close() {
 	s.quit()
+	s.end()
+}
+
+// end closes the connection without QUIT and uncounts it, once.
+func (s *session) end() {
 	s.conn.Close()
+	if !s.ended {
+		s.ended = true
+		s.c.pool.closed(s.host.Name)
+	}
 }
 
 // drain reads and drops n replies, keeping a pipelined session in step

@@ -131,6 +131,15 @@ func New(opts Options) (*Client, error) {
 func (c *Client) CloseIdle() { c.opts.Inner.CloseIdle() }
 func (c *Client) SweepIdle() { c.opts.Inner.SweepIdle() }
 
+// TrimIdle passes through to the inner client when it has the method
+// (*smtpclient.Client does): relay's destination leases count idle
+// connections through it.
+func (c *Client) TrimIdle(hosts []string, keep int) {
+	if t, ok := c.opts.Inner.(interface{ TrimIdle([]string, int) }); ok {
+		t.TrimIdle(hosts, keep)
+	}
+}
+
 // Deliver looks up the destination's policy, narrows the hosts and sets
 // the TLS requirement, then delivers through the inner client.
 func (c *Client) Deliver(ctx context.Context, hosts []smtpclient.Host, env smtpclient.Envelope) smtpclient.Attempt {
