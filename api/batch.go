@@ -142,21 +142,7 @@ func (s *server) sendBatch(w http.ResponseWriter, r *http.Request) {
 		s.unavailable(w, r, err)
 		return
 	}
-	if existing == nil {
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusMultiStatus)
-		_, _ = w.Write(append(encoded, '\n'))
-		return
-	}
-	if !bytes.Equal(existing.RequestHash, sum[:]) {
-		writeProblem(w, newProblem(kindIdemReused, "this Idempotency-Key was used in the last 24 hours for a different request",
-			FieldProblem{Field: "Idempotency-Key", Detail: "reused with a different body"}))
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Idempotent-Replayed", "true")
-	w.WriteHeader(existing.Status)
-	_, _ = w.Write(append(bytes.TrimRight(existing.Response, "\n"), '\n'))
+	writeIdempotent(w, http.StatusMultiStatus, encoded, existing, sum[:])
 }
 
 // decodeBatch reads {"messages":[…]} into its items, undecoded: each is

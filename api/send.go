@@ -202,13 +202,20 @@ func (s *server) sendMessage(w http.ResponseWriter, r *http.Request) {
 		s.unavailable(w, r, err)
 		return
 	}
+	writeIdempotent(w, http.StatusAccepted, encoded, existing, sum[:])
+}
+
+// writeIdempotent answers a request made with an Idempotency-Key: the new
+// answer (status, encoded) when this request made it, else the recorded one
+// when the body is the same, else 409.
+func writeIdempotent(w http.ResponseWriter, status int, encoded []byte, existing *store.Idempotency, sum []byte) {
 	if existing == nil {
 		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusAccepted)
+		w.WriteHeader(status)
 		_, _ = w.Write(append(encoded, '\n'))
 		return
 	}
-	if !bytes.Equal(existing.RequestHash, sum[:]) {
+	if !bytes.Equal(existing.RequestHash, sum) {
 		// 409: the request conflicts with the one already recorded under
 		// this key (RFC 9110 15.5.10); nothing was sent.
 		writeProblem(w, newProblem(kindIdemReused, "this Idempotency-Key was used in the last 24 hours for a different request",

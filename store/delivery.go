@@ -190,41 +190,11 @@ WHERE id = $1 AND completed_at IS NOT NULL AND status IS DISTINCT FROM ` + final
 // committed yet, or never will); a message with nothing pending there
 // comes back with no Recipients.
 func (s *Store) LoadDelivery(ctx context.Context, id uuid.UUID, domain string) (*Delivery, error) {
-	b := &pgx.Batch{}
-	d := &Delivery{ID: id}
-	var dkim *string
-	var parked *string
-	b.Queue(selectDelivery, id, domain).QueryRow(func(row pgx.Row) error {
-		return row.Scan(&d.TenantID, &d.MessageID, &d.MailFrom, &d.From, &d.Body, &dkim, &d.Needs8Bit, &d.NeedsUTF8, &d.CreatedAt, &d.SendAt, &parked, &d.RequireTLS)
-	})
-	b.Queue(selectPending, id, domain).Query(func(rows pgx.Rows) error {
-		for rows.Next() {
-			var r PendingRecipient
-			var idx int16
-			if err := rows.Scan(&idx, &r.Email, &r.Attempts, &r.NextAttemptAt); err != nil {
-				return err
-			}
-			r.Idx = int(idx)
-			d.Recipients = append(d.Recipients, r)
-		}
-		return rows.Err()
-	})
-	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
-		if errors.Is(err, pgx.ErrNoRows) {
-			return nil, fmt.Errorf("load delivery %s: %w", id, ErrNotFound)
-		}
+	out, err := s.LoadDeliveries(ctx, []DeliveryRequest{{ID: id, Domain: domain}})
+	if err != nil {
 		return nil, fmt.Errorf("load delivery %s: %w", id, err)
 	}
-	if dkim != nil {
-		d.DKIMHeader, d.Signed = *dkim, true
-	}
-	if parked != nil {
-		d.Parked = *parked
-	}
-	if len(d.Recipients) > 0 && d.Body == nil {
-		return nil, fmt.Errorf("load delivery %s: recipients pending but the body is gone", id)
-	}
-	return d, nil
+	return out[0].Delivery, out[0].Err
 }
 
 // SaveSignature stores the message's DKIM header unless one is stored
