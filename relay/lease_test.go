@@ -69,20 +69,13 @@ func TestDuplicateJobsDeliverOnce(t *testing.T) {
 				t.Errorf("greylisted u%d: %d attempts, want 2 (one per scheduled retry, not one per copy)", i, a)
 			}
 		}
-		deadline := time.Now().Add(10 * time.Second)
-		for {
+		wait.Within(t, 10*time.Second, "the copies to drain from the queue after delivery", func() bool {
 			d, err := p.q.Depth(context.Background())
 			if err != nil {
 				t.Fatal(err)
 			}
-			if d == (queue.Depth{}) {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("copies still queued after delivery: %+v", d)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+			return d == (queue.Depth{})
+		})
 	})
 }
 
@@ -223,13 +216,7 @@ func TestShutdownWhileLedgerDown(t *testing.T) {
 		done := make(chan struct{})
 		go func() { defer close(done); w.Run(ctx) }()
 		p.send(mail.Draft{From: "alice@example.com", To: []string{"bob@example.net"}, Text: "hi"})
-		deadline := time.Now().Add(10 * time.Second)
-		for l.records.Load() == 0 {
-			if time.Now().After(deadline) {
-				t.Fatal("no delivery")
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		wait.Within(t, 10*time.Second, "a delivery", func() bool { return l.records.Load() > 0 })
 		cancel()
 		stopped := time.Now()
 		select {
