@@ -6,8 +6,10 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"strconv"
+	"strings"
 )
 
 // PgBouncerOptions configures StartPgBouncer.
@@ -43,12 +45,6 @@ func StartPgBouncer(ctx context.Context, opts PgBouncerOptions) (*Process, error
 	if user == "" {
 		user = "postgres"
 	}
-	port := opts.Port
-	if port == 0 {
-		if port, err = FreePort(); err != nil {
-			return nil, err
-		}
-	}
 	if opts.PoolSize <= 0 {
 		opts.PoolSize = 20
 	}
@@ -62,6 +58,24 @@ func StartPgBouncer(ctx context.Context, opts PgBouncerOptions) (*Process, error
 	if err := chown(opts.Dir, runAs); err != nil {
 		return nil, err
 	}
+	// A port found free may be taken by another process before PgBouncer
+	// binds it: then another port, a few times.
+	for attempt := 1; ; attempt++ {
+		port := opts.Port
+		if port == 0 {
+			if port, err = FreePort(); err != nil {
+				return nil, err
+			}
+		}
+		p, err := startPgBouncerOn(ctx, opts, up, user, runAs, bin, port)
+		if err == nil || opts.Port != 0 || attempt == 5 || !strings.Contains(err.Error(), "Address already in use") {
+			return p, err
+		}
+	}
+}
+
+// startPgBouncerOn writes the configuration for port and starts PgBouncer.
+func startPgBouncerOn(ctx context.Context, opts PgBouncerOptions, up *url.URL, dbUser string, runAs *user.User, bin string, port int) (*Process, error) {
 	// The wildcard database forwards any database name, so one PgBouncer
 	// serves every per-test database (testenv.Database) of one server.
 	// unix_socket_dir empty: TCP only, no socket file shared between runs.
@@ -89,7 +103,7 @@ log_disconnections = 0
 		filepath.Join(opts.Dir, "pgbouncer.log"), filepath.Join(opts.Dir, "pgbouncer.pid"))
 	files := map[string]string{
 		"pgbouncer.ini": conf,
-		"users.txt":     strconv.Quote(user) + ` ""` + "\n",
+		"users.txt":     strconv.Quote(dbUser) + ` ""` + "\n",
 	}
 	for name, body := range files {
 		path := filepath.Join(opts.Dir, name)
