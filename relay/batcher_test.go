@@ -294,12 +294,13 @@ func TestBatcherPanic(t *testing.T) {
 		<-gate
 		return r, nil
 	})
-	// Both committers hold a lone write at the gate; ten more gather.
+	// Both committers hold a lone write at the gate (one after the other:
+	// started together, the first could take both); ten more gather.
 	var wg sync.WaitGroup
-	for i := range 2 {
+	for i := range ledgerCommitters {
 		wg.Go(func() { b.do(context.Background(), i) })
+		wait.For(t, "a committer busy with a lone write", func() bool { return len(b.slots) == i+1 && b.waiting() == 0 })
 	}
-	wait.For(t, "both committers busy", func() bool { return len(b.slots) == ledgerCommitters && b.waiting() == 0 })
 	const n = 10
 	errs := make([]error, n)
 	var panics atomic.Int64
