@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"net/http"
 
-	"github.com/mailferry/mailferry/budget"
 	"github.com/mailferry/mailferry/intake"
 	"github.com/mailferry/mailferry/store"
 )
@@ -59,15 +58,7 @@ func (s *server) sendBatch(w http.ResponseWriter, r *http.Request) {
 	defer res.Release()
 	var buf bytes.Buffer
 	if _, err := buf.ReadFrom(res.Reader(http.MaxBytesReader(w, r.Body, limit))); err != nil {
-		var mbe *http.MaxBytesError
-		switch {
-		case errors.As(err, &mbe):
-			writeProblem(w, tooLarge(-1, limit))
-		case errors.Is(err, budget.ErrFull):
-			writeProblem(w, busy())
-		default:
-			writeProblem(w, newProblem(kindMalformed, "could not read the request body"))
-		}
+		writeProblem(w, readProblem(err, limit))
 		return
 	}
 	sum := sha256.Sum256(buf.Bytes())

@@ -112,15 +112,7 @@ func (s *server) sendMessage(w http.ResponseWriter, r *http.Request) {
 	_, err = buf.ReadFrom(res.Reader(http.MaxBytesReader(w, r.Body, limit)))
 	if err != nil {
 		s.putBodyBuffer(buf)
-		var mbe *http.MaxBytesError
-		switch {
-		case errors.As(err, &mbe):
-			writeProblem(w, tooLarge(-1, limit))
-		case errors.Is(err, budget.ErrFull):
-			writeProblem(w, busy())
-		default:
-			writeProblem(w, newProblem(kindMalformed, "could not read the request body"))
-		}
+		writeProblem(w, readProblem(err, limit))
 		return
 	}
 	// One form of the message at a time: the body is let go once decoded
@@ -919,4 +911,18 @@ func (s *server) unavailable(w http.ResponseWriter, r *http.Request, err error) 
 func (s *server) internal(w http.ResponseWriter, r *http.Request, err error) {
 	s.opts.Logger.LogAttrs(r.Context(), slog.LevelError, "request failed", slog.String("route", r.URL.Path), slog.Any("error", err))
 	writeProblem(w, newProblem(kindInternal, "the server failed; the error was logged"))
+}
+
+// readProblem is the answer to a request body that could not be read
+// whole: over limit, over the in-flight budget, or cut off.
+func readProblem(err error, limit int64) *problem {
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &mbe):
+		return tooLarge(-1, limit)
+	case errors.Is(err, budget.ErrFull):
+		return busy()
+	default:
+		return newProblem(kindMalformed, "could not read the request body")
+	}
 }
