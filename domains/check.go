@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/miekg/dns"
+	"golang.org/x/net/publicsuffix"
 
 	"github.com/mailferry/mailferry/dkim"
 	"github.com/mailferry/mailferry/returnpath"
@@ -338,15 +339,17 @@ func (c *checker) spf(ctx context.Context, domain string) (Record, error) {
 	return rec, nil
 }
 
-// orgDomain approximates the organizational domain (RFC 7489 3.2) as the
-// last two labels; without the public suffix list, domains under a
-// two-label suffix (example.co.uk) are judged strictly.
+// orgDomain is the organizational domain (RFC 7489 3.2): the public
+// suffix and one label more, from the public suffix list golang.org/x/net
+// carries (so example.co.uk, not co.uk). A name that is itself a public
+// suffix, or that the list cannot judge, is its own.
 func orgDomain(d string) string {
-	labels := strings.Split(d, ".")
-	if len(labels) <= 2 {
+	d = strings.ToLower(strings.TrimSuffix(d, "."))
+	org, err := publicsuffix.EffectiveTLDPlusOne(d)
+	if err != nil {
 		return d
 	}
-	return strings.Join(labels[len(labels)-2:], ".")
+	return org
 }
 
 func (c *checker) returnPath(ctx context.Context, domain string, note func(error)) Record {

@@ -335,8 +335,9 @@ func TestDMARC(t *testing.T) {
 		status  string
 		detail  string
 		// domain is the sending domain (default example.test), orgRecord
-		// the DMARC record of example.test when it is a subdomain.
-		domain, orgRecord string
+		// the DMARC record of org (default example.test) when domain is
+		// a subdomain of it.
+		domain, org, orgRecord string
 	}{
 		{name: "missing", status: domains.StatusMissing, detail: "no DMARC record"},
 		{name: "not DMARC", publish: []string{"v=spf1 -all"}, status: domains.StatusMissing},
@@ -348,6 +349,12 @@ func TestDMARC(t *testing.T) {
 		{name: "bounce domain elsewhere, DKIM", bounce: "bounces.relay.test", publish: []string{"v=DMARC1; p=quarantine"}, dkim: true, status: domains.StatusVerified, detail: "SPF does not align"},
 		{name: "bounce subdomain, relaxed", bounce: "mf.example.test", publish: []string{"v=DMARC1; p=quarantine"}, status: domains.StatusVerified, detail: "SPF only"},
 		{name: "inherited from the organizational domain", domain: "mail.example.test", orgRecord: "v=DMARC1; p=reject; sp=none", status: domains.StatusVerified, detail: "_dmarc.example.test applies"},
+		// The public suffix list decides where the organization starts:
+		// co.uk is a suffix, so example.co.uk is the organization and
+		// another co.uk domain is not the same one.
+		{name: "inherited under a two-label suffix", domain: "mail.example.co.uk", org: "example.co.uk", orgRecord: "v=DMARC1; p=reject", status: domains.StatusVerified, detail: "_dmarc.example.co.uk applies"},
+		{name: "bounce domain of another co.uk organization", domain: "shop.co.uk", bounce: "bounces.relay.co.uk", publish: []string{"v=DMARC1; p=quarantine"}, status: domains.StatusWrong, detail: "will not align"},
+		{name: "bounce subdomain under a two-label suffix", domain: "example.co.uk", bounce: "mf.example.co.uk", publish: []string{"v=DMARC1; p=quarantine"}, status: domains.StatusVerified, detail: "SPF only"},
 		{name: "bounce subdomain, strict", bounce: "mf.example.test", publish: []string{"v=DMARC1; p=quarantine; aspf=s"}, status: domains.StatusWrong, detail: "will not align"},
 		{name: "custom return path verified", bounce: "bounces.relay.test", cname: "bounces.relay.test", publish: []string{"v=DMARC1; p=quarantine"}, status: domains.StatusVerified, detail: "SPF only"},
 		{name: "custom return path verified, strict", bounce: "bounces.relay.test", cname: "bounces.relay.test", publish: []string{"v=DMARC1; p=quarantine; aspf=s"}, status: domains.StatusWrong, detail: "return path is at bounces.example.test"},
@@ -361,7 +368,7 @@ func TestDMARC(t *testing.T) {
 				f.dns.TXT("_dmarc."+domain, p)
 			}
 			if tc.orgRecord != "" {
-				f.dns.TXT("_dmarc.example.test", tc.orgRecord)
+				f.dns.TXT("_dmarc."+cmp.Or(tc.org, "example.test"), tc.orgRecord)
 			}
 			if tc.cname != "" {
 				f.dns.CNAME("bounces."+domain, tc.cname)
