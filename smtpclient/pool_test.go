@@ -2,11 +2,14 @@ package smtpclient
 
 import (
 	"context"
+	"errors"
+	"net"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/mailferry/mailferry/internal/testmx"
+	"github.com/mailferry/mailferry/internal/wait"
 )
 
 // TestConnectionReuse checks that messages to one host share a connection
@@ -207,6 +210,68 @@ func TestTrimIdle(t *testing.T) {
 				}
 			}
 			waitClosed(t, c, srv.Connections)
+		})
+	}
+}
+
+// TestQuitAwaitsServerClose: a connection closed with QUIT ends on the
+// server's side first (RFC 5321 4.1.1.10: it closes after its 221), so a
+// receiver counting its sessions never sees one outlive the lease it was
+// opened under while the next connection comes in. A server that never
+// closes costs at most closeWait.
+func TestQuitAwaitsServerClose(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// afterBye runs after the peer's 221; it reports whether the
+		// client hung up first.
+		afterBye    func(c *testmx.PeerConn) bool
+		serverFirst bool // the server's close ends the connection
+	}{
+		{name: "server closes", serverFirst: true, afterBye: func(c *testmx.PeerConn) bool {
+			// A client that hangs up first is seen as EOF here; one that
+			// waits leaves the read to time out, and the peer closes.
+			c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+			_, err := c.ReadLine()
+			var ne net.Error
+			return !errors.As(err, &ne) || !ne.Timeout()
+		}},
+		{name: "server never closes", afterBye: func(c *testmx.PeerConn) bool {
+			c.Hold()
+			return true
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clientFirst := make(chan bool, 1)
+			port, lns := testmx.Listen(t, "127.0.0.2")
+			peer := testmx.RunPeer(t, lns[0], dialog("QUIT", func(c *testmx.PeerConn) {
+				c.Send("221 2.0.0 bye")
+				clientFirst <- tc.afterBye(c)
+			}))
+			c := newClient(t, port, nil)
+			h := host("mx.example.net", "127.0.0.2")
+			if got := statuses(c.Deliver(context.Background(), []Host{h}, envelope("bob@example.net"))); !slices.Equal(got, []string{"delivered 250 2.0.0"}) {
+				t.Fatalf("deliver: %v", got)
+			}
+			trimmed := make(chan struct{})
+			go func() { defer close(trimmed); c.TrimIdle([]string{h.Name}, 0) }()
+			// Far below the peer's 30 s lifetime: a client waiting for a
+			// close that never comes gives up after closeWait.
+			wait.Within(t, 10*time.Second, "TrimIdle to return", func() bool {
+				select {
+				case <-trimmed:
+					return true
+				default:
+					return false
+				}
+			})
+			if first := <-clientFirst; tc.serverFirst && first {
+				t.Error("the client closed the connection before the server did")
+			}
+			// Closed on the server's side before TrimIdle returned.
+			if _, open := peer.Connections(); tc.serverFirst && open != 0 {
+				t.Errorf("%d connections still open on the server after TrimIdle", open)
+			}
+			waitClosed(t, c, peer.Connections)
 		})
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"slices"
@@ -413,9 +414,26 @@ func (s *session) quit() {
 	}
 	s.send("QUIT")
 	if s.flush(s.c.t.Quit) == nil {
-		s.read(s.c.t.Quit)
+		if rep, err := s.read(s.c.t.Quit); err == nil && rep.Code == 221 {
+			s.awaitClose(min(s.c.t.Quit, closeWait))
+		}
 	}
 	s.broken = true
+}
+
+// closeWait bounds how long a client waits for the server to close the
+// channel after its 221.
+const closeWait = time.Second
+
+// awaitClose waits for the server to close the channel, as it must after
+// its 221 (RFC 5321 4.1.1.10), so the session ends on the server's side
+// first: a receiver that counts its sessions never sees this one outlive
+// the destination lease it was opened under (relay/slots.go) when a new
+// connection follows at once, and TIME_WAIT stays with the server. A
+// server that keeps talking or never closes costs at most closeWait.
+func (s *session) awaitClose(d time.Duration) {
+	s.conn.SetReadDeadline(time.Now().Add(d))
+	_, _ = io.Copy(io.Discard, io.LimitReader(s.r, 4096))
 }
 
 // close says QUIT when the connection can still carry it and closes it.
