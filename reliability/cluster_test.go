@@ -150,7 +150,8 @@ func (s *stack) killPrimary(key string, atKill func()) (string, time.Duration) {
 // dropped are found by the reconciler's sweep from PostgreSQL, as after a
 // FLUSHALL. The test measures the delivery stall: the longest time after
 // the kill in which no message arrived.
-func TestRedisPrimaryFailover(t *testing.T) {
+func TestRedisPrimaryFailover(tt *testing.T) {
+	t := track(tt)
 	n := size(600, 6000)
 	s := newStackWith(t, stackOptions{DataDelay: 20 * time.Millisecond, Cluster: true})
 	srv := s.serve()
@@ -209,7 +210,8 @@ const fleetPerDestination = 4
 // delivered; the extra copies are at most the transactions in flight at
 // the kills; no sink ever sees more transactions at once than the
 // fleet-wide per-destination limit.
-func TestFleet(t *testing.T) {
+func TestFleet(tt *testing.T) {
+	t := track(tt)
 	n := size(900, 20000)
 	s := newStackWith(t, stackOptions{DataDelay: 20 * time.Millisecond, Cluster: true})
 	// Every serve process below goes through PgBouncer in transaction
@@ -251,34 +253,58 @@ func TestFleet(t *testing.T) {
 	workerKilledAt := time.Now()
 	inFlight := s.inAttempt()
 	s.waitReceived(n/2, 5*time.Minute)
+	// The limit holds strictly until the primary is killed: the worker's
+	// kill -9 leaves its leases in Redis until they lapse. The primary
+	// killed is also the one holding the leases of d0 and d2 (slots 1959
+	// and 448, with {q0}'s 3387): a lease granted just before the kill may
+	// be missing on the replica that takes over, and its transaction runs
+	// over the limit until it ends (relay/slots.go, renew). At most the
+	// limit's worth of leases can be lost, so the fleet stays within twice
+	// the limit while that lasts.
+	peaks := func() (tx, conns int) {
+		for _, k := range s.sinks {
+			tx, conns = max(tx, k.PeakTransactions()), max(conns, k.PeakConnections())
+		}
+		return tx, conns
+	}
 	var primaryKilledAt time.Time
-	dead, takeover := s.killPrimary("mailferry:{q0}:ready", func() { primaryKilledAt, inFlight = time.Now(), inFlight+s.inAttempt() })
+	var beforeTx, beforeConns int
+	dead, takeover := s.killPrimary("mailferry:{q0}:ready", func() {
+		primaryKilledAt, inFlight = time.Now(), inFlight+s.inAttempt()
+		beforeTx, beforeConns = peaks()
+		for _, k := range s.sinks {
+			k.ResetPeaks()
+		}
+	})
 	<-posted
 	accepted := l.sent()
 	healed := s.waitFinal(ids(accepted), size(4*time.Minute, 15*time.Minute))
 	lost, dups := s.tally(accepted)
 	_, swept := sched.logLines("requeued jobs missing from redis", "jobs")
-	peakTx, peakConns := 0, 0
-	for _, k := range s.sinks {
-		peakTx = max(peakTx, k.PeakTransactions())
-		peakConns = max(peakConns, k.PeakConnections())
-	}
-	t.Logf("fleet of 3 api + 3 worker processes: %d accepted (%s); worker killed after %d arrived (stall %v), primary %s killed after %d (promoted in %v, stall %v); %d transactions in flight at the kills; all final %v after the load; sweep requeued %d jobs; lost %d, duplicates %d; peak per destination: %d transactions, %d connections (limit %d)",
+	afterTx, afterConns := peaks()
+	t.Logf("fleet of 3 api + 3 worker processes: %d accepted (%s); worker killed after %d arrived (stall %v), primary %s killed after %d (promoted in %v, stall %v); %d transactions in flight at the kills; all final %v after the load; sweep requeued %d jobs; lost %d, duplicates %d; peak per destination (limit %d): %d transactions, %d connections before the primary's kill, %d and %d after it",
 		len(accepted), l.summary(), n/4, prog.stall(workerKilledAt, primaryKilledAt).Round(10*time.Millisecond), dead, n/2,
 		takeover.Round(10*time.Millisecond), prog.stall(primaryKilledAt, time.Time{}).Round(10*time.Millisecond), inFlight,
-		healed.Round(100*time.Millisecond), swept, lost, dups, peakTx, peakConns, fleetPerDestination)
+		healed.Round(100*time.Millisecond), swept, lost, dups, fleetPerDestination, beforeTx, beforeConns, afterTx, afterConns)
 	if lost != 0 {
 		t.Errorf("%d accepted messages never arrived", lost)
 	}
 	if dups > inFlight {
 		t.Errorf("%d duplicate deliveries, more than the %d transactions in flight at the kills", dups, inFlight)
 	}
-	if peakTx > fleetPerDestination {
-		t.Errorf("a sink saw %d transactions at once from the fleet, over the limit %d", peakTx, fleetPerDestination)
-	}
 	// Idle pooled connections count too: the MX sees them (relay/slots.go).
-	if peakConns > fleetPerDestination {
-		t.Errorf("a sink saw %d connections open at once from the fleet, over the limit %d", peakConns, fleetPerDestination)
+	for _, c := range []struct {
+		what        string
+		peak, limit int
+	}{
+		{"transactions before the primary's kill", beforeTx, fleetPerDestination},
+		{"connections before the primary's kill", beforeConns, fleetPerDestination},
+		{"transactions after the primary's kill", afterTx, 2 * fleetPerDestination},
+		{"connections after the primary's kill", afterConns, 2 * fleetPerDestination},
+	} {
+		if c.peak > c.limit {
+			t.Errorf("a sink saw %d %s at once from the fleet, over %d (limit %d)", c.peak, c.what, c.limit, fleetPerDestination)
+		}
 	}
 }
 
@@ -286,7 +312,8 @@ func TestFleet(t *testing.T) {
 // `--roles api` processes on the Redis Cluster: hammered for a few
 // seconds with no pause for 429s, the fleet accepts the burst (twice the
 // rate) plus the rate times the time, within 10%, not three times that.
-func TestFleetRateLimit(t *testing.T) {
+func TestFleetRateLimit(tt *testing.T) {
+	t := track(tt)
 	const rate, window = 50, 4 * time.Second
 	s := newStackWith(t, stackOptions{Cluster: true})
 	var apis []string

@@ -9,7 +9,8 @@ import (
 // delivers, then started again. Every accepted message reaches a final
 // state and arrives; the only extra copies are of transactions in flight
 // at the kill, whose outcome the dead process could not record.
-func TestKill9(t *testing.T) {
+func TestKill9(tt *testing.T) {
+	t := track(tt)
 	n := size(450, 5000)
 	s := newStack(t, 20*time.Millisecond)
 	srv := s.serve()
@@ -60,7 +61,8 @@ func TestKill9(t *testing.T) {
 // TestSIGTERM: a graceful stop under load exits 0 within the shutdown
 // grace, finishes and records every transaction it started, and after a
 // restart every accepted message arrives exactly once.
-func TestSIGTERM(t *testing.T) {
+func TestSIGTERM(tt *testing.T) {
+	t := track(tt)
 	n := size(450, 5000)
 	s := newStack(t, 50*time.Millisecond)
 	srv := s.serve()

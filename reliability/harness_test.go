@@ -50,6 +50,58 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// tracked is a test that keeps its failure messages and says them again
+// after every cleanup: the cleanups dump the servers' logs, and a reader
+// of the output's end must still see why the test failed.
+type tracked struct {
+	*testing.T
+	mu       sync.Mutex
+	failures []string
+}
+
+// track wraps t; call it first, so its cleanup runs last.
+func track(t *testing.T) *tracked {
+	r := &tracked{T: t}
+	t.Cleanup(func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if t.Failed() && len(r.failures) > 0 {
+			t.Logf("%s failed:\n\t%s", t.Name(), strings.Join(r.failures, "\n\t"))
+		}
+	})
+	return r
+}
+
+func (r *tracked) note(msg string) {
+	r.mu.Lock()
+	r.failures = append(r.failures, msg)
+	r.mu.Unlock()
+}
+
+func (r *tracked) Errorf(format string, args ...any) {
+	r.T.Helper()
+	r.note(fmt.Sprintf(format, args...))
+	r.T.Errorf(format, args...)
+}
+
+func (r *tracked) Error(args ...any) {
+	r.T.Helper()
+	r.note(fmt.Sprint(args...))
+	r.T.Error(args...)
+}
+
+func (r *tracked) Fatalf(format string, args ...any) {
+	r.T.Helper()
+	r.note(fmt.Sprintf(format, args...))
+	r.T.Fatalf(format, args...)
+}
+
+func (r *tracked) Fatal(args ...any) {
+	r.T.Helper()
+	r.note(fmt.Sprint(args...))
+	r.T.Fatal(args...)
+}
+
 // full says whether to run the full sizes (MAILFERRY_RELIABILITY=1).
 func full() bool { return os.Getenv("MAILFERRY_RELIABILITY") == "1" }
 
@@ -82,7 +134,7 @@ const (
 // stack is one test's world: Redis and PostgreSQL it can break, DNS and
 // SMTP sinks on loopback, and the mailferry binary pointed at them.
 type stack struct {
-	t                 *testing.T
+	t                 *tracked
 	dir               string
 	redis, pg         *devstack.Process
 	redisPort, pgPort int
@@ -105,7 +157,7 @@ type stack struct {
 	next atomic.Int64
 }
 
-func newStack(t *testing.T, dataDelay time.Duration) *stack {
+func newStack(t *tracked, dataDelay time.Duration) *stack {
 	t.Helper()
 	return newStackWith(t, stackOptions{DataDelay: dataDelay})
 }
@@ -123,7 +175,7 @@ type stackOptions struct {
 // shards each.
 const clusterShards = 6
 
-func newStackWith(t *testing.T, opts stackOptions) *stack {
+func newStackWith(t *tracked, opts stackOptions) *stack {
 	t.Helper()
 	dataDelay := opts.DataDelay
 	s := &stack{t: t, dir: t.TempDir()}
@@ -283,7 +335,7 @@ func (s *stack) run(args ...string) (stdout, stderr string, err error) {
 
 // server is one `mailferry serve` process.
 type server struct {
-	t       *testing.T
+	t       *tracked
 	cmd     *exec.Cmd
 	logPath string
 	done    chan struct{}
@@ -332,7 +384,7 @@ func (s *stack) serveRoles(port int, roles string, extraEnv ...string) *server {
 		_ = cmd.Process.Kill()
 		<-srv.done
 		if s.t.Failed() {
-			s.t.Logf("%s (last lines):\n%s", filepath.Base(logPath), srv.tail(30))
+			s.t.Logf("%s (last warnings and errors):\n%s", filepath.Base(logPath), srv.notable(15))
 		}
 	})
 	deadline := time.Now().Add(30 * time.Second)
@@ -402,6 +454,20 @@ func (srv *server) logLines(msg, attr string) (lines, sum int) {
 		}
 	}
 	return lines, sum
+}
+
+// notable is the last n lines of the log that are not INFO: after a
+// failure, a fleet's accept and delivery lines would bury the test's own
+// message under hundreds of lines.
+func (srv *server) notable(n int) string {
+	b, _ := os.ReadFile(srv.logPath)
+	var keep []string
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		if !strings.Contains(line, `"level":"INFO"`) && !strings.Contains(line, `"level":"DEBUG"`) {
+			keep = append(keep, line)
+		}
+	}
+	return strings.Join(keep[max(0, len(keep)-n):], "\n")
 }
 
 func (srv *server) tail(n int) string {
@@ -657,7 +723,7 @@ func (s *stack) tally(accepted []sent) (lost, duplicates int) {
 }
 
 // expect fails the test unless the status (0: no answer) is one of want.
-func expect(t *testing.T, what string, status int, err error, want ...int) {
+func expect(t *tracked, what string, status int, err error, want ...int) {
 	t.Helper()
 	for _, w := range want {
 		if status == w {

@@ -11,7 +11,8 @@ import (
 // while. Meanwhile the API refuses with 503 what it cannot record, never a
 // 202; the workers finish their SMTP transactions and keep the outcomes
 // until the ledger answers. Nothing is lost and nothing sent twice.
-func TestPostgresRestart(t *testing.T) {
+func TestPostgresRestart(tt *testing.T) {
+	t := track(tt)
 	n := size(300, 3000)
 	outage := size(5*time.Second, 60*time.Second)
 	s := newStack(t, 200*time.Millisecond)

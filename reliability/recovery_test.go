@@ -21,7 +21,8 @@ const recoveryGoal = time.Minute
 // again at once. Every accepted message is final within a minute of the
 // restart: the dead process's jobs are reclaimed once its leases lapse,
 // not after a five-minute silence and a reconciler pass.
-func TestCrashRecoveryAfterRestart(t *testing.T) {
+func TestCrashRecoveryAfterRestart(tt *testing.T) {
+	t := track(tt)
 	n := size(400, 2000)
 	s := newStack(t, 20*time.Millisecond)
 	srv := s.serveOn(s.httpPort, defaultLeases)
@@ -64,7 +65,8 @@ func TestCrashRecoveryAfterRestart(t *testing.T) {
 // one is killed with SIGKILL mid-load and not restarted. The survivor
 // finishes every message the dead one accepted or held within a minute of
 // the crash.
-func TestCrashRecoveryOtherWorkerAlive(t *testing.T) {
+func TestCrashRecoveryOtherWorkerAlive(tt *testing.T) {
+	t := track(tt)
 	n := size(400, 2000)
 	s := newStack(t, 20*time.Millisecond)
 	port, err := devstack.FreePort()

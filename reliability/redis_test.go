@@ -25,7 +25,8 @@ const restored = "redis had lost the queue; requeued every pending job from Post
 //
 // Every accepted message arrives exactly once, and none before its
 // send_at.
-func TestRedisDataLoss(t *testing.T) {
+func TestRedisDataLoss(tt *testing.T) {
+	t := track(tt)
 	n := size(300, 3000)
 	s := newStack(t, 20*time.Millisecond)
 	srv := s.serve()

@@ -170,7 +170,8 @@ func (h *hooks) waitAll(s *stack, accepted []sent, timeout time.Duration) (event
 // webhooks) is killed with SIGKILL while its requests wait for answers.
 // Another sender takes the deliveries over once their lease lapses: every
 // event arrives, a repeat with the id it had.
-func TestWebhookSenderKill9(t *testing.T) {
+func TestWebhookSenderKill9(tt *testing.T) {
+	t := track(tt)
 	n := size(60, 1000)
 	s := newStack(t, 20*time.Millisecond)
 	h := s.startHooks()
@@ -205,7 +206,8 @@ func TestWebhookSenderKill9(t *testing.T) {
 // delivered and its events sent, and comes back. No event is lost: every
 // accepted message's accepted and delivered events arrive, and every
 // event in the ledger.
-func TestWebhooksPostgresRestart(t *testing.T) {
+func TestWebhooksPostgresRestart(tt *testing.T) {
+	t := track(tt)
 	n := size(150, 2000)
 	outage := size(5*time.Second, 30*time.Second)
 	s := newStack(t, 50*time.Millisecond)

@@ -220,6 +220,17 @@ func (s *SMTP) PeakConnections() int {
 	return s.ln.peak
 }
 
+// ResetPeaks starts PeakTransactions and PeakConnections again from what
+// is open now, so a test can judge one phase of a run on its own.
+func (s *SMTP) ResetPeaks() {
+	s.mu.Lock()
+	s.peakTx = s.inTx
+	s.mu.Unlock()
+	s.ln.mu.Lock()
+	s.ln.peak = len(s.ln.open)
+	s.ln.mu.Unlock()
+}
+
 // DropConnections closes every open connection, as a server does to idle
 // sessions (RFC 5321 4.5.3.2.7), while it goes on listening.
 func (s *SMTP) DropConnections() { s.ln.closeAll() }
