@@ -250,8 +250,9 @@ hosts:
 				// A new connection replaces an idle one to the same hosts,
 				// so one transaction never holds two: a caller that counts
 				// connections per destination (relay's leases) stays in
-				// its count.
+				// its count. Nor does it overlap one the pool is closing.
 				c.evictOne(hosts)
+				c.pool.awaitClosing(ctx, hostNames(hosts))
 				out = c.connect(ctx, h, ip, &sub, !c.opts.ImplicitTLS, &a)
 			}
 			if out.tlsFailed && !c.opts.RequireTLS && env.TLS == nil {
@@ -403,13 +404,17 @@ func (c *Client) reusePreferred(ctx context.Context, hosts []Host, env *prepared
 // evictOne closes an idle connection to one of hosts, if there is one,
 // and returns once it is closed.
 func (c *Client) evictOne(hosts []Host) {
+	for _, s := range c.pool.evict(hostNames(hosts)) {
+		s.close()
+	}
+}
+
+func hostNames(hosts []Host) []string {
 	names := make([]string, len(hosts))
 	for i, h := range hosts {
 		names[i] = h.Name
 	}
-	for _, s := range c.pool.evict(names) {
-		s.close()
-	}
+	return names
 }
 
 // release pools s if it can carry another transaction, else closes it.

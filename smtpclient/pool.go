@@ -1,6 +1,7 @@
 package smtpclient
 
 import (
+	"context"
 	"net/netip"
 	"slices"
 	"sync"
@@ -71,10 +72,16 @@ type connPool struct {
 	// open counts the connections to each host name, busy or idle, from
 	// dial to close: what TrimIdle holds to a fleet-wide lease count.
 	open map[string]int
+	// closing counts, per host name, the sessions taken out of the pool
+	// to be closed whose close has not finished; changed is closed and
+	// replaced each time one finishes (awaitClosing).
+	closing map[string]int
+	changed chan struct{}
 }
 
 func newConnPool(opts Reuse) *connPool {
-	return &connPool{opts: opts.withDefaults(), now: time.Now, idle: map[poolKey][]*session{}, open: map[string]int{}}
+	return &connPool{opts: opts.withDefaults(), now: time.Now, idle: map[poolKey][]*session{}, open: map[string]int{},
+		closing: map[string]int{}, changed: make(chan struct{})}
 }
 
 // opened counts a new connection to host.
@@ -84,13 +91,62 @@ func (p *connPool) opened(host string) {
 	p.mu.Unlock()
 }
 
-// closed uncounts a connection to host.
-func (p *connPool) closed(host string) {
+// closed uncounts s's connection.
+func (p *connPool) closed(s *session) {
+	host := s.host.Name
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	if p.open[host]--; p.open[host] <= 0 {
 		delete(p.open, host)
 	}
-	p.mu.Unlock()
+	if s.closing {
+		if p.closing[host]--; p.closing[host] <= 0 {
+			delete(p.closing, host)
+		}
+		close(p.changed)
+		p.changed = make(chan struct{})
+	}
+}
+
+// detach marks s, taken out of the pool, as being closed; p.mu must be
+// held.
+func (p *connPool) detach(s *session) *session {
+	s.closing = true
+	p.closing[s.host.Name]++
+	return s
+}
+
+// closingWait bounds how long a dial waits for closes in flight to its
+// hosts: a close takes a QUIT round trip and the server's own close, so
+// milliseconds, unless the server has vanished.
+const closingWait = 2 * time.Second
+
+// awaitClosing waits until no session to hosts is being closed, or
+// closingWait, or ctx ends. A new connection that replaces one being
+// closed then never overlaps it at the receiver, which counts both: the
+// fleet-wide lease count is per connection (relay/slots.go).
+func (p *connPool) awaitClosing(ctx context.Context, hosts []string) {
+	timer := time.NewTimer(closingWait)
+	defer timer.Stop()
+	for {
+		p.mu.Lock()
+		n := 0
+		for _, h := range hosts {
+			n += p.closing[h]
+		}
+		ch := p.changed
+		p.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+			return
+		}
+	}
 }
 
 // trim takes idle sessions to hosts out of the pool, oldest first, until
@@ -110,7 +166,7 @@ func (p *connPool) trim(hosts []string, keep int) []*session {
 			break
 		}
 		list := p.idle[k]
-		out = append(out, list[0])
+		out = append(out, p.detach(list[0]))
 		p.store(k, list[1:])
 		p.count--
 		total--
@@ -130,7 +186,7 @@ func (p *connPool) evict(hosts []string) []*session {
 	list := p.idle[k]
 	p.store(k, list[1:])
 	p.count--
-	return []*session{list[0]}
+	return []*session{p.detach(list[0])}
 }
 
 // oldestIdle finds the key of the idle session to hosts idle longest;
@@ -169,7 +225,7 @@ func (p *connPool) take(k poolKey) *session {
 		list = list[:len(list)-1]
 		p.count--
 		if p.expired(s, now) {
-			stale = append(stale, s)
+			stale = append(stale, p.detach(s))
 			continue
 		}
 		p.store(k, list)
@@ -219,7 +275,7 @@ func (p *connPool) sweep() {
 		kept := list[:0]
 		for _, s := range list {
 			if p.expired(s, now) {
-				stale = append(stale, s)
+				stale = append(stale, p.detach(s))
 				p.count--
 			} else {
 				kept = append(kept, s)
@@ -237,7 +293,9 @@ func (p *connPool) closeIdle() {
 	p.mu.Lock()
 	var all []*session
 	for _, list := range p.idle {
-		all = append(all, list...)
+		for _, s := range list {
+			all = append(all, p.detach(s))
+		}
 	}
 	p.idle, p.count = map[poolKey][]*session{}, 0
 	p.mu.Unlock()

@@ -276,6 +276,56 @@ func TestQuitAwaitsServerClose(t *testing.T) {
 	}
 }
 
+// TestDialAwaitsClosing: a delivery that finds its idle connection past
+// its time dials a new one only after the old one's close has ended, so
+// the receiver never holds both (relay counts connections per
+// destination); a close stuck on a vanished server holds the dial at
+// most closingWait.
+func TestDialAwaitsClosing(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		quit    func(c *testmx.PeerConn) // the peer's answer to QUIT
+		conns   int                      // connections accepted in all
+		peakMax int
+	}{
+		// A slow 221: the old session is still open for 200 ms.
+		{name: "slow close", quit: func(c *testmx.PeerConn) {
+			time.Sleep(200 * time.Millisecond)
+			c.Send("221 2.0.0 bye")
+		}, conns: 2, peakMax: 1},
+		// No answer at all: the dial goes ahead after closingWait.
+		{name: "no answer to QUIT", quit: func(c *testmx.PeerConn) { c.Hold() }, conns: 2, peakMax: 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			port, lns := testmx.Listen(t, "127.0.0.2")
+			peer := testmx.RunPeer(t, lns[0], dialog("QUIT", tc.quit))
+			c := newClient(t, port, func(o *Options) {
+				// Past closingWait, within waitClosed's 5 s.
+				o.Reuse = Reuse{Idle: time.Minute}
+				o.Timeouts.Quit = 3 * time.Second
+			})
+			h := host("mx.example.net", "127.0.0.2")
+			send := func() {
+				t.Helper()
+				if got := statuses(c.Deliver(context.Background(), []Host{h}, envelope("bob@example.net"))); !slices.Equal(got, []string{"delivered 250 2.0.0"}) {
+					t.Fatalf("deliver: %v", got)
+				}
+			}
+			send()
+			c.pool.now = func() time.Time { return time.Now().Add(2 * time.Minute) }
+			send()
+			if accepted, _ := peer.Connections(); accepted != tc.conns {
+				t.Errorf("peer accepted %d connections, want %d", accepted, tc.conns)
+			}
+			if peak := peer.PeakConnections(); peak > tc.peakMax {
+				t.Errorf("peer saw %d connections at once, want at most %d", peak, tc.peakMax)
+			}
+			c.pool.now = time.Now
+			waitClosed(t, c, peer.Connections)
+		})
+	}
+}
+
 // TestReuseAcrossPreferred checks that a delivery takes an idle connection
 // to any host of the best preference before it dials, and that a dial
 // closes an idle connection to the delivery's other hosts first, so one

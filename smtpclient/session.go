@@ -115,6 +115,7 @@ type session struct {
 	idleSince time.Time
 	used      int  // transactions run
 	ended     bool // closed and uncounted in the pool
+	closing   bool // taken out of the pool to be closed (connPool.detach)
 }
 
 // wire sets up reading and writing over c, plain or TLS. A fresh reader
@@ -447,7 +448,7 @@ func (s *session) end() {
 	s.conn.Close()
 	if !s.ended {
 		s.ended = true
-		s.c.pool.closed(s.host.Name)
+		s.c.pool.closed(s)
 	}
 }
 

@@ -84,3 +84,10 @@ func RunPeer(t testing.TB, ln net.Listener, script func(c *PeerConn)) *Peer {
 // Connections reports how many connections the peer accepted and how many
 // are still open.
 func (p *Peer) Connections() (accepted, open int) { return p.ln.counts() }
+
+// PeakConnections is the most connections that were open at once.
+func (p *Peer) PeakConnections() int {
+	p.ln.mu.Lock()
+	defer p.ln.mu.Unlock()
+	return p.ln.peak
+}
