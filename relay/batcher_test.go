@@ -26,6 +26,13 @@ func (b *batcher[Req, Resp]) waiting() int {
 	return len(b.queue)
 }
 
+// waitingReq is the i-th request waiting for a batch.
+func (b *batcher[Req, Resp]) waitingReq(i int) Req {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.queue[i].req
+}
+
 // TestBatcher: concurrent callers each get their own answer; while the
 // committers are busy the others gather into one batch; a batch that fails
 // is written one by one, so only the request the ledger refuses fails; a
@@ -167,9 +174,6 @@ func TestLedgerWritesBatched(t *testing.T) {
 				s := p.mx("example.net", "127.0.0.2", testmx.SMTPOptions{})
 				ids := p.sendMany(n, func(i int) string { return fmt.Sprintf("u%d@example.net", i) })
 				l := &gatedLedger{Store: p.st, gate: make(chan struct{})}
-				if tc.reject {
-					l.bad = ids[n/2]
-				}
 				p.start("w1", func(o *WorkerOptions) { o.Ledger = l })
 				w := p.worker
 				if w.batch == nil {
@@ -177,6 +181,12 @@ func TestLedgerWritesBatched(t *testing.T) {
 				}
 				// Two writes hold the committers at the gate; the rest gather.
 				wait.For(t, "outcomes gathered", func() bool { return w.batch.outcomes.waiting() >= n/2 })
+				if tc.reject {
+					// One of those gathered, so its first write is in a batch
+					// (one held at the gate would be written alone); every
+					// ledger call reads l.bad after the gate opens.
+					l.bad = w.batch.outcomes.waitingReq(n / 4).ID
+				}
 				close(l.gate)
 				var good []uuid.UUID
 				for _, id := range ids {
