@@ -73,11 +73,13 @@ func TestBatcher(t *testing.T) {
 	var wg sync.WaitGroup
 	errs := make([]error, n)
 	got := make([]int, n)
-	// Two callers take the committer slots and block at the gate.
-	for i := range 2 {
+	// Two callers take the committer slots and block at the gate, one at
+	// a time: started together, the first committer could take both
+	// requests and leave the second slot free.
+	for i := range ledgerCommitters {
 		wg.Go(func() { got[i], errs[i] = b.do(context.Background(), i) })
+		wait.For(t, "a committer busy with a lone write", func() bool { return len(b.slots) == i+1 && b.waiting() == 0 })
 	}
-	wait.For(t, "both committers busy", func() bool { return len(b.slots) == ledgerCommitters && b.waiting() == 0 })
 	// A caller that gives up before any batch takes it is never written.
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
