@@ -46,21 +46,12 @@ func (s *server) sendBatch(w http.ResponseWriter, r *http.Request) {
 		// held: refuse it as too large, not as busy for ever.
 		limit = min(limit, c)
 	}
-	if r.ContentLength > limit {
-		writeProblem(w, tooLarge(r.ContentLength, limit))
-		return
-	}
-	res, err := s.opts.Budget.Reserve(max(r.ContentLength, 0))
-	if err != nil {
-		writeProblem(w, busy())
+	buf, res, ok := s.readBody(w, r, limit)
+	if !ok {
 		return
 	}
 	defer res.Release()
-	var buf bytes.Buffer
-	if _, err := buf.ReadFrom(res.Reader(http.MaxBytesReader(w, r.Body, limit))); err != nil {
-		writeProblem(w, readProblem(err, limit))
-		return
-	}
+	defer s.putBodyBuffer(buf)
 	sum := sha256.Sum256(buf.Bytes())
 	idemKey, p := idempotencyKey(r.Header)
 	if p != nil {

@@ -93,28 +93,12 @@ func (s *server) sendMessage(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, p)
 		return
 	}
-	limit := s.maxRequestBytes()
-	// Refuse at once what announces itself too large, without reading it.
-	if r.ContentLength > limit {
-		writeProblem(w, tooLarge(r.ContentLength, limit))
+	buf, res, ok := s.readBody(w, r, s.maxRequestBytes())
+	if !ok {
 		return
 	}
-	// The bytes are reserved before they are read: by Content-Length when
-	// the client gives it, else as they arrive. The reservation lasts
-	// until the message is accepted or refused.
-	res, err := s.opts.Budget.Reserve(max(r.ContentLength, 0))
-	if err != nil {
-		writeProblem(w, busy())
-		return
-	}
+	// The reservation lasts until the message is accepted or refused.
 	defer res.Release()
-	buf := s.bodyBuffer(r.ContentLength)
-	_, err = buf.ReadFrom(res.Reader(http.MaxBytesReader(w, r.Body, limit)))
-	if err != nil {
-		s.putBodyBuffer(buf)
-		writeProblem(w, readProblem(err, limit))
-		return
-	}
 	// One form of the message at a time: the body is let go once decoded
 	// (the base64 of raw straight into bytes), and the decoded bytes once
 	// built into the message; only the idempotency hash is kept of it.
@@ -279,6 +263,32 @@ func (s *server) bodyBuffer(contentLength int64) *bytes.Buffer {
 		buf.Grow(int(contentLength) + bytes.MinRead)
 	}
 	return buf
+}
+
+// readBody reads r's body, at most limit bytes, inside the process's
+// bytes-in-flight budget. What announces itself too large is refused
+// without being read; the bytes are reserved before they are read, by
+// Content-Length when the client gives it, else as they arrive. The
+// caller releases res once the request is accepted or refused, and gives
+// buf back with putBodyBuffer. ok false: the problem is written.
+func (s *server) readBody(w http.ResponseWriter, r *http.Request, limit int64) (buf *bytes.Buffer, res *budget.Reservation, ok bool) {
+	if r.ContentLength > limit {
+		writeProblem(w, tooLarge(r.ContentLength, limit))
+		return nil, nil, false
+	}
+	res, err := s.opts.Budget.Reserve(max(r.ContentLength, 0))
+	if err != nil {
+		writeProblem(w, busy())
+		return nil, nil, false
+	}
+	buf = s.bodyBuffer(r.ContentLength)
+	if _, err := buf.ReadFrom(res.Reader(http.MaxBytesReader(w, r.Body, limit))); err != nil {
+		s.putBodyBuffer(buf)
+		res.Release()
+		writeProblem(w, readProblem(err, limit))
+		return nil, nil, false
+	}
+	return buf, res, true
 }
 
 func (s *server) putBodyBuffer(buf *bytes.Buffer) {
